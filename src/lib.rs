@@ -1,0 +1,8 @@
+//! cpsync keeps a school district's student fees in Genesis (the SIS) and in
+//! Community Pass (the payment portal) in agreement, and proves it nightly.
+//!
+//! The crate is a library with one binary. `domain` and `money` are the shared
+//! vocabulary; `db` is the only module that knows SQL; see `ARCHITECTURE.md`.
+
+pub mod domain;
+pub mod money;

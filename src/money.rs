@@ -1,0 +1,256 @@
+//! Exact money: a `Money` amount is a `rust_decimal::Decimal` with exactly two
+//! places, stored as integer cents in the database and as a decimal string on
+//! the wire. No float ever touches an amount.
+
+use std::fmt;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The largest absolute amount the engine accepts for one record: ten million
+/// dollars. Anything larger is a data error, not a school fee.
+pub const AMOUNT_ABS_MAX_CENTS: i64 = 1_000_000_000;
+
+/// Why a value could not become a `Money`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("amount {0:?} is not a decimal number")]
+    NotADecimal(String),
+    #[error("amount {0} has more than two decimal places")]
+    TooManyPlaces(String),
+    #[error("amount {0} is outside the accepted range of ±10,000,000.00")]
+    OutOfRange(String),
+}
+
+/// An exact amount of dollars with two decimal places.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money(Decimal);
+
+impl Money {
+    pub const ZERO: Money = Money(Decimal::ZERO);
+
+    /// Builds an amount from integer cents (the database representation).
+    pub fn from_cents(cents: i64) -> Money {
+        Money(Decimal::new(cents, 2))
+    }
+
+    /// Integer cents, for the database. Exact because every `Money` has
+    /// at most two places.
+    pub fn cents(self) -> i64 {
+        let scaled = self.0 * Decimal::ONE_HUNDRED;
+        i64::try_from(scaled.trunc()).expect("Money is bounded by AMOUNT_ABS_MAX_CENTS")
+    }
+
+    /// Validates a decimal from outside (API, CSV, CLI): at most two places,
+    /// within the accepted range.
+    pub fn try_from_decimal(value: Decimal) -> Result<Money, MoneyError> {
+        let normalized = value.normalize();
+        if normalized.scale() > 2 {
+            return Err(MoneyError::TooManyPlaces(value.to_string()));
+        }
+        let limit = Decimal::new(AMOUNT_ABS_MAX_CENTS, 2);
+        if normalized.abs() > limit {
+            return Err(MoneyError::OutOfRange(value.to_string()));
+        }
+        let mut exact = normalized;
+        exact.rescale(2);
+        Ok(Money(exact))
+    }
+
+    /// Parses a decimal string such as `"12.50"` strictly: no exponent, no
+    /// thousands separators, at most two places.
+    pub fn parse(text: &str) -> Result<Money, MoneyError> {
+        let trimmed = text.trim();
+        let well_formed = !trimmed.is_empty()
+            && trimmed
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && c == '-'));
+        if !well_formed {
+            return Err(MoneyError::NotADecimal(text.to_string()));
+        }
+        let value =
+            Decimal::from_str(trimmed).map_err(|_| MoneyError::NotADecimal(text.to_string()))?;
+        Money::try_from_decimal(value)
+    }
+
+    pub fn decimal(self) -> Decimal {
+        self.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0.is_sign_negative() && !self.0.is_zero()
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.0.is_sign_positive() && !self.0.is_zero()
+    }
+
+    pub fn abs(self) -> Money {
+        Money(self.0.abs())
+    }
+
+    pub fn max(self, other: Money) -> Money {
+        if self >= other {
+            self
+        } else {
+            other
+        }
+    }
+
+    pub fn min(self, other: Money) -> Money {
+        if self <= other {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0;
+        shown.rescale(2);
+        write!(f, "{shown}")
+    }
+}
+
+impl fmt::Debug for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Money({self})")
+    }
+}
+
+impl FromStr for Money {
+    type Err = MoneyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Money::parse(s)
+    }
+}
+
+impl Add for Money {
+    type Output = Money;
+    fn add(self, rhs: Money) -> Money {
+        Money(self.0 + rhs.0)
+    }
+}
+
+impl Sub for Money {
+    type Output = Money;
+    fn sub(self, rhs: Money) -> Money {
+        Money(self.0 - rhs.0)
+    }
+}
+
+impl Neg for Money {
+    type Output = Money;
+    fn neg(self) -> Money {
+        Money(-self.0)
+    }
+}
+
+impl AddAssign for Money {
+    fn add_assign(&mut self, rhs: Money) {
+        self.0 += rhs.0;
+    }
+}
+
+impl SubAssign for Money {
+    fn sub_assign(&mut self, rhs: Money) {
+        self.0 -= rhs.0;
+    }
+}
+
+impl Sum for Money {
+    fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, Add::add)
+    }
+}
+
+impl<'a> Sum<&'a Money> for Money {
+    fn sum<I: Iterator<Item = &'a Money>>(iter: I) -> Money {
+        iter.copied().sum()
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Money::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_displays_two_places() {
+        assert_eq!(Money::parse("12.5").unwrap().to_string(), "12.50");
+        assert_eq!(Money::parse("-0.01").unwrap().cents(), -1);
+        assert_eq!(Money::parse("7").unwrap().to_string(), "7.00");
+        assert_eq!(Money::parse("3.100").unwrap().cents(), 310);
+    }
+
+    #[test]
+    fn rejects_bad_amounts() {
+        assert!(matches!(
+            Money::parse("1.005"),
+            Err(MoneyError::TooManyPlaces(_))
+        ));
+        assert!(matches!(
+            Money::parse("1e3"),
+            Err(MoneyError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            Money::parse("1,000.00"),
+            Err(MoneyError::NotADecimal(_))
+        ));
+        assert!(matches!(Money::parse(""), Err(MoneyError::NotADecimal(_))));
+        assert!(matches!(
+            Money::parse("NaN"),
+            Err(MoneyError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            Money::parse("10000000.01"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn serde_uses_decimal_strings() {
+        let m = Money::from_cents(1999);
+        assert_eq!(serde_json::to_string(&m).unwrap(), "\"19.99\"");
+        let back: Money = serde_json::from_str("\"19.99\"").unwrap();
+        assert_eq!(back, m);
+        assert!(serde_json::from_str::<Money>("\"19.999\"").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn cents_round_trip(cents in -AMOUNT_ABS_MAX_CENTS..=AMOUNT_ABS_MAX_CENTS) {
+            let m = Money::from_cents(cents);
+            prop_assert_eq!(m.cents(), cents);
+            prop_assert_eq!(Money::parse(&m.to_string()).unwrap(), m);
+        }
+
+        #[test]
+        fn addition_is_exact(a in -1_000_000i64..1_000_000, b in -1_000_000i64..1_000_000) {
+            prop_assert_eq!((Money::from_cents(a) + Money::from_cents(b)).cents(), a + b);
+        }
+    }
+}
