@@ -144,6 +144,72 @@ impl TxnKind {
     }
 }
 
+/// A school in the district.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct School {
+    pub code: String,
+    pub name: String,
+    pub low_grade: String,
+    pub high_grade: String,
+}
+
+/// A student as Genesis holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Student {
+    pub id: StudentId,
+    pub first_name: String,
+    pub last_name: String,
+    pub grade: String,
+    pub school: String,
+    pub status: StudentStatus,
+    pub birth_date: NaiveDate,
+    pub email: Option<String>,
+}
+
+/// A guardian (contact) as Genesis holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guardian {
+    pub id: GuardianId,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub portal_username: Option<String>,
+}
+
+/// The relation of one guardian to one student. A student may have guardians
+/// in two households (`household` 1 and 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardianLink {
+    pub student_id: StudentId,
+    pub guardian_id: GuardianId,
+    pub relationship: String,
+    pub household: i32,
+    pub portal_access: bool,
+    pub billing_contact: bool,
+}
+
+/// A fee category (a `FEE_CATEGORY` code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeCategory {
+    pub code: String,
+    pub description: String,
+    pub default_amount: Money,
+}
+
+/// A Genesis transaction not yet stored (no id assigned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewGenesisTxn {
+    pub fee_id: FeeId,
+    pub kind: TxnKind,
+    pub amount: Money,
+    pub method: String,
+    pub source: TxnSource,
+    pub vendor_txn_id: Option<VendorTxnId>,
+    pub posted_at: NaiveDateTime,
+    pub note: Option<String>,
+}
+
 /// One student fee as Genesis holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenesisFee {

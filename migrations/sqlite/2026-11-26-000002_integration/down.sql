@@ -1,0 +1,9 @@
+DROP TABLE cp_audit_log;
+DROP TABLE cp_discrepancies;
+DROP TABLE cp_balances;
+DROP TABLE cp_cursors;
+DROP TABLE cp_outbox;
+DROP TABLE cp_fee_links;
+DROP TABLE cp_runs;
+DROP TABLE cp_tasks;
+DROP TABLE cp_settings;

@@ -1,0 +1,173 @@
+//! The command line: global options, one module per subcommand (each with
+//! its `Args` and `run`), logging set-up and the documented exit codes.
+
+mod migrate;
+mod runs;
+mod seed;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db::{self, DatabaseUrl, DbConnection, OpenMode};
+
+/// Exit codes for schedulers. Documented in the README.
+pub mod exit {
+    /// The command did what was asked and nothing needs a person.
+    pub const OK: u8 = 0;
+    /// The command failed; the message says why.
+    pub const FAILURE: u8 = 1;
+    /// The command line was wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The run completed but left items that need review.
+    pub const NEEDS_REVIEW: u8 = 3;
+    /// Another run holds the district's lock; nothing was done.
+    pub const LOCKED: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  cpsync migrate                                  create or upgrade ./cpsync.db
+  cpsync --database-url postgres://cp@db/genesis migrate
+  cpsync seed --students 2000 --seed 1            a sample district to try things on
+  cpsync runs --limit 10                          recent run history
+
+Exit codes: 0 ok, 1 failure, 2 usage error, 3 completed with items needing review,
+4 another run holds the lock.";
+
+/// cpsync keeps Genesis student fees and Community Pass payments in agreement.
+#[derive(Debug, Parser)]
+#[command(name = "cpsync", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Configuration file (TOML); see cpsync.example.toml.
+    #[arg(long, global = true, env = "CPSYNC_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Database: sqlite://PATH, a plain file path, or postgres://...
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More detail in logs (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the database schema (Genesis contract and cp_ tables).
+    Migrate(migrate::Args),
+    /// Fill an empty database with a reproducible sample district.
+    Seed(seed::Args),
+    /// Show the run history of every task.
+    Runs(runs::Args),
+}
+
+/// What every subcommand gets: the configuration and the chosen database.
+pub struct Context {
+    pub config: Config,
+    pub database_url: DatabaseUrl,
+}
+
+impl Context {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Context> {
+        let config = match &cli.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let database_url = DatabaseUrl::parse(&config.database_url(cli.database_url.as_deref()))?;
+        Ok(Context {
+            config,
+            database_url,
+        })
+    }
+
+    /// A connection to a database whose schema is fully migrated.
+    pub fn connect(&self) -> anyhow::Result<DbConnection> {
+        Ok(db::connect_migrated(&self.database_url)?)
+    }
+
+    /// A connection that may create the SQLite file (for `migrate`).
+    pub fn connect_creating(&self) -> anyhow::Result<DbConnection> {
+        Ok(db::connect(&self.database_url, OpenMode::CreateIfMissing)?)
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("cpsync: error: {}", one_line_chain(&error));
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let context = Context::from_cli(&cli)?;
+    match cli.command {
+        Command::Migrate(args) => migrate::run(&context, args),
+        Command::Seed(args) => seed::run(&context, args),
+        Command::Runs(args) => runs::run(&context, args),
+    }
+}
+
+/// `outer: inner: root` on one line, so schedulers' logs keep it whole.
+fn one_line_chain(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(|e| e.to_string().replace('\n', " "))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default_level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

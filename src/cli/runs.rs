@@ -1,0 +1,81 @@
+//! `cpsync runs`: the run history, newest first, as a table or JSON.
+
+use super::{exit, Context};
+use crate::db::runs::{self, RunRecord};
+
+/// The most rows `runs` prints at once.
+const RUNS_LIMIT_MAX: i64 = 10_000;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only runs of this task (e.g. nightly_sync, send_fees, seed).
+    #[arg(long)]
+    task: Option<String>,
+    /// How many runs to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=RUNS_LIMIT_MAX))]
+    limit: i64,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let mut conn = context.connect()?;
+    let records = runs::recent_runs(&mut conn, args.task.as_deref(), args.limit)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else if records.is_empty() {
+        println!("no runs recorded yet");
+    } else {
+        print_table(&records);
+    }
+    Ok(exit::OK)
+}
+
+fn print_table(records: &[RunRecord]) {
+    println!(
+        "{:>6}  {:<20} {:<10} {:<19}  {:>8}  {:<12} {:>9} {:>8} {:>9} {:>7}",
+        "run",
+        "task",
+        "trigger",
+        "started (UTC)",
+        "seconds",
+        "status",
+        "records",
+        "matched",
+        "corrected",
+        "review"
+    );
+    for r in records {
+        let seconds = r
+            .finished_at
+            .map(|f| {
+                format!(
+                    "{:.1}",
+                    (f - r.started_at).num_milliseconds() as f64 / 1000.0
+                )
+            })
+            .unwrap_or_else(|| "-".to_string());
+        let status = if r.dry_run {
+            format!("{} (dry)", r.status)
+        } else {
+            r.status.clone()
+        };
+        println!(
+            "{:>6}  {:<20} {:<10} {:<19}  {:>8}  {:<12} {:>9} {:>8} {:>9} {:>7}",
+            r.id,
+            r.task,
+            r.trigger,
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            seconds,
+            status,
+            r.records_in,
+            r.matched,
+            r.corrected,
+            r.needs_review
+        );
+        if let Some(error) = &r.error {
+            println!("        error: {error}");
+        }
+    }
+}

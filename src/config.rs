@@ -1,0 +1,284 @@
+//! Infrastructure configuration from a TOML file (`--config` or
+//! `CPSYNC_CONFIG`): database, Community Pass endpoint, SMTP, SFTP and the
+//! report directory. Unknown keys are errors. Secrets are never in the file
+//! itself: it names the environment variable or file that holds each one.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::{self, Secret, SecretError};
+
+/// The database used when neither `--database-url`, `DATABASE_URL` nor the
+/// config file names one: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://cpsync.db";
+/// The environment variable read for the Community Pass API key by default.
+pub const DEFAULT_API_KEY_ENV: &str = "CPSYNC_API_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("config file {path} is invalid: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("config file {path}: {field} {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// The whole configuration file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The district's name, shown in reports and email subjects.
+    pub district: Option<String>,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    pub community_pass: Option<CommunityPassConfig>,
+    #[serde(default)]
+    pub reports: ReportsConfig,
+    pub smtp: Option<SmtpConfig>,
+    pub sftp: Option<SftpConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Option<String>,
+}
+
+/// Where a secret comes from: a file (preferred) or an environment variable.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+impl SecretSource {
+    /// Loads the secret, from the file if one is named, else the variable
+    /// (or `default_env` when neither is named).
+    pub fn load(&self, default_env: &str) -> Result<Secret, SecretError> {
+        match (&self.file, &self.env) {
+            (Some(file), _) => secret::from_file(file),
+            (None, Some(env)) => secret::from_env(env),
+            (None, None) => secret::from_env(default_env),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommunityPassConfig {
+    /// Base URL of the InstantSync API, e.g. `https://api.example/v1`.
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: SecretSource,
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    5
+}
+
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Where reports, exception CSVs and .eml files are written.
+    #[serde(default = "default_reports_dir")]
+    pub dir: PathBuf,
+    /// Attach the full HTML report to the email, not only the CSV.
+    #[serde(default = "default_true")]
+    pub attach_html: bool,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            dir: default_reports_dir(),
+            attach_html: true,
+        }
+    }
+}
+
+fn default_reports_dir() -> PathBuf {
+    PathBuf::from("cpsync-reports")
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// No TLS: accepted only for a loopback host (a local relay or a test server).
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: SecretSource,
+    pub from: String,
+    pub to: Vec<String>,
+    #[serde(default = "default_request_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    pub host: String,
+    #[serde(default = "default_sftp_port")]
+    pub port: u16,
+    pub username: String,
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password: SecretSource,
+    pub known_hosts_file: PathBuf,
+    #[serde(default = "default_remote_dir")]
+    pub remote_dir: String,
+}
+
+fn default_sftp_port() -> u16 {
+    22
+}
+
+fn default_remote_dir() -> String {
+    ".".to_string()
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.kind().to_string(),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason: reason.to_string(),
+        };
+        if let Some(cp) = &self.community_pass {
+            if !(cp.base_url.starts_with("https://") || cp.base_url.starts_with("http://")) {
+                return Err(invalid(
+                    "community_pass.base_url",
+                    "must start with https://",
+                ));
+            }
+            if cp.request_timeout_secs == 0 || cp.connect_timeout_secs == 0 {
+                return Err(invalid(
+                    "community_pass timeouts",
+                    "must be at least 1 second",
+                ));
+            }
+        }
+        if let Some(smtp) = &self.smtp {
+            if smtp.to.is_empty() {
+                return Err(invalid("smtp.to", "must list at least one recipient"));
+            }
+            if smtp.port == 0 {
+                return Err(invalid("smtp.port", "must not be 0"));
+            }
+        }
+        if let Some(sftp) = &self.sftp {
+            if sftp.private_key_file.is_none() && sftp.password == SecretSource::default() {
+                return Err(invalid(
+                    "sftp",
+                    "needs private_key_file (or a password source)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL: the command line or `DATABASE_URL` first, then the
+    /// file, then the default SQLite file.
+    pub fn database_url(&self, from_command_line: Option<&str>) -> String {
+        from_command_line
+            .map(str::to_string)
+            .or_else(|| self.database.url.clone())
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
+    }
+
+    pub fn district_name(&self) -> &str {
+        self.district.as_deref().unwrap_or("Sample District")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../cpsync.example.toml");
+        let config = parse(text).unwrap();
+        assert!(config.smtp.is_some() && config.sftp.is_some());
+        assert_eq!(config.smtp.unwrap().tls, SmtpTls::Starttls);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse("[database]\nurl = 'x.db'\nuser = 'a'\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field() {
+        let err = parse("[community_pass]\nbase_url = 'ftp://x'\n").unwrap_err();
+        assert!(err.to_string().contains("community_pass.base_url"), "{err}");
+        let err = parse("[smtp]\nhost='h'\nport=25\ntls='none'\nfrom='a@b'\nto=[]\n").unwrap_err();
+        assert!(err.to_string().contains("smtp.to"), "{err}");
+    }
+
+    #[test]
+    fn database_url_precedence() {
+        let config = parse("[database]\nurl = 'sqlite://file.db'\n").unwrap();
+        assert_eq!(config.database_url(Some("other.db")), "other.db");
+        assert_eq!(config.database_url(None), "sqlite://file.db");
+        assert_eq!(Config::default().database_url(None), DEFAULT_DATABASE_URL);
+    }
+}

@@ -1,0 +1,297 @@
+//! The database layer: the only module that knows SQL. It chooses the backend
+//! from the URL scheme, opens tuned connections, runs the embedded migrations,
+//! and offers a narrow set of queries over the Genesis contract and the
+//! integration's own `cp_` tables.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+/// One connection to either backend; every query in this crate runs on it.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Sqlite(diesel::SqliteConnection),
+    Pg(diesel::PgConnection),
+}
+
+/// Runs the same diesel code on whichever backend `conn` is, for the few
+/// statements the multi-connection cannot express (batch inserts, upserts).
+#[macro_export]
+macro_rules! with_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Sqlite($c) => $body,
+            $crate::db::DbConnection::Pg($c) => $body,
+        }
+    };
+}
+
+/// Inserts `rows` (a `Vec` of insertable rows) into `table` in multi-row
+/// batches of `INSERT_BATCH_ROWS`; evaluates to `Result<usize, DbError>`.
+macro_rules! insert_batched {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        let mut inserted = 0usize;
+        for chunk in $rows.chunks($crate::db::genesis::INSERT_BATCH_ROWS) {
+            inserted += $crate::with_backend!($conn, |c| diesel::insert_into($table)
+                .values(chunk)
+                .execute(c))?;
+        }
+        Ok(inserted)
+    }};
+}
+
+pub mod genesis;
+pub mod migrate;
+pub mod runs;
+pub mod schema;
+
+/// How long a SQLite connection waits for another writer before failing.
+pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+
+/// Errors of the database layer. Messages name the cause in one line and
+/// never include a password from the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL scheme {scheme:?}: use sqlite://PATH, a plain file path, or postgres://...")]
+    UnknownScheme { scheme: String },
+    #[error("the database URL is empty")]
+    EmptyUrl,
+    #[error("SQLite database {path} does not exist (run `cpsync migrate` to create it)")]
+    SqliteMissing { path: PathBuf },
+    #[error("cannot open SQLite database {path}: {reason}")]
+    SqliteOpen { path: PathBuf, reason: String },
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    PostgresConnect { target: String, reason: String },
+    #[error(
+        "database schema is not migrated: {pending} migration(s) pending (run `cpsync migrate`)"
+    )]
+    NotMigrated { pending: usize },
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("invalid data in {table} row {key}: {reason}")]
+    InvalidRow {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+/// Which backend a URL selects, decided from its scheme alone.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, a plain path, or
+    /// `postgres://` / `postgresql://`. Any other `scheme://` is refused, so a
+    /// typo never silently becomes a new SQLite file.
+    pub fn parse(text: &str) -> Result<DatabaseUrl, DbError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(DbError::EmptyUrl);
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(text.to_string()));
+        }
+        if let Some(path) = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(DbError::EmptyUrl);
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(DbError::UnknownScheme {
+                scheme: scheme.to_string(),
+            });
+        }
+        if text.contains('=') && !text.contains('/') {
+            // A libpq "host=... dbname=..." string must not become a file.
+            return Err(DbError::UnknownScheme {
+                scheme: "libpq key=value".to_string(),
+            });
+        }
+        Ok(DatabaseUrl::Sqlite(PathBuf::from(text)))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Sqlite(_) => "sqlite",
+            DatabaseUrl::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// The URL with any password replaced, for messages and logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => redact_postgres_url(url),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_postgres_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let shown_authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{user}:***@{host}")
+            } else {
+                format!("{user}@{host}")
+            }
+        }
+        None => authority.to_string(),
+    };
+    // Query parameters may carry a password too.
+    let shown_tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{shown_authority}{shown_tail}")
+}
+
+/// Whether opening may create a missing SQLite file (only `migrate` and the demo may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    MustExist,
+    CreateIfMissing,
+}
+
+/// Opens a connection on the backend the URL names, tuned for this engine.
+pub fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<DbConnection, DbError> {
+    match url {
+        DatabaseUrl::Sqlite(path) => connect_sqlite(path, mode).map(DbConnection::Sqlite),
+        DatabaseUrl::Postgres(text) => connect_postgres(url, text).map(DbConnection::Pg),
+    }
+}
+
+/// Opens a connection and checks that every migration has run.
+pub fn connect_migrated(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
+    let mut conn = connect(url, OpenMode::MustExist)?;
+    let pending = migrate::pending_count(&mut conn)?;
+    if pending > 0 {
+        return Err(DbError::NotMigrated { pending });
+    }
+    Ok(conn)
+}
+
+fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnection, DbError> {
+    if mode == OpenMode::MustExist && !path.exists() {
+        return Err(DbError::SqliteMissing {
+            path: path.to_path_buf(),
+        });
+    }
+    let open_error = |reason: String| DbError::SqliteOpen {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let path_text = path
+        .to_str()
+        .ok_or_else(|| open_error("path is not valid UTF-8".to_string()))?;
+    let mut conn = diesel::SqliteConnection::establish(path_text)
+        .map_err(|e| open_error(one_line(&e.to_string())))?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;"
+    ))
+    .map_err(|e| open_error(one_line(&e.to_string())))?;
+    Ok(conn)
+}
+
+fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnection, DbError> {
+    diesel::PgConnection::establish(text).map_err(|e| DbError::PostgresConnect {
+        target: url.redacted(),
+        reason: one_line(&e.to_string()),
+    })
+}
+
+/// libpq's messages span lines; keep the first meaningful one.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_schemes_choose_the_backend() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://a/b.db").unwrap(),
+            DatabaseUrl::Sqlite("a/b.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("x.db").unwrap(),
+            DatabaseUrl::Sqlite("x.db".into())
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgresql://u@h/d").unwrap(),
+            DatabaseUrl::Postgres(_)
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("foo://x"),
+            Err(DbError::UnknownScheme { .. })
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("host=localhost dbname=x"),
+            Err(DbError::UnknownScheme { .. })
+        ));
+        assert!(matches!(DatabaseUrl::parse("  "), Err(DbError::EmptyUrl)));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let url = DatabaseUrl::parse("postgres://cp:hunter2@db:5432/genesis?password=x").unwrap();
+        let shown = url.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("cp:***@db:5432/genesis"), "{shown}");
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn missing_sqlite_file_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.db");
+        let url = DatabaseUrl::Sqlite(path.clone());
+        assert!(matches!(
+            connect(&url, OpenMode::MustExist),
+            Err(DbError::SqliteMissing { .. })
+        ));
+        assert!(!path.exists());
+    }
+}
