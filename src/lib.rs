@@ -11,3 +11,4 @@ pub mod domain;
 pub mod money;
 pub mod secret;
 pub mod seed;
+pub mod setup;

@@ -42,10 +42,12 @@ macro_rules! insert_batched {
     }};
 }
 
+pub mod audit;
 pub mod genesis;
 pub mod migrate;
 pub mod runs;
 pub mod schema;
+pub mod settings;
 
 /// How long a SQLite connection waits for another writer before failing.
 pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
