@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod money;
+pub mod portal_view;
 pub mod secret;
 pub mod seed;
 pub mod setup;
