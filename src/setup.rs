@@ -213,6 +213,27 @@ impl SetupState {
     }
 }
 
+impl PatronIdRule {
+    /// The Community Pass patron id of `student` under this rule, given the
+    /// student's guardian links. Falls back to the student id when a family
+    /// account is asked for but the student has no billing contact.
+    pub fn patron_for(
+        self,
+        student: crate::domain::StudentId,
+        links: &[crate::domain::GuardianLink],
+    ) -> String {
+        match self {
+            PatronIdRule::StudentId => student.to_string(),
+            PatronIdRule::BillingGuardianId => links
+                .iter()
+                .filter(|l| l.student_id == student && l.billing_contact)
+                .min_by_key(|l| (l.household, l.guardian_id))
+                .map(|l| format!("G{}", l.guardian_id))
+                .unwrap_or_else(|| student.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,26 +306,5 @@ mod tests {
         assert!(state.eligible("LAB", "HS01", day(12)));
         state.excluded_schools.insert("HS01".into());
         assert!(!state.eligible("LAB", "HS01", day(12)));
-    }
-}
-
-impl PatronIdRule {
-    /// The Community Pass patron id of `student` under this rule, given the
-    /// student's guardian links. Falls back to the student id when a family
-    /// account is asked for but the student has no billing contact.
-    pub fn patron_for(
-        self,
-        student: crate::domain::StudentId,
-        links: &[crate::domain::GuardianLink],
-    ) -> String {
-        match self {
-            PatronIdRule::StudentId => student.to_string(),
-            PatronIdRule::BillingGuardianId => links
-                .iter()
-                .filter(|l| l.student_id == student && l.billing_contact)
-                .min_by_key(|l| (l.household, l.guardian_id))
-                .map(|l| format!("G{}", l.guardian_id))
-                .unwrap_or_else(|| student.to_string()),
-        }
     }
 }
