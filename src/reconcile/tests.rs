@@ -1,0 +1,1 @@
+//! Unit tests of the reconciliation rules, one per discrepancy kind.
