@@ -25,7 +25,7 @@
 //! | `fee_voided_in_genesis` | voided in Genesis, no payment applied | push fee (status void) |
 //! | `fee_waived_in_genesis` | waived in Genesis, CP not waived | push fee (status waived) |
 //! | `genesis_credit_not_reflected` | Genesis manual payments/refunds differ from CP's `genesis_credit` | push fee |
-//! | `genesis_waiver_not_reflected` | as above, and the difference is exactly the Genesis waivers | push fee |
+//! | `genesis_waiver_not_reflected` | as above, and the latest Genesis-recorded transaction is a waiver | push fee |
 //! | `cp_payment_missing_in_genesis` | CP payment ≥ fee amount not posted in Genesis | post txn |
 //! | `cp_partial_payment_missing_in_genesis` | CP payment < fee amount not posted | post txn |
 //! | `cp_refund_missing_in_genesis` / `cp_waiver_…` / `cp_reversal_…` | CP refund, waiver, reversal not posted | post txn |
@@ -93,11 +93,23 @@ pub fn reconcile(
     policy: &Policy,
     scope: &Scope,
 ) -> Reconciliation {
+    reconcile_in_partitions(genesis, vendor, policy, scope, PARTITION_CASES_MAX)
+}
+
+/// `reconcile` with a chosen partition size (at least one case); the output
+/// does not depend on it either. Tests use small partitions.
+pub fn reconcile_in_partitions(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    policy: &Policy,
+    scope: &Scope,
+    partition_cases: usize,
+) -> Reconciliation {
     let grouped = case::group(genesis, vendor, policy, scope);
     let facts = &grouped.facts;
     let reports: Vec<CaseReport> = grouped
         .cases
-        .par_chunks(PARTITION_CASES_MAX)
+        .par_chunks(partition_cases.max(1))
         .map(|partition| judge_partition(partition, facts, policy))
         .collect();
     let (mut discrepancies, outcomes) = merge(reports);

@@ -394,20 +394,20 @@ impl<'c, 'a> Judge<'c, 'a> {
         if credit == vendor.genesis_credit {
             return None;
         }
-        let credit_without_waivers = credit - self.manual_waivers();
-        if credit_without_waivers == vendor.genesis_credit {
+        if self.latest_manual_kind() == Some(TxnKind::Waiver) {
             Some(DiscrepancyKind::GenesisWaiverNotReflected)
         } else {
             Some(DiscrepancyKind::GenesisCreditNotReflected)
         }
     }
 
-    fn manual_waivers(&self) -> Money {
+    /// The kind of the most recent transaction recorded in Genesis itself:
+    /// what most likely changed the credit since the last push.
+    fn latest_manual_kind(&self) -> Option<TxnKind> {
         self.case
             .manual_txns()
-            .filter(|(_, txn)| txn.kind == TxnKind::Waiver)
-            .map(|(_, txn)| txn.amount)
-            .sum()
+            .max_by_key(|(_, txn)| (txn.posted_at, txn.id))
+            .map(|(_, txn)| txn.kind)
     }
 
     /// Checks the Community Pass fee's own identity and its totals against
