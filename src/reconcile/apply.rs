@@ -3,11 +3,18 @@
 //! recomputes the balance by its invariant). Tests use it to check that a
 //! plan, once applied, leaves nothing to do.
 //!
+//! The model uses the student id as patron id; the shell applies the
+//! district's patron rule when it builds the `FeePush`. It does not model
+//! Community Pass's clock: `updated_at` is left as it was.
+//!
 //! The model is deliberately not idempotent: posting a transaction twice
 //! makes two Genesis rows, so a plan that would double-post shows up.
 
+use chrono::NaiveDateTime;
+
 use crate::domain::{
-    FeeId, FeeStatus, GenesisFee, GenesisTxn, TxnSource, VendorFee, VendorFeeStatus, VendorTxn,
+    FeeId, FeePush, FeeStatus, GenesisFee, GenesisTxn, GuardianId, TxnSource, VendorFee,
+    VendorFeeStatus, VendorTxn,
 };
 use crate::money::Money;
 
@@ -70,71 +77,89 @@ fn push_fee(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fee_id: 
         .fees
         .iter()
         .find(|fee| fee.id == fee_id)
-        .cloned()
         .expect("the plan pushes only fees that exist in Genesis");
-    let credit = genesis_credit(genesis.txns.iter().filter(|txn| txn.fee_id == fee_id));
-    let vendor_fee = upsert_vendor_fee(vendor, &fee, credit);
-    let vendor_fee_id = vendor_fee.vendor_fee_id.clone();
+    let txns = genesis.txns.iter().filter(|txn| txn.fee_id == fee_id);
+    let push = fee_push(fee, txns, fee.student_id.to_string(), Vec::new());
+    let vendor_fee_id = upsert_vendor_fee(vendor, &push).vendor_fee_id.clone();
     let link = link_mut(genesis, fee_id);
     link.vendor_fee_id = Some(vendor_fee_id);
-    link.pushed_amount = Some(fee.amount);
-    link.pushed_status = Some(fee.status);
-    link.pushed_credit = Some(credit);
+    link.pushed_amount = Some(push.amount);
+    link.pushed_status = Some(push.status);
+    link.pushed_credit = Some(push.genesis_credit);
 }
 
-/// Community Pass's side of a fee upsert keyed by the Genesis fee id.
-fn upsert_vendor_fee<'v>(
-    vendor: &'v mut VendorSnapshot,
+/// The body of the fee upsert for a planned `PushFee`: the fee as Genesis
+/// holds it, with the credit of its Genesis-recorded transactions. The
+/// patron and guardians come from the shell's patron rule.
+pub fn fee_push<'t>(
     fee: &GenesisFee,
-    credit: Money,
-) -> &'v VendorFee {
-    let position = match vendor
-        .fees
-        .iter()
-        .position(|known| known.genesis_fee_id == fee.id)
-    {
-        Some(position) => position,
-        None => {
-            vendor.fees.push(new_vendor_fee(fee));
-            vendor.fees.len() - 1
-        }
-    };
-    let vendor_fee = &mut vendor.fees[position];
-    vendor_fee.amount = fee.amount;
-    vendor_fee.genesis_credit = credit;
-    vendor_fee.category = fee.category.clone();
-    vendor_fee.school = fee.school.clone();
-    vendor_fee.description = fee.description.clone();
-    vendor_fee.fee_date = fee.fee_date;
-    vendor_fee.due_date = fee.due_date;
-    vendor_fee.balance = vendor_identity_balance(vendor_fee);
-    vendor_fee.status = vendor_status(fee.status, vendor_fee.balance);
-    vendor_fee.updated_at = fee.modified_at;
-    vendor_fee
-}
-
-/// A fee Community Pass has not seen: nothing paid yet. The model uses the
-/// student id as patron id; the shell applies the district's patron rule.
-fn new_vendor_fee(fee: &GenesisFee) -> VendorFee {
-    VendorFee {
+    txns_of_fee: impl Iterator<Item = &'t GenesisTxn>,
+    patron_id: String,
+    guardian_ids: Vec<GuardianId>,
+) -> FeePush {
+    FeePush {
         genesis_fee_id: fee.id,
-        vendor_fee_id: format!("cp-{}", fee.id),
         student_id: fee.student_id,
-        patron_id: fee.student_id.to_string(),
+        patron_id,
+        guardian_ids,
         category: fee.category.clone(),
         school: fee.school.clone(),
         description: fee.description.clone(),
         amount: fee.amount,
+        genesis_credit: genesis_credit(txns_of_fee.filter(|txn| txn.fee_id == fee.id)),
+        status: fee.status,
+        fee_date: fee.fee_date,
+        due_date: fee.due_date,
+    }
+}
+
+/// Community Pass's side of a fee upsert keyed by the Genesis fee id.
+fn upsert_vendor_fee<'v>(vendor: &'v mut VendorSnapshot, push: &FeePush) -> &'v VendorFee {
+    let position = match vendor
+        .fees
+        .iter()
+        .position(|known| known.genesis_fee_id == push.genesis_fee_id)
+    {
+        Some(position) => position,
+        None => {
+            vendor.fees.push(new_vendor_fee(push));
+            vendor.fees.len() - 1
+        }
+    };
+    let vendor_fee = &mut vendor.fees[position];
+    vendor_fee.amount = push.amount;
+    vendor_fee.genesis_credit = push.genesis_credit;
+    vendor_fee.category = push.category.clone();
+    vendor_fee.school = push.school.clone();
+    vendor_fee.description = push.description.clone();
+    vendor_fee.fee_date = push.fee_date;
+    vendor_fee.due_date = push.due_date;
+    vendor_fee.balance = vendor_identity_balance(vendor_fee);
+    vendor_fee.status = vendor_status(push.status, vendor_fee.balance);
+    vendor_fee
+}
+
+/// A fee Community Pass has not seen: nothing paid yet.
+fn new_vendor_fee(push: &FeePush) -> VendorFee {
+    VendorFee {
+        genesis_fee_id: push.genesis_fee_id,
+        vendor_fee_id: format!("cp-{}", push.genesis_fee_id),
+        student_id: push.student_id,
+        patron_id: push.patron_id.clone(),
+        category: push.category.clone(),
+        school: push.school.clone(),
+        description: push.description.clone(),
+        amount: push.amount,
         genesis_credit: Money::ZERO,
         paid: Money::ZERO,
         refunded: Money::ZERO,
         waived: Money::ZERO,
         reversed: Money::ZERO,
-        balance: fee.amount,
+        balance: push.amount,
         status: VendorFeeStatus::Open,
-        fee_date: fee.fee_date,
-        due_date: fee.due_date,
-        updated_at: fee.modified_at,
+        fee_date: push.fee_date,
+        due_date: push.due_date,
+        updated_at: NaiveDateTime::default(),
     }
 }
 

@@ -67,7 +67,7 @@ mod tests;
 use rayon::prelude::*;
 
 pub use accounting::{check_accounting, AccountingError};
-pub use apply::{apply_plan, vendor_status};
+pub use apply::{apply_plan, fee_push, vendor_status};
 pub use case::genesis_credit;
 pub use input::{
     CategorySelection, FeeLink, GenesisSnapshot, Ineligibility, Policy, Scope, VendorSnapshot,

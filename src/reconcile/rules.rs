@@ -446,9 +446,21 @@ impl<'c, 'a> Judge<'c, 'a> {
 
     fn transactions(&mut self) {
         for (vendor_id, postings) in self.postings_by_vendor_id() {
+            let first_new = self.report.discrepancies.len();
             self.judge_vendor_id(vendor_id, &postings);
+            if self.case.fee_id.is_none() {
+                self.name_txn_student(first_new, &postings);
+            }
         }
         self.malformed_genesis_txns();
+    }
+
+    /// Transactions naming no known fee each carry their own student.
+    fn name_txn_student(&mut self, first_new: usize, postings: &Postings<'a>) {
+        let student = postings.vendor.first().and_then(|(_, txn)| txn.student_id);
+        for discrepancy in &mut self.report.discrepancies[first_new..] {
+            discrepancy.student_id = student;
+        }
     }
 
     /// This case's records of each vendor transaction id, on both sides.

@@ -734,16 +734,26 @@ fn vendor_txn_for_unknown_fee_is_unprocessed() {
     world.vendor.txns.push(orphan.clone());
     orphan.id = VendorTxnId("v10".to_string());
     orphan.genesis_fee_id = None;
+    world.vendor.txns.push(orphan.clone());
+    orphan.id = VendorTxnId("v11".to_string());
+    orphan.student_id = Some(StudentId(8));
     world.vendor.txns.push(orphan);
     let result = check(
         &world,
         &[
             (K::UnprocessedVendorTxn, Expect::Review),
             (K::UnprocessedVendorTxn, Expect::Review),
+            (K::UnprocessedVendorTxn, Expect::Review),
         ],
     );
-    assert_eq!(result.discrepancies[0].fee_id, None);
-    assert_eq!(result.accounting.community_pass.needs_review, 2);
+    let unkeyed: Vec<_> = result
+        .discrepancies
+        .iter()
+        .filter(|item| item.fee_id.is_none())
+        .map(|item| item.student_id)
+        .collect();
+    assert_eq!(unkeyed, vec![Some(STUDENT), Some(StudentId(8))]);
+    assert_eq!(result.accounting.community_pass.needs_review, 3);
 }
 
 #[test]

@@ -5,6 +5,10 @@
 //! Genesis stores no balance: its balance is defined by the identity, so the
 //! Genesis check is that its totals add up. Community Pass stores a balance
 //! per fee, which is checked against its own totals.
+//!
+//! A fee's status does not enter the identity: a void or waived fee's amount
+//! stays billed until a transaction (a waiver, say) offsets it, on both
+//! sides alike, so the two sides' totals stay comparable.
 
 use crate::domain::{FeeId, GenesisTxn, VendorFee};
 use crate::money::Money;
