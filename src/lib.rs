@@ -10,6 +10,7 @@ pub mod db;
 pub mod domain;
 pub mod money;
 pub mod portal_view;
+pub mod reconcile;
 pub mod secret;
 pub mod seed;
 pub mod setup;
