@@ -9,25 +9,8 @@ use std::fmt;
 use chrono::{NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
-/// Which fee categories are sent to Community Pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "mode", content = "codes")]
-pub enum CategorySelection {
-    /// Every category, including ones added later (the default).
-    #[default]
-    All,
-    /// Only these FEE_CATEGORY codes.
-    Only(BTreeSet<String>),
-}
-
-impl CategorySelection {
-    pub fn includes(&self, code: &str) -> bool {
-        match self {
-            CategorySelection::All => true,
-            CategorySelection::Only(codes) => codes.contains(code),
-        }
-    }
-}
+pub use crate::reconcile::CategorySelection;
+use crate::reconcile::Policy;
 
 /// What identifies the patron (the account holder) in Community Pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -205,11 +188,14 @@ impl SetupState {
         self
     }
 
-    /// Whether a fee with these attributes is eligible to be sent.
-    pub fn eligible(&self, category: &str, school: &str, fee_date: NaiveDate) -> bool {
-        self.categories.includes(category)
-            && !self.excluded_schools.contains(school)
-            && self.cutoff.is_some_and(|cutoff| fee_date >= cutoff)
+    /// The sending policy these choices make, for the reconciliation core
+    /// and the outbox.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            cutoff: self.cutoff,
+            categories: self.categories.clone(),
+            excluded_schools: self.excluded_schools.clone(),
+        }
     }
 }
 
@@ -291,20 +277,14 @@ mod tests {
     }
 
     #[test]
-    fn eligibility_follows_categories_schools_and_cutoff() {
+    fn the_policy_carries_categories_schools_and_cutoff() {
         let mut state = SetupState::default();
-        let day = |d| NaiveDate::from_ymd_opt(2026, 9, d).unwrap();
-        assert!(
-            !state.eligible("CAFE", "HS01", day(1)),
-            "no cutoff: nothing is sent"
-        );
-        state.cutoff = Some(day(10));
-        assert!(state.eligible("CAFE", "HS01", day(10)), "on the cutoff day");
-        assert!(!state.eligible("CAFE", "HS01", day(9)), "before the cutoff");
+        state.cutoff = NaiveDate::from_ymd_opt(2026, 9, 10);
         state.categories = CategorySelection::Only(["LAB".to_string()].into());
-        assert!(!state.eligible("CAFE", "HS01", day(12)));
-        assert!(state.eligible("LAB", "HS01", day(12)));
         state.excluded_schools.insert("HS01".into());
-        assert!(!state.eligible("LAB", "HS01", day(12)));
+        let policy = state.policy();
+        assert_eq!(policy.cutoff, state.cutoff);
+        assert!(policy.categories.includes("LAB") && !policy.categories.includes("CAFE"));
+        assert!(policy.excluded_schools.contains("HS01"));
     }
 }
