@@ -278,10 +278,12 @@ mod tests {
 
     #[test]
     fn the_policy_carries_categories_schools_and_cutoff() {
-        let mut state = SetupState::default();
-        state.cutoff = NaiveDate::from_ymd_opt(2026, 9, 10);
-        state.categories = CategorySelection::Only(["LAB".to_string()].into());
-        state.excluded_schools.insert("HS01".into());
+        let state = SetupState {
+            cutoff: NaiveDate::from_ymd_opt(2026, 9, 10),
+            categories: CategorySelection::Only(["LAB".to_string()].into()),
+            excluded_schools: ["HS01".to_string()].into(),
+            ..SetupState::default()
+        };
         let policy = state.policy();
         assert_eq!(policy.cutoff, state.cutoff);
         assert!(policy.categories.includes("LAB") && !policy.categories.includes("CAFE"));
