@@ -6,3 +6,5 @@
 
 pub mod domain;
 pub mod money;
+pub mod portal;
+pub mod secret;
