@@ -8,3 +8,4 @@ pub mod domain;
 pub mod money;
 pub mod portal;
 pub mod secret;
+pub mod sim;
