@@ -4,6 +4,7 @@
 //! The crate is a library with one binary. `domain` and `money` are the shared
 //! vocabulary; `db` is the only module that knows SQL; see `ARCHITECTURE.md`.
 
+pub mod cli;
 pub mod domain;
 pub mod money;
 pub mod portal;

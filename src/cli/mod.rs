@@ -1,0 +1,3 @@
+//! Command-line subcommands, one file each with its `Args` and `run(args)`.
+
+pub mod sim;
