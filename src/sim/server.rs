@@ -479,17 +479,16 @@ fn invalid_cursor() -> ApiError {
     ApiError::unprocessable("invalid_cursor", "cursor is not one this server issued")
 }
 
-/// Integer cursors (fees, unmanaged fees) are the last key, in decimal.
+/// Integer cursors (fees, unmanaged fees) are the last key: 1 to 18 digits.
 fn integer_cursor(query: &BTreeMap<String, String>) -> Result<Option<i64>, ApiError> {
-    match query.get("cursor") {
-        None => Ok(None),
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Some)
-            .ok_or_else(invalid_cursor),
+    let Some(text) = query.get("cursor") else {
+        return Ok(None);
+    };
+    let digits = (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits {
+        return Err(invalid_cursor());
     }
+    text.parse::<i64>().map(Some).map_err(|_| invalid_cursor())
 }
 
 #[derive(Serialize)]
@@ -534,7 +533,7 @@ fn decode_hex_cursor(text: &str) -> Result<String, ApiError> {
         })
         .collect();
     bytes
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .ok_or_else(invalid_cursor)
 }
 
@@ -645,6 +644,31 @@ fn check_idempotency_key(key: Option<&str>) -> Result<&str, ApiError> {
     Ok(key)
 }
 
+/// A fee amount on the wire, exactly as the document's pattern: 1 to 8
+/// digits, optionally a point and 1 or 2 digits; no sign, no spaces.
+fn is_amount_text(text: &str) -> bool {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    let digits = |part: &str, max: usize| {
+        (1..=max).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    digits(whole, 8) && fraction.is_none_or(|f| digits(f, 2))
+}
+
+fn check_amount_text(field: &str, value: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    match value {
+        Some(serde_json::Value::String(text)) if !is_amount_text(text) => {
+            Err(ApiError::unprocessable(
+                "invalid_amount",
+                format!("{field} must be a decimal string with at most two places"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn with_replay_marker(mut reply: Reply, replayed: bool) -> Reply {
     let value = if replayed { "true" } else { "false" };
     reply
@@ -657,7 +681,12 @@ fn with_replay_marker(mut reply: Reply, replayed: bool) -> Reply {
 /// as a replay; same key and another body → 409; otherwise upsert and store.
 fn upsert(state: &mut District, id: FeeId, call: &Call) -> Result<Reply, ApiError> {
     let key = check_idempotency_key(header_text(&call.headers, "idempotency-key"))?;
-    let push: FeePush = parse_json(&call.body)?;
+    let value: serde_json::Value = parse_json(&call.body)?;
+    for field in ["amount", "genesis_credit"] {
+        check_amount_text(field, value.get(field))?;
+    }
+    let push: FeePush = serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))?;
     if push.genesis_fee_id != id {
         return Err(ApiError::unprocessable(
             "id_mismatch",
