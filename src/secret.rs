@@ -5,7 +5,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A secret string. Printing it shows `[redacted]`.
+/// What `Debug` and `Display` print instead of the value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// A secret string. Printing it shows `[REDACTED]`; it is not `Serialize`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -22,17 +25,50 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Compares with a candidate in time that depends only on the lengths,
+    /// so a server checking keys does not leak how many bytes matched.
+    pub fn ct_eq(&self, candidate: &str) -> bool {
+        let ours = self.0.as_bytes();
+        let theirs = candidate.as_bytes();
+        if ours.len() != theirs.len() {
+            return false;
+        }
+        let difference = ours
+            .iter()
+            .zip(theirs)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        difference == 0
+    }
+
+    /// Reads a secret from a file (see `from_file`).
+    pub fn from_file(path: &Path) -> Result<Secret, SecretError> {
+        from_file(path)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
+        write!(f, "Secret({REDACTED})")
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
@@ -75,7 +111,7 @@ mod tests {
     #[test]
     fn never_printed() {
         let s = Secret::new("sk_live_123");
-        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(format!("{s}"), REDACTED);
         assert!(!format!("{s:?}").contains("sk_live"));
         assert_eq!(s.expose(), "sk_live_123");
     }

@@ -4,6 +4,7 @@
 mod migrate;
 mod runs;
 mod seed;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,8 @@ pub enum Command {
     Seed(seed::Args),
     /// Show the run history of every task.
     Runs(runs::Args),
+    /// Run the Community Pass simulator on loopback (for demos and tests).
+    Sim(sim::SimArgs),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -132,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Migrate(args) => migrate::run(&context, args),
         Command::Seed(args) => seed::run(&context, args),
         Command::Runs(args) => runs::run(&context, args),
+        Command::Sim(args) => sim::run(args).map(|()| exit::OK),
     }
 }
 

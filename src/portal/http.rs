@@ -1,0 +1,631 @@
+//! `HttpPortal`: the Community Pass client over HTTPS (reqwest, blocking).
+//! The only module that knows the vendor's URLs, headers and JSON. It
+//! verifies TLS (plain `http://` only for loopback hosts), bounds every
+//! attempt with connect and request timeouts, retries 5xx, 429, timeouts and
+//! dropped connections with capped exponential backoff and jitter (honouring
+//! `Retry-After`) at most `RETRIES_MAX` times, and turns every amount on the
+//! wire into `Money` or a `Protocol` error naming the record.
+
+use std::net::IpAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    CommunityPass, ConnectionCheck, Page, PortalError, RetryCause, RetryCounter, RetryStats,
+    TxnPage, TxnScope, UpsertOutcome, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+};
+use crate::domain::{FeeId, FeePush, PatronBalance, StudentId, UnmanagedFee, VendorFee};
+use crate::secret::Secret;
+
+/// The most retries of one request, whatever the policy says.
+pub const RETRIES_MAX: u32 = 10;
+/// The longest `Retry-After` the client honours; longer asks are capped.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// The most bytes of a server's error message kept in an error.
+const ERROR_MESSAGE_CHARS_MAX: usize = 300;
+/// The header that marks an answer served from the idempotency store.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// The request header carrying the idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Installs the `ring` rustls crypto provider once per process. reqwest is
+/// built with `rustls-no-provider`, so a TLS client needs this first.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // Err means another provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// How hard the client tries before giving up on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt; capped at `RETRIES_MAX`.
+    pub retries: u32,
+    /// The first backoff; doubled on each retry.
+    pub backoff_base: Duration,
+    /// The largest backoff between two attempts.
+    pub backoff_max: Duration,
+    /// The longest `Retry-After` honoured; capped at `RETRY_AFTER_MAX`.
+    pub retry_after_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            retries: 8,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            retry_after_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything `HttpPortal` needs. `Debug` shows the key redacted.
+#[derive(Debug, Clone)]
+pub struct HttpPortalConfig {
+    /// e.g. `https://instantsync.example.com`; `http://` only for loopback.
+    pub base_url: String,
+    pub api_key: Secret,
+    pub connect_timeout: Duration,
+    /// The bound of one attempt, from sending to the last body byte.
+    pub request_timeout: Duration,
+    pub page_size: u32,
+    pub retry: RetryPolicy,
+}
+
+impl HttpPortalConfig {
+    pub fn new(base_url: impl Into<String>, api_key: Secret) -> HttpPortalConfig {
+        HttpPortalConfig {
+            base_url: base_url.into(),
+            api_key,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            page_size: PAGE_SIZE_DEFAULT,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The Community Pass client. Cheap to share across threads (`&self` calls).
+pub struct HttpPortal {
+    client: Client,
+    base: Url,
+    authorization: HeaderValue,
+    api_key: Secret,
+    page_size: u32,
+    retry: RetryPolicy,
+    counter: RetryCounter,
+}
+
+impl std::fmt::Debug for HttpPortal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPortal")
+            .field("base", &self.base.as_str())
+            .field("api_key", &self.api_key)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+/// Checks the base URL: https anywhere, http only on loopback, no
+/// credentials in the URL.
+pub fn check_base_url(text: &str) -> Result<Url, PortalError> {
+    let config = |detail: String| PortalError::Config { detail };
+    let url = Url::parse(text).map_err(|e| config(format!("base URL is not a URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(config("base URL must not carry credentials".to_string()));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(config(format!(
+            "plain http:// is allowed only for loopback hosts, not {:?}; use https://",
+            url.host_str().unwrap_or("")
+        ))),
+        other => Err(config(format!("unsupported URL scheme {other:?}"))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// The server's error body.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+/// A page as it arrives, items still undecoded so a bad one can be named.
+#[derive(Debug, Deserialize)]
+struct RawPage {
+    items: Vec<Value>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTxnPage {
+    items: Vec<Value>,
+    next_after: i64,
+    has_more: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TestPushBody<'a> {
+    nonce: &'a str,
+}
+
+/// A successful answer: its headers and body bytes.
+struct Answer {
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl HttpPortal {
+    pub fn new(config: HttpPortalConfig) -> Result<HttpPortal, PortalError> {
+        install_crypto_provider();
+        let base = check_base_url(&config.base_url)?;
+        if !(1..=PAGE_SIZE_MAX).contains(&config.page_size) {
+            return Err(PortalError::Config {
+                detail: format!("page size must be 1..={PAGE_SIZE_MAX}"),
+            });
+        }
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose())).map_err(
+                |_| PortalError::Config {
+                    detail: "API key contains characters not allowed in a header".to_string(),
+                },
+            )?;
+        authorization.set_sensitive(true);
+        let client = Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cpsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PortalError::Config {
+                detail: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(HttpPortal {
+            client,
+            base,
+            authorization,
+            api_key: config.api_key,
+            page_size: config.page_size,
+            retry: config.retry,
+            counter: RetryCounter::default(),
+        })
+    }
+
+    fn url(&self, path: &str, query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base_path}{path}"));
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, value) in query {
+                pairs.append_pair(name, value);
+            }
+        }
+        url
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.client
+            .request(method, url)
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+    }
+
+    /// Sends a request, retrying transient failures within the policy.
+    /// `record` names what is being fetched, for error messages.
+    fn execute(
+        &self,
+        record: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Answer, PortalError> {
+        self.counter.record_request();
+        let retries = self.retry.retries.min(RETRIES_MAX);
+        let mut attempt = 0;
+        loop {
+            let error = match self.attempt(record, build()) {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            let Some(cause) = retry_cause(&error) else {
+                return Err(error);
+            };
+            if attempt >= retries {
+                return Err(error);
+            }
+            self.counter.record_retry(cause);
+            std::thread::sleep(self.delay(attempt, &error));
+            attempt += 1;
+        }
+    }
+
+    fn attempt(&self, record: &str, request: RequestBuilder) -> Result<Answer, PortalError> {
+        let response = request.send().map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response_body(response).map_err(|e| self.transport_error(&e))?;
+        if status.is_success() {
+            return Ok(Answer { headers, body });
+        }
+        Err(self.status_error(record, status, &headers, &body))
+    }
+
+    /// The wait before retry number `attempt + 1`: `Retry-After` when the
+    /// server gave one (capped), else exponential backoff with equal jitter.
+    fn delay(&self, attempt: u32, error: &PortalError) -> Duration {
+        let jitter_max = self.retry.backoff_base.as_millis() as u64;
+        let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_max));
+        if let PortalError::RateLimited {
+            retry_after: Some(wait),
+            ..
+        } = error
+        {
+            let cap = self.retry.retry_after_max.min(RETRY_AFTER_MAX);
+            return (*wait).min(cap) + jitter;
+        }
+        let exponential = self
+            .retry
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.retry.backoff_max);
+        let half = exponential / 2;
+        let spread = half.as_millis() as u64;
+        half + Duration::from_millis(rand::thread_rng().gen_range(0..=spread))
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> PortalError {
+        let detail = self.scrub(&error_chain(error));
+        if error.is_timeout() {
+            PortalError::Timeout { detail }
+        } else if error.is_builder() {
+            PortalError::Config { detail }
+        } else {
+            PortalError::Unavailable {
+                detail: format!("connection failed: {detail}"),
+            }
+        }
+    }
+
+    fn status_error(
+        &self,
+        record: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> PortalError {
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(parsed) => (parsed.code, parsed.message),
+            Err(_) => (
+                status.as_str().to_string(),
+                status.canonical_reason().unwrap_or("").to_string(),
+            ),
+        };
+        let code = self.scrub(&truncate(&code));
+        let message = self.scrub(&truncate(&message));
+        match status.as_u16() {
+            401 | 403 => PortalError::Unauthorized { code, message },
+            404 => PortalError::NotFound {
+                what: record.to_string(),
+                code,
+                message,
+            },
+            409 => PortalError::Conflict { code, message },
+            400 | 422 => PortalError::Validation {
+                status: status.as_u16(),
+                code,
+                message,
+            },
+            429 => PortalError::RateLimited {
+                retry_after: retry_after(headers),
+                message,
+            },
+            500..=599 => PortalError::Unavailable {
+                detail: format!("{} {code}: {message}", status.as_u16()),
+            },
+            other => PortalError::protocol(
+                record,
+                format!("unexpected HTTP status {other} ({code}: {message})"),
+            ),
+        }
+    }
+
+    /// Removes the API key from text that came from elsewhere, in case a
+    /// server or a library echoes it.
+    fn scrub(&self, text: &str) -> String {
+        let key = self.api_key.expose();
+        if key.is_empty() {
+            return text.to_string();
+        }
+        text.replace(key, crate::secret::REDACTED)
+    }
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        record: &str,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, PortalError> {
+        let url = self.url(path, query);
+        let answer = self.execute(record, || self.request(Method::GET, url.clone()))?;
+        decode(record, &answer.body)
+    }
+
+    fn get_page<T: DeserializeOwned>(
+        &self,
+        listing: &str,
+        path: &str,
+        kind: &str,
+        id_field: &str,
+        query: Vec<(&str, String)>,
+    ) -> Result<Page<T>, PortalError> {
+        let raw: RawPage = self.get_json(listing, path, &query)?;
+        let items = decode_items(raw.items, kind, id_field)?;
+        Ok(Page {
+            items,
+            next_cursor: raw.next_cursor,
+        })
+    }
+
+    fn page_query<'a>(&self, cursor: Option<&str>) -> Vec<(&'a str, String)> {
+        let mut query = vec![("limit", self.page_size.to_string())];
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_string()));
+        }
+        query
+    }
+}
+
+fn response_body(response: Response) -> Result<bytes::Bytes, reqwest::Error> {
+    response.bytes()
+}
+
+/// The cause of retrying an error, or `None` when it must not be retried.
+fn retry_cause(error: &PortalError) -> Option<RetryCause> {
+    match error {
+        PortalError::RateLimited { .. } => Some(RetryCause::RateLimited),
+        PortalError::Timeout { .. } => Some(RetryCause::Timeout),
+        PortalError::Unavailable { detail } if detail.starts_with("connection failed") => {
+            Some(RetryCause::Connection)
+        }
+        PortalError::Unavailable { .. } => Some(RetryCause::ServerError),
+        _ => None,
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is treated as absent).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(ERROR_MESSAGE_CHARS_MAX).collect()
+}
+
+/// The error with its sources, e.g. "error sending request: connection closed".
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn decode<T: DeserializeOwned>(record: &str, body: &[u8]) -> Result<T, PortalError> {
+    serde_json::from_slice(body).map_err(|e| PortalError::protocol(record, e.to_string()))
+}
+
+/// Decodes each item on its own, so a malformed one (a bad amount, a
+/// missing field) is reported with its kind and id.
+fn decode_items<T: DeserializeOwned>(
+    items: Vec<Value>,
+    kind: &str,
+    id_field: &str,
+) -> Result<Vec<T>, PortalError> {
+    items
+        .into_iter()
+        .map(|item| {
+            let id = record_id(&item, id_field);
+            serde_json::from_value(item)
+                .map_err(|e| PortalError::protocol(format!("{kind} {id}"), e.to_string()))
+        })
+        .collect()
+}
+
+fn record_id(item: &Value, id_field: &str) -> String {
+    match item.get(id_field) {
+        Some(Value::String(text)) => truncate(text),
+        Some(Value::Number(number)) => number.to_string(),
+        _ => format!("(no {id_field})"),
+    }
+}
+
+fn random_nonce() -> String {
+    let bytes: [u8; 12] = rand::thread_rng().gen();
+    super::hex(&bytes)
+}
+
+impl CommunityPass for HttpPortal {
+    fn test_pull(&self) -> Result<ConnectionCheck, PortalError> {
+        self.get_json("connection test pull", "/v1/connection/test-pull", &[])
+    }
+
+    fn test_push(&self) -> Result<ConnectionCheck, PortalError> {
+        let nonce = random_nonce();
+        let url = self.url("/v1/connection/test-push", &[]);
+        let record = "connection test push";
+        let answer = self.execute(record, || {
+            self.request(Method::POST, url.clone())
+                .json(&TestPushBody { nonce: &nonce })
+        })?;
+        let check: ConnectionCheck = decode(record, &answer.body)?;
+        if check.echo.as_deref() != Some(nonce.as_str()) {
+            return Err(PortalError::protocol(
+                record,
+                "the server did not echo the nonce",
+            ));
+        }
+        Ok(check)
+    }
+
+    fn upsert_fee(
+        &self,
+        fee: &FeePush,
+        idempotency_key: &str,
+    ) -> Result<UpsertOutcome, PortalError> {
+        let record = format!("fee {}", fee.genesis_fee_id);
+        let url = self.url(&format!("/v1/fees/{}", fee.genesis_fee_id), &[]);
+        let body = super::canonical_body(fee);
+        let answer = self.execute(&record, || {
+            self.request(Method::PUT, url.clone())
+                .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })?;
+        let mut outcome: UpsertOutcome = decode(&record, &answer.body)?;
+        if outcome.genesis_fee_id != fee.genesis_fee_id {
+            return Err(PortalError::protocol(
+                record,
+                "the answer is about another fee",
+            ));
+        }
+        outcome.replayed = answer
+            .headers
+            .get(REPLAYED_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        Ok(outcome)
+    }
+
+    fn fee(&self, id: FeeId) -> Result<VendorFee, PortalError> {
+        let record = format!("fee {id}");
+        let value: Value = self.get_json(&record, &format!("/v1/fees/{id}"), &[])?;
+        let mut fees: Vec<VendorFee> = decode_items(vec![value], "fee", "genesis_fee_id")?;
+        fees.pop()
+            .ok_or_else(|| PortalError::protocol(record, "empty answer"))
+    }
+
+    fn fees_page(
+        &self,
+        student: Option<StudentId>,
+        cursor: Option<&str>,
+    ) -> Result<Page<VendorFee>, PortalError> {
+        let mut query = self.page_query(cursor);
+        if let Some(student) = student {
+            query.push(("student_id", student.to_string()));
+        }
+        self.get_page("fee listing", "/v1/fees", "fee", "genesis_fee_id", query)
+    }
+
+    fn unmanaged_fees_page(&self, cursor: Option<&str>) -> Result<Page<UnmanagedFee>, PortalError> {
+        let query = self.page_query(cursor);
+        self.get_page(
+            "unmanaged fee listing",
+            "/v1/unmanaged-fees",
+            "unmanaged fee",
+            "vendor_fee_id",
+            query,
+        )
+    }
+
+    fn transactions_page(&self, scope: TxnScope, after: i64) -> Result<TxnPage, PortalError> {
+        let mut query = vec![
+            ("after", after.to_string()),
+            ("limit", self.page_size.to_string()),
+        ];
+        match scope {
+            TxnScope::All => {}
+            TxnScope::Student(id) => query.push(("student_id", id.to_string())),
+            TxnScope::Guardian(id) => query.push(("guardian_id", id.to_string())),
+        }
+        let raw: RawTxnPage = self.get_json("transaction cursor", "/v1/transactions", &query)?;
+        Ok(TxnPage {
+            items: decode_items(raw.items, "transaction", "id")?,
+            next_after: raw.next_after,
+            has_more: raw.has_more,
+        })
+    }
+
+    fn balances_page(&self, cursor: Option<&str>) -> Result<Page<PatronBalance>, PortalError> {
+        let query = self.page_query(cursor);
+        self.get_page(
+            "balance listing",
+            "/v1/balances",
+            "patron",
+            "patron_id",
+            query,
+        )
+    }
+
+    fn retry_stats(&self) -> RetryStats {
+        self.counter.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        assert!(check_base_url("https://cp.example.com").is_ok());
+        assert!(check_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_base_url("http://localhost:8080/api").is_ok());
+        assert!(check_base_url("http://[::1]:8080").is_ok());
+        let err = check_base_url("http://cp.example.com").unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        assert!(check_base_url("https://user:pw@cp.example.com").is_err());
+        assert!(check_base_url("ftp://cp.example.com").is_err());
+    }
+
+    #[test]
+    fn debug_of_client_and_config_hides_the_key() {
+        let config = HttpPortalConfig::new("http://127.0.0.1:1", Secret::new("sk_hidden_42"));
+        assert!(!format!("{config:?}").contains("sk_hidden_42"));
+        let portal = HttpPortal::new(config).unwrap();
+        assert!(!format!("{portal:?}").contains("sk_hidden_42"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut config = HttpPortalConfig::new("http://127.0.0.1:1", Secret::new("k"));
+        config.retry.backoff_base = Duration::from_millis(100);
+        config.retry.backoff_max = Duration::from_millis(1000);
+        let portal = HttpPortal::new(config).unwrap();
+        let busy = PortalError::Unavailable {
+            detail: "503".into(),
+        };
+        for attempt in 0..12 {
+            let delay = portal.delay(attempt, &busy);
+            assert!(delay <= Duration::from_millis(1000), "{delay:?}");
+        }
+        let limited = PortalError::RateLimited {
+            retry_after: Some(Duration::from_secs(600)),
+            message: String::new(),
+        };
+        assert!(portal.delay(0, &limited) <= Duration::from_millis(30_100));
+    }
+}

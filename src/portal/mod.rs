@@ -1,0 +1,548 @@
+//! The Community Pass port: the one trait the engine uses to reach the payment
+//! portal, its typed errors, paging helpers that read every record exactly
+//! once, and the deterministic idempotency key of a fee upsert.
+//!
+//! **Architecture invariant:** nothing outside `portal::http` knows HTTP or
+//! JSON; adapting to the vendor's real API is a change to that one module.
+//! The contract it assumes is `api/community-pass.openapi.yaml`.
+
+pub mod http;
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{
+    FeeId, FeePush, GuardianId, PatronBalance, StudentId, UnmanagedFee, VendorFee, VendorFeeStatus,
+    VendorTxn, VendorTxnId,
+};
+use crate::money::Money;
+
+/// The largest page the API serves (and the client asks for).
+pub const PAGE_SIZE_MAX: u32 = 1000;
+/// The page size used when none is configured.
+pub const PAGE_SIZE_DEFAULT: u32 = 500;
+/// The most pages one full walk reads before it gives up: ten million
+/// records at the largest page size, far above any district.
+pub const PAGES_MAX: usize = 10_000;
+
+/// Why a Community Pass call failed. No variant ever carries the API key:
+/// messages from the server are scrubbed of it before they land here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortalError {
+    #[error("Community Pass refused the credentials (401 {code}): {message}")]
+    Unauthorized { code: String, message: String },
+    #[error("Community Pass has no {what} (404 {code}): {message}")]
+    NotFound {
+        what: String,
+        code: String,
+        message: String,
+    },
+    #[error("Community Pass reported a conflict (409 {code}): {message}")]
+    Conflict { code: String, message: String },
+    #[error("Community Pass rejected the request ({status} {code}): {message}")]
+    Validation {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("Community Pass is rate limiting (429), retry after {retry_after:?}: {message}")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    #[error("Community Pass is unavailable: {detail}")]
+    Unavailable { detail: String },
+    #[error("Community Pass did not answer in time: {detail}")]
+    Timeout { detail: String },
+    #[error("Community Pass sent something the contract does not allow for {record}: {detail}")]
+    Protocol { record: String, detail: String },
+    #[error("Community Pass client is misconfigured: {detail}")]
+    Config { detail: String },
+}
+
+impl PortalError {
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PortalError::RateLimited { .. }
+                | PortalError::Unavailable { .. }
+                | PortalError::Timeout { .. }
+        )
+    }
+
+    pub fn protocol(record: impl Into<String>, detail: impl Into<String>) -> PortalError {
+        PortalError::Protocol {
+            record: record.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Why a request was retried; `RetryStats` counts retries by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    ServerError,
+    RateLimited,
+    Timeout,
+    Connection,
+}
+
+/// Retries made so far, by cause, plus the requests sent (first attempts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryStats {
+    pub requests: u64,
+    pub server_error: u64,
+    pub rate_limited: u64,
+    pub timeout: u64,
+    pub connection: u64,
+}
+
+impl RetryStats {
+    pub fn retries(&self) -> u64 {
+        self.server_error + self.rate_limited + self.timeout + self.connection
+    }
+}
+
+/// Thread-safe counters behind `RetryStats`, shared by overlapped calls.
+#[derive(Debug, Default)]
+pub struct RetryCounter {
+    requests: AtomicU64,
+    server_error: AtomicU64,
+    rate_limited: AtomicU64,
+    timeout: AtomicU64,
+    connection: AtomicU64,
+}
+
+impl RetryCounter {
+    pub fn record_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_retry(&self, cause: RetryCause) {
+        let counter = match cause {
+            RetryCause::ServerError => &self.server_error,
+            RetryCause::RateLimited => &self.rate_limited,
+            RetryCause::Timeout => &self.timeout,
+            RetryCause::Connection => &self.connection,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RetryStats {
+        RetryStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            server_error: self.server_error.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            timeout: self.timeout.load(Ordering::Relaxed),
+            connection: self.connection.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One page of a cursor-paged listing; `next_cursor` is `None` on the last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// One page of the monotonic transaction cursor. `next_after` is the
+/// sequence to ask after next; every item has `sequence <= next_after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnPage {
+    pub items: Vec<VendorTxn>,
+    pub next_after: i64,
+    pub has_more: bool,
+}
+
+/// Whose transactions to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnScope {
+    All,
+    Student(StudentId),
+    Guardian(GuardianId),
+}
+
+/// The answer to a connection test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionCheck {
+    pub district: String,
+    pub server_time: NaiveDateTime,
+    /// For the test push: the nonce the server echoed back.
+    pub echo: Option<String>,
+}
+
+/// What Community Pass answered to a fee upsert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpsertOutcome {
+    pub genesis_fee_id: FeeId,
+    pub vendor_fee_id: String,
+    /// True when this call created the fee, false when it updated it.
+    pub created: bool,
+    pub amount: Money,
+    pub balance: Money,
+    pub status: VendorFeeStatus,
+    /// True when the server answered from its idempotency store.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// The Community Pass API as the engine needs it. Implementations retry
+/// transient failures themselves; an error returned here is final.
+pub trait CommunityPass: Send + Sync {
+    /// Read-only connection test.
+    fn test_pull(&self) -> Result<ConnectionCheck, PortalError>;
+    /// Harmless write test: the server echoes a nonce and keeps nothing.
+    fn test_push(&self) -> Result<ConnectionCheck, PortalError>;
+    /// Creates or updates the fee keyed by its Genesis id. Use
+    /// `idempotency_key(fee)` so a retry after a crash reuses the key.
+    fn upsert_fee(
+        &self,
+        fee: &FeePush,
+        idempotency_key: &str,
+    ) -> Result<UpsertOutcome, PortalError>;
+    /// One integration fee; `NotFound` if Community Pass does not have it.
+    fn fee(&self, id: FeeId) -> Result<VendorFee, PortalError>;
+    /// One page of integration fees, optionally of one student.
+    fn fees_page(
+        &self,
+        student: Option<StudentId>,
+        cursor: Option<&str>,
+    ) -> Result<Page<VendorFee>, PortalError>;
+    /// One page of fees Genesis did not create (for the preflight).
+    fn unmanaged_fees_page(&self, cursor: Option<&str>) -> Result<Page<UnmanagedFee>, PortalError>;
+    /// One page of the transaction cursor, strictly after `after`.
+    fn transactions_page(&self, scope: TxnScope, after: i64) -> Result<TxnPage, PortalError>;
+    /// One page of patron balances.
+    fn balances_page(&self, cursor: Option<&str>) -> Result<Page<PatronBalance>, PortalError>;
+    /// Retries made so far by this client, by cause.
+    fn retry_stats(&self) -> RetryStats;
+}
+
+/// Derives the idempotency key of a fee upsert from its content: the same
+/// change always gets the same key (so a retry, even after a crash, is
+/// answered as a replay), and a different change gets a different key.
+pub fn idempotency_key(fee: &FeePush) -> String {
+    let body = canonical_body(fee);
+    let mut hasher = Sha256::new();
+    hasher.update(b"cpsync/fee-upsert/v1\0");
+    hasher.update(fee.genesis_fee_id.0.to_string().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(&body);
+    format!("fee-{}-{}", fee.genesis_fee_id, hex(&hasher.finalize()))
+}
+
+/// The canonical JSON of a fee push: struct fields in declaration order,
+/// amounts as two-place decimal strings, guardians as given.
+pub fn canonical_body(fee: &FeePush) -> Vec<u8> {
+    serde_json::to_vec(fee).expect("a FeePush always serializes")
+}
+
+/// Lowercase hexadecimal of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+    text
+}
+
+/// Reads every page of a cursor-paged listing, at most `PAGES_MAX` pages,
+/// keeping the first copy of each key: a record the server repeats is
+/// returned once. A cursor that repeats is a protocol error, not a loop.
+pub fn walk_pages<T, K, F, G>(listing: &str, mut fetch: F, key: G) -> Result<Vec<T>, PortalError>
+where
+    F: FnMut(Option<&str>) -> Result<Page<T>, PortalError>,
+    G: Fn(&T) -> K,
+    K: Eq + Hash,
+{
+    let mut items = Vec::new();
+    let mut seen = HashSet::new();
+    let mut cursors_seen = HashSet::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..PAGES_MAX {
+        let page = fetch(cursor.as_deref())?;
+        for item in page.items {
+            if seen.insert(key(&item)) {
+                items.push(item);
+            }
+        }
+        match page.next_cursor {
+            None => return Ok(items),
+            Some(next) if !cursors_seen.insert(next.clone()) => {
+                return Err(PortalError::protocol(
+                    listing,
+                    format!("cursor {next:?} was returned twice"),
+                ));
+            }
+            Some(next) => cursor = Some(next),
+        }
+    }
+    Err(PortalError::protocol(
+        listing,
+        format!("more than PAGES_MAX = {PAGES_MAX} pages"),
+    ))
+}
+
+/// Every integration fee (of one student, or all), each exactly once.
+pub fn all_fees(
+    portal: &dyn CommunityPass,
+    student: Option<StudentId>,
+) -> Result<Vec<VendorFee>, PortalError> {
+    walk_pages(
+        "fee listing",
+        |cursor| portal.fees_page(student, cursor),
+        |fee| fee.genesis_fee_id,
+    )
+}
+
+/// Every unmanaged fee, each exactly once.
+pub fn all_unmanaged_fees(portal: &dyn CommunityPass) -> Result<Vec<UnmanagedFee>, PortalError> {
+    walk_pages(
+        "unmanaged fee listing",
+        |cursor| portal.unmanaged_fees_page(cursor),
+        |fee| fee.vendor_fee_id.clone(),
+    )
+}
+
+/// Every patron balance, each exactly once.
+pub fn all_balances(portal: &dyn CommunityPass) -> Result<Vec<PatronBalance>, PortalError> {
+    walk_pages(
+        "balance listing",
+        |cursor| portal.balances_page(cursor),
+        |balance| balance.patron_id.clone(),
+    )
+}
+
+/// The transactions read from the cursor: each exactly once, in sequence
+/// order, and the cursor to store for the next read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnBatch {
+    pub items: Vec<VendorTxn>,
+    pub next_after: i64,
+    /// Copies the server delivered again (duplicates and redeliveries).
+    pub duplicates_dropped: u64,
+}
+
+/// Reads every transaction after `after` exactly once, whatever the server
+/// repeats or reorders: items at or before the cursor are redeliveries,
+/// items already seen are duplicates, and the result is sorted by sequence.
+pub fn transactions_after(
+    portal: &dyn CommunityPass,
+    scope: TxnScope,
+    after: i64,
+) -> Result<TxnBatch, PortalError> {
+    let mut collector = TxnCollector::new(after);
+    for _ in 0..PAGES_MAX {
+        let page = portal.transactions_page(scope, collector.next_after)?;
+        if !collector.accept(page)? {
+            return Ok(collector.finish());
+        }
+    }
+    Err(PortalError::protocol(
+        "transaction cursor",
+        format!("more than PAGES_MAX = {PAGES_MAX} pages"),
+    ))
+}
+
+/// The exactly-once bookkeeping of `transactions_after`.
+struct TxnCollector {
+    next_after: i64,
+    items: Vec<VendorTxn>,
+    ids_seen: HashSet<VendorTxnId>,
+    duplicates_dropped: u64,
+}
+
+impl TxnCollector {
+    fn new(after: i64) -> TxnCollector {
+        TxnCollector {
+            next_after: after,
+            items: Vec::new(),
+            ids_seen: HashSet::new(),
+            duplicates_dropped: 0,
+        }
+    }
+
+    /// Takes one page; returns whether another page should be read.
+    fn accept(&mut self, page: TxnPage) -> Result<bool, PortalError> {
+        let after = self.next_after;
+        if page.next_after < after || (page.has_more && page.next_after == after) {
+            return Err(PortalError::protocol(
+                "transaction cursor",
+                format!(
+                    "cursor did not advance: asked after {after}, told {}",
+                    page.next_after
+                ),
+            ));
+        }
+        for txn in page.items {
+            if txn.sequence > page.next_after {
+                return Err(PortalError::protocol(
+                    format!("transaction {}", txn.id),
+                    format!(
+                        "sequence {} is beyond the page cursor {}",
+                        txn.sequence, page.next_after
+                    ),
+                ));
+            }
+            if txn.sequence <= after || !self.ids_seen.insert(txn.id.clone()) {
+                self.duplicates_dropped += 1;
+                continue;
+            }
+            self.items.push(txn);
+        }
+        self.next_after = page.next_after;
+        Ok(page.has_more)
+    }
+
+    fn finish(mut self) -> TxnBatch {
+        self.items.sort_by_key(|txn| txn.sequence);
+        TxnBatch {
+            items: self.items,
+            next_after: self.next_after,
+            duplicates_dropped: self.duplicates_dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{FeeStatus, TxnKind};
+    use chrono::NaiveDate;
+
+    fn push(id: i64, cents: i64) -> FeePush {
+        FeePush {
+            genesis_fee_id: FeeId(id),
+            student_id: StudentId(7),
+            patron_id: "P7".into(),
+            guardian_ids: vec![GuardianId(70)],
+            category: "BUS".into(),
+            school: "HS".into(),
+            description: "Bus pass".into(),
+            amount: Money::from_cents(cents),
+            genesis_credit: Money::ZERO,
+            status: FeeStatus::Open,
+            fee_date: NaiveDate::from_ymd_opt(2024, 9, 1).unwrap(),
+            due_date: None,
+        }
+    }
+
+    #[test]
+    fn idempotency_key_is_deterministic_and_content_bound() {
+        let a = idempotency_key(&push(1, 1000));
+        assert_eq!(a, idempotency_key(&push(1, 1000)));
+        assert_ne!(a, idempotency_key(&push(1, 1001)));
+        assert_ne!(a, idempotency_key(&push(2, 1000)));
+        assert!(a.starts_with("fee-1-"));
+        assert_eq!(a.len(), "fee-1-".len() + 64);
+    }
+
+    #[test]
+    fn walk_pages_dedupes_and_stops_on_repeated_cursor() {
+        let pages = [
+            Page {
+                items: vec![1, 2],
+                next_cursor: Some("a".to_string()),
+            },
+            Page {
+                items: vec![2, 3],
+                next_cursor: None,
+            },
+        ];
+        let mut index = 0;
+        let all = walk_pages(
+            "numbers",
+            |_| {
+                index += 1;
+                Ok(pages[index - 1].clone())
+            },
+            |n| *n,
+        )
+        .unwrap();
+        assert_eq!(all, vec![1, 2, 3]);
+
+        let looping = walk_pages::<i32, i32, _, _>(
+            "numbers",
+            |_| {
+                Ok(Page {
+                    items: vec![],
+                    next_cursor: Some("same".to_string()),
+                })
+            },
+            |n| *n,
+        );
+        assert!(matches!(looping, Err(PortalError::Protocol { .. })));
+    }
+
+    fn txn(sequence: i64) -> VendorTxn {
+        VendorTxn {
+            id: VendorTxnId(format!("T{sequence}")),
+            sequence,
+            genesis_fee_id: Some(FeeId(1)),
+            vendor_fee_id: "CPF1".into(),
+            student_id: Some(StudentId(7)),
+            kind: TxnKind::Payment,
+            amount: Money::from_cents(100),
+            method: "card".into(),
+            occurred_at: NaiveDate::from_ymd_opt(2024, 9, 2)
+                .unwrap()
+                .and_hms_opt(9, 0, 0)
+                .unwrap(),
+            reverses: None,
+        }
+    }
+
+    #[test]
+    fn collector_drops_redeliveries_and_sorts() {
+        let mut collector = TxnCollector::new(2);
+        let more = collector
+            .accept(TxnPage {
+                items: vec![txn(4), txn(2), txn(3), txn(4)],
+                next_after: 4,
+                has_more: true,
+            })
+            .unwrap();
+        assert!(more);
+        let more = collector
+            .accept(TxnPage {
+                items: vec![txn(5), txn(3)],
+                next_after: 5,
+                has_more: false,
+            })
+            .unwrap();
+        assert!(!more);
+        let batch = collector.finish();
+        let sequences: Vec<i64> = batch.items.iter().map(|t| t.sequence).collect();
+        assert_eq!(sequences, vec![3, 4, 5]);
+        assert_eq!(batch.duplicates_dropped, 3);
+        assert_eq!(batch.next_after, 5);
+    }
+
+    #[test]
+    fn collector_rejects_a_stuck_or_lying_cursor() {
+        let mut collector = TxnCollector::new(3);
+        let stuck = collector.accept(TxnPage {
+            items: vec![],
+            next_after: 3,
+            has_more: true,
+        });
+        assert!(matches!(stuck, Err(PortalError::Protocol { .. })));
+        let mut collector = TxnCollector::new(0);
+        let beyond = collector.accept(TxnPage {
+            items: vec![txn(9)],
+            next_after: 5,
+            has_more: false,
+        });
+        assert!(matches!(beyond, Err(PortalError::Protocol { .. })));
+    }
+}

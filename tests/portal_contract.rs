@@ -1,0 +1,547 @@
+//! Contract tests: the real client (`HttpPortal`) against the real simulator
+//! over loopback HTTP, for every endpoint and every error class, plus exactly-
+//! once paging under faults. `CPSYNC_CONTRACT_FEES` / `_TXNS` / `_PAGE` size
+//! the faulty full read (defaults 5,000 / 4,000 / 100; the acceptance run is
+//! 500,000 / 400,000 / 1,000 in release mode). The ignored `prism_*` test
+//! runs the client against `prism mock` at `CPSYNC_PRISM_URL`.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use cpsync::domain::{FeeId, FeePush, FeeStatus, GuardianId, StudentId, VendorFeeStatus};
+use cpsync::money::Money;
+use cpsync::portal::http::{HttpPortal, HttpPortalConfig, RetryPolicy};
+use cpsync::portal::{
+    all_balances, all_fees, all_unmanaged_fees, idempotency_key, transactions_after, CommunityPass,
+    PortalError, TxnScope,
+};
+use cpsync::secret::Secret;
+use cpsync::sim::{AdminClient, FaultConfig, GenerateSpec, SimConfig, SimHandle, Simulator};
+
+const TEST_KEY: &str = "sk_test_CONTRACT_5b1e0c9d";
+
+/// Fails if the test API key appears in an error's message or Debug form.
+fn assert_no_key(error: &PortalError) {
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains(TEST_KEY), "API key leaked: {shown}");
+}
+
+fn fast_retry(retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        retries,
+        backoff_base: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        retry_after_max: Duration::from_secs(2),
+    }
+}
+
+fn client(base_url: &str, key: &str, retries: u32, page_size: u32) -> HttpPortal {
+    let mut config = HttpPortalConfig::new(base_url, Secret::new(key));
+    config.retry = fast_retry(retries);
+    config.page_size = page_size;
+    config.request_timeout = Duration::from_secs(10);
+    let portal = HttpPortal::new(config).expect("client config is valid");
+    assert!(!format!("{portal:?}").contains(TEST_KEY));
+    portal
+}
+
+fn start(seed: u64) -> (SimHandle, AdminClient) {
+    let mut config = SimConfig::new(Secret::new(TEST_KEY));
+    config.seed = seed;
+    let handle = Simulator::start(config).expect("simulator starts");
+    let admin = handle.admin().expect("admin client");
+    (handle, admin)
+}
+
+fn push(id: i64, student: i64, cents: i64) -> FeePush {
+    FeePush {
+        genesis_fee_id: FeeId(id),
+        student_id: StudentId(student),
+        patron_id: format!("S{student}"),
+        guardian_ids: vec![GuardianId(student * 10)],
+        category: "BUS".into(),
+        school: "HS".into(),
+        description: "Bus pass".into(),
+        amount: Money::from_cents(cents),
+        genesis_credit: Money::ZERO,
+        status: FeeStatus::Open,
+        fee_date: NaiveDate::from_ymd_opt(2024, 9, 1).unwrap(),
+        due_date: NaiveDate::from_ymd_opt(2024, 10, 1),
+    }
+}
+
+fn generate(admin: &AdminClient, fees: u32, transactions: u32, unmanaged: u32) {
+    let spec = GenerateSpec {
+        fees,
+        transactions,
+        unmanaged_fees: unmanaged,
+        students: None,
+        first_fee_id: 1,
+        seed: Some(11),
+    };
+    admin.generate(&spec).expect("generate");
+}
+
+fn env_number(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn connection_tests_pull_and_push() {
+    let (sim, _admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    assert_eq!(portal.test_pull().unwrap().district, "default");
+    let pushed = portal.test_push().unwrap();
+    assert!(pushed.echo.is_some());
+    assert_eq!(sim.stats().requests, 2);
+}
+
+#[test]
+fn upsert_is_idempotent_and_conflicts_on_a_reused_key() {
+    let (sim, _admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let fee = push(1, 5, 2_500);
+    let key = idempotency_key(&fee);
+    let first = portal.upsert_fee(&fee, &key).unwrap();
+    assert!(first.created && !first.replayed);
+    assert_eq!(first.balance, Money::from_cents(2_500));
+    let again = portal.upsert_fee(&fee, &key).unwrap();
+    assert!(again.replayed, "same key and body is a replay");
+    assert_eq!(
+        (again.created, &again.vendor_fee_id),
+        (true, &first.vendor_fee_id)
+    );
+
+    let changed = push(1, 5, 3_000);
+    let conflict = portal.upsert_fee(&changed, &key).unwrap_err();
+    assert!(
+        matches!(&conflict, PortalError::Conflict { code, .. } if code == "idempotency_conflict"),
+        "{conflict:?}"
+    );
+    assert_no_key(&conflict);
+    let updated = portal
+        .upsert_fee(&changed, &idempotency_key(&changed))
+        .unwrap();
+    assert!(!updated.created && !updated.replayed);
+    assert_eq!(updated.amount, Money::from_cents(3_000));
+    assert_eq!(
+        portal.fee(FeeId(1)).unwrap().amount,
+        Money::from_cents(3_000)
+    );
+}
+
+#[test]
+fn amount_is_read_only_after_a_payment_409() {
+    let (sim, admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let fee = push(7, 5, 2_500);
+    portal.upsert_fee(&fee, &idempotency_key(&fee)).unwrap();
+    let payment = admin.pay(FeeId(7), Some(Money::from_cents(1_000))).unwrap();
+    assert_eq!(payment.genesis_fee_id, Some(FeeId(7)));
+    let edited = push(7, 5, 2_000);
+    let error = portal
+        .upsert_fee(&edited, &idempotency_key(&edited))
+        .unwrap_err();
+    assert!(
+        matches!(&error, PortalError::Conflict { code, .. } if code == "amount_locked"),
+        "{error:?}"
+    );
+    let fee = portal.fee(FeeId(7)).unwrap();
+    assert_eq!(
+        (fee.paid, fee.balance),
+        (Money::from_cents(1_000), Money::from_cents(1_500))
+    );
+}
+
+#[test]
+fn unknown_fee_is_not_found_404() {
+    let (sim, _admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let error = portal.fee(FeeId(999)).unwrap_err();
+    assert!(matches!(error, PortalError::NotFound { .. }), "{error:?}");
+    assert_no_key(&error);
+}
+
+#[test]
+fn wrong_key_is_unauthorized_401_and_never_shown() {
+    let (sim, _admin) = start(1);
+    let wrong = "sk_test_WRONG_000000";
+    let portal = client(&sim.base_url(), wrong, 3, 100);
+    let error = portal.test_pull().unwrap_err();
+    assert!(
+        matches!(error, PortalError::Unauthorized { .. }),
+        "{error:?}"
+    );
+    assert!(!format!("{error} {error:?}").contains(wrong));
+    assert_eq!(portal.retry_stats().retries(), 0, "401 is not retried");
+}
+
+#[test]
+fn invalid_fee_is_a_validation_error_422() {
+    let (sim, _admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 3, 100);
+    let mut fee = push(3, 5, 2_500);
+    fee.description = String::new();
+    let error = portal.upsert_fee(&fee, &idempotency_key(&fee)).unwrap_err();
+    assert!(
+        matches!(error, PortalError::Validation { status: 422, .. }),
+        "{error:?}"
+    );
+    assert_no_key(&error);
+    let bad_key = portal.upsert_fee(&push(3, 5, 1), "short").unwrap_err();
+    assert!(
+        matches!(bad_key, PortalError::Validation { status: 400, .. }),
+        "{bad_key:?}"
+    );
+}
+
+#[test]
+fn rate_limit_429_carries_retry_after_and_is_retried() {
+    let (sim, admin) = start(1);
+    let burst = FaultConfig {
+        rate_limit_burst_rate: 1.0,
+        rate_limit_burst_len: 1_000,
+        retry_after_secs: 7,
+        ..FaultConfig::default()
+    };
+    admin.set_faults(&burst).unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let error = portal.test_pull().unwrap_err();
+    assert!(
+        matches!(error, PortalError::RateLimited { retry_after: Some(wait), .. } if wait == Duration::from_secs(7)),
+        "{error:?}"
+    );
+    assert_no_key(&error);
+
+    let short = FaultConfig {
+        rate_limit_burst_rate: 0.3,
+        rate_limit_burst_len: 2,
+        retry_after_secs: 0,
+        ..FaultConfig::default()
+    };
+    admin.set_faults(&short).unwrap();
+    let before = sim.stats().faults.rate_limited;
+    let patient = client(&sim.base_url(), TEST_KEY, 10, 100);
+    for _ in 0..10 {
+        patient.test_pull().unwrap();
+    }
+    let refused = sim.stats().faults.rate_limited - before;
+    assert!(refused > 0);
+    assert_eq!(patient.retry_stats().rate_limited, refused);
+}
+
+#[test]
+fn server_errors_5xx_are_retried_then_reported() {
+    let (sim, admin) = start(1);
+    let always = FaultConfig {
+        error_5xx_rate: 1.0,
+        ..FaultConfig::default()
+    };
+    admin.set_faults(&always).unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 2, 100);
+    let error = portal.test_pull().unwrap_err();
+    assert!(
+        matches!(error, PortalError::Unavailable { .. }),
+        "{error:?}"
+    );
+    assert_no_key(&error);
+    assert_eq!(portal.retry_stats().server_error, 2);
+    assert_eq!(sim.stats().faults.errors_5xx, 3);
+
+    admin
+        .set_faults(&FaultConfig {
+            error_5xx_rate: 0.5,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let patient = client(&sim.base_url(), TEST_KEY, 10, 100);
+    for _ in 0..10 {
+        patient.test_pull().unwrap();
+    }
+    assert!(patient.retry_stats().server_error > 0);
+}
+
+#[test]
+fn a_dropped_answer_is_retried_and_replayed_from_the_idempotency_store() {
+    let (sim, admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    admin
+        .set_faults(&FaultConfig {
+            drop_rate: 1.0,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let fee = push(9, 5, 4_200);
+    let key = idempotency_key(&fee);
+    let error = portal.upsert_fee(&fee, &key).unwrap_err();
+    assert!(
+        matches!(error, PortalError::Unavailable { .. }),
+        "{error:?}"
+    );
+    assert_no_key(&error);
+    assert_eq!(sim.stats().faults.dropped, 1);
+
+    admin.set_faults(&FaultConfig::default()).unwrap();
+    let retried = portal.upsert_fee(&fee, &key).unwrap();
+    assert!(
+        retried.replayed && retried.created,
+        "the lost answer is replayed: {retried:?}"
+    );
+    assert_eq!(admin.summary().unwrap().fees, 1);
+
+    admin
+        .set_faults(&FaultConfig {
+            drop_rate: 0.5,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let patient = client(&sim.base_url(), TEST_KEY, 10, 100);
+    for _ in 0..10 {
+        patient.test_pull().unwrap();
+    }
+    assert!(patient.retry_stats().connection > 0);
+}
+
+#[test]
+fn a_slow_answer_times_out_and_is_retried() {
+    let (sim, admin) = start(1);
+    let slow = FaultConfig {
+        latency_spike_rate: 1.0,
+        latency_spike_ms: 800,
+        ..FaultConfig::default()
+    };
+    admin.set_faults(&slow).unwrap();
+    let mut config = HttpPortalConfig::new(sim.base_url(), Secret::new(TEST_KEY));
+    config.request_timeout = Duration::from_millis(200);
+    config.retry = fast_retry(1);
+    let portal = HttpPortal::new(config).unwrap();
+    let error = portal.test_pull().unwrap_err();
+    assert!(matches!(error, PortalError::Timeout { .. }), "{error:?}");
+    assert_no_key(&error);
+    assert_eq!(portal.retry_stats().timeout, 1);
+}
+
+/// Serves one canned HTTP answer per connection, for answers the simulator
+/// never gives (a malformed amount).
+fn canned_server(body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 8192];
+            let _ = stream.read(&mut buffer);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    format!("http://{address}")
+}
+
+#[test]
+fn a_malformed_amount_is_a_protocol_error_naming_the_record() {
+    let body = r#"{"items":[{"id":"TXN77","sequence":1,"genesis_fee_id":5,"vendor_fee_id":"CPF5","student_id":3,"kind":"payment","amount":"12.345","method":"card","occurred_at":"2024-09-01T08:00:00","reverses":null}],"next_after":1,"has_more":false}"#;
+    let portal = client(&canned_server(body), TEST_KEY, 0, 100);
+    let error = portal.transactions_page(TxnScope::All, 0).unwrap_err();
+    match &error {
+        PortalError::Protocol { record, detail } => {
+            assert_eq!(record, "transaction TXN77");
+            assert!(detail.contains("12.345"), "{detail}");
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert_no_key(&error);
+}
+
+#[test]
+fn every_listing_pages_completely_with_filters() {
+    let (sim, admin) = start(3);
+    generate(&admin, 2_345, 3_000, 50);
+    admin.duplicate(FeeId(17)).unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+
+    let fees = all_fees(&portal, None).unwrap();
+    let ids: BTreeSet<i64> = fees.iter().map(|fee| fee.genesis_fee_id.0).collect();
+    assert_eq!((fees.len(), ids.len()), (2_345, 2_345));
+    assert!(fees.iter().all(|fee| fee.balance
+        == fee.amount - fee.genesis_credit - fee.paid - fee.waived + fee.refunded + fee.reversed));
+    assert!(fees.iter().any(|fee| fee.status == VendorFeeStatus::Paid));
+    assert!(fees.iter().any(|fee| fee.reversed.is_positive()));
+
+    let unmanaged = all_unmanaged_fees(&portal).unwrap();
+    assert_eq!(unmanaged.len(), 51);
+    let summary = admin.summary().unwrap();
+    assert_eq!(all_balances(&portal).unwrap().len() as u64, summary.patrons);
+
+    let batch = transactions_after(&portal, TxnScope::All, 0).unwrap();
+    let sequences: Vec<i64> = batch.items.iter().map(|txn| txn.sequence).collect();
+    assert_eq!(sequences, (1..=3_000).collect::<Vec<i64>>());
+    assert_eq!(batch.next_after, 3_000);
+    let later = transactions_after(&portal, TxnScope::All, 2_990).unwrap();
+    assert_eq!(later.items.len(), 10);
+
+    let student = fees[0].student_id;
+    let of_student = all_fees(&portal, Some(student)).unwrap();
+    let expected = fees.iter().filter(|fee| fee.student_id == student).count();
+    assert_eq!(of_student.len(), expected);
+    let student_txns = transactions_after(&portal, TxnScope::Student(student), 0).unwrap();
+    let expected_txns: Vec<i64> = batch
+        .items
+        .iter()
+        .filter(|txn| txn.student_id == Some(student))
+        .map(|txn| txn.sequence)
+        .collect();
+    let got: Vec<i64> = student_txns.items.iter().map(|txn| txn.sequence).collect();
+    assert_eq!(got, expected_txns);
+    let guardian = GuardianId(student.0 * 10);
+    let guardian_txns = transactions_after(&portal, TxnScope::Guardian(guardian), 0).unwrap();
+    assert_eq!(guardian_txns.items, student_txns.items);
+}
+
+#[test]
+fn transaction_paging_is_exactly_once_under_duplicates_and_reordering() {
+    let (sim, admin) = start(5);
+    generate(&admin, 500, 3_000, 0);
+    let messy = FaultConfig {
+        duplicate_rate: 0.6,
+        reorder_rate: 0.6,
+        ..FaultConfig::default()
+    };
+    admin.set_faults(&messy).unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let batch = transactions_after(&portal, TxnScope::All, 0).unwrap();
+    let sequences: Vec<i64> = batch.items.iter().map(|txn| txn.sequence).collect();
+    assert_eq!(sequences, (1..=3_000).collect::<Vec<i64>>());
+    assert!(batch.duplicates_dropped > 0);
+    let faults = sim.stats().faults;
+    assert!(
+        faults.duplicated_pages > 0 && faults.reordered_pages > 0,
+        "{faults:?}"
+    );
+}
+
+#[test]
+fn full_read_under_faults_returns_every_record_exactly_once() {
+    let fee_count = env_number("CPSYNC_CONTRACT_FEES", 5_000);
+    let txn_count = env_number("CPSYNC_CONTRACT_TXNS", 4_000);
+    let page_size = env_number("CPSYNC_CONTRACT_PAGE", 100);
+    let (sim, admin) = start(42);
+    let started = Instant::now();
+    generate(&admin, fee_count, txn_count, 0);
+    eprintln!(
+        "generated {fee_count} fees and {txn_count} transactions in {:?}",
+        started.elapsed()
+    );
+    let hostile = FaultConfig {
+        error_5xx_rate: 0.10,
+        rate_limit_burst_rate: 0.02,
+        rate_limit_burst_len: 3,
+        retry_after_secs: 1,
+        latency_spike_rate: 0.02,
+        latency_spike_ms: 1_000,
+        duplicate_rate: 0.2,
+        reorder_rate: 0.2,
+        ..FaultConfig::default()
+    };
+    admin.set_faults(&hostile).unwrap();
+    let mut config = HttpPortalConfig::new(sim.base_url(), Secret::new(TEST_KEY));
+    config.page_size = page_size;
+    let portal = HttpPortal::new(config).unwrap();
+
+    let started = Instant::now();
+    let fees = all_fees(&portal, None).unwrap();
+    let batch = transactions_after(&portal, TxnScope::All, 0).unwrap();
+    let elapsed = started.elapsed();
+
+    let ids: BTreeSet<i64> = fees.iter().map(|fee| fee.genesis_fee_id.0).collect();
+    assert_eq!(ids, (1..=i64::from(fee_count)).collect::<BTreeSet<i64>>());
+    assert_eq!(fees.len(), ids.len());
+    let sequences: Vec<i64> = batch.items.iter().map(|txn| txn.sequence).collect();
+    assert_eq!(sequences, (1..=i64::from(txn_count)).collect::<Vec<i64>>());
+    let retries = portal.retry_stats();
+    let faults = sim.stats().faults;
+    eprintln!(
+        "full read of {fee_count} fees + {txn_count} transactions (page {page_size}) in {elapsed:?}: \
+         {} requests, {} retries ({retries:?}); simulator injected {faults:?}; {} duplicate deliveries dropped",
+        retries.requests,
+        retries.retries(),
+        batch.duplicates_dropped
+    );
+    assert!(retries.retries() > 0, "the faults caused retries");
+    assert_eq!(retries.rate_limited, faults.rate_limited);
+    assert_eq!(retries.server_error, faults.errors_5xx);
+}
+
+#[test]
+fn plain_http_to_a_remote_host_is_refused() {
+    let config = HttpPortalConfig::new("http://cp.example.com", Secret::new(TEST_KEY));
+    let error = HttpPortal::new(config).unwrap_err();
+    assert!(matches!(error, PortalError::Config { .. }));
+    assert!(error.to_string().contains("loopback"));
+    assert_no_key(&error);
+}
+
+/// The client against `prism mock api/community-pass.openapi.yaml`: prism
+/// answers 422 to any request that breaks the contract, so no call may end
+/// in a validation error. Run by `scripts/contract-tests`.
+#[test]
+#[ignore = "needs prism; run by scripts/contract-tests"]
+fn prism_accepts_every_client_request() {
+    let url = std::env::var("CPSYNC_PRISM_URL").expect("CPSYNC_PRISM_URL is set");
+    let portal = client(&url, TEST_KEY, 0, 100);
+    let not_a_contract_breach = |what: &str, error: Option<PortalError>| {
+        if let Some(error) = error {
+            assert!(
+                !matches!(
+                    error,
+                    PortalError::Validation { .. } | PortalError::Unauthorized { .. }
+                ),
+                "{what}: prism rejected the request: {error}"
+            );
+            assert_no_key(&error);
+            eprintln!("{what}: accepted by prism (answer not usable: {error})");
+        } else {
+            eprintln!("{what}: accepted by prism");
+        }
+    };
+    not_a_contract_breach("test pull", portal.test_pull().err());
+    not_a_contract_breach("test push", portal.test_push().err());
+    let fee = push(1001, 501, 4_250);
+    not_a_contract_breach(
+        "fee upsert",
+        portal.upsert_fee(&fee, &idempotency_key(&fee)).err(),
+    );
+    not_a_contract_breach("fee", portal.fee(FeeId(1001)).err());
+    not_a_contract_breach("fees", portal.fees_page(None, None).err());
+    not_a_contract_breach(
+        "fees of a student",
+        portal.fees_page(Some(StudentId(501)), Some("1000")).err(),
+    );
+    not_a_contract_breach("unmanaged fees", portal.unmanaged_fees_page(None).err());
+    not_a_contract_breach(
+        "transactions",
+        portal.transactions_page(TxnScope::All, 0).err(),
+    );
+    not_a_contract_breach(
+        "transactions of a student",
+        portal
+            .transactions_page(TxnScope::Student(StudentId(501)), 10)
+            .err(),
+    );
+    not_a_contract_breach(
+        "transactions of a guardian",
+        portal
+            .transactions_page(TxnScope::Guardian(GuardianId(5010)), 0)
+            .err(),
+    );
+    not_a_contract_breach("balances", portal.balances_page(Some("533130")).err());
+}
