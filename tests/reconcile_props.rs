@@ -18,8 +18,8 @@ use cpsync::domain::{
 use cpsync::money::Money;
 use cpsync::reconcile::{
     apply_plan, check_accounting, check_conservation, genesis_balance, reconcile,
-    reconcile_in_partitions, vendor_identity_balance, CategorySelection, DiscrepancyKind as K,
-    FeeLink, GenesisSnapshot, Policy, Reconciliation, Scope, VendorSnapshot,
+    reconcile_in_partitions, vendor_identity_balance, Action, CategorySelection,
+    DiscrepancyKind as K, FeeLink, GenesisSnapshot, Policy, Reconciliation, Scope, VendorSnapshot,
 };
 
 // ----- generated specification ------------------------------------------------
@@ -963,6 +963,38 @@ fn both_sides_agree(
     Ok(())
 }
 
+/// DESIGN.md §3 on the plan itself: only eligible fees are pushed, never a
+/// fee dated before the cutoff, and never a changed amount once Community
+/// Pass applied a payment.
+fn plan_respects_the_rules(world: &World, result: &Reconciliation) -> Result<(), TestCaseError> {
+    let policy = policy();
+    for action in result.plan() {
+        let Action::PushFee { fee_id } = action else {
+            continue;
+        };
+        let fee = world.genesis.fees.iter().find(|fee| fee.id == fee_id);
+        prop_assert!(
+            fee.is_some_and(|fee| policy.eligibility(fee).is_ok()),
+            "pushes ineligible fee {}",
+            fee_id
+        );
+        let shown = world
+            .vendor
+            .fees
+            .iter()
+            .find(|shown| shown.genesis_fee_id == fee_id);
+        if let (Some(fee), Some(shown)) = (fee, shown) {
+            let paid = world.payment_applied(fee_id) || shown.paid.is_positive();
+            prop_assert!(
+                !paid || fee.amount == shown.amount,
+                "pushes an edited paid amount for fee {}",
+                fee_id
+            );
+        }
+    }
+    Ok(())
+}
+
 fn same_output_with_any_threads(
     world: &World,
     result: &Reconciliation,
@@ -994,6 +1026,7 @@ proptest! {
         finds_exactly_the_drift(&world, &result)?;
         accounts_for_every_record(&world, &result)?;
         same_output_with_any_threads(&world, &result)?;
+        plan_respects_the_rules(&world, &result)?;
 
         let (genesis, vendor) = apply_plan(&world.genesis, &world.vendor, &result.plan());
         let again = reconcile(&genesis, &vendor, &policy(), &Scope::everything());

@@ -10,6 +10,8 @@
 //! The model is deliberately not idempotent: posting a transaction twice
 //! makes two Genesis rows, so a plan that would double-post shows up.
 
+use std::collections::HashMap;
+
 use chrono::NaiveDateTime;
 
 use crate::domain::{
@@ -29,63 +31,131 @@ pub fn apply_plan(
     vendor: &VendorSnapshot,
     plan: &[Action],
 ) -> (GenesisSnapshot, VendorSnapshot) {
-    let mut genesis = genesis.clone();
-    let mut vendor = vendor.clone();
+    let mut applier = Applier::new(genesis.clone(), vendor.clone());
     for action in plan {
         match action {
-            Action::PostVendorTxn { fee_id, txn } => post_vendor_txn(&mut genesis, *fee_id, txn),
-            Action::LockAmount { fee_id } => link_mut(&mut genesis, *fee_id).amount_locked = true,
-            Action::PushFee { fee_id } => push_fee(&mut genesis, &mut vendor, *fee_id),
+            Action::PostVendorTxn { fee_id, txn } => applier.post_vendor_txn(*fee_id, txn),
+            Action::LockAmount { fee_id } => applier.link_mut(*fee_id).amount_locked = true,
+            Action::PushFee { fee_id } => applier.push_fee(*fee_id),
         }
     }
-    (genesis, vendor)
+    (applier.genesis, applier.vendor)
 }
 
-fn post_vendor_txn(genesis: &mut GenesisSnapshot, fee_id: FeeId, txn: &VendorTxn) {
-    let next_id = genesis
-        .txns
-        .iter()
-        .map(|posted| posted.id)
-        .max()
-        .unwrap_or(0)
-        + 1;
-    genesis.txns.push(GenesisTxn {
-        id: next_id,
-        fee_id,
-        kind: txn.kind,
-        amount: txn.amount,
-        method: txn.method.clone(),
-        source: TxnSource::CommunityPass,
-        vendor_txn_id: Some(txn.id.clone()),
-        posted_at: txn.occurred_at,
-    });
+/// Both snapshots being changed, with the positions of what a plan touches
+/// so that applying a large plan stays linear.
+struct Applier {
+    genesis: GenesisSnapshot,
+    vendor: VendorSnapshot,
+    next_txn_id: i64,
+    link_position: HashMap<FeeId, usize>,
+    vendor_fee_position: HashMap<FeeId, usize>,
+    genesis_fee_position: HashMap<FeeId, usize>,
+    txn_positions: HashMap<FeeId, Vec<usize>>,
 }
 
-fn link_mut(genesis: &mut GenesisSnapshot, fee_id: FeeId) -> &mut FeeLink {
-    let position = match genesis.links.iter().position(|link| link.fee_id == fee_id) {
-        Some(position) => position,
-        None => {
-            genesis.links.push(FeeLink::unsent(fee_id));
-            genesis.links.len() - 1
+impl Applier {
+    fn new(genesis: GenesisSnapshot, vendor: VendorSnapshot) -> Applier {
+        let next_txn_id = genesis.txns.iter().map(|txn| txn.id).max().unwrap_or(0) + 1;
+        let link_position = first_positions(genesis.links.iter().map(|link| link.fee_id));
+        let vendor_fee_position = first_positions(vendor.fees.iter().map(|fee| fee.genesis_fee_id));
+        let genesis_fee_position = first_positions(genesis.fees.iter().map(|fee| fee.id));
+        let mut txn_positions: HashMap<FeeId, Vec<usize>> = HashMap::new();
+        for (position, txn) in genesis.txns.iter().enumerate() {
+            txn_positions.entry(txn.fee_id).or_default().push(position);
         }
-    };
-    &mut genesis.links[position]
+        Applier {
+            genesis,
+            vendor,
+            next_txn_id,
+            link_position,
+            vendor_fee_position,
+            genesis_fee_position,
+            txn_positions,
+        }
+    }
+
+    fn post_vendor_txn(&mut self, fee_id: FeeId, txn: &VendorTxn) {
+        self.txn_positions
+            .entry(fee_id)
+            .or_default()
+            .push(self.genesis.txns.len());
+        self.genesis.txns.push(GenesisTxn {
+            id: self.next_txn_id,
+            fee_id,
+            kind: txn.kind,
+            amount: txn.amount,
+            method: txn.method.clone(),
+            source: TxnSource::CommunityPass,
+            vendor_txn_id: Some(txn.id.clone()),
+            posted_at: txn.occurred_at,
+        });
+        self.next_txn_id += 1;
+    }
+
+    fn link_mut(&mut self, fee_id: FeeId) -> &mut FeeLink {
+        let links = &mut self.genesis.links;
+        let position = *self.link_position.entry(fee_id).or_insert_with(|| {
+            links.push(FeeLink::unsent(fee_id));
+            links.len() - 1
+        });
+        &mut self.genesis.links[position]
+    }
+
+    fn push_fee(&mut self, fee_id: FeeId) {
+        let position = *self
+            .genesis_fee_position
+            .get(&fee_id)
+            .expect("the plan pushes only fees that exist in Genesis");
+        let fee = &self.genesis.fees[position];
+        let positions = self
+            .txn_positions
+            .get(&fee_id)
+            .map_or(&[][..], Vec::as_slice);
+        let txns = positions
+            .iter()
+            .map(|position| &self.genesis.txns[*position]);
+        let push = fee_push(fee, txns, fee.student_id.to_string(), Vec::new());
+        let vendor_fee_id = self.upsert_vendor_fee(&push);
+        let link = self.link_mut(fee_id);
+        link.vendor_fee_id = Some(vendor_fee_id);
+        link.pushed_amount = Some(push.amount);
+        link.pushed_status = Some(push.status);
+        link.pushed_credit = Some(push.genesis_credit);
+    }
+
+    /// Community Pass's side of a fee upsert keyed by the Genesis fee id;
+    /// returns Community Pass's id of the fee.
+    fn upsert_vendor_fee(&mut self, push: &FeePush) -> String {
+        let fees = &mut self.vendor.fees;
+        let position = *self
+            .vendor_fee_position
+            .entry(push.genesis_fee_id)
+            .or_insert_with(|| {
+                fees.push(new_vendor_fee(push));
+                fees.len() - 1
+            });
+        let vendor_fee = &mut self.vendor.fees[position];
+        vendor_fee.amount = push.amount;
+        vendor_fee.genesis_credit = push.genesis_credit;
+        vendor_fee.category = push.category.clone();
+        vendor_fee.school = push.school.clone();
+        vendor_fee.description = push.description.clone();
+        vendor_fee.fee_date = push.fee_date;
+        vendor_fee.due_date = push.due_date;
+        vendor_fee.balance = vendor_identity_balance(vendor_fee);
+        vendor_fee.status = vendor_status(push.status, vendor_fee.balance);
+        vendor_fee.vendor_fee_id.clone()
+    }
 }
 
-fn push_fee(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fee_id: FeeId) {
-    let fee = genesis
-        .fees
-        .iter()
-        .find(|fee| fee.id == fee_id)
-        .expect("the plan pushes only fees that exist in Genesis");
-    let txns = genesis.txns.iter().filter(|txn| txn.fee_id == fee_id);
-    let push = fee_push(fee, txns, fee.student_id.to_string(), Vec::new());
-    let vendor_fee_id = upsert_vendor_fee(vendor, &push).vendor_fee_id.clone();
-    let link = link_mut(genesis, fee_id);
-    link.vendor_fee_id = Some(vendor_fee_id);
-    link.pushed_amount = Some(push.amount);
-    link.pushed_status = Some(push.status);
-    link.pushed_credit = Some(push.genesis_credit);
+/// The position of the first occurrence of each key.
+fn first_positions(keys: impl Iterator<Item = FeeId>) -> HashMap<FeeId, usize> {
+    let mut positions = HashMap::new();
+    for (position, key) in keys.enumerate() {
+        positions.entry(key).or_insert(position);
+    }
+    positions
 }
 
 /// The body of the fee upsert for a planned `PushFee`: the fee as Genesis
@@ -111,32 +181,6 @@ pub fn fee_push<'t>(
         fee_date: fee.fee_date,
         due_date: fee.due_date,
     }
-}
-
-/// Community Pass's side of a fee upsert keyed by the Genesis fee id.
-fn upsert_vendor_fee<'v>(vendor: &'v mut VendorSnapshot, push: &FeePush) -> &'v VendorFee {
-    let position = match vendor
-        .fees
-        .iter()
-        .position(|known| known.genesis_fee_id == push.genesis_fee_id)
-    {
-        Some(position) => position,
-        None => {
-            vendor.fees.push(new_vendor_fee(push));
-            vendor.fees.len() - 1
-        }
-    };
-    let vendor_fee = &mut vendor.fees[position];
-    vendor_fee.amount = push.amount;
-    vendor_fee.genesis_credit = push.genesis_credit;
-    vendor_fee.category = push.category.clone();
-    vendor_fee.school = push.school.clone();
-    vendor_fee.description = push.description.clone();
-    vendor_fee.fee_date = push.fee_date;
-    vendor_fee.due_date = push.due_date;
-    vendor_fee.balance = vendor_identity_balance(vendor_fee);
-    vendor_fee.status = vendor_status(push.status, vendor_fee.balance);
-    vendor_fee
 }
 
 /// A fee Community Pass has not seen: nothing paid yet.
