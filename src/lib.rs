@@ -16,3 +16,4 @@ pub mod secret;
 pub mod seed;
 pub mod setup;
 pub mod sim;
+pub mod sync;

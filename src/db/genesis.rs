@@ -483,3 +483,113 @@ pub fn counts(conn: &mut DbConnection) -> Result<GenesisCounts, DbError> {
         transactions: fee_transactions::table.count().get_result(conn)?,
     })
 }
+
+/// The fees with these ids (those that exist), ordered by id.
+pub fn load_fees_by_ids(
+    conn: &mut DbConnection,
+    ids: &[FeeId],
+) -> Result<Loaded<GenesisFee>, DbError> {
+    let mut results = Vec::new();
+    for chunk in ids.chunks(INSERT_BATCH_ROWS) {
+        let raw: Vec<i64> = chunk.iter().map(|f| f.0).collect();
+        let rows: Vec<FeeRow> = student_fees::table
+            .filter(student_fees::id.eq_any(raw))
+            .order(student_fees::id)
+            .select(FeeRow::as_select())
+            .load(conn)?;
+        results.extend(rows.into_iter().map(FeeRow::into_domain));
+    }
+    Ok(Loaded::from_results(results))
+}
+
+/// The transactions of these fees, ordered by id.
+pub fn load_txns_for_fees(
+    conn: &mut DbConnection,
+    ids: &[FeeId],
+) -> Result<Loaded<GenesisTxn>, DbError> {
+    let mut results = Vec::new();
+    for chunk in ids.chunks(INSERT_BATCH_ROWS) {
+        let raw: Vec<i64> = chunk.iter().map(|f| f.0).collect();
+        let rows: Vec<TxnRow> = fee_transactions::table
+            .filter(fee_transactions::fee_id.eq_any(raw))
+            .order(fee_transactions::id)
+            .select(TxnRow::as_select())
+            .load(conn)?;
+        results.extend(rows.into_iter().map(TxnRow::into_domain));
+    }
+    Ok(Loaded::from_results(results))
+}
+
+/// The guardian links of these students, ordered by student then guardian.
+pub fn load_guardian_links_for(
+    conn: &mut DbConnection,
+    students: &[StudentId],
+) -> Result<Vec<GuardianLink>, DbError> {
+    let mut links = Vec::new();
+    for chunk in students.chunks(INSERT_BATCH_ROWS) {
+        let raw: Vec<i64> = chunk.iter().map(|s| s.0).collect();
+        let rows: Vec<GuardianLinkRow> = student_guardians::table
+            .filter(student_guardians::student_id.eq_any(raw))
+            .order((student_guardians::student_id, student_guardians::guardian_id))
+            .select(GuardianLinkRow::as_select())
+            .load(conn)?;
+        links.extend(rows.into_iter().map(GuardianLinkRow::into_domain));
+    }
+    Ok(links)
+}
+
+/// The students a guardian is linked to, with or without portal access.
+pub fn students_of_guardian(
+    conn: &mut DbConnection,
+    guardian: GuardianId,
+    portal_access_only: bool,
+) -> Result<Vec<StudentId>, DbError> {
+    let mut query = student_guardians::table
+        .filter(student_guardians::guardian_id.eq(guardian.0))
+        .select(student_guardians::student_id)
+        .order(student_guardians::student_id)
+        .into_boxed();
+    if portal_access_only {
+        query = query.filter(student_guardians::portal_access.eq(true));
+    }
+    Ok(query.load::<i64>(conn)?.into_iter().map(StudentId).collect())
+}
+
+/// The students with these ids, ordered by id.
+pub fn load_students_by_ids(
+    conn: &mut DbConnection,
+    ids: &[StudentId],
+) -> Result<Loaded<Student>, DbError> {
+    let raw: Vec<i64> = ids.iter().map(|s| s.0).collect();
+    let rows: Vec<StudentRow> = students::table
+        .filter(students::id.eq_any(raw))
+        .order(students::id)
+        .select(StudentRow::as_select())
+        .load(conn)?;
+    Ok(Loaded::from_results(rows.into_iter().map(StudentRow::into_domain)))
+}
+
+/// Every school, ordered by code.
+pub fn load_schools(conn: &mut DbConnection) -> Result<Vec<School>, DbError> {
+    let rows: Vec<(String, String, String, String)> = schools::table
+        .order(schools::code)
+        .select((schools::code, schools::name, schools::low_grade, schools::high_grade))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(code, name, low_grade, high_grade)| School {
+            code,
+            name,
+            low_grade,
+            high_grade,
+        })
+        .collect())
+}
+
+/// Every fee category code, ordered.
+pub fn load_category_codes(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
+    Ok(fee_categories::table
+        .order(fee_categories::code)
+        .select(fee_categories::code)
+        .load(conn)?)
+}

@@ -43,7 +43,14 @@ macro_rules! insert_batched {
 }
 
 pub mod audit;
+pub mod balances;
+pub mod cursors;
+pub mod discrepancies;
 pub mod genesis;
+pub mod links;
+pub mod lock;
+pub mod outbox;
+pub mod postings;
 pub mod migrate;
 pub mod runs;
 pub mod schema;

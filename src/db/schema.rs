@@ -201,6 +201,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cp_unprocessed (vendor_txn_id) {
+        vendor_txn_id -> Text,
+        fee_id -> Nullable<BigInt>,
+        student_id -> Nullable<BigInt>,
+        kind -> Text,
+        amount_cents -> BigInt,
+        occurred_at -> Timestamp,
+        reason -> Text,
+        payload -> Text,
+        first_seen_at -> Timestamp,
+        last_seen_at -> Timestamp,
+        run_id -> Nullable<BigInt>,
+        resolved_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    cp_locks (name) {
+        name -> Text,
+        holder -> Text,
+        pid -> BigInt,
+        run_id -> Nullable<BigInt>,
+        acquired_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     schools,
     students,
@@ -218,4 +245,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     cp_balances,
     cp_discrepancies,
     cp_audit_log,
+    cp_unprocessed,
+    cp_locks,
 );

@@ -1,0 +1,2 @@
+DROP TABLE cp_locks;
+DROP TABLE cp_unprocessed;

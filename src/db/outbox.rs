@@ -1,0 +1,101 @@
+//! The outbox (`cp_outbox`): fee changes waiting to be pushed. Rows are
+//! written by triggers (or by `enqueue`) and completed once handled.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::cp_outbox;
+use super::{DbConnection, DbError};
+use crate::domain::FeeId;
+
+/// One pending change.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = cp_outbox)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub fee_id: i64,
+    pub reason: String,
+    pub enqueued_at: NaiveDateTime,
+    pub attempts: i32,
+}
+
+/// The oldest pending entries, at most `limit`.
+pub fn pending(conn: &mut DbConnection, limit: i64) -> Result<Vec<OutboxEntry>, DbError> {
+    Ok(cp_outbox::table
+        .filter(cp_outbox::processed_at.is_null())
+        .order(cp_outbox::id)
+        .limit(limit)
+        .select(OutboxEntry::as_select())
+        .load(conn)?)
+}
+
+/// How many entries wait.
+pub fn pending_count(conn: &mut DbConnection) -> Result<i64, DbError> {
+    Ok(cp_outbox::table
+        .filter(cp_outbox::processed_at.is_null())
+        .count()
+        .get_result(conn)?)
+}
+
+/// Marks entries handled (pushed, or skipped with a note saying why).
+pub fn complete(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    note: Option<&str>,
+    run_id: i64,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        diesel::update(cp_outbox::table.filter(cp_outbox::id.eq_any(chunk)))
+            .set((
+                cp_outbox::processed_at.eq(now),
+                cp_outbox::last_error.eq(note),
+                cp_outbox::run_id.eq(run_id),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Records a failed attempt; the entry stays pending for the next run.
+pub fn record_failure(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    error: &str,
+    run_id: i64,
+) -> Result<(), DbError> {
+    diesel::update(cp_outbox::table.filter(cp_outbox::id.eq_any(ids)))
+        .set((
+            cp_outbox::attempts.eq(cp_outbox::attempts + 1),
+            cp_outbox::last_error.eq(error),
+            cp_outbox::run_id.eq(run_id),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = cp_outbox)]
+struct NewEntry<'a> {
+    fee_id: i64,
+    reason: &'a str,
+    enqueued_at: NaiveDateTime,
+}
+
+/// Enqueues fees by hand (cutoff set, resend); returns how many.
+pub fn enqueue(
+    conn: &mut DbConnection,
+    fee_ids: &[FeeId],
+    reason: &str,
+    now: NaiveDateTime,
+) -> Result<usize, DbError> {
+    let rows: Vec<NewEntry> = fee_ids
+        .iter()
+        .map(|f| NewEntry {
+            fee_id: f.0,
+            reason,
+            enqueued_at: now,
+        })
+        .collect();
+    insert_batched!(conn, cp_outbox::table, rows)
+}

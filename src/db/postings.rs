@@ -1,0 +1,285 @@
+//! Posting Community Pass transactions into Genesis, exactly once each: the
+//! insert skips any vendor transaction id Genesis already holds (the UNIQUE
+//! constraint decides, so concurrent pulls cannot double-post), and each row
+//! actually inserted gets an audit row with the run id. Transactions that
+//! cannot be applied are parked in `cp_unprocessed` with the reason.
+
+use std::collections::HashSet;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::audit::{self, AuditEntry, AuditSide};
+use super::schema::{cp_unprocessed, fee_transactions};
+use super::{DbConnection, DbError};
+use crate::domain::{FeeId, StudentId, TxnKind, TxnSource, VendorTxn, VendorTxnId};
+use crate::money::Money;
+
+#[derive(Insertable)]
+#[diesel(table_name = fee_transactions)]
+struct PostingRow<'a> {
+    fee_id: i64,
+    kind: &'a str,
+    amount_cents: i64,
+    method: &'a str,
+    source: &'a str,
+    vendor_txn_id: &'a str,
+    posted_at: NaiveDateTime,
+    note: Option<String>,
+}
+
+fn posting_row(fee_id: FeeId, txn: &VendorTxn) -> PostingRow<'_> {
+    PostingRow {
+        fee_id: fee_id.0,
+        kind: txn.kind.as_str(),
+        amount_cents: txn.amount.cents(),
+        method: &txn.method,
+        source: TxnSource::CommunityPass.as_str(),
+        vendor_txn_id: &txn.id.0,
+        posted_at: txn.occurred_at,
+        note: txn
+            .reverses
+            .as_ref()
+            .map(|r| format!("{} of Community Pass transaction {r}", txn.kind)),
+    }
+}
+
+/// Which vendor transaction ids Genesis already holds, of these.
+pub fn known_vendor_ids(
+    conn: &mut DbConnection,
+    ids: &[&VendorTxnId],
+) -> Result<HashSet<VendorTxnId>, DbError> {
+    let mut known = HashSet::new();
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let texts: Vec<&str> = chunk.iter().map(|id| id.0.as_str()).collect();
+        let found: Vec<Option<String>> = fee_transactions::table
+            .filter(fee_transactions::vendor_txn_id.eq_any(texts))
+            .select(fee_transactions::vendor_txn_id)
+            .load(conn)?;
+        known.extend(found.into_iter().flatten().map(VendorTxnId));
+    }
+    Ok(known)
+}
+
+/// Inserts the transactions not yet in Genesis; returns the ids inserted by
+/// this call (the others were already there). Writes one audit row each.
+/// Call inside a transaction to keep postings and audit together.
+pub fn post(
+    conn: &mut DbConnection,
+    postings: &[(FeeId, &VendorTxn)],
+    run_id: Option<i64>,
+    now: NaiveDateTime,
+) -> Result<Vec<VendorTxnId>, DbError> {
+    let mut inserted: Vec<VendorTxnId> = Vec::new();
+    for chunk in postings.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let rows: Vec<PostingRow> = chunk.iter().map(|(f, t)| posting_row(*f, t)).collect();
+        let ids: Vec<Option<String>> = crate::with_backend!(conn, |c| diesel::insert_into(
+            fee_transactions::table
+        )
+        .values(&rows)
+        .on_conflict(fee_transactions::vendor_txn_id)
+        .do_nothing()
+        .returning(fee_transactions::vendor_txn_id)
+        .get_results(c))?;
+        inserted.extend(ids.into_iter().flatten().map(VendorTxnId));
+    }
+    let inserted_set: HashSet<&VendorTxnId> = inserted.iter().collect();
+    let entries: Vec<AuditEntry> = postings
+        .iter()
+        .filter(|(_, t)| inserted_set.contains(&t.id))
+        .map(|(fee_id, t)| AuditEntry {
+            run_id,
+            at: now,
+            side: AuditSide::Genesis,
+            entity: "fee",
+            entity_id: fee_id.to_string(),
+            action: format!("posted_{}", t.kind),
+            detail: Some(format!(
+                "Community Pass {} {} of ${} by {} at {}",
+                t.kind, t.id, t.amount, t.method, t.occurred_at
+            )),
+        })
+        .collect();
+    audit::record(conn, &entries)?;
+    Ok(inserted)
+}
+
+/// A pulled transaction that could not be applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unprocessed {
+    pub vendor_txn_id: String,
+    pub fee_id: Option<i64>,
+    pub student_id: Option<i64>,
+    pub kind: String,
+    pub amount: Money,
+    pub occurred_at: NaiveDateTime,
+    pub reason: String,
+    pub first_seen_at: NaiveDateTime,
+    pub last_seen_at: NaiveDateTime,
+    pub resolved_at: Option<NaiveDateTime>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = cp_unprocessed)]
+struct UnprocessedRow {
+    vendor_txn_id: String,
+    fee_id: Option<i64>,
+    student_id: Option<i64>,
+    kind: String,
+    amount_cents: i64,
+    occurred_at: NaiveDateTime,
+    reason: String,
+    first_seen_at: NaiveDateTime,
+    last_seen_at: NaiveDateTime,
+    resolved_at: Option<NaiveDateTime>,
+}
+
+/// Parks transactions that cannot be applied (new ones inserted, known ones
+/// get their reason and last-seen time refreshed).
+pub fn park(
+    conn: &mut DbConnection,
+    parked: &[(&VendorTxn, String)],
+    run_id: Option<i64>,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    for (txn, reason) in parked {
+        let payload = serde_json::to_string(txn).expect("a VendorTxn serialises");
+        let refreshed = diesel::update(cp_unprocessed::table.find(&txn.id.0))
+            .set((
+                cp_unprocessed::reason.eq(reason),
+                cp_unprocessed::last_seen_at.eq(now),
+                cp_unprocessed::run_id.eq(run_id),
+            ))
+            .execute(conn)?;
+        if refreshed > 0 {
+            continue;
+        }
+        crate::with_backend!(conn, |c| diesel::insert_into(cp_unprocessed::table)
+            .values((
+                cp_unprocessed::vendor_txn_id.eq(&txn.id.0),
+                cp_unprocessed::fee_id.eq(txn.genesis_fee_id.map(|f| f.0)),
+                cp_unprocessed::student_id.eq(txn.student_id.map(|s| s.0)),
+                cp_unprocessed::kind.eq(txn.kind.as_str()),
+                cp_unprocessed::amount_cents.eq(txn.amount.cents()),
+                cp_unprocessed::occurred_at.eq(txn.occurred_at),
+                cp_unprocessed::reason.eq(reason),
+                cp_unprocessed::payload.eq(&payload),
+                cp_unprocessed::first_seen_at.eq(now),
+                cp_unprocessed::last_seen_at.eq(now),
+                cp_unprocessed::run_id.eq(run_id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(c))?;
+    }
+    Ok(())
+}
+
+/// Marks parked transactions resolved (they have now been posted).
+pub fn resolve(
+    conn: &mut DbConnection,
+    ids: &[VendorTxnId],
+    now: NaiveDateTime,
+) -> Result<usize, DbError> {
+    let mut resolved = 0;
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let texts: Vec<&str> = chunk.iter().map(|id| id.0.as_str()).collect();
+        resolved += diesel::update(
+            cp_unprocessed::table
+                .filter(cp_unprocessed::vendor_txn_id.eq_any(texts))
+                .filter(cp_unprocessed::resolved_at.is_null()),
+        )
+        .set(cp_unprocessed::resolved_at.eq(now))
+        .execute(conn)?;
+    }
+    Ok(resolved)
+}
+
+/// Parked transactions, unresolved ones only unless `include_resolved`.
+pub fn list_unprocessed(
+    conn: &mut DbConnection,
+    include_resolved: bool,
+) -> Result<Vec<Unprocessed>, DbError> {
+    let mut query = cp_unprocessed::table
+        .order(cp_unprocessed::first_seen_at)
+        .select(UnprocessedRow::as_select())
+        .into_boxed();
+    if !include_resolved {
+        query = query.filter(cp_unprocessed::resolved_at.is_null());
+    }
+    let rows: Vec<UnprocessedRow> = query.load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Unprocessed {
+            vendor_txn_id: r.vendor_txn_id,
+            fee_id: r.fee_id,
+            student_id: r.student_id,
+            kind: r.kind,
+            amount: Money::from_cents(r.amount_cents),
+            occurred_at: r.occurred_at,
+            reason: r.reason,
+            first_seen_at: r.first_seen_at,
+            last_seen_at: r.last_seen_at,
+            resolved_at: r.resolved_at,
+        })
+        .collect())
+}
+
+/// The unresolved parked transactions as vendor records, to retry.
+pub fn parked_txns(conn: &mut DbConnection) -> Result<Vec<VendorTxn>, DbError> {
+    let payloads: Vec<(String, String)> = cp_unprocessed::table
+        .filter(cp_unprocessed::resolved_at.is_null())
+        .order(cp_unprocessed::first_seen_at)
+        .select((cp_unprocessed::vendor_txn_id, cp_unprocessed::payload))
+        .load(conn)?;
+    payloads
+        .into_iter()
+        .map(|(id, payload)| {
+            serde_json::from_str(&payload).map_err(|e| DbError::InvalidRow {
+                table: "cp_unprocessed",
+                key: id,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether a posting of this kind applies a payment (and so locks the amount).
+pub fn locks_amount(kind: TxnKind) -> bool {
+    kind == TxnKind::Payment
+}
+
+/// Students that exist in Genesis, of these.
+pub fn existing_students(
+    conn: &mut DbConnection,
+    ids: &[StudentId],
+) -> Result<HashSet<StudentId>, DbError> {
+    use super::schema::students;
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let raw: Vec<i64> = chunk.iter().map(|s| s.0).collect();
+        let rows: Vec<i64> = students::table
+            .filter(students::id.eq_any(raw))
+            .select(students::id)
+            .load(conn)?;
+        found.extend(rows.into_iter().map(StudentId));
+    }
+    Ok(found)
+}
+
+/// Fees that exist in Genesis, of these.
+pub fn existing_fees(
+    conn: &mut DbConnection,
+    ids: &[FeeId],
+) -> Result<HashSet<FeeId>, DbError> {
+    use super::schema::student_fees;
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let raw: Vec<i64> = chunk.iter().map(|f| f.0).collect();
+        let rows: Vec<i64> = student_fees::table
+            .filter(student_fees::id.eq_any(raw))
+            .select(student_fees::id)
+            .load(conn)?;
+        found.extend(rows.into_iter().map(FeeId));
+    }
+    Ok(found)
+}

@@ -1,0 +1,30 @@
+//! Get Balances: pulls every patron's whole-account balance (including fees
+//! Genesis never created) and stores it with its as-of time.
+
+use serde::Serialize;
+
+use super::SyncError;
+use crate::db::{balances, DbConnection};
+use crate::portal::{all_balances, CommunityPass};
+use crate::money::Money;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BalancesReport {
+    pub patrons: u64,
+    pub with_balance: u64,
+    pub total: Money,
+}
+
+pub fn get_balances(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    run_id: i64,
+) -> Result<BalancesReport, SyncError> {
+    let pulled = all_balances(portal)?;
+    balances::store(conn, &pulled, run_id)?;
+    Ok(BalancesReport {
+        patrons: pulled.len() as u64,
+        with_balance: pulled.iter().filter(|b| b.balance.is_positive()).count() as u64,
+        total: pulled.iter().map(|b| b.balance).sum(),
+    })
+}

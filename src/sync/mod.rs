@@ -1,0 +1,48 @@
+//! The imperative shell around the pure core: the five tasks' engine. Each
+//! submodule reads what it needs from the database and Community Pass, calls
+//! pure rules (`reconcile`, `setup`), and writes back idempotently with an
+//! audit row per change.
+//!
+//! **Architecture invariant:** every write to Community Pass is an upsert keyed
+//! by the Genesis fee id with an idempotency key derived from its content and
+//! recorded before the call; every write to Genesis is keyed by the vendor's
+//! transaction id and refused by the database if it already exists.
+
+pub mod balances;
+pub mod nightly;
+pub mod pull;
+pub mod push;
+
+use chrono::NaiveDateTime;
+
+use crate::db::DbError;
+use crate::portal::PortalError;
+
+/// Errors of a sync task that stop it (per-record problems are reported, not raised).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("Community Pass: {0}")]
+    Portal(#[from] PortalError),
+    #[error("setup is incomplete: {0}")]
+    Setup(#[from] crate::setup::OutOfOrder),
+    #[error("accounting does not add up: {0}")]
+    Accounting(String),
+    #[error("conservation check failed after apply: {0}")]
+    Conservation(String),
+}
+
+impl From<diesel::result::Error> for SyncError {
+    fn from(error: diesel::result::Error) -> SyncError {
+        SyncError::Db(DbError::Query(error))
+    }
+}
+
+/// The clock, passed in so runs can be replayed in tests.
+pub type Clock<'a> = &'a dyn Fn() -> NaiveDateTime;
+
+/// The wall clock in UTC.
+pub fn utc_now() -> NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}

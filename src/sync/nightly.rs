@@ -1,0 +1,360 @@
+//! Nightly Sync: fetch both sides (the Genesis reads overlap the paged
+//! Community Pass reads), reconcile with the pure core, apply the corrections
+//! the rules allow (Genesis postings in bounded transactions with audit rows,
+//! Community Pass pushes through idempotent calls recorded first), then
+//! re-read both sides and prove conservation. Safe to re-run at any time: a
+//! run killed anywhere is completed by the next with nothing lost or doubled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use diesel::Connection;
+use serde::Serialize;
+
+use super::push::{push_fees, PushOutcome};
+use super::{Clock, SyncError};
+use crate::db::discrepancies::Outcome;
+use crate::db::{genesis, links, postings, DbConnection};
+use crate::domain::{FeeId, VendorTxn, VendorTxnId};
+use crate::portal::{all_fees, transactions_after, CommunityPass, RetryStats, TxnScope};
+use crate::reconcile::{
+    check_accounting, check_conservation, reconcile, Action, GenesisSnapshot, Reconciliation,
+    Resolution, Scope, VendorSnapshot,
+};
+use crate::setup::SetupState;
+
+/// How many Genesis postings one database transaction carries.
+pub const APPLY_BATCH_MAX: usize = 500;
+
+/// Environment variable that makes the process abort after the k-th write
+/// of the apply phase (crash-safety tests only).
+pub const CRASH_AFTER_WRITES_ENV: &str = "CPSYNC_CRASH_AFTER_WRITES";
+
+#[derive(Debug, Clone, Default)]
+pub struct NightlyOptions {
+    pub dry_run: bool,
+    pub scope: Scope,
+}
+
+/// What became of each discrepancy (same order as `reconciliation.discrepancies`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemOutcome {
+    pub outcome: &'static str,
+    pub error: Option<String>,
+}
+
+/// The result of a nightly pass.
+#[derive(Debug)]
+pub struct NightlyResult {
+    pub reconciliation: Reconciliation,
+    pub outcomes: Vec<(Outcome, Option<String>)>,
+    pub phases: Vec<(String, u64)>,
+    pub rejected_rows: Vec<String>,
+    pub retries: RetryStats,
+    /// Actions a re-read still plans after apply (concurrent activity, or failures).
+    pub remaining_after_apply: Option<usize>,
+}
+
+impl NightlyResult {
+    pub fn corrected(&self) -> usize {
+        self.outcomes.iter().filter(|(o, _)| *o == Outcome::Corrected).count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.outcomes.iter().filter(|(o, _)| *o == Outcome::Failed).count()
+    }
+
+    pub fn needs_review(&self) -> usize {
+        self.outcomes.iter().filter(|(o, _)| *o == Outcome::NeedsReview).count()
+    }
+}
+
+/// Counts writes of the apply phase and aborts at the configured one.
+struct CrashPoint {
+    abort_after: Option<u64>,
+    writes: u64,
+}
+
+impl CrashPoint {
+    fn from_env() -> CrashPoint {
+        CrashPoint {
+            abort_after: std::env::var(CRASH_AFTER_WRITES_ENV).ok().and_then(|v| v.parse().ok()),
+            writes: 0,
+        }
+    }
+
+    fn wrote(&mut self) {
+        self.writes += 1;
+        if self.abort_after == Some(self.writes) {
+            eprintln!("cpsync: aborting after write {} ({CRASH_AFTER_WRITES_ENV})", self.writes);
+            std::process::abort();
+        }
+    }
+}
+
+struct Timer {
+    phases: Vec<(String, u64)>,
+    started: Instant,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        Timer { phases: Vec::new(), started: Instant::now() }
+    }
+
+    fn lap(&mut self, name: &str) {
+        self.phases.push((name.to_string(), self.started.elapsed().as_millis() as u64));
+        self.started = Instant::now();
+    }
+}
+
+/// Reads both sides for the scope; the Community Pass pages are fetched on
+/// another thread while the database is read.
+pub fn fetch_snapshots(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    scope: &Scope,
+) -> Result<(GenesisSnapshot, VendorSnapshot, Vec<String>), SyncError> {
+    let student = scope.student;
+    std::thread::scope(|threads| {
+        let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
+        let genesis = fetch_genesis(conn, scope);
+        let vendor = vendor_reader.join().expect("the Community Pass reader does not panic")?;
+        let (genesis, rejected) = genesis?;
+        Ok((genesis, vendor, rejected))
+    })
+}
+
+fn fetch_vendor(
+    portal: &dyn CommunityPass,
+    student: Option<crate::domain::StudentId>,
+) -> Result<VendorSnapshot, SyncError> {
+    let fees = all_fees(portal, student)?;
+    let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
+    let txns = transactions_after(portal, txn_scope, 0)?.items;
+    Ok(VendorSnapshot { fees, txns })
+}
+
+fn fetch_genesis(
+    conn: &mut DbConnection,
+    scope: &Scope,
+) -> Result<(GenesisSnapshot, Vec<String>), SyncError> {
+    let fees = genesis::load_fees(conn, scope.student)?;
+    let txns = genesis::load_txns(conn, scope.student)?;
+    let links = match scope.student {
+        None => links::load_all(conn)?,
+        Some(_) => {
+            let ids: Vec<FeeId> = fees.records.iter().map(|f| f.id).collect();
+            links::load_for(conn, &ids)?
+        }
+    };
+    let rejected = fees
+        .rejected
+        .iter()
+        .chain(&txns.rejected)
+        .map(|r| r.to_string())
+        .collect();
+    Ok((
+        GenesisSnapshot {
+            fees: fees.records,
+            txns: txns.records,
+            links,
+        },
+        rejected,
+    ))
+}
+
+/// Runs the whole pass.
+pub fn run(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    setup: &SetupState,
+    options: &NightlyOptions,
+    run_id: i64,
+    clock: Clock,
+) -> Result<NightlyResult, SyncError> {
+    let mut timer = Timer::new();
+    let (genesis, vendor, rejected_rows) = fetch_snapshots(conn, portal, &options.scope)?;
+    timer.lap("fetch");
+    let policy = setup.policy();
+    let reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    check_accounting(&reconciliation.accounting)
+        .map_err(|e| SyncError::Accounting(e.to_string()))?;
+    timer.lap("reconcile");
+    let outcomes = if options.dry_run {
+        planned_outcomes(&reconciliation)
+    } else {
+        let results = apply(conn, portal, setup, &reconciliation, run_id, clock)?;
+        timer.lap("apply");
+        outcomes_from(&reconciliation, &results)
+    };
+    let mut remaining_after_apply = None;
+    if !options.dry_run {
+        let (genesis_after, vendor_after, _) = fetch_snapshots(conn, portal, &options.scope)?;
+        let after = reconcile(&genesis_after, &vendor_after, &policy, &options.scope);
+        check_conservation(&after.totals, &vendor_after)
+            .map_err(|e| SyncError::Conservation(e.to_string()))?;
+        remaining_after_apply = Some(after.plan().len());
+        timer.lap("verify");
+    } else {
+        check_conservation(&reconciliation.totals, &vendor)
+            .map_err(|e| SyncError::Conservation(e.to_string()))?;
+    }
+    Ok(NightlyResult {
+        reconciliation,
+        outcomes,
+        phases: timer.phases,
+        rejected_rows,
+        retries: portal.retry_stats(),
+        remaining_after_apply,
+    })
+}
+
+/// Identifies a planned action for bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ActionKey {
+    Post(FeeId, VendorTxnId),
+    Lock(FeeId),
+    Push(FeeId),
+}
+
+impl ActionKey {
+    fn of(action: &Action) -> ActionKey {
+        match action {
+            Action::PostVendorTxn { fee_id, txn } => ActionKey::Post(*fee_id, txn.id.clone()),
+            Action::LockAmount { fee_id } => ActionKey::Lock(*fee_id),
+            Action::PushFee { fee_id } => ActionKey::Push(*fee_id),
+        }
+    }
+}
+
+fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {
+    reconciliation
+        .discrepancies
+        .iter()
+        .map(|d| match d.resolution {
+            Resolution::Planned(_) => (Outcome::Planned, None),
+            Resolution::NeedsReview { .. } => (Outcome::NeedsReview, None),
+        })
+        .collect()
+}
+
+fn outcomes_from(
+    reconciliation: &Reconciliation,
+    results: &HashMap<ActionKey, Result<(), String>>,
+) -> Vec<(Outcome, Option<String>)> {
+    reconciliation
+        .discrepancies
+        .iter()
+        .map(|d| match &d.resolution {
+            Resolution::NeedsReview { .. } => (Outcome::NeedsReview, None),
+            Resolution::Planned(action) => match results.get(&ActionKey::of(action)) {
+                Some(Ok(())) => (Outcome::Corrected, None),
+                Some(Err(error)) => (Outcome::Failed, Some(error.clone())),
+                None => (Outcome::Failed, Some("not applied".to_string())),
+            },
+        })
+        .collect()
+}
+
+/// Carries out the plan: postings and locks into Genesis first (money
+/// received is never held back by a push), then pushes to Community Pass.
+fn apply(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    setup: &SetupState,
+    reconciliation: &Reconciliation,
+    run_id: i64,
+    clock: Clock,
+) -> Result<HashMap<ActionKey, Result<(), String>>, SyncError> {
+    let plan = reconciliation.plan();
+    let mut crash = CrashPoint::from_env();
+    let mut results = HashMap::new();
+    let postings: Vec<(FeeId, &VendorTxn)> = plan
+        .iter()
+        .filter_map(|a| match a {
+            Action::PostVendorTxn { fee_id, txn } => Some((*fee_id, txn)),
+            _ => None,
+        })
+        .collect();
+    for batch in postings.chunks(APPLY_BATCH_MAX) {
+        post_batch(conn, batch, run_id, clock)?;
+        crash.wrote();
+        for (fee_id, txn) in batch {
+            results.insert(ActionKey::Post(*fee_id, txn.id.clone()), Ok(()));
+        }
+    }
+    let locks: Vec<(FeeId, Option<VendorTxnId>)> = plan
+        .iter()
+        .filter_map(|a| match a {
+            Action::LockAmount { fee_id } => Some((*fee_id, None)),
+            _ => None,
+        })
+        .collect();
+    if !locks.is_empty() {
+        links::lock_amounts(conn, &locks, Some(run_id), clock())?;
+        crash.wrote();
+        for (fee_id, _) in &locks {
+            results.insert(ActionKey::Lock(*fee_id), Ok(()));
+        }
+    }
+    let pushes: Vec<FeeId> = plan
+        .iter()
+        .filter_map(|a| match a {
+            Action::PushFee { fee_id } => Some(*fee_id),
+            _ => None,
+        })
+        .collect();
+    for fee_id in pushes {
+        let (_, outcomes) = push_fees(conn, portal, setup, &[fee_id], true, run_id, clock)?;
+        crash.wrote();
+        let result = match &outcomes[0].1 {
+            PushOutcome::Pushed { .. } | PushOutcome::Unchanged => Ok(()),
+            other => Err(describe(other)),
+        };
+        results.insert(ActionKey::Push(fee_id), result);
+    }
+    Ok(results)
+}
+
+fn describe(outcome: &PushOutcome) -> String {
+    match outcome {
+        PushOutcome::Ineligible(why) => format!("not sent: {why}"),
+        PushOutcome::Refused(why) | PushOutcome::Failed(why) => why.clone(),
+        PushOutcome::Deleted => "the fee no longer exists in Genesis".to_string(),
+        PushOutcome::Pushed { .. } | PushOutcome::Unchanged => String::new(),
+    }
+}
+
+/// One bounded database transaction of postings, their audit rows and the
+/// amount locks of the payments among them.
+fn post_batch(
+    conn: &mut DbConnection,
+    batch: &[(FeeId, &VendorTxn)],
+    run_id: i64,
+    clock: Clock,
+) -> Result<(), SyncError> {
+    conn.transaction(|conn| {
+        let now = clock();
+        let posted = postings::post(conn, batch, Some(run_id), now)?;
+        let posted: std::collections::HashSet<&VendorTxnId> = posted.iter().collect();
+        let locks: Vec<(FeeId, Option<VendorTxnId>)> = batch
+            .iter()
+            .filter(|(_, t)| postings::locks_amount(t.kind) && posted.contains(&t.id))
+            .map(|(f, t)| (*f, Some(t.id.clone())))
+            .collect();
+        links::lock_amounts(conn, &locks, Some(run_id), now)?;
+        let ids: Vec<VendorTxnId> = batch.iter().map(|(_, t)| t.id.clone()).collect();
+        postings::resolve(conn, &ids, now)?;
+        Ok(())
+    })
+}
+
+/// Discrepancy counts by kind (snake_case names), for the summary.
+pub fn counts_by_kind(reconciliation: &Reconciliation) -> BTreeMap<&'static str, u64> {
+    let mut counts = BTreeMap::new();
+    for d in &reconciliation.discrepancies {
+        *counts.entry(d.kind.as_str()).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,132 @@
+//! Get Payments: pulls Community Pass transactions into Genesis, exactly once
+//! each, keyed by the vendor's transaction id. Three triggers: everything
+//! after the stored cursor (nightly), one student (their fee page is
+//! opened), one guardian (they log in). Transactions that cannot be applied
+//! are parked with the reason and retried by every later pull.
+
+use std::collections::HashSet;
+
+use diesel::Connection;
+use serde::Serialize;
+
+use super::{Clock, SyncError};
+use crate::db::{cursors, links, postings, DbConnection};
+use crate::domain::{FeeId, GuardianId, StudentId, VendorTxn, VendorTxnId};
+use crate::portal::{transactions_after, CommunityPass, TxnScope};
+
+/// Whose transactions to pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullScope {
+    /// Everything after the stored cursor; advances it.
+    Cursor,
+    /// One student's transactions (from the start; the cursor is not moved).
+    Student(StudentId),
+    /// All of one guardian's students' transactions.
+    Guardian(GuardianId),
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PullReport {
+    pub fetched: u64,
+    pub duplicates_dropped: u64,
+    pub posted: u64,
+    pub already_posted: u64,
+    pub parked: u64,
+    pub resolved_from_parked: u64,
+    pub amounts_locked: u64,
+    pub cursor_from: Option<i64>,
+    pub cursor_to: Option<i64>,
+}
+
+/// Pulls and applies transactions for `scope`.
+pub fn get_payments(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    scope: PullScope,
+    run_id: i64,
+    clock: Clock,
+) -> Result<PullReport, SyncError> {
+    let (txn_scope, after) = match scope {
+        PullScope::Cursor => (TxnScope::All, cursors::position(conn, cursors::TRANSACTIONS)?),
+        PullScope::Student(id) => (TxnScope::Student(id), 0),
+        PullScope::Guardian(id) => (TxnScope::Guardian(id), 0),
+    };
+    let batch = transactions_after(portal, txn_scope, after)?;
+    let mut report = PullReport {
+        fetched: batch.items.len() as u64,
+        duplicates_dropped: batch.duplicates_dropped,
+        ..PullReport::default()
+    };
+    let retried = if scope == PullScope::Cursor {
+        postings::parked_txns(conn)?
+    } else {
+        Vec::new()
+    };
+    let mut txns: Vec<&VendorTxn> = batch.items.iter().chain(retried.iter()).collect();
+    dedupe_by_id(&mut txns);
+    conn.transaction(|conn| {
+        apply(conn, &txns, run_id, clock, &mut report)?;
+        if scope == PullScope::Cursor {
+            report.cursor_from = Some(after);
+            report.cursor_to = Some(batch.next_after.max(after));
+            cursors::advance(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
+        }
+        Ok::<_, SyncError>(())
+    })?;
+    Ok(report)
+}
+
+fn dedupe_by_id(txns: &mut Vec<&VendorTxn>) {
+    let mut seen = HashSet::new();
+    txns.retain(|t| seen.insert(t.id.clone()));
+}
+
+/// Why a transaction cannot be applied in Genesis, if it cannot.
+fn unapplicable(txn: &VendorTxn, existing_fees: &HashSet<FeeId>) -> Option<String> {
+    match txn.genesis_fee_id {
+        None => Some("the transaction names no Genesis fee".to_string()),
+        Some(fee) if !existing_fees.contains(&fee) => {
+            Some(format!("fee {fee} not found in Genesis (deleted, or never created there)"))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Posts what can be posted, parks the rest, locks paid amounts. Runs inside
+/// the caller's transaction.
+pub fn apply(
+    conn: &mut DbConnection,
+    txns: &[&VendorTxn],
+    run_id: i64,
+    clock: Clock,
+    report: &mut PullReport,
+) -> Result<(), SyncError> {
+    let now = clock();
+    let fee_ids: Vec<FeeId> = txns.iter().filter_map(|t| t.genesis_fee_id).collect();
+    let existing = postings::existing_fees(conn, &fee_ids)?;
+    let mut to_post: Vec<(FeeId, &VendorTxn)> = Vec::new();
+    let mut to_park: Vec<(&VendorTxn, String)> = Vec::new();
+    for txn in txns {
+        match (unapplicable(txn, &existing), txn.genesis_fee_id) {
+            (None, Some(fee)) => to_post.push((fee, txn)),
+            (Some(reason), _) => to_park.push((txn, reason)),
+            (None, None) => unreachable!("a transaction without a fee is unapplicable"),
+        }
+    }
+    let posted = postings::post(conn, &to_post, Some(run_id), now)?;
+    report.posted += posted.len() as u64;
+    report.already_posted += (to_post.len() - posted.len()) as u64;
+    let posted_set: HashSet<&VendorTxnId> = posted.iter().collect();
+    let locks: Vec<(FeeId, Option<VendorTxnId>)> = to_post
+        .iter()
+        .filter(|(_, t)| postings::locks_amount(t.kind) && posted_set.contains(&t.id))
+        .map(|(f, t)| (*f, Some(t.id.clone())))
+        .collect();
+    report.amounts_locked += links::lock_amounts(conn, &locks, Some(run_id), now)?.len() as u64;
+    let applied_ids: Vec<VendorTxnId> = to_post.iter().map(|(_, t)| t.id.clone()).collect();
+    report.resolved_from_parked += postings::resolve(conn, &applied_ids, now)? as u64;
+    postings::park(conn, &to_park, Some(run_id), now)?;
+    report.parked += to_park.len() as u64;
+    Ok(())
+}
