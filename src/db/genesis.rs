@@ -84,6 +84,15 @@ struct SchoolRow<'a> {
     high_grade: &'a str,
 }
 
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = schools)]
+struct SchoolReadRow {
+    code: String,
+    name: String,
+    low_grade: String,
+    high_grade: String,
+}
+
 #[derive(Insertable, Queryable, Selectable)]
 #[diesel(table_name = students)]
 struct StudentRow {
@@ -388,6 +397,23 @@ pub fn insert_txns(conn: &mut DbConnection, rows: &[NewGenesisTxn]) -> Result<us
 }
 
 // ---- reads ----
+
+/// Every school, ordered by code.
+pub fn load_schools(conn: &mut DbConnection) -> Result<Vec<School>, DbError> {
+    let rows: Vec<SchoolReadRow> = schools::table
+        .select(SchoolReadRow::as_select())
+        .order(schools::code)
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| School {
+            code: r.code,
+            name: r.name,
+            low_grade: r.low_grade,
+            high_grade: r.high_grade,
+        })
+        .collect())
+}
 
 /// Every student, ordered by id.
 pub fn load_students(conn: &mut DbConnection) -> Result<Loaded<Student>, DbError> {
