@@ -54,7 +54,7 @@ pub fn write_bundle(parent: &Path, folder: &str, bundle: &Bundle) -> Result<Path
     fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| error(&dir, e))?;
-    Ok(dir)
+    std::path::absolute(&dir).map_err(|e| error(&dir, e))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
