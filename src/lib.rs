@@ -10,5 +10,8 @@ pub mod db;
 pub mod domain;
 pub mod export;
 pub mod money;
+pub mod portal_view;
+pub mod reconcile;
 pub mod secret;
 pub mod seed;
+pub mod setup;

@@ -42,10 +42,12 @@ macro_rules! insert_batched {
     }};
 }
 
+pub mod audit;
 pub mod genesis;
 pub mod migrate;
 pub mod runs;
 pub mod schema;
+pub mod settings;
 pub mod tasks;
 
 /// How long a SQLite connection waits for another writer before failing.

@@ -259,7 +259,7 @@ fn new_guardian(
         "{}.{}{}",
         first_name.to_lowercase(),
         last_name.to_lowercase().replace('\'', ""),
-        id.0 % 10_000
+        id.0 - FIRST_GUARDIAN_ID + 1
     );
     let has_portal = rng.gen_bool(0.85);
     district.guardians.push(Guardian {

@@ -1,0 +1,106 @@
+//! The audit trail (`cp_audit_log`): one row per change the integration made
+//! on either side, with the run id. Details never hold secrets.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::cp_audit_log;
+use super::{DbConnection, DbError};
+
+/// Which side a change was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSide {
+    Genesis,
+    CommunityPass,
+    Integration,
+}
+
+impl AuditSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditSide::Genesis => "genesis",
+            AuditSide::CommunityPass => "community_pass",
+            AuditSide::Integration => "integration",
+        }
+    }
+}
+
+/// One change to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub run_id: Option<i64>,
+    pub at: NaiveDateTime,
+    pub side: AuditSide,
+    pub entity: &'static str,
+    pub entity_id: String,
+    pub action: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = cp_audit_log)]
+struct AuditRow<'a> {
+    run_id: Option<i64>,
+    at: NaiveDateTime,
+    side: &'a str,
+    entity: &'a str,
+    entity_id: &'a str,
+    action: &'a str,
+    detail: Option<&'a str>,
+}
+
+/// A stored audit row.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = cp_audit_log)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub run_id: Option<i64>,
+    pub at: NaiveDateTime,
+    pub side: String,
+    pub entity: String,
+    pub entity_id: String,
+    pub action: String,
+    pub detail: Option<String>,
+}
+
+/// Appends audit rows (in the caller's transaction, if any).
+pub fn record(conn: &mut DbConnection, entries: &[AuditEntry]) -> Result<usize, DbError> {
+    let rows: Vec<AuditRow> = entries
+        .iter()
+        .map(|e| AuditRow {
+            run_id: e.run_id,
+            at: e.at,
+            side: e.side.as_str(),
+            entity: e.entity,
+            entity_id: &e.entity_id,
+            action: &e.action,
+            detail: e.detail.as_deref(),
+        })
+        .collect();
+    insert_batched!(conn, cp_audit_log::table, rows)
+}
+
+/// Every audit row about one entity, oldest first.
+pub fn for_entity(
+    conn: &mut DbConnection,
+    entity: &str,
+    entity_id: &str,
+) -> Result<Vec<AuditRecord>, DbError> {
+    Ok(cp_audit_log::table
+        .filter(cp_audit_log::entity.eq(entity.to_string()))
+        .filter(cp_audit_log::entity_id.eq(entity_id.to_string()))
+        .order(cp_audit_log::id)
+        .select(AuditRecord::as_select())
+        .load(conn)?)
+}
+
+/// Every audit row of one run, oldest first.
+pub fn for_run(conn: &mut DbConnection, run_id: i64) -> Result<Vec<AuditRecord>, DbError> {
+    Ok(cp_audit_log::table
+        .filter(cp_audit_log::run_id.eq(run_id))
+        .order(cp_audit_log::id)
+        .select(AuditRecord::as_select())
+        .load(conn)?)
+}

@@ -1,0 +1,146 @@
+//! The pure reconciliation core (DESIGN.md §4): a Genesis snapshot and a
+//! Community Pass snapshot in, discrepancies with planned actions or review
+//! reasons out, plus the per-record accounting and each side's totals.
+//!
+//! **Architecture invariant:** no IO, no clock, no database or HTTP types;
+//! the same input gives the same output whatever the thread count.
+//!
+//! The key space is the Genesis fee id. Both snapshots are grouped into one
+//! case per fee (plus one case for Community Pass transactions naming no
+//! known fee), cases are judged in parallel partitions (rayon), and the
+//! results merged and sorted by (fee, kind, vendor transaction id).
+//!
+//! Only managed fees are examined: a link exists, Community Pass holds a
+//! record of the fee, or the Genesis fee is eligible (dated on or after the
+//! cutoff, selected category, school not excluded). Fees outside the run's
+//! `Scope` are neither examined nor counted.
+//!
+//! # Rules: kind → outcome
+//!
+//! | kind | when | outcome |
+//! |---|---|---|
+//! | `fee_missing_in_cp` | eligible, not in CP, no CP payment ever (void/waived fees never sent are left alone) | push fee |
+//! | `paid_fee_missing_in_cp` | not in CP although CP applied a payment | review |
+//! | `fee_out_of_date` | amount differs (no payment applied) or status reopened | push fee |
+//! | `fee_voided_in_genesis` | voided in Genesis, no payment applied | push fee (status void) |
+//! | `fee_waived_in_genesis` | waived in Genesis, CP not waived | push fee (status waived) |
+//! | `genesis_credit_not_reflected` | Genesis manual payments/refunds differ from CP's `genesis_credit` | push fee |
+//! | `genesis_waiver_not_reflected` | as above, and the latest Genesis-recorded transaction is a waiver | push fee |
+//! | `cp_payment_missing_in_genesis` | CP payment ≥ fee amount not posted in Genesis | post txn |
+//! | `cp_partial_payment_missing_in_genesis` | CP payment < fee amount not posted | post txn |
+//! | `cp_refund_missing_in_genesis` / `cp_waiver_…` / `cp_reversal_…` | CP refund, waiver, reversal not posted | post txn |
+//! | `amount_not_locked` | CP applied a payment, link not locked | lock amount |
+//! | `genesis_txn_unknown_to_cp` | Genesis txn with a vendor id CP does not know, or a `community_pass` txn without one | review |
+//! | `genesis_txn_without_fee` | Genesis txns of a managed fee id Genesis no longer has, CP has no fee | review |
+//! | `txn_amount_mismatch` | same vendor id, different amount or kind | review |
+//! | `txn_fee_mismatch` | same vendor id, posted in Genesis to another fee | review |
+//! | `amount_edited_after_payment` | Genesis amount ≠ CP amount after a CP payment | review, never pushed |
+//! | `fee_voided_after_payment` | voided in Genesis after a CP payment | review (refund decision), not pushed |
+//! | `fee_deleted_after_payment` | gone from Genesis after a CP payment | review (refund decision) |
+//! | `cp_fee_without_genesis_fee` | CP fee whose Genesis fee does not exist (no payment) | review |
+//! | `overpayment_credit` | balance once both sides agree is negative | review; the credit stays on both sides |
+//! | `duplicate_txn_genesis` | one vendor id posted more than once in Genesis | review |
+//! | `duplicate_txn_cp` | one vendor id delivered with different contents | review, nothing posted |
+//! | (none) | identical redelivery of a CP txn | deduplicated, counted matched |
+//! | `duplicate_fee` | one Genesis fee id twice on a side | review |
+//! | `sent_but_ineligible` | in CP (or sent) but now before cutoff / deselected category / excluded school | review, never pushed again; CP txns still posted |
+//! | `unprocessed_vendor_txn` | CP txn whose fee is not in Genesis: reason "fee not found in Genesis" | review |
+//! | `conservation_violation` | CP fee's balance ≠ its identity, or its totals ≠ its transactions | review; fee not pushed |
+//!
+//! Community Pass payments, refunds, waivers and reversals are posted to
+//! Genesis even while the fee itself is under review: money received is
+//! never dropped. Each Community Pass transaction is matched to at most one
+//! Genesis record, and nothing is posted whose vendor id Genesis already has
+//! anywhere.
+
+mod accounting;
+mod apply;
+mod case;
+mod input;
+mod output;
+mod rules;
+mod totals;
+
+#[cfg(test)]
+mod tests;
+
+use rayon::prelude::*;
+
+pub use accounting::{check_accounting, AccountingError};
+pub use apply::{apply_plan, fee_push, vendor_status};
+pub use case::genesis_credit;
+pub use input::{
+    CategorySelection, FeeLink, GenesisSnapshot, Ineligibility, Policy, Scope, VendorSnapshot,
+};
+pub use output::{
+    Accounting, Action, Discrepancy, DiscrepancyKind, Reconciliation, Resolution, SideAccounting,
+    SideTotals, Totals,
+};
+pub use rules::vendor_identity_balance;
+pub use totals::{check_conservation, genesis_balance, ConservationError};
+
+use case::RecordRef;
+use rules::{CaseReport, Outcome};
+
+/// How many fee cases one parallel partition judges.
+pub const PARTITION_CASES_MAX: usize = 256;
+
+/// Reconciles both snapshots under the policy, within the scope. Runs on the
+/// current rayon pool; the output does not depend on its size.
+pub fn reconcile(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    policy: &Policy,
+    scope: &Scope,
+) -> Reconciliation {
+    reconcile_in_partitions(genesis, vendor, policy, scope, PARTITION_CASES_MAX)
+}
+
+/// `reconcile` with a chosen partition size (at least one case); the output
+/// does not depend on it either. Tests use small partitions.
+pub fn reconcile_in_partitions(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    policy: &Policy,
+    scope: &Scope,
+    partition_cases: usize,
+) -> Reconciliation {
+    let grouped = case::group(genesis, vendor, policy, scope);
+    let facts = &grouped.facts;
+    let reports: Vec<CaseReport> = grouped
+        .cases
+        .par_chunks(partition_cases.max(1))
+        .map(|partition| judge_partition(partition, facts, policy))
+        .collect();
+    let (mut discrepancies, outcomes) = merge(reports);
+    discrepancies.sort_by(|left, right| left.sort_key().cmp(&right.sort_key()));
+    Reconciliation {
+        discrepancies,
+        accounting: accounting::account(&grouped.cases, &outcomes),
+        totals: totals::totals_of(&grouped.cases),
+    }
+}
+
+fn judge_partition(
+    partition: &[case::FeeCase<'_>],
+    facts: &case::GlobalFacts<'_>,
+    policy: &Policy,
+) -> CaseReport {
+    let mut merged = CaseReport::default();
+    for fee_case in partition {
+        let report = rules::judge(fee_case, facts, policy);
+        merged.discrepancies.extend(report.discrepancies);
+        merged.outcomes.extend(report.outcomes);
+    }
+    merged
+}
+
+fn merge(reports: Vec<CaseReport>) -> (Vec<Discrepancy>, Vec<(RecordRef, Outcome)>) {
+    let mut discrepancies = Vec::new();
+    let mut outcomes = Vec::new();
+    for report in reports {
+        discrepancies.extend(report.discrepancies);
+        outcomes.extend(report.outcomes);
+    }
+    (discrepancies, outcomes)
+}

@@ -1,0 +1,292 @@
+//! Setup: the district's integration choices and the order the handbook
+//! requires (API key → categories → Test Pull and Test Push → cutoff date).
+//! Pure: `SetupState` is read from and written to `cp_settings` by
+//! `db::settings`; this module only decides what is allowed.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+
+pub use crate::reconcile::CategorySelection;
+use crate::reconcile::Policy;
+
+/// What identifies the patron (the account holder) in Community Pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PatronIdRule {
+    /// The Genesis student id (one account per student; the default).
+    #[default]
+    StudentId,
+    /// The id of the student's billing-contact guardian in household 1
+    /// (one account per family).
+    BillingGuardianId,
+}
+
+impl PatronIdRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatronIdRule::StudentId => "student_id",
+            PatronIdRule::BillingGuardianId => "billing_guardian_id",
+        }
+    }
+}
+
+/// The parent portal options (what a parent sees on the fees page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalOptions {
+    /// The vendor's payment page.
+    pub vendor_url: Option<String>,
+    /// The text of the link to it.
+    pub link_text: String,
+    /// Show the Community Pass balance (from Get Balances).
+    pub show_balance: bool,
+    /// Lock the portal on an outstanding Community Pass balance, as if it
+    /// were a Genesis fee.
+    pub lock_out_on_balance: bool,
+    /// Shown beside the Community Pass balance.
+    pub balance_message: String,
+    /// Shown on top of the fees page.
+    pub payment_message: String,
+    /// Genesis's grace setting: access stays open while the due dates of the
+    /// outstanding fines have not passed.
+    pub grace_until_due: bool,
+}
+
+impl Default for PortalOptions {
+    fn default() -> Self {
+        PortalOptions {
+            vendor_url: None,
+            link_text: "Pay fees online with Community Pass".to_string(),
+            show_balance: true,
+            lock_out_on_balance: false,
+            balance_message: "Your Community Pass account balance".to_string(),
+            payment_message: String::new(),
+            grace_until_due: true,
+        }
+    }
+}
+
+/// Everything setup has recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SetupState {
+    /// A short fingerprint of the stored API key (never the key).
+    pub api_key_fingerprint: Option<String>,
+    pub api_key_set_at: Option<NaiveDateTime>,
+    pub categories: CategorySelection,
+    pub categories_confirmed_at: Option<NaiveDateTime>,
+    pub excluded_schools: BTreeSet<String>,
+    pub patron_id: PatronIdRule,
+    pub test_pull_at: Option<NaiveDateTime>,
+    pub test_push_at: Option<NaiveDateTime>,
+    pub cutoff: Option<NaiveDate>,
+    pub portal: PortalOptions,
+}
+
+/// The ordered setup steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetupStep {
+    ApiKey,
+    Categories,
+    TestPull,
+    TestPush,
+    Cutoff,
+}
+
+impl fmt::Display for SetupStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SetupStep::ApiKey => "the API key (cpsync setup api-key)",
+            SetupStep::Categories => "the fee categories (cpsync setup categories)",
+            SetupStep::TestPull => "a successful Test Pull (cpsync setup test-pull)",
+            SetupStep::TestPush => "a successful Test Push (cpsync setup test-push)",
+            SetupStep::Cutoff => "the cutoff date (cpsync setup cutoff DATE)",
+        })
+    }
+}
+
+/// A step asked for before the steps it depends on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("setup step refused: {step:?} needs {missing} first")]
+pub struct OutOfOrder {
+    pub step: SetupStep,
+    pub missing: SetupStep,
+}
+
+impl SetupState {
+    fn done(&self, step: SetupStep) -> bool {
+        match step {
+            SetupStep::ApiKey => self.api_key_fingerprint.is_some(),
+            SetupStep::Categories => self.categories_confirmed_at.is_some(),
+            SetupStep::TestPull => self.test_pull_at.is_some(),
+            SetupStep::TestPush => self.test_push_at.is_some(),
+            SetupStep::Cutoff => self.cutoff.is_some(),
+        }
+    }
+
+    /// The steps `step` depends on, in order.
+    fn prerequisites(step: SetupStep) -> &'static [SetupStep] {
+        match step {
+            SetupStep::ApiKey => &[],
+            SetupStep::Categories => &[SetupStep::ApiKey],
+            SetupStep::TestPull | SetupStep::TestPush => {
+                &[SetupStep::ApiKey, SetupStep::Categories]
+            }
+            SetupStep::Cutoff => &[
+                SetupStep::ApiKey,
+                SetupStep::Categories,
+                SetupStep::TestPull,
+                SetupStep::TestPush,
+            ],
+        }
+    }
+
+    /// Whether `step` may be taken now; the error names the first missing step.
+    pub fn allow(&self, step: SetupStep) -> Result<(), OutOfOrder> {
+        match Self::prerequisites(step).iter().find(|p| !self.done(**p)) {
+            Some(missing) => Err(OutOfOrder {
+                step,
+                missing: *missing,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Fees may be sent only once every step is done.
+    pub fn ready_to_send(&self) -> Result<(), OutOfOrder> {
+        self.allow(SetupStep::Cutoff)?;
+        if self.cutoff.is_none() {
+            return Err(OutOfOrder {
+                step: SetupStep::Cutoff,
+                missing: SetupStep::Cutoff,
+            });
+        }
+        Ok(())
+    }
+
+    /// The next step still to do, if any.
+    pub fn next_step(&self) -> Option<SetupStep> {
+        [
+            SetupStep::ApiKey,
+            SetupStep::Categories,
+            SetupStep::TestPull,
+            SetupStep::TestPush,
+            SetupStep::Cutoff,
+        ]
+        .into_iter()
+        .find(|s| !self.done(*s))
+    }
+
+    /// A new API key invalidates the connection tests made with the old one.
+    pub fn with_new_api_key(mut self, fingerprint: String, at: NaiveDateTime) -> SetupState {
+        self.api_key_fingerprint = Some(fingerprint);
+        self.api_key_set_at = Some(at);
+        self.test_pull_at = None;
+        self.test_push_at = None;
+        self
+    }
+
+    /// The sending policy these choices make, for the reconciliation core
+    /// and the outbox.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            cutoff: self.cutoff,
+            categories: self.categories.clone(),
+            excluded_schools: self.excluded_schools.clone(),
+        }
+    }
+}
+
+impl PatronIdRule {
+    /// The Community Pass patron id of `student` under this rule, given the
+    /// student's guardian links. Falls back to the student id when a family
+    /// account is asked for but the student has no billing contact.
+    pub fn patron_for(
+        self,
+        student: crate::domain::StudentId,
+        links: &[crate::domain::GuardianLink],
+    ) -> String {
+        match self {
+            PatronIdRule::StudentId => student.to_string(),
+            PatronIdRule::BillingGuardianId => links
+                .iter()
+                .filter(|l| l.student_id == student && l.billing_contact)
+                .min_by_key(|l| (l.household, l.guardian_id))
+                .map(|l| format!("G{}", l.guardian_id))
+                .unwrap_or_else(|| student.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(2026, 8, 1)
+            .unwrap()
+            .and_hms_opt(9, 0, 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn steps_are_refused_out_of_order() {
+        let mut state = SetupState::default();
+        assert_eq!(state.next_step(), Some(SetupStep::ApiKey));
+        let err = state.allow(SetupStep::Cutoff).unwrap_err();
+        assert_eq!(err.missing, SetupStep::ApiKey);
+        assert!(err.to_string().contains("cpsync setup api-key"), "{err}");
+        assert_eq!(
+            state.allow(SetupStep::TestPull).unwrap_err().missing,
+            SetupStep::ApiKey
+        );
+
+        state = state.with_new_api_key("ab12".into(), at());
+        assert_eq!(
+            state.allow(SetupStep::TestPull).unwrap_err().missing,
+            SetupStep::Categories
+        );
+        state.categories_confirmed_at = Some(at());
+        state.allow(SetupStep::TestPull).unwrap();
+        state.test_pull_at = Some(at());
+        assert_eq!(
+            state.allow(SetupStep::Cutoff).unwrap_err().missing,
+            SetupStep::TestPush
+        );
+        state.test_push_at = Some(at());
+        state.allow(SetupStep::Cutoff).unwrap();
+        assert!(state.ready_to_send().is_err(), "no cutoff yet");
+        state.cutoff = NaiveDate::from_ymd_opt(2026, 7, 1);
+        state.ready_to_send().unwrap();
+        assert_eq!(state.next_step(), None);
+    }
+
+    #[test]
+    fn a_new_key_requires_new_connection_tests() {
+        let mut state = SetupState::default().with_new_api_key("a".into(), at());
+        state.categories_confirmed_at = Some(at());
+        state.test_pull_at = Some(at());
+        state.test_push_at = Some(at());
+        state = state.with_new_api_key("b".into(), at());
+        assert_eq!(
+            state.allow(SetupStep::Cutoff).unwrap_err().missing,
+            SetupStep::TestPull
+        );
+    }
+
+    #[test]
+    fn the_policy_carries_categories_schools_and_cutoff() {
+        let state = SetupState {
+            cutoff: NaiveDate::from_ymd_opt(2026, 9, 10),
+            categories: CategorySelection::Only(["LAB".to_string()].into()),
+            excluded_schools: ["HS01".to_string()].into(),
+            ..SetupState::default()
+        };
+        let policy = state.policy();
+        assert_eq!(policy.cutoff, state.cutoff);
+        assert!(policy.categories.includes("LAB") && !policy.categories.includes("CAFE"));
+        assert!(policy.excluded_schools.contains("HS01"));
+    }
+}
