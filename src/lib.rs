@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod export;
 pub mod money;
 pub mod portal;
 pub mod portal_view;

@@ -1,6 +1,7 @@
 //! The command line: global options, one module per subcommand (each with
 //! its `Args` and `run`), logging set-up and the documented exit codes.
 
+mod export;
 mod migrate;
 mod runs;
 mod seed;
@@ -34,6 +35,9 @@ Examples:
   cpsync --database-url postgres://cp@db/genesis migrate
   cpsync seed --students 2000 --seed 1            a sample district to try things on
   cpsync runs --limit 10                          recent run history
+  cpsync export --dry-run                         build and check the OneRoster files only
+  cpsync export --to /var/lib/cpsync/exports      write them into a new private folder
+  cpsync --config cpsync.toml export --sftp       upload them to the [sftp] server
 
 Exit codes: 0 ok, 1 failure, 2 usage error, 3 completed with items needing review,
 4 another run holds the lock.";
@@ -84,6 +88,8 @@ pub enum Command {
     Runs(runs::Args),
     /// Run the Community Pass simulator on loopback (for demos and tests).
     Sim(sim::SimArgs),
+    /// Export students, guardians and schools as OneRoster 1.1 CSV (folder or SFTP).
+    Export(export::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -136,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Seed(args) => seed::run(&context, args),
         Command::Runs(args) => runs::run(&context, args),
         Command::Sim(args) => sim::run(args).map(|()| exit::OK),
+        Command::Export(args) => export::run(&context, args),
     }
 }
 

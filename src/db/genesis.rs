@@ -84,6 +84,15 @@ struct SchoolRow<'a> {
     high_grade: &'a str,
 }
 
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = schools)]
+struct SchoolReadRow {
+    code: String,
+    name: String,
+    low_grade: String,
+    high_grade: String,
+}
+
 #[derive(Insertable, Queryable, Selectable)]
 #[diesel(table_name = students)]
 struct StudentRow {
@@ -389,6 +398,23 @@ pub fn insert_txns(conn: &mut DbConnection, rows: &[NewGenesisTxn]) -> Result<us
 
 // ---- reads ----
 
+/// Every school, ordered by code.
+pub fn load_schools(conn: &mut DbConnection) -> Result<Vec<School>, DbError> {
+    let rows: Vec<SchoolReadRow> = schools::table
+        .select(SchoolReadRow::as_select())
+        .order(schools::code)
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| School {
+            code: r.code,
+            name: r.name,
+            low_grade: r.low_grade,
+            high_grade: r.high_grade,
+        })
+        .collect())
+}
+
 /// Every student, ordered by id.
 pub fn load_students(conn: &mut DbConnection) -> Result<Loaded<Student>, DbError> {
     let rows: Vec<StudentRow> = students::table
@@ -567,23 +593,6 @@ pub fn load_students_by_ids(
         .select(StudentRow::as_select())
         .load(conn)?;
     Ok(Loaded::from_results(rows.into_iter().map(StudentRow::into_domain)))
-}
-
-/// Every school, ordered by code.
-pub fn load_schools(conn: &mut DbConnection) -> Result<Vec<School>, DbError> {
-    let rows: Vec<(String, String, String, String)> = schools::table
-        .order(schools::code)
-        .select((schools::code, schools::name, schools::low_grade, schools::high_grade))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(code, name, low_grade, high_grade)| School {
-            code,
-            name,
-            low_grade,
-            high_grade,
-        })
-        .collect())
 }
 
 /// Every fee category code, ordered.

@@ -55,6 +55,7 @@ pub mod migrate;
 pub mod runs;
 pub mod schema;
 pub mod settings;
+pub mod tasks;
 
 /// How long a SQLite connection waits for another writer before failing.
 pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;

@@ -1,0 +1,107 @@
+//! Cell hygiene for CSV files that people open in spreadsheets: a cell that
+//! starts with `=`, `+`, `-`, `@`, a tab or a carriage return would be read
+//! as a formula (CSV injection), so it is prefixed with `'`. Quoting itself
+//! (RFC 4180: commas, quotes, line breaks) is left to the `csv` crate.
+
+use std::borrow::Cow;
+
+use super::ExportError;
+
+/// The first characters a spreadsheet treats as the start of a formula.
+const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// The cell as written: unchanged, or prefixed with `'` if it could be
+/// taken for a formula.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(FORMULA_TRIGGERS) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// A CSV writer into memory: RFC 4180 quoting, CRLF line ends, every cell
+/// neutralised, each row checked to have the header's width.
+pub struct CsvFile {
+    name: &'static str,
+    width: usize,
+    rows: usize,
+    writer: csv::Writer<Vec<u8>>,
+}
+
+impl CsvFile {
+    pub fn new(name: &'static str, header: &[&str]) -> Result<CsvFile, ExportError> {
+        let writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .quote_style(csv::QuoteStyle::Necessary)
+            .from_writer(Vec::new());
+        let mut file = CsvFile {
+            name,
+            width: header.len(),
+            rows: 0,
+            writer,
+        };
+        file.write(header)?;
+        Ok(file)
+    }
+
+    /// Appends one data row of exactly the header's width.
+    pub fn row(&mut self, cells: &[&str]) -> Result<(), ExportError> {
+        self.write(cells)?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn write(&mut self, cells: &[&str]) -> Result<(), ExportError> {
+        assert_eq!(cells.len(), self.width, "{}: row width", self.name);
+        self.writer
+            .write_record(cells.iter().map(|c| neutralise(c).into_owned()))
+            .map_err(|e| self.error(e))
+    }
+
+    /// The finished bytes and the number of data rows.
+    pub fn finish(self) -> Result<(Vec<u8>, usize), ExportError> {
+        let name = self.name;
+        let rows = self.rows;
+        let bytes = self.writer.into_inner().map_err(|e| ExportError::Csv {
+            file: name,
+            reason: e.error().to_string(),
+        })?;
+        Ok((bytes, rows))
+    }
+
+    fn error(&self, error: csv::Error) -> ExportError {
+        ExportError::Csv {
+            file: self.name,
+            reason: error.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_starts_are_neutralised() {
+        for cell in ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(neutralise(cell), format!("'{cell}"));
+        }
+        for cell in ["", "Ann", "555-0100", "a=b", "O'Brien"] {
+            assert_eq!(neutralise(cell), cell);
+        }
+    }
+
+    #[test]
+    fn rows_are_quoted_per_rfc_4180_with_crlf() {
+        let mut file = CsvFile::new("t.csv", &["a", "b"]).unwrap();
+        file.row(&["x,y", "say \"hi\""]).unwrap();
+        file.row(&["line\nbreak", "=cmd"]).unwrap();
+        let (bytes, rows) = file.finish().unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n\"line\nbreak\",'=cmd\r\n"
+        );
+    }
+}
