@@ -2,10 +2,16 @@
 //! its `Args` and `run`), logging set-up and the documented exit codes.
 
 mod export;
+mod get_balances;
+mod get_payments;
 mod migrate;
+mod nightly;
 mod runs;
 mod seed;
+mod send_fees;
+mod setup;
 pub mod sim;
+mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +66,10 @@ pub struct Cli {
     )]
     pub database_url: Option<String>,
 
+    /// Community Pass API base URL (overrides [community_pass] base_url).
+    #[arg(long, global = true, env = "CPSYNC_CP_URL", value_name = "URL")]
+    pub cp_url: Option<String>,
+
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -86,6 +96,16 @@ pub enum Command {
     Seed(seed::Args),
     /// Show the run history of every task.
     Runs(runs::Args),
+    /// Set up the integration in order: api-key, categories, test-pull, test-push, cutoff.
+    Setup(setup::Args),
+    /// Push new and changed fees to Community Pass (the outbox), or --resend.
+    SendFees(send_fees::Args),
+    /// Post Community Pass payments, refunds, waivers and reversals into Genesis.
+    GetPayments(get_payments::Args),
+    /// Store every patron's Community Pass balance for the parent portal.
+    GetBalances(get_balances::Args),
+    /// Reconcile both sides, correct what the rules allow, report the rest.
+    Nightly(nightly::Args),
     /// Run the Community Pass simulator on loopback (for demos and tests).
     Sim(sim::SimArgs),
     /// Export students, guardians and schools as OneRoster 1.1 CSV (folder or SFTP).
@@ -96,6 +116,7 @@ pub enum Command {
 pub struct Context {
     pub config: Config,
     pub database_url: DatabaseUrl,
+    pub cp_url: Option<String>,
 }
 
 impl Context {
@@ -108,6 +129,7 @@ impl Context {
         Ok(Context {
             config,
             database_url,
+            cp_url: cli.cp_url.clone(),
         })
     }
 
@@ -141,13 +163,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Migrate(args) => migrate::run(&context, args),
         Command::Seed(args) => seed::run(&context, args),
         Command::Runs(args) => runs::run(&context, args),
+        Command::Setup(args) => setup::run(&context, args),
+        Command::SendFees(args) => send_fees::run(&context, args),
+        Command::GetPayments(args) => get_payments::run(&context, args),
+        Command::GetBalances(args) => get_balances::run(&context, args),
+        Command::Nightly(args) => nightly::run(&context, args),
         Command::Sim(args) => sim::run(args).map(|()| exit::OK),
         Command::Export(args) => export::run(&context, args),
     }
 }
 
 /// `outer: inner: root` on one line, so schedulers' logs keep it whole.
-fn one_line_chain(error: &anyhow::Error) -> String {
+pub(crate) fn one_line_chain(error: &anyhow::Error) -> String {
     error
         .chain()
         .map(|e| e.to_string().replace('\n', " "))

@@ -556,7 +556,10 @@ pub fn load_guardian_links_for(
         let raw: Vec<i64> = chunk.iter().map(|s| s.0).collect();
         let rows: Vec<GuardianLinkRow> = student_guardians::table
             .filter(student_guardians::student_id.eq_any(raw))
-            .order((student_guardians::student_id, student_guardians::guardian_id))
+            .order((
+                student_guardians::student_id,
+                student_guardians::guardian_id,
+            ))
             .select(GuardianLinkRow::as_select())
             .load(conn)?;
         links.extend(rows.into_iter().map(GuardianLinkRow::into_domain));
@@ -578,7 +581,11 @@ pub fn students_of_guardian(
     if portal_access_only {
         query = query.filter(student_guardians::portal_access.eq(true));
     }
-    Ok(query.load::<i64>(conn)?.into_iter().map(StudentId).collect())
+    Ok(query
+        .load::<i64>(conn)?
+        .into_iter()
+        .map(StudentId)
+        .collect())
 }
 
 /// The students with these ids, ordered by id.
@@ -592,7 +599,9 @@ pub fn load_students_by_ids(
         .order(students::id)
         .select(StudentRow::as_select())
         .load(conn)?;
-    Ok(Loaded::from_results(rows.into_iter().map(StudentRow::into_domain)))
+    Ok(Loaded::from_results(
+        rows.into_iter().map(StudentRow::into_domain),
+    ))
 }
 
 /// Every fee category code, ordered.

@@ -106,7 +106,10 @@ fn claim_row(
     now: NaiveDateTime,
 ) -> Result<Result<(), Holder>, DbError> {
     let me = this_holder();
-    let host_prefix = me.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+    let host_prefix = me
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
     let is_pg = matches!(conn, DbConnection::Pg(_));
     conn.transaction(|conn| {
         if let Some(existing) = current_holder(conn, name)? {
@@ -129,7 +132,9 @@ fn claim_row(
             .on_conflict_do_nothing()
             .execute(c))?;
         if inserted == 0 {
-            return Ok(Err(current_holder(conn, name)?.expect("row exists after conflict")));
+            return Ok(Err(
+                current_holder(conn, name)?.expect("row exists after conflict")
+            ));
         }
         Ok(Ok(()))
     })

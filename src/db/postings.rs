@@ -73,14 +73,13 @@ pub fn post(
     let mut inserted: Vec<VendorTxnId> = Vec::new();
     for chunk in postings.chunks(super::genesis::INSERT_BATCH_ROWS) {
         let rows: Vec<PostingRow> = chunk.iter().map(|(f, t)| posting_row(*f, t)).collect();
-        let ids: Vec<Option<String>> = crate::with_backend!(conn, |c| diesel::insert_into(
-            fee_transactions::table
-        )
-        .values(&rows)
-        .on_conflict(fee_transactions::vendor_txn_id)
-        .do_nothing()
-        .returning(fee_transactions::vendor_txn_id)
-        .get_results(c))?;
+        let ids: Vec<Option<String>> =
+            crate::with_backend!(conn, |c| diesel::insert_into(fee_transactions::table)
+                .values(&rows)
+                .on_conflict(fee_transactions::vendor_txn_id)
+                .do_nothing()
+                .returning(fee_transactions::vendor_txn_id)
+                .get_results(c))?;
         inserted.extend(ids.into_iter().flatten().map(VendorTxnId));
     }
     let inserted_set: HashSet<&VendorTxnId> = inserted.iter().collect();
@@ -267,10 +266,7 @@ pub fn existing_students(
 }
 
 /// Fees that exist in Genesis, of these.
-pub fn existing_fees(
-    conn: &mut DbConnection,
-    ids: &[FeeId],
-) -> Result<HashSet<FeeId>, DbError> {
+pub fn existing_fees(conn: &mut DbConnection, ids: &[FeeId]) -> Result<HashSet<FeeId>, DbError> {
     use super::schema::student_fees;
     let mut found = HashSet::new();
     for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::SyncError;
 use crate::db::{balances, DbConnection};
-use crate::portal::{all_balances, CommunityPass};
 use crate::money::Money;
+use crate::portal::{all_balances, CommunityPass};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BalancesReport {

@@ -57,15 +57,24 @@ pub struct NightlyResult {
 
 impl NightlyResult {
     pub fn corrected(&self) -> usize {
-        self.outcomes.iter().filter(|(o, _)| *o == Outcome::Corrected).count()
+        self.outcomes
+            .iter()
+            .filter(|(o, _)| *o == Outcome::Corrected)
+            .count()
     }
 
     pub fn failed(&self) -> usize {
-        self.outcomes.iter().filter(|(o, _)| *o == Outcome::Failed).count()
+        self.outcomes
+            .iter()
+            .filter(|(o, _)| *o == Outcome::Failed)
+            .count()
     }
 
     pub fn needs_review(&self) -> usize {
-        self.outcomes.iter().filter(|(o, _)| *o == Outcome::NeedsReview).count()
+        self.outcomes
+            .iter()
+            .filter(|(o, _)| *o == Outcome::NeedsReview)
+            .count()
     }
 }
 
@@ -78,7 +87,9 @@ struct CrashPoint {
 impl CrashPoint {
     fn from_env() -> CrashPoint {
         CrashPoint {
-            abort_after: std::env::var(CRASH_AFTER_WRITES_ENV).ok().and_then(|v| v.parse().ok()),
+            abort_after: std::env::var(CRASH_AFTER_WRITES_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok()),
             writes: 0,
         }
     }
@@ -86,7 +97,10 @@ impl CrashPoint {
     fn wrote(&mut self) {
         self.writes += 1;
         if self.abort_after == Some(self.writes) {
-            eprintln!("cpsync: aborting after write {} ({CRASH_AFTER_WRITES_ENV})", self.writes);
+            eprintln!(
+                "cpsync: aborting after write {} ({CRASH_AFTER_WRITES_ENV})",
+                self.writes
+            );
             std::process::abort();
         }
     }
@@ -99,11 +113,15 @@ struct Timer {
 
 impl Timer {
     fn new() -> Timer {
-        Timer { phases: Vec::new(), started: Instant::now() }
+        Timer {
+            phases: Vec::new(),
+            started: Instant::now(),
+        }
     }
 
     fn lap(&mut self, name: &str) {
-        self.phases.push((name.to_string(), self.started.elapsed().as_millis() as u64));
+        self.phases
+            .push((name.to_string(), self.started.elapsed().as_millis() as u64));
         self.started = Instant::now();
     }
 }
@@ -119,7 +137,9 @@ pub fn fetch_snapshots(
     std::thread::scope(|threads| {
         let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
         let genesis = fetch_genesis(conn, scope);
-        let vendor = vendor_reader.join().expect("the Community Pass reader does not panic")?;
+        let vendor = vendor_reader
+            .join()
+            .expect("the Community Pass reader does not panic")?;
         let (genesis, rejected) = genesis?;
         Ok((genesis, vendor, rejected))
     })

@@ -48,7 +48,10 @@ pub fn get_payments(
     clock: Clock,
 ) -> Result<PullReport, SyncError> {
     let (txn_scope, after) = match scope {
-        PullScope::Cursor => (TxnScope::All, cursors::position(conn, cursors::TRANSACTIONS)?),
+        PullScope::Cursor => (
+            TxnScope::All,
+            cursors::position(conn, cursors::TRANSACTIONS)?,
+        ),
         PullScope::Student(id) => (TxnScope::Student(id), 0),
         PullScope::Guardian(id) => (TxnScope::Guardian(id), 0),
     };
@@ -86,9 +89,9 @@ fn dedupe_by_id(txns: &mut Vec<&VendorTxn>) {
 fn unapplicable(txn: &VendorTxn, existing_fees: &HashSet<FeeId>) -> Option<String> {
     match txn.genesis_fee_id {
         None => Some("the transaction names no Genesis fee".to_string()),
-        Some(fee) if !existing_fees.contains(&fee) => {
-            Some(format!("fee {fee} not found in Genesis (deleted, or never created there)"))
-        }
+        Some(fee) if !existing_fees.contains(&fee) => Some(format!(
+            "fee {fee} not found in Genesis (deleted, or never created there)"
+        )),
         Some(_) => None,
     }
 }

@@ -185,7 +185,12 @@ fn send_one(
                     side: AuditSide::CommunityPass,
                     entity: "fee",
                     entity_id: push.genesis_fee_id.to_string(),
-                    action: if outcome.created { "created" } else { "updated" }.to_string(),
+                    action: if outcome.created {
+                        "created"
+                    } else {
+                        "updated"
+                    }
+                    .to_string(),
                     detail: Some(format!(
                         "amount ${}, Genesis credit ${}, status {}{}",
                         push.amount,
@@ -222,7 +227,14 @@ pub fn push_fees(
             None => PushOutcome::Deleted,
             Some(fee) => {
                 let txns = context.txns.get(fee_id).map(Vec::as_slice).unwrap_or(&[]);
-                match plan_push(fee, txns, context.links.get(fee_id), &context.guardians, setup, force) {
+                match plan_push(
+                    fee,
+                    txns,
+                    context.links.get(fee_id),
+                    &context.guardians,
+                    setup,
+                    force,
+                ) {
                     Ok(push) => send_one(conn, portal, &push, run_id, clock())?,
                     Err(outcome) => outcome,
                 }
@@ -253,7 +265,8 @@ pub fn drain_outbox(
         let mut fee_ids: Vec<FeeId> = entries.iter().map(|e| FeeId(e.fee_id)).collect();
         fee_ids.sort();
         fee_ids.dedup();
-        let (batch_report, outcomes) = push_fees(conn, portal, setup, &fee_ids, false, run_id, clock)?;
+        let (batch_report, outcomes) =
+            push_fees(conn, portal, setup, &fee_ids, false, run_id, clock)?;
         complete_entries(conn, &entries, &outcomes, run_id, clock())?;
         let all_failed = batch_report.failed as usize == fee_ids.len();
         report.merge(batch_report);
@@ -276,12 +289,16 @@ fn complete_entries(
     for entry in entries {
         let outcome = by_fee.get(&FeeId(entry.fee_id)).copied();
         match outcome {
-            Some(PushOutcome::Failed(why)) => outbox::record_failure(conn, &[entry.id], why, run_id)?,
+            Some(PushOutcome::Failed(why)) => {
+                outbox::record_failure(conn, &[entry.id], why, run_id)?
+            }
             Some(other) => {
                 let note = match other {
                     PushOutcome::Ineligible(why) => Some(format!("not sent: {why}")),
                     PushOutcome::Refused(why) => Some(format!("refused: {why}")),
-                    PushOutcome::Deleted => Some("fee deleted in Genesis; the nightly run reports it".to_string()),
+                    PushOutcome::Deleted => {
+                        Some("fee deleted in Genesis; the nightly run reports it".to_string())
+                    }
                     _ => None,
                 };
                 outbox::complete(conn, &[entry.id], note.as_deref(), run_id, now)?;
@@ -324,7 +341,10 @@ mod tests {
     }
 
     fn fee(cents: i64, status: FeeStatus) -> GenesisFee {
-        let at = NaiveDate::from_ymd_opt(2026, 9, 1).unwrap().and_hms_opt(8, 0, 0).unwrap();
+        let at = NaiveDate::from_ymd_opt(2026, 9, 1)
+            .unwrap()
+            .and_hms_opt(8, 0, 0)
+            .unwrap();
         GenesisFee {
             id: FeeId(7),
             student_id: StudentId(100_001),
@@ -353,9 +373,26 @@ mod tests {
 
     #[test]
     fn a_locked_amount_is_never_pushed_changed() {
-        let outcome = plan_push(&fee(4_000, FeeStatus::Open), &[], Some(&link(3_500, true)), &[], &setup(), false);
-        assert!(matches!(outcome, Err(PushOutcome::Refused(_))), "{outcome:?}");
-        let unlocked = plan_push(&fee(4_000, FeeStatus::Open), &[], Some(&link(3_500, false)), &[], &setup(), false);
+        let outcome = plan_push(
+            &fee(4_000, FeeStatus::Open),
+            &[],
+            Some(&link(3_500, true)),
+            &[],
+            &setup(),
+            false,
+        );
+        assert!(
+            matches!(outcome, Err(PushOutcome::Refused(_))),
+            "{outcome:?}"
+        );
+        let unlocked = plan_push(
+            &fee(4_000, FeeStatus::Open),
+            &[],
+            Some(&link(3_500, false)),
+            &[],
+            &setup(),
+            false,
+        );
         assert_eq!(unlocked.unwrap().amount, Money::from_cents(4_000));
     }
 
@@ -369,20 +406,55 @@ mod tests {
             method: "cash".into(),
             source: TxnSource::Genesis,
             vendor_txn_id: None,
-            posted_at: NaiveDate::from_ymd_opt(2026, 9, 2).unwrap().and_hms_opt(8, 0, 0).unwrap(),
+            posted_at: NaiveDate::from_ymd_opt(2026, 9, 2)
+                .unwrap()
+                .and_hms_opt(8, 0, 0)
+                .unwrap(),
         };
-        let push = plan_push(&fee(3_500, FeeStatus::Open), &[office], Some(&link(3_500, true)), &[], &setup(), false).unwrap();
+        let push = plan_push(
+            &fee(3_500, FeeStatus::Open),
+            &[office],
+            Some(&link(3_500, true)),
+            &[],
+            &setup(),
+            false,
+        )
+        .unwrap();
         assert_eq!(push.genesis_credit, Money::from_cents(500));
     }
 
     #[test]
     fn unchanged_and_ineligible_fees_are_not_sent() {
-        let same = plan_push(&fee(3_500, FeeStatus::Open), &[], Some(&link(3_500, false)), &[], &setup(), false);
+        let same = plan_push(
+            &fee(3_500, FeeStatus::Open),
+            &[],
+            Some(&link(3_500, false)),
+            &[],
+            &setup(),
+            false,
+        );
         assert_eq!(same.unwrap_err(), PushOutcome::Unchanged);
-        let forced = plan_push(&fee(3_500, FeeStatus::Open), &[], Some(&link(3_500, false)), &[], &setup(), true);
+        let forced = plan_push(
+            &fee(3_500, FeeStatus::Open),
+            &[],
+            Some(&link(3_500, false)),
+            &[],
+            &setup(),
+            true,
+        );
         assert!(forced.is_ok());
-        let late_setup = SetupState { cutoff: NaiveDate::from_ymd_opt(2026, 10, 1), ..setup() };
-        let early = plan_push(&fee(3_500, FeeStatus::Open), &[], None, &[], &late_setup, true);
+        let late_setup = SetupState {
+            cutoff: NaiveDate::from_ymd_opt(2026, 10, 1),
+            ..setup()
+        };
+        let early = plan_push(
+            &fee(3_500, FeeStatus::Open),
+            &[],
+            None,
+            &[],
+            &late_setup,
+            true,
+        );
         assert!(matches!(early, Err(PushOutcome::Ineligible(_))));
     }
 }

@@ -1,0 +1,36 @@
+//! `cpsync get-balances`: stores every patron's whole-account Community Pass
+//! balance, with its as-of time, for the parent portal.
+
+use super::task::{self, run_task, TaskOutcome};
+use super::Context;
+use crate::sync::balances;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the run summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let mut conn = context.connect()?;
+    let portal = task::portal(context, &mut conn)?;
+    run_task(
+        &mut conn,
+        task::GET_BALANCES,
+        "manual",
+        false,
+        |conn, run_id| {
+            let report = balances::get_balances(conn, &portal, run_id)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "get-balances: {} patrons stored, {} with a balance, ${} outstanding in all",
+                    report.patrons, report.with_balance, report.total
+                );
+            }
+            Ok(TaskOutcome::succeeded(&report, report.patrons))
+        },
+    )
+}

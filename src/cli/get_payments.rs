@@ -1,0 +1,63 @@
+//! `cpsync get-payments`: posts Community Pass payments, refunds, waivers and
+//! reversals into Genesis, exactly once each. Without options: everything
+//! after the stored cursor (the nightly trigger). `--student ID`: the fee
+//! page is opened. `--guardian ID`: the parent logs in.
+
+use super::task::{self, run_task, TaskOutcome};
+use super::Context;
+use crate::domain::{GuardianId, StudentId};
+use crate::sync::pull::{self, PullScope};
+use crate::sync::utc_now;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this student's transactions (their fee page was opened).
+    #[arg(long, conflicts_with = "guardian")]
+    student: Option<StudentId>,
+    /// All of this guardian's students' transactions (the parent logged in).
+    #[arg(long)]
+    guardian: Option<GuardianId>,
+    /// Print the run summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let mut conn = context.connect()?;
+    let portal = task::portal(context, &mut conn)?;
+    let (scope, trigger) = match (args.student, args.guardian) {
+        (Some(student), _) => (PullScope::Student(student), "fee_page"),
+        (None, Some(guardian)) => (PullScope::Guardian(guardian), "parent_login"),
+        (None, None) => (PullScope::Cursor, "cursor"),
+    };
+    run_task(
+        &mut conn,
+        task::GET_PAYMENTS,
+        trigger,
+        false,
+        |conn, run_id| {
+            let report = pull::get_payments(conn, &portal, scope, run_id, &utc_now)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                "get-payments: {} fetched, {} posted, {} already posted, {} unprocessed (see cpsync unprocessed), {} amounts locked{}",
+                report.fetched,
+                report.posted,
+                report.already_posted,
+                report.parked,
+                report.amounts_locked,
+                match (report.cursor_from, report.cursor_to) {
+                    (Some(from), Some(to)) => format!("; cursor {from} -> {to}"),
+                    _ => String::new(),
+                }
+            );
+            }
+            let mut outcome = TaskOutcome::succeeded(&report, report.fetched);
+            outcome.counts.matched = report.already_posted as i64;
+            outcome.counts.corrected = report.posted as i64;
+            outcome.counts.needs_review = report.parked as i64;
+            Ok(outcome)
+        },
+    )
+}

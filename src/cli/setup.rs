@@ -1,0 +1,437 @@
+//! `cpsync setup`: the integration's setup, stored in the database and taken
+//! in the handbook's order: API key → categories → Test Pull and Test Push →
+//! cutoff date. A step asked for out of order is refused with the missing
+//! step named. Every change is audited; the API key is never shown.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail};
+use chrono::NaiveDate;
+
+use super::{exit, task, Context};
+use crate::db::{genesis, outbox, settings, tasks, DbConnection};
+use crate::portal::CommunityPass;
+use crate::secret::Secret;
+use crate::setup::{CategorySelection, PatronIdRule, SetupState, SetupStep};
+use crate::sync::{push, utc_now};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    step: Step,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Step {
+    /// Show every setting (the API key only as a fingerprint) and the next step.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store the Community Pass API key, read from standard input or a file.
+    ApiKey {
+        /// Read the key from this file instead of standard input.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Choose the fee categories sent (default: all).
+    Categories(CategoryArgs),
+    /// Exclude whole schools from sending (or include them again).
+    Schools(SchoolArgs),
+    /// What identifies the patron in Community Pass.
+    PatronId {
+        #[arg(value_enum)]
+        rule: PatronIdRule,
+    },
+    /// Test Pull: a read-only call to Community Pass.
+    TestPull,
+    /// Test Push: a harmless write that Community Pass echoes and discards.
+    TestPush,
+    /// Only fees dated on or after DATE are sent ("import fines created after").
+    Cutoff { date: NaiveDate },
+    /// Parent portal options.
+    Portal(PortalArgs),
+    /// Switch a task on or off (send_fees, get_payments, get_balances,
+    /// nightly_sync, demographic_export).
+    Tasks {
+        #[arg(value_parser = ["enable", "disable"])]
+        switch: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CategoryArgs {
+    /// List the FEE_CATEGORY codes and whether each is selected.
+    #[arg(long)]
+    list: bool,
+    /// Send every category (the default).
+    #[arg(long, conflicts_with_all = ["only", "include", "exclude"])]
+    all: bool,
+    /// Send only these codes (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Add these codes to the selection.
+    #[arg(long, value_delimiter = ',')]
+    include: Vec<String>,
+    /// Remove these codes from the selection.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SchoolArgs {
+    /// Exclude these school codes (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Include these school codes again.
+    #[arg(long, value_delimiter = ',')]
+    include: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct PortalArgs {
+    #[arg(long)]
+    vendor_url: Option<String>,
+    #[arg(long)]
+    link_text: Option<String>,
+    #[arg(long)]
+    show_balance: Option<bool>,
+    #[arg(long)]
+    lock_out_on_balance: Option<bool>,
+    #[arg(long)]
+    balance_message: Option<String>,
+    #[arg(long)]
+    payment_message: Option<String>,
+    /// Keep the portal open while the fines' due dates have not passed.
+    #[arg(long)]
+    grace_until_due: Option<bool>,
+}
+
+pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let mut conn = context.connect()?;
+    let state = settings::load_setup(&mut conn)?;
+    match args.step {
+        Step::Show { json } => show(&mut conn, &state, json),
+        Step::ApiKey { file } => api_key(&mut conn, file),
+        Step::Categories(c) => categories(&mut conn, state, c),
+        Step::Schools(s) => schools(&mut conn, state, s),
+        Step::PatronId { rule } => save(
+            &mut conn,
+            SetupState {
+                patron_id: rule,
+                ..state
+            },
+            "patron id",
+        ),
+        Step::TestPull => connection_test(context, &mut conn, state, SetupStep::TestPull),
+        Step::TestPush => connection_test(context, &mut conn, state, SetupStep::TestPush),
+        Step::Cutoff { date } => cutoff(&mut conn, state, date),
+        Step::Portal(p) => portal(&mut conn, state, p),
+        Step::Tasks { switch, name } => switch_task(&mut conn, &switch, &name),
+    }
+}
+
+fn save(conn: &mut DbConnection, state: SetupState, what: &str) -> anyhow::Result<u8> {
+    let changed = settings::save_setup(conn, &state, utc_now())?;
+    println!("{what}: saved ({changed} setting(s) changed)");
+    print_next(&state);
+    Ok(exit::OK)
+}
+
+fn print_next(state: &SetupState) {
+    match state.next_step() {
+        Some(step) => println!("next setup step: {step}"),
+        None => println!(
+            "setup is complete: fees are sent from {}",
+            state.cutoff.map(|d| d.to_string()).unwrap_or_default()
+        ),
+    }
+}
+
+fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Result<u8> {
+    let task_states: Vec<(String, bool)> = [
+        "send_fees",
+        "get_payments",
+        "get_balances",
+        "nightly_sync",
+        "demographic_export",
+    ]
+    .iter()
+    .map(|t| Ok((t.to_string(), tasks::is_enabled(conn, t)?)))
+    .collect::<anyhow::Result<_>>()?;
+    if json {
+        let value = serde_json::json!({ "setup": state, "tasks": task_states, "next_step": state.next_step() });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(exit::OK);
+    }
+    let when = |t: &Option<chrono::NaiveDateTime>| {
+        t.map(|t| format!("succeeded {t} UTC"))
+            .unwrap_or_else(|| "not yet".into())
+    };
+    println!(
+        "API key:          {}",
+        state
+            .api_key_fingerprint
+            .as_ref()
+            .map(|f| format!("set (fingerprint {f})"))
+            .unwrap_or_else(|| "not set".into())
+    );
+    println!(
+        "categories:       {} {}",
+        describe_categories(&state.categories),
+        if state.categories_confirmed_at.is_some() {
+            ""
+        } else {
+            "(not confirmed)"
+        }
+    );
+    println!(
+        "excluded schools: {}",
+        if state.excluded_schools.is_empty() {
+            "none".to_string()
+        } else {
+            state
+                .excluded_schools
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!("patron id:        {}", state.patron_id.as_str());
+    println!("Test Pull:        {}", when(&state.test_pull_at));
+    println!("Test Push:        {}", when(&state.test_push_at));
+    println!(
+        "cutoff date:      {}",
+        state
+            .cutoff
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "not set".into())
+    );
+    println!(
+        "portal:           {}",
+        serde_json::to_string(&state.portal)?
+    );
+    for (name, enabled) in task_states {
+        println!(
+            "task {name:<19} {}",
+            if enabled { "enabled" } else { "disabled" }
+        );
+    }
+    print_next(state);
+    Ok(exit::OK)
+}
+
+fn describe_categories(selection: &CategorySelection) -> String {
+    match selection {
+        CategorySelection::All => "all".to_string(),
+        CategorySelection::Only(codes) => codes.iter().cloned().collect::<Vec<_>>().join(", "),
+    }
+}
+
+fn read_key(file: Option<PathBuf>) -> anyhow::Result<Secret> {
+    if let Some(path) = file {
+        return Ok(crate::secret::from_file(&path)?);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!("pipe the API key on standard input (e.g. `cpsync setup api-key < keyfile`) or use --file, so it is never echoed");
+    }
+    let mut text = String::new();
+    stdin.lock().take(4096).read_to_string(&mut text)?;
+    let key = text.trim();
+    if key.is_empty() {
+        bail!("no API key on standard input");
+    }
+    Ok(Secret::new(key))
+}
+
+fn api_key(conn: &mut DbConnection, file: Option<PathBuf>) -> anyhow::Result<u8> {
+    let key = read_key(file)?;
+    let state = settings::store_api_key(conn, &key, utc_now())?;
+    println!(
+        "API key stored (fingerprint {}); run Test Pull and Test Push again",
+        settings::fingerprint(&key)
+    );
+    print_next(&state);
+    Ok(exit::OK)
+}
+
+fn categories(
+    conn: &mut DbConnection,
+    mut state: SetupState,
+    args: CategoryArgs,
+) -> anyhow::Result<u8> {
+    let known: BTreeSet<String> = genesis::load_category_codes(conn)?.into_iter().collect();
+    if args.list {
+        for code in &known {
+            println!(
+                "{} {code}",
+                if state.categories.includes(code) {
+                    "[x]"
+                } else {
+                    "[ ]"
+                }
+            );
+        }
+        return Ok(exit::OK);
+    }
+    state.allow(SetupStep::Categories)?;
+    let unknown: Vec<&String> = args
+        .only
+        .iter()
+        .chain(&args.include)
+        .chain(&args.exclude)
+        .filter(|c| !known.contains(*c))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "unknown fee category code(s): {}",
+            unknown
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut selected: BTreeSet<String> = match (&state.categories, args.all, args.only.is_empty()) {
+        (_, true, _) => known.clone(),
+        (_, false, false) => args.only.iter().cloned().collect(),
+        (CategorySelection::All, _, _) => known.clone(),
+        (CategorySelection::Only(codes), _, _) => codes.clone(),
+    };
+    selected.extend(args.include.iter().cloned());
+    for code in &args.exclude {
+        selected.remove(code);
+    }
+    state.categories = if args.all
+        || (selected == known
+            && matches!(state.categories, CategorySelection::All)
+            && args.exclude.is_empty())
+    {
+        CategorySelection::All
+    } else {
+        CategorySelection::Only(selected)
+    };
+    state.categories_confirmed_at = Some(utc_now());
+    println!("categories: {}", describe_categories(&state.categories));
+    save(conn, state, "categories")
+}
+
+fn schools(conn: &mut DbConnection, mut state: SetupState, args: SchoolArgs) -> anyhow::Result<u8> {
+    let known: BTreeSet<String> = genesis::load_schools(conn)?
+        .into_iter()
+        .map(|s| s.code)
+        .collect();
+    if let Some(unknown) = args
+        .exclude
+        .iter()
+        .chain(&args.include)
+        .find(|c| !known.contains(*c))
+    {
+        bail!("unknown school code {unknown}");
+    }
+    state.excluded_schools.extend(args.exclude.iter().cloned());
+    for code in &args.include {
+        state.excluded_schools.remove(code);
+    }
+    save(conn, state, "excluded schools")
+}
+
+fn connection_test(
+    context: &Context,
+    conn: &mut DbConnection,
+    mut state: SetupState,
+    step: SetupStep,
+) -> anyhow::Result<u8> {
+    state.allow(step)?;
+    let portal = task::portal(context, conn)?;
+    let check = match step {
+        SetupStep::TestPull => portal.test_pull(),
+        _ => portal.test_push(),
+    }
+    .map_err(|e| {
+        anyhow!(
+            "{} failed: {e}",
+            if step == SetupStep::TestPull {
+                "Test Pull"
+            } else {
+                "Test Push"
+            }
+        )
+    })?;
+    let now = utc_now();
+    if step == SetupStep::TestPull {
+        state.test_pull_at = Some(now);
+    } else {
+        state.test_push_at = Some(now);
+    }
+    println!(
+        "{step:?} succeeded: Community Pass district {:?}, server time {}",
+        check.district, check.server_time
+    );
+    save(conn, state, "connection test")
+}
+
+fn cutoff(conn: &mut DbConnection, mut state: SetupState, date: NaiveDate) -> anyhow::Result<u8> {
+    state.allow(SetupStep::Cutoff)?;
+    state.cutoff = Some(date);
+    settings::save_setup(conn, &state, utc_now())?;
+    let eligible = push::eligible_fee_ids(conn, &state, None)?;
+    let queued = outbox::enqueue(conn, &eligible, "cutoff_set", utc_now())?;
+    println!("cutoff date {date} saved; {queued} existing fee(s) dated on or after it are queued for Send Fees");
+    print_next(&state);
+    Ok(exit::OK)
+}
+
+fn portal(conn: &mut DbConnection, mut state: SetupState, args: PortalArgs) -> anyhow::Result<u8> {
+    let options = &mut state.portal;
+    if let Some(url) = args.vendor_url {
+        if !url.starts_with("https://") {
+            bail!("the vendor payment URL must start with https://");
+        }
+        options.vendor_url = Some(url);
+    }
+    if let Some(v) = args.link_text {
+        options.link_text = v;
+    }
+    if let Some(v) = args.show_balance {
+        options.show_balance = v;
+    }
+    if let Some(v) = args.lock_out_on_balance {
+        options.lock_out_on_balance = v;
+    }
+    if let Some(v) = args.balance_message {
+        options.balance_message = v;
+    }
+    if let Some(v) = args.payment_message {
+        options.payment_message = v;
+    }
+    if let Some(v) = args.grace_until_due {
+        options.grace_until_due = v;
+    }
+    save(conn, state, "portal options")
+}
+
+fn switch_task(conn: &mut DbConnection, switch: &str, name: &str) -> anyhow::Result<u8> {
+    const TASKS: [&str; 5] = [
+        "send_fees",
+        "get_payments",
+        "get_balances",
+        "nightly_sync",
+        "demographic_export",
+    ];
+    if !TASKS.contains(&name) {
+        bail!("unknown task {name:?}; tasks are {}", TASKS.join(", "));
+    }
+    let enabled = switch == "enable";
+    tasks::set_enabled(conn, name, enabled, utc_now())?;
+    println!(
+        "task {name} {}",
+        if enabled { "enabled" } else { "disabled" }
+    );
+    Ok(exit::OK)
+}

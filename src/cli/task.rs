@@ -1,0 +1,121 @@
+//! What every task command shares: the task switch, run history (start,
+//! finish with counts and summary, failure recorded with its error), and the
+//! Community Pass client built from the config and the stored API key.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use serde::Serialize;
+
+use super::{exit, Context};
+use crate::db::runs::{self, RunCounts, RunStatus};
+use crate::db::{settings, tasks, DbConnection};
+use crate::portal::http::{HttpPortal, HttpPortalConfig};
+use crate::sync::utc_now;
+
+/// The task names in `cp_tasks`.
+pub const SEND_FEES: &str = "send_fees";
+pub const GET_PAYMENTS: &str = "get_payments";
+pub const GET_BALANCES: &str = "get_balances";
+pub const NIGHTLY_SYNC: &str = "nightly_sync";
+
+/// How a task run ended, for run history and the exit code.
+pub struct TaskOutcome {
+    pub status: RunStatus,
+    pub counts: RunCounts,
+    pub summary: serde_json::Value,
+    pub exit_code: u8,
+}
+
+impl TaskOutcome {
+    /// A run that did its work with nothing for a person.
+    pub fn succeeded(summary: impl Serialize, records: u64) -> TaskOutcome {
+        TaskOutcome {
+            status: RunStatus::Succeeded,
+            counts: RunCounts {
+                records_in: records as i64,
+                matched: 0,
+                corrected: records as i64,
+                needs_review: 0,
+            },
+            summary: serde_json::to_value(summary).expect("summaries serialise"),
+            exit_code: exit::OK,
+        }
+    }
+}
+
+/// Runs `body` as one recorded run of `task`, unless the task is switched off.
+pub fn run_task(
+    conn: &mut DbConnection,
+    task: &str,
+    trigger: &str,
+    dry_run: bool,
+    body: impl FnOnce(&mut DbConnection, i64) -> anyhow::Result<TaskOutcome>,
+) -> anyhow::Result<u8> {
+    if !tasks::is_enabled(conn, task)? {
+        eprintln!("cpsync: the {task} task is switched off (cpsync setup tasks enable {task}); nothing was done");
+        return Ok(exit::OK);
+    }
+    let run_id = runs::start_run(conn, task, trigger, dry_run, utc_now())?;
+    match body(conn, run_id) {
+        Ok(outcome) => {
+            let summary = serde_json::to_string(&outcome.summary)?;
+            runs::finish_run(
+                conn,
+                run_id,
+                outcome.status,
+                &outcome.counts,
+                Some(&summary),
+                None,
+                utc_now(),
+            )?;
+            Ok(outcome.exit_code)
+        }
+        Err(error) => {
+            let message = super::one_line_chain(&error);
+            let recorded = runs::finish_run(
+                conn,
+                run_id,
+                RunStatus::Failed,
+                &RunCounts::default(),
+                None,
+                Some(&message),
+                utc_now(),
+            );
+            if let Err(db_error) = recorded {
+                tracing::error!(%db_error, "could not record the failed run");
+            }
+            Err(error.context(format!("{task} run {run_id} failed")))
+        }
+    }
+}
+
+/// The Community Pass client: base URL from `--cp-url`/`CPSYNC_CP_URL` or the
+/// config file; the API key stored by `setup api-key`, else the config's.
+pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<HttpPortal> {
+    let section = context.config.community_pass.as_ref();
+    let base_url = context
+        .cp_url
+        .clone()
+        .or_else(|| section.map(|c| c.base_url.clone()))
+        .ok_or_else(|| {
+            anyhow!(
+                "no Community Pass URL: set [community_pass] base_url in the config, or --cp-url"
+            )
+        })?;
+    let api_key = match settings::load_api_key(conn)? {
+        Some(key) => key,
+        None => section
+            .map(|c| c.api_key.load(crate::config::DEFAULT_API_KEY_ENV))
+            .transpose()?
+            .ok_or_else(|| {
+                anyhow!("no Community Pass API key: run `cpsync setup api-key` first")
+            })?,
+    };
+    let mut config = HttpPortalConfig::new(base_url, api_key);
+    if let Some(section) = section {
+        config.connect_timeout = Duration::from_secs(section.connect_timeout_secs);
+        config.request_timeout = Duration::from_secs(section.request_timeout_secs);
+    }
+    HttpPortal::new(config).context("building the Community Pass client")
+}
