@@ -255,7 +255,16 @@ impl HttpPortal {
                 return Err(error);
             }
             self.counter.record_retry(cause);
-            std::thread::sleep(self.delay(attempt, &error));
+            let delay = self.delay(attempt, &error);
+            tracing::warn!(
+                record,
+                cause = ?cause,
+                attempt = attempt + 1,
+                delay_ms = delay.as_millis() as u64,
+                error = %error,
+                "retrying a Community Pass call"
+            );
+            std::thread::sleep(delay);
             attempt += 1;
         }
     }
