@@ -479,6 +479,33 @@ fn full_read_under_faults_returns_every_record_exactly_once() {
     assert!(retries.retries() > 0, "the faults caused retries");
     assert_eq!(retries.rate_limited, faults.rate_limited);
     assert_eq!(retries.server_error, faults.errors_5xx);
+
+    admin.set_faults(&FaultConfig::default()).unwrap();
+    let started = Instant::now();
+    let clean_fees = all_fees(&portal, None).unwrap();
+    let clean_txns = transactions_after(&portal, TxnScope::All, 0).unwrap();
+    assert_eq!(
+        (clean_fees.len(), clean_txns.items.len()),
+        (fees.len(), batch.items.len())
+    );
+    eprintln!(
+        "the same read without faults: {:?}; peak memory of test + simulator: {}",
+        started.elapsed(),
+        peak_memory()
+    );
+}
+
+/// The process's peak resident memory, from /proc (Linux), for the report.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .map(|line| line.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 #[test]
