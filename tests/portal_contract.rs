@@ -479,6 +479,33 @@ fn full_read_under_faults_returns_every_record_exactly_once() {
     assert!(retries.retries() > 0, "the faults caused retries");
     assert_eq!(retries.rate_limited, faults.rate_limited);
     assert_eq!(retries.server_error, faults.errors_5xx);
+
+    admin.set_faults(&FaultConfig::default()).unwrap();
+    let started = Instant::now();
+    let clean_fees = all_fees(&portal, None).unwrap();
+    let clean_txns = transactions_after(&portal, TxnScope::All, 0).unwrap();
+    assert_eq!(
+        (clean_fees.len(), clean_txns.items.len()),
+        (fees.len(), batch.items.len())
+    );
+    eprintln!(
+        "the same read without faults: {:?}; peak memory of test + simulator: {}",
+        started.elapsed(),
+        peak_memory()
+    );
+}
+
+/// The process's peak resident memory, from /proc (Linux), for the report.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .map(|line| line.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 #[test]
@@ -488,6 +515,134 @@ fn plain_http_to_a_remote_host_is_refused() {
     assert!(matches!(error, PortalError::Config { .. }));
     assert!(error.to_string().contains("loopback"));
     assert_no_key(&error);
+}
+
+#[test]
+fn https_is_really_tls_and_fails_against_a_plain_server() {
+    let plain = canned_server("{}").replace("http://", "https://");
+    let portal = client(&plain, TEST_KEY, 0, 100);
+    let error = portal.test_pull().unwrap_err();
+    assert!(
+        matches!(error, PortalError::Unavailable { .. }),
+        "{error:?}"
+    );
+    assert_no_key(&error);
+}
+
+#[test]
+fn districts_are_isolated_by_api_key() {
+    let (sim, admin) = start(1);
+    let north_key = "sk_test_NORTH_81c2d4e6";
+    admin
+        .add_district("north", &Secret::new(north_key))
+        .unwrap();
+    let default = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let north = client(&sim.base_url(), north_key, 0, 100);
+    let fee = push(1, 5, 2_500);
+    default.upsert_fee(&fee, &idempotency_key(&fee)).unwrap();
+    assert_eq!(north.test_pull().unwrap().district, "north");
+    assert!(all_fees(&north, None).unwrap().is_empty());
+    assert_eq!(all_fees(&default, None).unwrap().len(), 1);
+    assert_eq!(admin.for_district("north").summary().unwrap().fees, 0);
+}
+
+#[test]
+fn parent_side_actions_are_reflected_in_every_listing() {
+    let (sim, admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    for (id, cents) in [(1, 10_000), (2, 5_000), (3, 2_000)] {
+        let fee = push(id, 5, cents);
+        portal.upsert_fee(&fee, &idempotency_key(&fee)).unwrap();
+    }
+    let cents = |c| Some(Money::from_cents(c));
+    let partial = admin.pay(FeeId(1), cents(4_000)).unwrap();
+    let rest = admin.pay(FeeId(1), None).unwrap();
+    assert_eq!(rest.amount, Money::from_cents(6_000));
+    let over = admin.pay(FeeId(2), cents(6_000)).unwrap();
+    admin.waive(FeeId(3), None).unwrap();
+    let refund = admin.refund(&over.id, cents(1_000)).unwrap();
+    assert_eq!(refund.reverses.as_ref(), Some(&over.id));
+    let reversal = admin.reverse(&partial.id, 6).unwrap();
+    assert_eq!(
+        reversal.occurred_at,
+        partial.occurred_at + chrono::Duration::days(6)
+    );
+    let duplicate = admin.duplicate(FeeId(2)).unwrap();
+    assert_eq!(
+        (duplicate.student_id, duplicate.amount),
+        (Some(StudentId(5)), Money::from_cents(5_000))
+    );
+
+    let fees = all_fees(&portal, Some(StudentId(5))).unwrap();
+    let by_id = |id: i64| {
+        fees.iter()
+            .find(|fee| fee.genesis_fee_id == FeeId(id))
+            .unwrap()
+    };
+    assert_eq!(
+        (by_id(1).reversed, by_id(1).balance, by_id(1).status),
+        (
+            Money::from_cents(4_000),
+            Money::from_cents(4_000),
+            VendorFeeStatus::Open
+        )
+    );
+    assert_eq!(
+        (by_id(2).refunded, by_id(2).balance, by_id(2).status),
+        (Money::from_cents(1_000), Money::ZERO, VendorFeeStatus::Paid)
+    );
+    assert_eq!(
+        (by_id(3).waived, by_id(3).status),
+        (Money::from_cents(2_000), VendorFeeStatus::Waived)
+    );
+
+    let kinds: Vec<_> = transactions_after(&portal, TxnScope::Guardian(GuardianId(50)), 0)
+        .unwrap()
+        .items
+        .iter()
+        .map(|txn| txn.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["payment", "payment", "payment", "waiver", "refund", "reversal"]
+    );
+    let unmanaged = all_unmanaged_fees(&portal).unwrap();
+    assert_eq!(unmanaged.len(), 1);
+    let balance = all_balances(&portal).unwrap().pop().unwrap();
+    assert_eq!(balance.patron_id, "S5");
+    assert_eq!(balance.integration_balance, Money::from_cents(4_000));
+    assert_eq!(balance.other_balance, Money::from_cents(5_000));
+    assert_eq!(balance.balance, Money::from_cents(9_000));
+}
+
+#[test]
+fn state_file_survives_a_restart_with_its_idempotency_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("sim-state.json");
+    let mut config = SimConfig::new(Secret::new(TEST_KEY));
+    config.state_file = Some(state_file.clone());
+    let fee = push(4, 5, 1_234);
+    let key = idempotency_key(&fee);
+    let sim = Simulator::start(config.clone()).unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    portal.upsert_fee(&fee, &key).unwrap();
+    sim.admin()
+        .unwrap()
+        .pay(FeeId(4), Some(Money::from_cents(234)))
+        .unwrap();
+    sim.shutdown().unwrap();
+    let saved = std::fs::read_to_string(&state_file).unwrap();
+    assert!(!saved.contains(TEST_KEY), "keys are never persisted");
+
+    let sim = Simulator::start(config).unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    assert_eq!(
+        portal.fee(FeeId(4)).unwrap().balance,
+        Money::from_cents(1_000)
+    );
+    assert!(portal.upsert_fee(&fee, &key).unwrap().replayed);
+    let batch = transactions_after(&portal, TxnScope::All, 0).unwrap();
+    assert_eq!(batch.items.len(), 1);
 }
 
 /// The client against `prism mock api/community-pass.openapi.yaml`: prism

@@ -171,6 +171,12 @@ struct TestPushBody<'a> {
     nonce: &'a str,
 }
 
+/// A failed attempt, and why it may be retried (`None`: it is final).
+struct Failure {
+    error: PortalError,
+    cause: Option<RetryCause>,
+}
+
 /// A successful answer: its headers and body bytes.
 struct Answer {
     headers: HeaderMap,
@@ -244,23 +250,32 @@ impl HttpPortal {
         let retries = self.retry.retries.min(RETRIES_MAX);
         let mut attempt = 0;
         loop {
-            let error = match self.attempt(record, build()) {
+            let Failure { error, cause } = match self.attempt(record, build()) {
                 Ok(answer) => return Ok(answer),
-                Err(error) => error,
+                Err(failure) => failure,
             };
-            let Some(cause) = retry_cause(&error) else {
+            let Some(cause) = cause else {
                 return Err(error);
             };
             if attempt >= retries {
                 return Err(error);
             }
             self.counter.record_retry(cause);
-            std::thread::sleep(self.delay(attempt, &error));
+            let delay = self.delay(attempt, &error);
+            tracing::warn!(
+                record,
+                cause = ?cause,
+                attempt = attempt + 1,
+                delay_ms = delay.as_millis() as u64,
+                error = %error,
+                "retrying a Community Pass call"
+            );
+            std::thread::sleep(delay);
             attempt += 1;
         }
     }
 
-    fn attempt(&self, record: &str, request: RequestBuilder) -> Result<Answer, PortalError> {
+    fn attempt(&self, record: &str, request: RequestBuilder) -> Result<Answer, Failure> {
         let response = request.send().map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -268,7 +283,9 @@ impl HttpPortal {
         if status.is_success() {
             return Ok(Answer { headers, body });
         }
-        Err(self.status_error(record, status, &headers, &body))
+        let cause = status_retry_cause(status);
+        let error = self.status_error(record, status, &headers, &body);
+        Err(Failure { error, cause })
     }
 
     /// The wait before retry number `attempt + 1`: `Retry-After` when the
@@ -294,15 +311,26 @@ impl HttpPortal {
         half + Duration::from_millis(rand::thread_rng().gen_range(0..=spread))
     }
 
-    fn transport_error(&self, error: &reqwest::Error) -> PortalError {
+    /// A failure below HTTP: a timeout, a refused or dropped connection, a
+    /// TLS failure (all retried), or a request that cannot be built (not).
+    fn transport_error(&self, error: &reqwest::Error) -> Failure {
         let detail = self.scrub(&error_chain(error));
         if error.is_timeout() {
-            PortalError::Timeout { detail }
+            Failure {
+                error: PortalError::Timeout { detail },
+                cause: Some(RetryCause::Timeout),
+            }
         } else if error.is_builder() {
-            PortalError::Config { detail }
+            Failure {
+                error: PortalError::Config { detail },
+                cause: None,
+            }
         } else {
-            PortalError::Unavailable {
-                detail: format!("connection failed: {detail}"),
+            Failure {
+                error: PortalError::Unavailable {
+                    detail: format!("connection failed: {detail}"),
+                },
+                cause: Some(RetryCause::Connection),
             }
         }
     }
@@ -400,15 +428,11 @@ fn response_body(response: Response) -> Result<bytes::Bytes, reqwest::Error> {
     response.bytes()
 }
 
-/// The cause of retrying an error, or `None` when it must not be retried.
-fn retry_cause(error: &PortalError) -> Option<RetryCause> {
-    match error {
-        PortalError::RateLimited { .. } => Some(RetryCause::RateLimited),
-        PortalError::Timeout { .. } => Some(RetryCause::Timeout),
-        PortalError::Unavailable { detail } if detail.starts_with("connection failed") => {
-            Some(RetryCause::Connection)
-        }
-        PortalError::Unavailable { .. } => Some(RetryCause::ServerError),
+/// Why an HTTP status is worth retrying, or `None` when it is final.
+fn status_retry_cause(status: StatusCode) -> Option<RetryCause> {
+    match status.as_u16() {
+        429 => Some(RetryCause::RateLimited),
+        500..=599 => Some(RetryCause::ServerError),
         _ => None,
     }
 }

@@ -189,8 +189,9 @@ pub struct UpsertOutcome {
     pub amount: Money,
     pub balance: Money,
     pub status: VendorFeeStatus,
-    /// True when the server answered from its idempotency store.
-    #[serde(default)]
+    /// True when the server answered from its idempotency store (the
+    /// `Idempotent-Replayed` header; never part of the body).
+    #[serde(skip)]
     pub replayed: bool,
 }
 

@@ -522,7 +522,7 @@ fn unmanaged_fees(state: &District, query: &BTreeMap<String, String>) -> Result<
 
 /// Balance cursors are the last patron id, hex-encoded.
 fn decode_hex_cursor(text: &str) -> Result<String, ApiError> {
-    if text.len() % 2 != 0 || text.len() > 512 {
+    if text.is_empty() || text.len() % 2 != 0 || text.len() > 512 {
         return Err(invalid_cursor());
     }
     let bytes: Option<Vec<u8>> = (0..text.len())
@@ -572,11 +572,8 @@ fn transactions(
         (None, None) => Scope::All,
         (Some(id), None) => Scope::Student(StudentId(id)),
         (None, Some(id)) => Scope::Guardian(GuardianId(id)),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::unprocessable(
-                "invalid_query",
-                "give student_id or guardian_id, not both",
-            ))
+        (Some(student), Some(guardian)) => {
+            Scope::StudentOfGuardian(StudentId(student), GuardianId(guardian))
         }
     };
     let selection = state.transactions_page(scope, after, limit)?;

@@ -137,6 +137,8 @@ pub enum Scope {
     All,
     Student(StudentId),
     Guardian(GuardianId),
+    /// The student's, if that guardian is linked to the student; else none.
+    StudentOfGuardian(StudentId, GuardianId),
 }
 
 /// `balance = amount − genesis_credit − paid − waived + refunded + reversed`.
@@ -814,7 +816,8 @@ impl District {
     ) -> Result<TxnSelection<'_>, ApiError> {
         let total = self.transactions.len() as i64;
         if after < 0 || after > total {
-            return Err(ApiError::unprocessable(
+            return Err(ApiError::new(
+                409,
                 "cursor_out_of_range",
                 format!("after must be between 0 and the last sequence {total}"),
             ));
@@ -828,6 +831,14 @@ impl District {
                     .get(&guardian)
                     .map(|set| set.iter().copied().collect())
                     .unwrap_or_default();
+                self.student_sequences(&students, after, limit)
+            }
+            Scope::StudentOfGuardian(student, guardian) => {
+                let linked = self
+                    .guardian_students
+                    .get(&guardian)
+                    .is_some_and(|set| set.contains(&student));
+                let students = if linked { vec![student] } else { Vec::new() };
                 self.student_sequences(&students, after, limit)
             }
         };
@@ -1123,7 +1134,13 @@ mod tests {
         let all = district.transactions_page(Scope::All, 4, 10).unwrap();
         assert_eq!(all.items.len(), 2);
         assert!(!all.has_more);
-        assert!(district.transactions_page(Scope::All, 7, 10).is_err());
+        assert_eq!(
+            district
+                .transactions_page(Scope::All, 7, 10)
+                .err()
+                .map(|e| e.status),
+            Some(409)
+        );
     }
 
     #[test]
