@@ -3,6 +3,8 @@
 //! provides; without it the PostgreSQL tests fail loudly instead of skipping.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cpsync::db::{self, DatabaseUrl, DbConnection, OpenMode};
