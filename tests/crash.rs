@@ -1,0 +1,141 @@
+//! Crash safety of the nightly apply: the process is aborted right after its
+//! k-th write (for every k the scenario has), then run again. The end state
+//! must be what an uninterrupted run leaves: nothing lost, nothing doubled,
+//! and a further run with nothing to do.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::world::World;
+use common::Backend;
+use cpsync::money::Money;
+use cpsync::sync::nightly::{counts_by_kind, CRASH_AFTER_WRITES_ENV};
+use diesel::prelude::*;
+
+/// Drift that needs every kind of write: postings, locks and pushes.
+fn drift(world: &World) {
+    use diesel::connection::SimpleConnection;
+    let mut conn = world.conn();
+    let ids: Vec<i64> = {
+        use cpsync::db::schema::cp_fee_links::dsl::*;
+        cp_fee_links
+            .select(fee_id)
+            .order(fee_id)
+            .limit(8)
+            .load(&mut conn)
+            .unwrap()
+    };
+    for (i, id) in ids.iter().take(3).enumerate() {
+        let paid = world
+            .admin
+            .pay(
+                cpsync::domain::FeeId(*id),
+                Some(Money::from_cents(100 + i as i64)),
+            )
+            .unwrap();
+        if i == 0 {
+            world.admin.reverse(&paid.id, 3).unwrap();
+        }
+    }
+    for id in &ids[3..6] {
+        conn.batch_execute(&format!(
+            "UPDATE student_fees SET amount_cents = amount_cents + 250 WHERE id = {id}"
+        ))
+        .unwrap();
+    }
+    conn.batch_execute(
+        "UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL",
+    )
+    .unwrap();
+}
+
+/// What the end state looks like, for comparison across worlds.
+fn end_state(world: &World) -> (BTreeMap<&'static str, u64>, i64, i64) {
+    let after = world.nightly(true);
+    assert!(after.reconciliation.plan().is_empty(), "nothing left to do");
+    let mut conn = world.conn();
+    use cpsync::db::schema::fee_transactions::dsl::*;
+    let posted: i64 = fee_transactions
+        .filter(source.eq("community_pass"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    let distinct: i64 = fee_transactions
+        .filter(source.eq("community_pass"))
+        .select(diesel::dsl::count_distinct(vendor_txn_id))
+        .first(&mut conn)
+        .unwrap();
+    (counts_by_kind(&after.reconciliation), posted, distinct)
+}
+
+fn nightly_binary(world: &World, crash_after: Option<u64>) -> std::process::ExitStatus {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cpsync"));
+    command
+        .args([
+            "--database-url",
+            &world.db.url_text,
+            "--cp-url",
+            &world.sim.base_url(),
+            "nightly",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(k) = crash_after {
+        command.env(CRASH_AFTER_WRITES_ENV, k.to_string());
+    }
+    command.status().unwrap()
+}
+
+fn crash_at_every_write(backend: Backend) {
+    let reference = World::new(backend, 40, 9);
+    drift(&reference);
+    assert!(nightly_binary(&reference, None).code().is_some());
+    let expected = end_state(&reference);
+    assert!(expected.1 > 0);
+
+    let mut crashes = 0;
+    for k in 1.. {
+        let world = World::new(backend, 40, 9);
+        drift(&world);
+        let first = nightly_binary(&world, Some(k));
+        if first.code().is_some() {
+            // The run finished before reaching write k: every write point was tried.
+            assert_eq!(
+                end_state(&world),
+                expected,
+                "{backend:?}: no crash at k = {k}"
+            );
+            break;
+        }
+        crashes += 1;
+        let second = nightly_binary(&world, None);
+        assert!(
+            second.code().is_some(),
+            "{backend:?}: the re-run after a crash at write {k} finished"
+        );
+        assert_eq!(
+            end_state(&world),
+            expected,
+            "{backend:?}: crash after write {k}"
+        );
+        assert_eq!(expected.1, expected.2, "no vendor transaction posted twice");
+    }
+    assert!(
+        crashes >= 3,
+        "{backend:?}: the scenario has several write points ({crashes})"
+    );
+}
+
+#[test]
+fn sqlite_nightly_survives_a_crash_at_every_write() {
+    crash_at_every_write(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_nightly_survives_a_crash_at_every_write() {
+    crash_at_every_write(Backend::Postgres);
+}
