@@ -64,7 +64,7 @@ fn end_state(world: &World) -> (BTreeMap<&'static str, u64>, i64, i64) {
         .unwrap();
     let distinct: i64 = fee_transactions
         .filter(source.eq("community_pass"))
-        .select(diesel::dsl::count_distinct(vendor_txn_id))
+        .select(diesel::dsl::count(vendor_txn_id).aggregate_distinct())
         .first(&mut conn)
         .unwrap();
     (counts_by_kind(&after.reconciliation), posted, distinct)
