@@ -26,6 +26,9 @@ use crate::setup::SetupState;
 /// How many Genesis postings one database transaction carries.
 pub const APPLY_BATCH_MAX: usize = 500;
 
+/// How many pushes one apply step sends (and records) together.
+pub const PUSH_BATCH_MAX: usize = 200;
+
 /// Environment variable that makes the process abort after the k-th write
 /// of the apply phase (crash-safety tests only).
 pub const CRASH_AFTER_WRITES_ENV: &str = "CPSYNC_CRASH_AFTER_WRITES";
@@ -325,14 +328,16 @@ fn apply(
             _ => None,
         })
         .collect();
-    for fee_id in pushes {
-        let (_, outcomes) = push_fees(conn, portal, setup, &[fee_id], true, run_id, clock)?;
+    for batch in pushes.chunks(PUSH_BATCH_MAX) {
+        let (_, outcomes) = push_fees(conn, portal, setup, batch, true, run_id, clock)?;
         crash.wrote();
-        let result = match &outcomes[0].1 {
-            PushOutcome::Pushed { .. } | PushOutcome::Unchanged => Ok(()),
-            other => Err(describe(other)),
-        };
-        results.insert(ActionKey::Push(fee_id), result);
+        for (fee_id, outcome) in outcomes {
+            let result = match &outcome {
+                PushOutcome::Pushed { .. } | PushOutcome::Unchanged => Ok(()),
+                other => Err(describe(other)),
+            };
+            results.insert(ActionKey::Push(fee_id), result);
+        }
     }
     Ok(results)
 }

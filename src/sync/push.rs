@@ -6,13 +6,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
+use diesel::Connection;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::{genesis, links, outbox, DbConnection};
 use crate::domain::{FeeId, FeePush, FeeStatus, GenesisFee, GenesisTxn, GuardianLink, StudentId};
-use crate::portal::{idempotency_key, CommunityPass};
+use crate::portal::{idempotency_key, CommunityPass, PortalError, UpsertOutcome};
 use crate::reconcile::{fee_push, FeeLink};
 use crate::setup::SetupState;
 
@@ -164,52 +166,90 @@ fn plan_push(
     Ok(push)
 }
 
-/// Sends one push: intent recorded first, then the call, then the outcome.
-fn send_one(
+/// How many pushes are in flight at once (HTTP-bound, not CPU-bound).
+pub const PUSH_CONCURRENCY: usize = 8;
+
+/// Records the intent (the idempotency key) of every push before any is sent,
+/// so a push cut off by a crash is retried with the same key.
+fn record_intents(
     conn: &mut DbConnection,
+    pushes: &[(FeePush, String)],
+    run_id: i64,
+) -> Result<(), SyncError> {
+    conn.transaction(|conn| {
+        for (push, key) in pushes {
+            links::record_push_intent(conn, push.genesis_fee_id, key, run_id)?;
+        }
+        Ok(())
+    })
+}
+
+/// Sends the pushes, `PUSH_CONCURRENCY` at a time; results in input order.
+fn send_all(
     portal: &dyn CommunityPass,
-    push: &FeePush,
+    pushes: &[(FeePush, String)],
+) -> Vec<Result<UpsertOutcome, PortalError>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(PUSH_CONCURRENCY)
+        .build()
+        .expect("a thread pool of a fixed size builds");
+    pool.install(|| {
+        pushes
+            .par_iter()
+            .map(|(push, key)| portal.upsert_fee(push, key))
+            .collect()
+    })
+}
+
+/// Records what Community Pass acknowledged, with one audit row per push.
+fn record_outcomes(
+    conn: &mut DbConnection,
+    sent: &[(FeePush, String)],
+    results: &[Result<UpsertOutcome, PortalError>],
     run_id: i64,
     now: NaiveDateTime,
-) -> Result<PushOutcome, SyncError> {
-    let key = idempotency_key(push);
-    links::record_push_intent(conn, push.genesis_fee_id, &key, run_id)?;
-    match portal.upsert_fee(push, &key) {
-        Ok(outcome) => {
-            links::record_push_outcome(conn, push, &outcome, run_id, now)?;
-            audit::record(
-                conn,
-                &[AuditEntry {
-                    run_id: Some(run_id),
-                    at: now,
-                    side: AuditSide::CommunityPass,
-                    entity: "fee",
-                    entity_id: push.genesis_fee_id.to_string(),
-                    action: if outcome.created {
-                        "created"
-                    } else {
-                        "updated"
-                    }
-                    .to_string(),
-                    detail: Some(format!(
-                        "amount ${}, Genesis credit ${}, status {}{}",
-                        push.amount,
-                        push.genesis_credit,
-                        push.status,
-                        if outcome.replayed { " (replayed)" } else { "" }
-                    )),
-                }],
-            )?;
-            Ok(PushOutcome::Pushed {
-                created: outcome.created,
-                replayed: outcome.replayed,
-            })
+) -> Result<Vec<PushOutcome>, SyncError> {
+    conn.transaction(|conn| {
+        let mut outcomes = Vec::with_capacity(sent.len());
+        let mut entries = Vec::new();
+        for ((push, _), result) in sent.iter().zip(results) {
+            match result {
+                Ok(outcome) => {
+                    links::record_push_outcome(conn, push, outcome, run_id, now)?;
+                    entries.push(push_audit(push, outcome, run_id, now));
+                    outcomes.push(PushOutcome::Pushed {
+                        created: outcome.created,
+                        replayed: outcome.replayed,
+                    });
+                }
+                Err(error) => outcomes.push(PushOutcome::Failed(error.to_string())),
+            }
         }
-        Err(error) => Ok(PushOutcome::Failed(error.to_string())),
+        audit::record(conn, &entries)?;
+        Ok(outcomes)
+    })
+}
+
+fn push_audit(push: &FeePush, outcome: &UpsertOutcome, run_id: i64, now: NaiveDateTime) -> AuditEntry {
+    AuditEntry {
+        run_id: Some(run_id),
+        at: now,
+        side: AuditSide::CommunityPass,
+        entity: "fee",
+        entity_id: push.genesis_fee_id.to_string(),
+        action: if outcome.created { "created" } else { "updated" }.to_string(),
+        detail: Some(format!(
+            "amount ${}, Genesis credit ${}, status {}{}",
+            push.amount,
+            push.genesis_credit,
+            push.status,
+            if outcome.replayed { " (replayed)" } else { "" }
+        )),
     }
 }
 
-/// Pushes these fees (each decided on its own); `force` re-sends unchanged ones.
+/// Pushes these fees (each decided on its own); `force` re-sends unchanged
+/// ones. Returns one outcome per fee id, in the order given.
 pub fn push_fees(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
@@ -220,28 +260,37 @@ pub fn push_fees(
     clock: Clock,
 ) -> Result<(PushReport, Vec<(FeeId, PushOutcome)>), SyncError> {
     let context = load_context(conn, fee_ids)?;
-    let mut report = PushReport::default();
-    let mut outcomes = Vec::with_capacity(fee_ids.len());
+    let mut decided: Vec<(FeeId, Option<PushOutcome>)> = Vec::with_capacity(fee_ids.len());
+    let mut to_send: Vec<(FeePush, String)> = Vec::new();
     for fee_id in fee_ids {
-        let outcome = match context.fees.get(fee_id) {
-            None => PushOutcome::Deleted,
+        let decision = match context.fees.get(fee_id) {
+            None => Err(PushOutcome::Deleted),
             Some(fee) => {
                 let txns = context.txns.get(fee_id).map(Vec::as_slice).unwrap_or(&[]);
-                match plan_push(
-                    fee,
-                    txns,
-                    context.links.get(fee_id),
-                    &context.guardians,
-                    setup,
-                    force,
-                ) {
-                    Ok(push) => send_one(conn, portal, &push, run_id, clock())?,
-                    Err(outcome) => outcome,
-                }
+                let link = context.links.get(fee_id);
+                plan_push(fee, txns, link, &context.guardians, setup, force)
             }
         };
-        report.count(*fee_id, &outcome);
-        outcomes.push((*fee_id, outcome));
+        match decision {
+            Ok(push) => {
+                let key = idempotency_key(&push);
+                to_send.push((push, key));
+                decided.push((*fee_id, None));
+            }
+            Err(outcome) => decided.push((*fee_id, Some(outcome))),
+        }
+    }
+    record_intents(conn, &to_send, run_id)?;
+    let results = send_all(portal, &to_send);
+    let mut sent_outcomes = record_outcomes(conn, &to_send, &results, run_id, clock())?.into_iter();
+    let mut report = PushReport::default();
+    let mut outcomes = Vec::with_capacity(decided.len());
+    for (fee_id, outcome) in decided {
+        let outcome = outcome.unwrap_or_else(|| {
+            sent_outcomes.next().expect("one sent outcome per push planned")
+        });
+        report.count(fee_id, &outcome);
+        outcomes.push((fee_id, outcome));
     }
     Ok((report, outcomes))
 }
