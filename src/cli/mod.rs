@@ -1,6 +1,7 @@
 //! The command line: global options, one module per subcommand (each with
 //! its `Args` and `run`), logging set-up and the documented exit codes.
 
+mod demo;
 mod export;
 mod get_balances;
 mod get_payments;
@@ -90,6 +91,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole product end to end on a SQLite file and an in-process simulator.
+    Demo(demo::Args),
     /// Create or upgrade the database schema (Genesis contract and cp_ tables).
     Migrate(migrate::Args),
     /// Fill an empty database with a reproducible sample district.
@@ -160,6 +163,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let context = Context::from_cli(&cli)?;
     match cli.command {
+        Command::Demo(args) => demo::run(&context, args),
         Command::Migrate(args) => migrate::run(&context, args),
         Command::Seed(args) => seed::run(&context, args),
         Command::Runs(args) => runs::run(&context, args),

@@ -230,14 +230,24 @@ fn record_outcomes(
     })
 }
 
-fn push_audit(push: &FeePush, outcome: &UpsertOutcome, run_id: i64, now: NaiveDateTime) -> AuditEntry {
+fn push_audit(
+    push: &FeePush,
+    outcome: &UpsertOutcome,
+    run_id: i64,
+    now: NaiveDateTime,
+) -> AuditEntry {
     AuditEntry {
         run_id: Some(run_id),
         at: now,
         side: AuditSide::CommunityPass,
         entity: "fee",
         entity_id: push.genesis_fee_id.to_string(),
-        action: if outcome.created { "created" } else { "updated" }.to_string(),
+        action: if outcome.created {
+            "created"
+        } else {
+            "updated"
+        }
+        .to_string(),
         detail: Some(format!(
             "amount ${}, Genesis credit ${}, status {}{}",
             push.amount,
@@ -287,7 +297,9 @@ pub fn push_fees(
     let mut outcomes = Vec::with_capacity(decided.len());
     for (fee_id, outcome) in decided {
         let outcome = outcome.unwrap_or_else(|| {
-            sent_outcomes.next().expect("one sent outcome per push planned")
+            sent_outcomes
+                .next()
+                .expect("one sent outcome per push planned")
         });
         report.count(fee_id, &outcome);
         outcomes.push((fee_id, outcome));

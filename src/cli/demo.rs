@@ -1,0 +1,274 @@
+//! `cpsync demo`: the whole product on the embedded default, with nothing but
+//! this binary: a SQLite file and the Community Pass simulator started
+//! in-process on a free loopback port. It seeds a district, runs setup in
+//! order, sends fees, lets parents pay (and refund, waive, bounce checks) in
+//! Community Pass, lets staff drift in Genesis, then runs the real commands:
+//! get-payments, get-balances, nightly, export. Each step is the same
+//! command a district would run, called in-process.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use chrono::NaiveDate;
+use clap::Parser;
+
+use super::{exit, Cli, Context};
+use crate::domain::VendorFeeStatus;
+use crate::portal::{all_fees, CommunityPass};
+use crate::scenario::{self, SentFee};
+use crate::secret::Secret;
+use crate::sim::{SimConfig, Simulator};
+
+/// The most students the demo seeds (the benchmark goes further).
+const DEMO_STUDENTS_MAX: usize = 200_000;
+const STEPS: usize = 10;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many students the sample district has.
+    #[arg(long, default_value_t = 2_000)]
+    students: usize,
+    /// Where the database, reports and export go (replaced if it exists).
+    #[arg(long, default_value = "cpsync-demo")]
+    dir: PathBuf,
+    /// The random seed of the district and of the parents' activity.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+struct Step {
+    number: usize,
+    started: Instant,
+}
+
+impl Step {
+    fn begin(number: usize, title: &str) -> Step {
+        println!("\n[{number:>2}/{STEPS}] {title}");
+        let _ = std::io::stdout().flush();
+        Step {
+            number,
+            started: Instant::now(),
+        }
+    }
+
+    fn end(self) {
+        println!(
+            "        step {} done in {:.1} s",
+            self.number,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
+    if args.students == 0 || args.students > DEMO_STUDENTS_MAX {
+        bail!("--students must be between 1 and {DEMO_STUDENTS_MAX}");
+    }
+    let started = Instant::now();
+    let step = Step::begin(
+        1,
+        "Preparing an embedded district: SQLite file and Community Pass simulator",
+    );
+    let dir = prepare_dir(&args.dir)?;
+    let api_key = Secret::new(format!(
+        "sk_demo_{:016x}",
+        args.seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    ));
+    let key_file = write_private(&dir.join("api-key"), api_key.expose())?;
+    let sim = Simulator::start(SimConfig {
+        seed: args.seed,
+        ..SimConfig::new(api_key)
+    })?;
+    let config_file = write_private(&dir.join("cpsync.toml"), &demo_config(&dir))?;
+    let database = format!("sqlite://{}", dir.join("demo.db").display());
+    let globals = [
+        "--config".to_string(),
+        config_file.display().to_string(),
+        "--database-url".to_string(),
+        database,
+        "--cp-url".to_string(),
+        sim.base_url(),
+    ];
+    let cpsync = |words: &[&str]| command(&globals, words);
+    println!(
+        "        database {}, simulator {}",
+        dir.join("demo.db").display(),
+        sim.base_url()
+    );
+    cpsync(&["migrate"])?;
+    step.end();
+
+    let step = Step::begin(
+        2,
+        &format!(
+            "Seeding a sample district of {} students (seed {})",
+            args.students, args.seed
+        ),
+    );
+    cpsync(&[
+        "seed",
+        "--students",
+        &args.students.to_string(),
+        "--seed",
+        &args.seed.to_string(),
+    ])?;
+    step.end();
+
+    let step = Step::begin(
+        3,
+        "Setup in the handbook's order: API key, categories, Test Pull, Test Push, cutoff",
+    );
+    cpsync(&[
+        "setup",
+        "api-key",
+        "--file",
+        &key_file.display().to_string(),
+    ])?;
+    cpsync(&["setup", "categories", "--all"])?;
+    cpsync(&["setup", "test-pull"])?;
+    cpsync(&["setup", "test-push"])?;
+    cpsync(&[
+        "setup",
+        "portal",
+        "--vendor-url",
+        "https://pay.communitypass.example/sample-township",
+        "--payment-message",
+        "Fees can be paid online with Community Pass.",
+    ])?;
+    cpsync(&["setup", "cutoff", "2026-08-01"])?;
+    step.end();
+
+    let step = Step::begin(
+        4,
+        "Send Fees: every fee dated on or after the cutoff goes to Community Pass",
+    );
+    cpsync(&["send-fees"])?;
+    step.end();
+
+    let step = Step::begin(
+        5,
+        "Parents at work in Community Pass; office staff drifting in Genesis",
+    );
+    let context = Context::from_cli(&Cli::try_parse_from(
+        std::iter::once("cpsync".to_string())
+            .chain(globals.iter().cloned())
+            .chain(["runs".to_string()]),
+    )?)?;
+    let mut conn = context.connect()?;
+    let sent = sent_fees(&super::task::portal(&context, &mut conn)?)?;
+    let start = NaiveDate::from_ymd_opt(2026, 9, 1)
+        .expect("valid")
+        .and_hms_opt(8, 0, 0)
+        .expect("valid");
+    let activity = scenario::drive_parents(&sim.admin()?, &sent, args.seed, start)?;
+    println!("        parents: {}", serde_json::to_string(&activity)?);
+    let drift = scenario::inject_genesis_drift(&mut conn, &sent, 3, 9_000_001)?;
+    println!("        Genesis drift: {}", serde_json::to_string(&drift)?);
+    step.end();
+
+    let step = Step::begin(
+        6,
+        "Get Payments: Community Pass transactions posted to Genesis, each once",
+    );
+    cpsync(&["get-payments"])?;
+    step.end();
+
+    let step = Step::begin(7, "Get Balances: patron balances for the parent portal");
+    cpsync(&["get-balances"])?;
+    step.end();
+
+    let step = Step::begin(
+        8,
+        "Nightly Sync: both sides validated, corrections applied, the rest for review",
+    );
+    let nightly_code = cpsync(&["nightly"])?;
+    step.end();
+
+    let step = Step::begin(9, "Nightly Sync again: nothing left to correct");
+    cpsync(&["nightly", "--dry-run"])?;
+    step.end();
+
+    let step = Step::begin(10, "Demographic Export: OneRoster 1.1 CSV files");
+    cpsync(&["export", "--to", &dir.join("export").display().to_string()])?;
+    step.end();
+
+    println!(
+        "\ncpsync demo finished in {:.1} s. Everything is under {}:",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    println!("  database  {}", dir.join("demo.db").display());
+    println!("  export    {}", dir.join("export").display());
+    println!(
+        "  history   cpsync --database-url {} runs",
+        dir.join("demo.db").display()
+    );
+    sim.shutdown()?;
+    Ok(if nightly_code == exit::FAILURE {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
+}
+
+/// Runs one cpsync command in-process, exactly as the command line would.
+fn command(globals: &[String], words: &[&str]) -> anyhow::Result<u8> {
+    let argv = std::iter::once("cpsync".to_string())
+        .chain(globals.iter().cloned())
+        .chain(words.iter().map(|w| w.to_string()));
+    let cli = Cli::try_parse_from(argv)?;
+    let code = super::run(cli).with_context(|| format!("cpsync {}", words.join(" ")))?;
+    if code != exit::OK && code != exit::NEEDS_REVIEW {
+        bail!("cpsync {} exited with {code}", words.join(" "));
+    }
+    Ok(code)
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for stale in ["demo.db", "demo.db-wal", "demo.db-shm"] {
+        let path = dir.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(dir.canonicalize()?)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(path.to_path_buf())
+}
+
+fn demo_config(dir: &Path) -> String {
+    format!(
+        "district = \"Sample Township Public Schools\"\n\n[reports]\ndir = \"{}\"\nattach_html = true\n",
+        dir.join("reports").display()
+    )
+}
+
+/// The open fees Community Pass holds with nothing paid or credited yet.
+fn sent_fees(portal: &dyn CommunityPass) -> anyhow::Result<Vec<SentFee>> {
+    Ok(all_fees(portal, None)?
+        .iter()
+        .filter(|f| {
+            f.status == VendorFeeStatus::Open && f.balance == f.amount && f.balance.is_positive()
+        })
+        .map(|f| SentFee {
+            fee_id: f.genesis_fee_id,
+            student_id: f.student_id,
+            amount: f.balance,
+        })
+        .collect())
+}
