@@ -73,14 +73,7 @@ pub fn post(
     let mut inserted: Vec<VendorTxnId> = Vec::new();
     for chunk in postings.chunks(super::genesis::INSERT_BATCH_ROWS) {
         let rows: Vec<PostingRow> = chunk.iter().map(|(f, t)| posting_row(*f, t)).collect();
-        let ids: Vec<Option<String>> =
-            crate::with_backend!(conn, |c| diesel::insert_into(fee_transactions::table)
-                .values(&rows)
-                .on_conflict(fee_transactions::vendor_txn_id)
-                .do_nothing()
-                .returning(fee_transactions::vendor_txn_id)
-                .get_results(c))?;
-        inserted.extend(ids.into_iter().flatten().map(VendorTxnId));
+        inserted.extend(insert_new_rows(conn, &rows)?);
     }
     let inserted_set: HashSet<&VendorTxnId> = inserted.iter().collect();
     let entries: Vec<AuditEntry> = postings
@@ -101,6 +94,42 @@ pub fn post(
         .collect();
     audit::record(conn, &entries)?;
     Ok(inserted)
+}
+
+/// Inserts the rows whose vendor id is new; returns those ids. PostgreSQL
+/// does it in one statement (`ON CONFLICT DO NOTHING RETURNING` yields only
+/// the rows inserted); SQLite row by row, since diesel runs a batch insert
+/// with RETURNING there as one statement per row and a skipped row would
+/// read as an error.
+fn insert_new_rows(
+    conn: &mut DbConnection,
+    rows: &[PostingRow],
+) -> Result<Vec<VendorTxnId>, DbError> {
+    match conn {
+        DbConnection::Pg(pg) => {
+            let ids: Vec<Option<String>> = diesel::insert_into(fee_transactions::table)
+                .values(rows)
+                .on_conflict(fee_transactions::vendor_txn_id)
+                .do_nothing()
+                .returning(fee_transactions::vendor_txn_id)
+                .get_results(pg)?;
+            Ok(ids.into_iter().flatten().map(VendorTxnId).collect())
+        }
+        DbConnection::Sqlite(sqlite) => {
+            let mut ids = Vec::new();
+            for row in rows {
+                let count = diesel::insert_into(fee_transactions::table)
+                    .values(row)
+                    .on_conflict(fee_transactions::vendor_txn_id)
+                    .do_nothing()
+                    .execute(sqlite)?;
+                if count == 1 {
+                    ids.push(VendorTxnId(row.vendor_txn_id.to_string()));
+                }
+            }
+            Ok(ids)
+        }
+    }
 }
 
 /// A pulled transaction that could not be applied, and why.

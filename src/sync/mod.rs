@@ -23,7 +23,7 @@ use crate::portal::PortalError;
 pub enum SyncError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("Community Pass: {0}")]
+    #[error(transparent)]
     Portal(#[from] PortalError),
     #[error("setup is incomplete: {0}")]
     Setup(#[from] crate::setup::OutOfOrder),
