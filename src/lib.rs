@@ -12,6 +12,7 @@ pub mod money;
 pub mod portal;
 pub mod portal_view;
 pub mod reconcile;
+pub mod report;
 pub mod secret;
 pub mod seed;
 pub mod setup;
