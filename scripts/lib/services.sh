@@ -68,3 +68,81 @@ stop_services() {
   for ((i = ${#SERVICES_STOP[@]} - 1; i >= 0; i--)); do eval "${SERVICES_STOP[$i]}"; done
   SERVICES_STOP=()
 }
+
+# Where tools the tests install for themselves (Python venvs) are cached.
+tools_dir() { echo "${CPSYNC_TOOLS_DIR:-$HOME/.cache/cpsync-tools}"; }
+
+ensure_python_venv() {
+  local venv=$1
+  python3 -m venv "$venv" >/dev/null 2>&1 && return
+  log "installing python3-venv"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+}
+
+# Sets AIOSMTPD_PYTHON to a Python that has aiosmtpd (PyPI), installing it
+# into a cached venv the first time.
+ensure_aiosmtpd() {
+  local venv
+  venv="$(tools_dir)/aiosmtpd-venv"
+  if ! "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+    log "installing aiosmtpd into $venv"
+    mkdir -p "$(tools_dir)"
+    ensure_python_venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check aiosmtpd
+  fi
+  AIOSMTPD_PYTHON=$venv/bin/python
+}
+
+# start_smtp DIR: a real SMTP server (aiosmtpd) on a free loopback port,
+# without TLS or authentication, storing every message it accepts in the
+# maildir DIR/maildir (created by the server; it must not exist yet).
+# Exports CPSYNC_TEST_SMTP_PORT and CPSYNC_TEST_SMTP_MAILDIR.
+start_smtp() {
+  local dir=$1 port pid tries
+  ensure_aiosmtpd
+  port=$(free_port)
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  "$AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" \
+    -c aiosmtpd.handlers.Mailbox "$dir/maildir" >"$dir/smtp.log" 2>&1 &
+  pid=$!
+  SERVICES_STOP+=("run_stop_smtp $pid")
+  for tries in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    if ! kill -0 "$pid" 2>/dev/null || [ "$tries" = 100 ]; then
+      log "aiosmtpd did not start"; cat "$dir/smtp.log" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  export CPSYNC_TEST_SMTP_PORT=$port CPSYNC_TEST_SMTP_MAILDIR=$dir/maildir
+  log "aiosmtpd $("$AIOSMTPD_PYTHON" -m aiosmtpd --version 2>&1 | awk '{print $NF}') on 127.0.0.1:$port (maildir $dir/maildir)"
+}
+
+run_stop_smtp() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Makes sure headless Chromium (Debian's chromium) is installed.
+ensure_chromium() {
+  if command -v chromium >/dev/null; then return; fi
+  log "installing Chromium"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+# render_png HTML PNG [WIDTH,HEIGHT]: screenshots a local HTML file with
+# headless Chromium, offline and with a throwaway profile.
+render_png() {
+  local html=$1 png=$2 size=${3:-1200,2000} profile
+  ensure_chromium
+  profile=$(mktemp -d "${TMPDIR:-/tmp}/cpsync-chromium.XXXXXX")
+  timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --hide-scrollbars --user-data-dir="$profile" --screenshot="$png" --window-size="$size" \
+    "file://$html" >"$profile.log" 2>&1 || { cat "$profile.log" >&2; rm -rf "$profile" "$profile.log"; return 1; }
+  rm -rf "$profile" "$profile.log"
+}

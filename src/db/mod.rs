@@ -45,6 +45,7 @@ macro_rules! insert_batched {
 pub mod audit;
 pub mod genesis;
 pub mod migrate;
+pub mod report_mail;
 pub mod runs;
 pub mod schema;
 pub mod settings;

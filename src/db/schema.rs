@@ -201,6 +201,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cp_report_mail (id) {
+        id -> BigInt,
+        run_id -> BigInt,
+        recipients -> Text,
+        transport -> Text,
+        status -> Text,
+        message_id -> Text,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+        error -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     schools,
     students,
@@ -218,4 +232,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     cp_balances,
     cp_discrepancies,
     cp_audit_log,
+    cp_report_mail,
 );

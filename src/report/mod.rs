@@ -12,7 +12,7 @@
 //! a secret; every value shown comes from the `RunReport`.
 
 mod csv_export;
-// pub mod email;
+pub mod email;
 mod files;
 mod format;
 mod html;
