@@ -1,7 +1,9 @@
 //! The report mail log (`cp_report_mail`): each nightly email is recorded as
 //! `sending` before it goes out and marked `sent` or `failed` after, so a
 //! re-run of the same night does not mail twice unless asked. Messages saved
-//! as `.eml` files (no SMTP configured) are recorded as `written`.
+//! as `.eml` files (no SMTP configured) are recorded as `written`. A message
+//! left `sending` (cpsync died during the SMTP conversation) does not count
+//! as sent: it goes out again, since twice is better than never.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
