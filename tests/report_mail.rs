@@ -480,3 +480,75 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// (port, maildir, CA PEM) of the STARTTLS or implicit-TLS test server.
+fn tls_server(kind: &str) -> (u16, PathBuf, Vec<u8>) {
+    let var = |name: String| {
+        std::env::var(&name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the suite with scripts/test (start_smtp)")
+        })
+    };
+    let port = var(format!("CPSYNC_TEST_SMTP_{kind}_PORT"))
+        .parse()
+        .unwrap();
+    let maildir = PathBuf::from(var(format!("CPSYNC_TEST_SMTP_{kind}_MAILDIR")));
+    let ca = std::fs::read(var("CPSYNC_TEST_SMTP_CA".to_string())).unwrap();
+    (port, maildir, ca)
+}
+
+fn tls_delivery(kind: &str, tls: SmtpTls) {
+    use cpsync::report::email::{build_message, mailboxes, message_id, SmtpSender};
+    let (port, maildir, ca) = tls_server(kind);
+    let mut smtp = smtp_config(port);
+    smtp.tls = tls;
+    let mut report = sample::sample_report();
+    report.district = format!("TLS {kind} SD {}", std::process::id());
+    let (from, to) = mailboxes(&smtp.from, &smtp.to).unwrap();
+    let id = message_id(&report, &from, now());
+    let message = build_message(&report, &from, &to, true, &id).unwrap();
+
+    // The server's certificate is checked: its CA is not a public root.
+    let untrusting = SmtpSender::connect_settings(&smtp).unwrap();
+    let error = untrusting.send(&message).unwrap_err().to_string();
+    assert!(
+        error.contains("certificate") || error.contains("UnknownIssuer"),
+        "{kind}: {error}"
+    );
+
+    let trusting = SmtpSender::connect_settings_trusting(&smtp, &[ca.as_slice()]).unwrap();
+    trusting.send(&message).unwrap();
+    let raw = delivered(&maildir, &id);
+    assert_eq!(
+        leaf_parts(&raw).len(),
+        4,
+        "text, html, csv and report over {kind}"
+    );
+}
+
+#[test]
+fn starttls_checks_the_certificate_and_delivers() {
+    tls_delivery("STARTTLS", SmtpTls::Starttls);
+}
+
+#[test]
+fn implicit_tls_checks_the_certificate_and_delivers() {
+    tls_delivery("IMPLICIT", SmtpTls::Implicit);
+}
+
+#[test]
+fn starttls_is_required_not_optional() {
+    use cpsync::report::email::{build_message, mailboxes, SmtpSender};
+    // The plain server offers no STARTTLS: a starttls setting must refuse
+    // to send in clear text rather than fall back.
+    let (port, _) = smtp_server();
+    let mut smtp = smtp_config(port);
+    smtp.tls = SmtpTls::Starttls;
+    let (from, to) = mailboxes(&smtp.from, &smtp.to).unwrap();
+    let message = build_message(&sample::sample_report(), &from, &to, false, "<x@y>").unwrap();
+    let error = SmtpSender::connect_settings(&smtp)
+        .unwrap()
+        .send(&message)
+        .unwrap_err();
+    assert!(matches!(error, MailError::Send { .. }), "{error}");
+    assert!(error.to_string().contains("STARTTLS"), "{error}");
+}

@@ -96,29 +96,63 @@ ensure_aiosmtpd() {
   AIOSMTPD_PYTHON=$venv/bin/python
 }
 
-# start_smtp DIR: a real SMTP server (aiosmtpd) on a free loopback port,
-# without TLS or authentication, storing every message it accepts in the
-# maildir DIR/maildir (created by the server; it must not exist yet).
-# Exports CPSYNC_TEST_SMTP_PORT and CPSYNC_TEST_SMTP_MAILDIR.
+# start_smtp DIR: real SMTP servers (aiosmtpd) on free loopback ports, each
+# storing what it accepts in its own maildir under DIR (created by the
+# server; it must not exist yet), without authentication:
+#   plain       CPSYNC_TEST_SMTP_PORT, CPSYNC_TEST_SMTP_MAILDIR
+#   STARTTLS    CPSYNC_TEST_SMTP_STARTTLS_PORT, CPSYNC_TEST_SMTP_STARTTLS_MAILDIR
+#   implicit    CPSYNC_TEST_SMTP_IMPLICIT_PORT, CPSYNC_TEST_SMTP_IMPLICIT_MAILDIR
+# The TLS servers present a certificate for 127.0.0.1 and localhost signed
+# by a throwaway CA, whose certificate is CPSYNC_TEST_SMTP_CA (PEM).
 start_smtp() {
-  local dir=$1 port pid tries
+  local dir=$1 port
   ensure_aiosmtpd
-  port=$(free_port)
   mkdir -p "$dir"
   chmod 700 "$dir"
-  "$AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" \
-    -c aiosmtpd.handlers.Mailbox "$dir/maildir" >"$dir/smtp.log" 2>&1 &
+  make_test_tls_certificate "$dir/tls"
+  port=$(run_aiosmtpd "$dir" plain)
+  export CPSYNC_TEST_SMTP_PORT=$port CPSYNC_TEST_SMTP_MAILDIR=$dir/plain
+  port=$(run_aiosmtpd "$dir" starttls --tlscert "$dir/tls/server.pem" --tlskey "$dir/tls/server.key")
+  export CPSYNC_TEST_SMTP_STARTTLS_PORT=$port CPSYNC_TEST_SMTP_STARTTLS_MAILDIR=$dir/starttls
+  port=$(run_aiosmtpd "$dir" implicit --smtpscert "$dir/tls/server.pem" --smtpskey "$dir/tls/server.key")
+  export CPSYNC_TEST_SMTP_IMPLICIT_PORT=$port CPSYNC_TEST_SMTP_IMPLICIT_MAILDIR=$dir/implicit
+  export CPSYNC_TEST_SMTP_CA=$dir/tls/ca.pem
+  log "aiosmtpd $("$AIOSMTPD_PYTHON" -m aiosmtpd --version 2>&1 | awk '{print $NF}') on 127.0.0.1: plain $CPSYNC_TEST_SMTP_PORT, STARTTLS $CPSYNC_TEST_SMTP_STARTTLS_PORT, implicit TLS $CPSYNC_TEST_SMTP_IMPLICIT_PORT"
+}
+
+# run_aiosmtpd DIR NAME [OPTIONS...]: one server with maildir DIR/NAME;
+# waits until it answers, registers its stop, prints its port.
+run_aiosmtpd() {
+  local dir=$1 name=$2 port pid tries
+  shift 2
+  port=$(free_port)
+  "$AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" "$@" \
+    -c aiosmtpd.handlers.Mailbox "$dir/$name" >"$dir/$name.log" 2>&1 &
   pid=$!
   SERVICES_STOP+=("run_stop_smtp $pid")
   for tries in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
     if ! kill -0 "$pid" 2>/dev/null || [ "$tries" = 100 ]; then
-      log "aiosmtpd did not start"; cat "$dir/smtp.log" >&2; return 1
+      log "aiosmtpd ($name) did not start"; cat "$dir/$name.log" >&2; return 1
     fi
     sleep 0.1
   done
-  export CPSYNC_TEST_SMTP_PORT=$port CPSYNC_TEST_SMTP_MAILDIR=$dir/maildir
-  log "aiosmtpd $("$AIOSMTPD_PYTHON" -m aiosmtpd --version 2>&1 | awk '{print $NF}') on 127.0.0.1:$port (maildir $dir/maildir)"
+  echo "$port"
+}
+
+# make_test_tls_certificate DIR: ca.pem, and server.pem/server.key for
+# 127.0.0.1 and localhost signed by it (valid two days).
+make_test_tls_certificate() {
+  local dir=$1
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=cpsync test CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
 }
 
 run_stop_smtp() {

@@ -19,7 +19,7 @@ use chrono::NaiveDateTime;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{Message, SmtpTransport, Transport};
 
@@ -289,12 +289,21 @@ impl SmtpSender {
     /// password if a username is set, and prepares the transport. Nothing is
     /// sent and no connection is made until `send`.
     pub fn connect_settings(smtp: &SmtpConfig) -> Result<SmtpSender, MailError> {
+        SmtpSender::connect_settings_trusting(smtp, &[])
+    }
+
+    /// As `connect_settings`, also trusting the given PEM CA certificates
+    /// (a district relay with an internal CA) besides the public roots.
+    pub fn connect_settings_trusting(
+        smtp: &SmtpConfig,
+        extra_roots_pem: &[&[u8]],
+    ) -> Result<SmtpSender, MailError> {
         let timeout = Duration::from_secs(smtp.timeout_secs.max(1));
         let builder = SmtpTransport::builder_dangerous(smtp.host.as_str())
             .port(smtp.port)
             .timeout(Some(timeout))
             .pool_config(PoolConfig::new().max_size(1))
-            .tls(tls_mode(smtp)?);
+            .tls(tls_mode(smtp, extra_roots_pem)?);
         let password = match &smtp.username {
             Some(_) => Some(smtp.password.load(DEFAULT_SMTP_PASSWORD_ENV)?),
             None => None,
@@ -333,12 +342,17 @@ impl SmtpSender {
     }
 }
 
-fn tls_mode(smtp: &SmtpConfig) -> Result<Tls, MailError> {
+fn tls_mode(smtp: &SmtpConfig, extra_roots_pem: &[&[u8]]) -> Result<Tls, MailError> {
+    let tls_error = |e: lettre::transport::smtp::Error| MailError::Tls {
+        host: smtp.host.clone(),
+        reason: e.to_string(),
+    };
     let parameters = || {
-        TlsParameters::new(smtp.host.clone()).map_err(|e| MailError::Tls {
-            host: smtp.host.clone(),
-            reason: e.to_string(),
-        })
+        let mut builder = TlsParameters::builder(smtp.host.clone());
+        for pem in extra_roots_pem {
+            builder = builder.add_root_certificate(Certificate::from_pem(pem).map_err(tls_error)?);
+        }
+        builder.build_rustls().map_err(tls_error)
     };
     match smtp.tls {
         SmtpTls::Starttls => Ok(Tls::Required(parameters()?)),
@@ -361,8 +375,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     one_line(&text)
