@@ -243,6 +243,21 @@ fn failed_runs_say_why_and_claim_nothing() {
     let html = render_html(&report).unwrap();
     assert!(html.contains("class=\"verdict failed\""));
     assert!(html.contains("Why the run failed"));
+    assert!(html.contains("The run stopped before both sides were read"));
+    for claim in [
+        "agree to the cent",
+        "Totals on each side",
+        "No differences",
+        "adds up",
+    ] {
+        assert!(!html.contains(claim), "a failed run claims {claim:?}");
+    }
+    let mut late_failure = sample_report();
+    late_failure.verdict = Verdict::Failed;
+    late_failure.error = Some("applying corrections: database is locked".to_string());
+    let html = render_html(&late_failure).unwrap();
+    assert!(html.contains("(the run failed after reading them)"));
+    assert!(html.contains("$48,215.00"));
 }
 
 #[test]
@@ -362,4 +377,28 @@ fn describe_scope_reads_naturally() {
         describe_scope(&scope),
         "student #7, fees dated from 2026-09-01"
     );
+}
+
+#[test]
+fn a_dry_run_says_what_would_be_corrected_and_changed_nothing() {
+    let mut report = sample_report();
+    report.dry_run = true;
+    report.corrected.clear();
+    report.failed_corrections.clear();
+    report
+        .reconciliation
+        .discrepancies
+        .retain(|d| !d.resolution.is_review());
+    report.verdict = Verdict::from_reconciliation(&report.reconciliation, 0);
+    assert_eq!(report.verdict, Verdict::Corrected);
+    let html = render_html(&report).unwrap();
+    assert!(html.contains("Corrections planned (dry run)"));
+    assert!(html.contains("Dry run: 5 corrections would be made; nothing was changed"));
+    assert!(html.contains("Would be corrected (dry run: nothing was changed) (5)"));
+    assert!(html.contains("DRY RUN — nothing was changed"));
+    assert_eq!(
+        email::subject(&report),
+        "[cpsync] Springfield Public Schools — 2026-11-26 — Corrections planned (dry run)"
+    );
+    assert_eq!(summary_json(&report)["counts"]["corrected"], 5);
 }

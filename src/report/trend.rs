@@ -20,6 +20,8 @@ const SLOT_WIDTH: u64 = CHART_WIDTH / TREND_RUNS_MAX as u64;
 const BAR_WIDTH: u64 = SLOT_WIDTH - 6;
 /// A run with nothing to show still gets a visible stub.
 const STUB_HEIGHT: u64 = 4;
+/// A failed run is a red bar of this height, whatever the scale.
+const FAILED_HEIGHT: u64 = PLOT_HEIGHT / 4;
 
 /// Trend points from run history (`db::runs::recent_runs`, any order),
 /// oldest first, newest `TREND_RUNS_MAX` kept. Runs still running are left
@@ -157,8 +159,14 @@ fn trend_bar(point: &TrendPoint, slot: usize, scale_max: u64, current_run: i64) 
     let baseline = PLOT_TOP + PLOT_HEIGHT;
     let corrected_height = point.corrected * PLOT_HEIGHT / scale_max;
     let review_height = point.needs_review * PLOT_HEIGHT / scale_max;
-    let stub = corrected_height + review_height == 0;
-    let corrected_height = if stub { STUB_HEIGHT } else { corrected_height };
+    let failed = point.verdict == Verdict::Failed;
+    let stub = !failed && corrected_height + review_height == 0;
+    let corrected_height = match (failed, stub) {
+        (true, _) => FAILED_HEIGHT,
+        (false, true) => STUB_HEIGHT,
+        (false, false) => corrected_height,
+    };
+    let review_height = if failed { 0 } else { review_height };
     TrendBar {
         x: slot as u64 * SLOT_WIDTH + (SLOT_WIDTH - BAR_WIDTH) / 2,
         width: BAR_WIDTH,

@@ -33,6 +33,9 @@ pub struct ReportView {
     pub duration: String,
     pub dry_run: bool,
     pub scope: String,
+    /// Whether the reconciliation ran (a failed run may stop before it):
+    /// without results the report shows no totals, which would read as zero.
+    pub has_results: bool,
     pub verdict: VerdictView,
     pub difference: String,
     pub difference_sentence: String,
@@ -153,6 +156,7 @@ pub fn report_view(report: &RunReport) -> ReportView {
         duration: format_duration_ms(run_elapsed_ms(report)),
         dry_run: report.dry_run,
         scope: report.scope_text.clone(),
+        has_results: has_results(report),
         verdict: verdict_view(report),
         difference: format_money(report.difference().abs()),
         difference_sentence: difference_sentence(report.difference()),
@@ -173,6 +177,14 @@ pub fn report_view(report: &RunReport) -> ReportView {
         accounting_holds: accounting_rows(report).iter().all(|row| row.holds),
         error: report.error.clone(),
     }
+}
+
+/// Whether the report has reconciliation results to show: every finished
+/// run has; a failed run only if it got as far as reading both sides.
+pub fn has_results(report: &RunReport) -> bool {
+    let accounting = &report.reconciliation.accounting;
+    report.verdict != Verdict::Failed
+        || accounting.genesis.records_in + accounting.community_pass.records_in > 0
 }
 
 /// Milliseconds between the run's start and finish (0 if the clock went back).
@@ -234,10 +246,9 @@ pub fn verdict_sentence(report: &RunReport) -> String {
             plural(corrected, "automatic correction", "automatic corrections")
         ),
         Verdict::NeedsReview => needs_review_sentence(reviews, failed, corrected, report.dry_run),
-        Verdict::Failed => format!(
-            "The run did not finish, so the books were not fully checked: {}",
-            report.error.as_deref().unwrap_or("no reason was recorded.")
-        ),
+        Verdict::Failed => {
+            "The run did not finish, so the books were not fully checked tonight.".to_string()
+        }
     }
 }
 
