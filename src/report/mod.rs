@@ -8,8 +8,26 @@
 //! Templates live in the top-level `reports/` folder and are embedded in the
 //! binary, so a report renders the same wherever cpsync runs.
 //!
-//! **Architecture invariant:** nothing here reads the database, the clock or
-//! a secret; every value shown comes from the `RunReport`.
+//! **Architecture invariant:** the renderers read no database, clock or
+//! secret; every value shown comes from the `RunReport`.
+//!
+//! # Use from the nightly run
+//!
+//! ```text
+//! let (student_ids, fee_ids) = report::named_ids(&reconciliation.discrepancies);
+//! // load StudentLabel / FeeLabel::of(&fee) / school names for those ids only
+//! let history = db::runs::recent_runs(conn, Some("nightly_sync"), 31)?;
+//! let report = RunReport { trend: report::trend_from_runs(&history), verdict:
+//!     Verdict::from_reconciliation(&reconciliation, failed.len()), .. };
+//! let files = report::write_report_files(&config.reports.dir, &report)?;
+//! db::runs::finish_run(.., Some(&report::summary_json(&report).to_string()), ..)?;
+//! report::email::deliver_report(conn, &report, &files, config.smtp.as_ref(),
+//!     &config.reports, resend, now)?;
+//! ```
+//!
+//! The trend reads `verdict` and `difference` back from `cp_runs.summary_json`,
+//! so store `summary_json` there; the renderers add the current run to the
+//! trend themselves.
 
 mod csv_export;
 pub mod email;
@@ -23,12 +41,12 @@ mod text;
 mod trend;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{FeeId, StudentId};
+use crate::domain::{FeeId, GenesisFee, StudentId};
 use crate::money::Money;
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
 
@@ -122,6 +140,25 @@ pub struct FeeLabel {
     /// The `FEE_CATEGORY` code.
     pub category: String,
     pub description: String,
+}
+
+impl FeeLabel {
+    /// The label of a Genesis fee.
+    pub fn of(fee: &GenesisFee) -> FeeLabel {
+        FeeLabel {
+            category: fee.category.clone(),
+            description: fee.description.clone(),
+        }
+    }
+}
+
+/// The students and fees a run's report names: the shell loads labels
+/// (`RunReport::students`, `fees`) for these only, so the report holds no
+/// more student data than it needs.
+pub fn named_ids(discrepancies: &[Discrepancy]) -> (BTreeSet<StudentId>, BTreeSet<FeeId>) {
+    let students = discrepancies.iter().filter_map(|d| d.student_id).collect();
+    let fees = discrepancies.iter().filter_map(|d| d.fee_id).collect();
+    (students, fees)
 }
 
 /// A correction the shell tried and could not make.

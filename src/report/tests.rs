@@ -402,3 +402,12 @@ fn a_dry_run_says_what_would_be_corrected_and_changed_nothing() {
     );
     assert_eq!(summary_json(&report)["counts"]["corrected"], 5);
 }
+
+#[test]
+fn only_the_students_and_fees_named_need_labels() {
+    let report = sample_report();
+    let (students, fees) = named_ids(&report.reconciliation.discrepancies);
+    assert_eq!(students.len(), 8);
+    assert!(fees.contains(&crate::domain::FeeId(5009)));
+    assert!(!fees.contains(&crate::domain::FeeId(5008)));
+}
