@@ -110,18 +110,19 @@ start_smtp() {
   mkdir -p "$dir"
   chmod 700 "$dir"
   make_test_tls_certificate "$dir/tls"
-  port=$(run_aiosmtpd "$dir" plain)
-  export CPSYNC_TEST_SMTP_PORT=$port CPSYNC_TEST_SMTP_MAILDIR=$dir/plain
-  port=$(run_aiosmtpd "$dir" starttls --tlscert "$dir/tls/server.pem" --tlskey "$dir/tls/server.key")
-  export CPSYNC_TEST_SMTP_STARTTLS_PORT=$port CPSYNC_TEST_SMTP_STARTTLS_MAILDIR=$dir/starttls
-  port=$(run_aiosmtpd "$dir" implicit --smtpscert "$dir/tls/server.pem" --smtpskey "$dir/tls/server.key")
-  export CPSYNC_TEST_SMTP_IMPLICIT_PORT=$port CPSYNC_TEST_SMTP_IMPLICIT_MAILDIR=$dir/implicit
+  run_aiosmtpd "$dir" plain
+  export CPSYNC_TEST_SMTP_PORT=$AIOSMTPD_PORT CPSYNC_TEST_SMTP_MAILDIR=$dir/plain
+  run_aiosmtpd "$dir" starttls --tlscert "$dir/tls/server.pem" --tlskey "$dir/tls/server.key"
+  export CPSYNC_TEST_SMTP_STARTTLS_PORT=$AIOSMTPD_PORT CPSYNC_TEST_SMTP_STARTTLS_MAILDIR=$dir/starttls
+  run_aiosmtpd "$dir" implicit --smtpscert "$dir/tls/server.pem" --smtpskey "$dir/tls/server.key"
+  export CPSYNC_TEST_SMTP_IMPLICIT_PORT=$AIOSMTPD_PORT CPSYNC_TEST_SMTP_IMPLICIT_MAILDIR=$dir/implicit
   export CPSYNC_TEST_SMTP_CA=$dir/tls/ca.pem
   log "aiosmtpd $("$AIOSMTPD_PYTHON" -m aiosmtpd --version 2>&1 | awk '{print $NF}') on 127.0.0.1: plain $CPSYNC_TEST_SMTP_PORT, STARTTLS $CPSYNC_TEST_SMTP_STARTTLS_PORT, implicit TLS $CPSYNC_TEST_SMTP_IMPLICIT_PORT"
 }
 
 # run_aiosmtpd DIR NAME [OPTIONS...]: one server with maildir DIR/NAME;
-# waits until it answers, registers its stop, prints its port.
+# waits until it answers, registers its stop, sets AIOSMTPD_PORT. (Not for
+# $(...): its stop must be registered in this shell.)
 run_aiosmtpd() {
   local dir=$1 name=$2 port pid tries
   shift 2
@@ -137,7 +138,7 @@ run_aiosmtpd() {
     fi
     sleep 0.1
   done
-  echo "$port"
+  AIOSMTPD_PORT=$port
 }
 
 # make_test_tls_certificate DIR: ca.pem, and server.pem/server.key for
