@@ -13,6 +13,7 @@ pub mod money;
 pub mod portal;
 pub mod portal_view;
 pub mod reconcile;
+pub mod report;
 pub mod scenario;
 pub mod secret;
 pub mod seed;

@@ -134,3 +134,116 @@ stop_services() {
   for ((i = ${#SERVICES_STOP[@]} - 1; i >= 0; i--)); do eval "${SERVICES_STOP[$i]}"; done
   SERVICES_STOP=()
 }
+
+# Where tools the tests install for themselves (Python venvs) are cached.
+tools_dir() { echo "${CPSYNC_TOOLS_DIR:-$HOME/.cache/cpsync-tools}"; }
+
+ensure_python_venv() {
+  local venv=$1
+  python3 -m venv "$venv" >/dev/null 2>&1 && return
+  log "installing python3-venv"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+}
+
+# Sets AIOSMTPD_PYTHON to a Python that has aiosmtpd (PyPI), installing it
+# into a cached venv the first time.
+ensure_aiosmtpd() {
+  local venv
+  venv="$(tools_dir)/aiosmtpd-venv"
+  if ! "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+    log "installing aiosmtpd into $venv"
+    mkdir -p "$(tools_dir)"
+    ensure_python_venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check aiosmtpd
+  fi
+  AIOSMTPD_PYTHON=$venv/bin/python
+}
+
+# start_smtp DIR: real SMTP servers (aiosmtpd) on free loopback ports, each
+# storing what it accepts in its own maildir under DIR (created by the
+# server; it must not exist yet), without authentication:
+#   plain       CPSYNC_TEST_SMTP_PORT, CPSYNC_TEST_SMTP_MAILDIR
+#   STARTTLS    CPSYNC_TEST_SMTP_STARTTLS_PORT, CPSYNC_TEST_SMTP_STARTTLS_MAILDIR
+#   implicit    CPSYNC_TEST_SMTP_IMPLICIT_PORT, CPSYNC_TEST_SMTP_IMPLICIT_MAILDIR
+# The TLS servers present a certificate for 127.0.0.1 and localhost signed
+# by a throwaway CA, whose certificate is CPSYNC_TEST_SMTP_CA (PEM).
+start_smtp() {
+  local dir=$1 port
+  ensure_aiosmtpd
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  make_test_tls_certificate "$dir/tls"
+  run_aiosmtpd "$dir" plain
+  export CPSYNC_TEST_SMTP_PORT=$AIOSMTPD_PORT CPSYNC_TEST_SMTP_MAILDIR=$dir/plain
+  run_aiosmtpd "$dir" starttls --tlscert "$dir/tls/server.pem" --tlskey "$dir/tls/server.key"
+  export CPSYNC_TEST_SMTP_STARTTLS_PORT=$AIOSMTPD_PORT CPSYNC_TEST_SMTP_STARTTLS_MAILDIR=$dir/starttls
+  run_aiosmtpd "$dir" implicit --smtpscert "$dir/tls/server.pem" --smtpskey "$dir/tls/server.key"
+  export CPSYNC_TEST_SMTP_IMPLICIT_PORT=$AIOSMTPD_PORT CPSYNC_TEST_SMTP_IMPLICIT_MAILDIR=$dir/implicit
+  export CPSYNC_TEST_SMTP_CA=$dir/tls/ca.pem
+  log "aiosmtpd $("$AIOSMTPD_PYTHON" -m aiosmtpd --version 2>&1 | awk '{print $NF}') on 127.0.0.1: plain $CPSYNC_TEST_SMTP_PORT, STARTTLS $CPSYNC_TEST_SMTP_STARTTLS_PORT, implicit TLS $CPSYNC_TEST_SMTP_IMPLICIT_PORT"
+}
+
+# run_aiosmtpd DIR NAME [OPTIONS...]: one server with maildir DIR/NAME;
+# waits until it answers, registers its stop, sets AIOSMTPD_PORT. (Not for
+# $(...): its stop must be registered in this shell.)
+run_aiosmtpd() {
+  local dir=$1 name=$2 port pid tries
+  shift 2
+  port=$(free_port)
+  "$AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" "$@" \
+    -c aiosmtpd.handlers.Mailbox "$dir/$name" >"$dir/$name.log" 2>&1 &
+  pid=$!
+  SERVICES_STOP+=("run_stop_smtp $pid")
+  for tries in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    if ! kill -0 "$pid" 2>/dev/null || [ "$tries" = 100 ]; then
+      log "aiosmtpd ($name) did not start"; cat "$dir/$name.log" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  AIOSMTPD_PORT=$port
+}
+
+# make_test_tls_certificate DIR: ca.pem, and server.pem/server.key for
+# 127.0.0.1 and localhost signed by it (valid two days).
+make_test_tls_certificate() {
+  local dir=$1
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=cpsync test CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
+}
+
+run_stop_smtp() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Makes sure headless Chromium (Debian's chromium) is installed.
+ensure_chromium() {
+  if command -v chromium >/dev/null; then return; fi
+  log "installing Chromium"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+# render_png HTML PNG [WIDTH,HEIGHT]: screenshots a local HTML file with
+# headless Chromium, offline and with a throwaway profile.
+render_png() {
+  local html=$1 png=$2 size=${3:-1200,2000} profile
+  ensure_chromium
+  profile=$(mktemp -d "${TMPDIR:-/tmp}/cpsync-chromium.XXXXXX")
+  timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --hide-scrollbars --user-data-dir="$profile" --screenshot="$png" --window-size="$size" \
+    "file://$html" >"$profile.log" 2>&1 || { cat "$profile.log" >&2; rm -rf "$profile" "$profile.log"; return 1; }
+  rm -rf "$profile" "$profile.log"
+}

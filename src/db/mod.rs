@@ -52,6 +52,7 @@ pub mod lock;
 pub mod migrate;
 pub mod outbox;
 pub mod postings;
+pub mod report_mail;
 pub mod runs;
 pub mod schema;
 pub mod settings;

@@ -228,6 +228,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cp_report_mail (id) {
+        id -> BigInt,
+        run_id -> BigInt,
+        recipients -> Text,
+        transport -> Text,
+        status -> Text,
+        message_id -> Text,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+        error -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     schools,
     students,
@@ -247,4 +261,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     cp_audit_log,
     cp_unprocessed,
     cp_locks,
+    cp_report_mail,
 );

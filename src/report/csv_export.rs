@@ -1,0 +1,73 @@
+//! The needs-review CSV: one row per item a person must look at, for a
+//! spreadsheet. Every cell that a spreadsheet would read as a formula
+//! (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) is
+//! neutralised with a leading apostrophe.
+
+use std::borrow::Cow;
+
+use super::view::{review_rows, ReviewRow};
+use super::{ReportError, RunReport};
+
+/// The CSV's header row.
+pub const REVIEW_CSV_HEADER: [&str; 12] = [
+    "Student ID",
+    "Student",
+    "School",
+    "Fee ID",
+    "Fee",
+    "Issue",
+    "Issue code",
+    "Genesis value",
+    "Community Pass value",
+    "Reason",
+    "Suggested action",
+    "Community Pass transaction",
+];
+
+/// A cell a spreadsheet will show as text, never evaluate.
+pub fn neutralise_cell(cell: &str) -> Cow<'_, str> {
+    let dangerous = matches!(
+        cell.chars().next(),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r')
+    );
+    if dangerous {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// The needs-review items as CSV bytes (UTF-8, header first).
+pub fn review_csv(report: &RunReport) -> Result<Vec<u8>, ReportError> {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let failed = |e: csv::Error| ReportError::Csv(e.to_string());
+    writer.write_record(REVIEW_CSV_HEADER).map_err(failed)?;
+    for row in review_rows(report) {
+        writer.write_record(csv_cells(&row)).map_err(failed)?;
+    }
+    writer
+        .into_inner()
+        .map_err(|e| ReportError::Csv(e.error().to_string()))
+}
+
+fn csv_cells(row: &ReviewRow) -> Vec<String> {
+    [
+        row.student_id.as_str(),
+        &row.student,
+        &row.school,
+        &row.fee_id,
+        &row.fee,
+        row.kind_label,
+        row.kind,
+        &row.genesis_value,
+        &row.cp_value,
+        &row.reason,
+        &row.suggested_action,
+        &row.vendor_txn_id,
+    ]
+    .iter()
+    .map(|cell| neutralise_cell(cell).into_owned())
+    .collect()
+}

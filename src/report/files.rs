@@ -1,0 +1,107 @@
+//! Writing a run's report files: the HTML report, the needs-review CSV and
+//! the JSON summary, named by date and run id, owner-only (files 0600, a
+//! folder we create 0700), each written to a temporary name and renamed so a
+//! reader never sees half a file.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{render_html, review_csv, summary_json, ReportError, RunReport};
+
+/// File mode of every report file: owner read/write only.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of a report folder cpsync creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Where one run's files were written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportFiles {
+    pub html: PathBuf,
+    pub csv: PathBuf,
+    pub json: PathBuf,
+}
+
+impl ReportFiles {
+    /// Where the run's `.eml` goes when there is no SMTP server.
+    pub fn eml(&self) -> PathBuf {
+        self.html.with_extension("eml")
+    }
+}
+
+/// `cpsync-2026-11-26-run-42`: the common start of a run's file names.
+pub fn report_file_stem(report: &RunReport) -> String {
+    format!("cpsync-{}-run-{}", report.date(), report.run_id)
+}
+
+/// Renders the report, CSV and summary and writes them into `dir`.
+pub fn write_report_files(dir: &Path, report: &RunReport) -> Result<ReportFiles, ReportError> {
+    ensure_private_dir(dir)?;
+    let stem = report_file_stem(report);
+    let files = ReportFiles {
+        html: dir.join(format!("{stem}.html")),
+        csv: dir.join(format!("{stem}-needs-review.csv")),
+        json: dir.join(format!("{stem}-summary.json")),
+    };
+    write_private_file(&files.html, render_html(report)?.as_bytes())?;
+    write_private_file(&files.csv, &review_csv(report)?)?;
+    let summary = serde_json::to_vec_pretty(&summary_json(report))
+        .map_err(|e| write_error(&files.json, &e))?;
+    write_private_file(&files.json, &summary)?;
+    Ok(files)
+}
+
+/// Creates `dir` (and parents) owner-only if missing. An existing folder is
+/// left as it is: the files in it are owner-only anyway.
+fn ensure_private_dir(dir: &Path) -> Result<(), ReportError> {
+    if dir.is_dir() {
+        let mode = dir.metadata().map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), "report folder is readable by others; report files are still owner-only");
+        }
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|e| write_error(dir, &e))
+}
+
+/// Writes `bytes` to `path` with mode 0600, through a temporary file in the
+/// same folder renamed into place.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let temporary = temporary_path(path);
+    let result = write_new_file(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = result {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(write_error(path, &error));
+    }
+    Ok(())
+}
+
+fn write_new_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_error(path: &Path, error: &dyn std::fmt::Display) -> ReportError {
+    ReportError::Write {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    }
+}

@@ -1,0 +1,276 @@
+//! The nightly report: what one reconciliation run found, fixed and left for a
+//! person, rendered for the business administrator (HTML), for email (plain
+//! text), for spreadsheets (the needs-review CSV) and for machines (JSON).
+//!
+//! The shell fills a plain `RunReport` and calls the pure renderers
+//! (`render_html`, `render_text`, `review_csv`, `summary_json`); only
+//! `write_report_files` and the `email` module touch the outside world.
+//! Templates live in the top-level `reports/` folder and are embedded in the
+//! binary, so a report renders the same wherever cpsync runs.
+//!
+//! **Architecture invariant:** the renderers read no database, clock or
+//! secret; every value shown comes from the `RunReport`.
+//!
+//! # Use from the nightly run
+//!
+//! ```text
+//! let (student_ids, fee_ids) = report::named_ids(&reconciliation.discrepancies);
+//! // load StudentLabel / FeeLabel::of(&fee) / school names for those ids only
+//! let history = db::runs::recent_runs(conn, Some("nightly_sync"), 31)?;
+//! let report = RunReport { trend: report::trend_from_runs(&history), verdict:
+//!     Verdict::from_reconciliation(&reconciliation, failed.len()), .. };
+//! let files = report::write_report_files(&config.reports.dir, &report)?;
+//! db::runs::finish_run(.., Some(&report::summary_json(&report).to_string()), ..)?;
+//! report::email::deliver_report(conn, &report, &files, config.smtp.as_ref(),
+//!     &config.reports, resend, now)?;
+//! ```
+//!
+//! The trend reads `verdict` and `difference` back from `cp_runs.summary_json`,
+//! so store `summary_json` there; the renderers add the current run to the
+//! trend themselves.
+
+mod csv_export;
+pub mod email;
+mod files;
+mod format;
+mod html;
+mod labels;
+pub mod sample;
+mod summary;
+mod text;
+mod trend;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{FeeId, GenesisFee, StudentId};
+use crate::money::Money;
+use crate::reconcile::{Discrepancy, Reconciliation, Scope};
+
+pub use csv_export::{neutralise_cell, review_csv};
+pub use files::{report_file_stem, write_private_file, write_report_files, ReportFiles};
+pub use format::{format_duration_ms, format_money};
+pub use html::{render_email_html, render_html};
+pub use labels::{action_label, kind_label};
+pub use summary::summary_json;
+pub use text::render_text;
+pub use trend::{trend_from_runs, TREND_RUNS_MAX};
+
+/// Errors of rendering and writing reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("report template {name} failed to render: {reason}")]
+    Template { name: &'static str, reason: String },
+    #[error("cannot write report file {path}: {reason}")]
+    Write {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("cannot write the needs-review CSV: {0}")]
+    Csv(String),
+}
+
+/// The run's outcome in one word, shown first and in the email subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Both sides agreed; nothing was changed.
+    InAgreement,
+    /// The differences found were all corrected (or, in a dry run, would be).
+    Corrected,
+    /// Some items need a person (review items or corrections that failed).
+    NeedsReview,
+    /// The run did not finish.
+    Failed,
+}
+
+impl Verdict {
+    /// The verdict of a finished run: review items or failed corrections
+    /// make it `NeedsReview`, planned corrections `Corrected`.
+    pub fn from_reconciliation(
+        reconciliation: &Reconciliation,
+        failed_corrections: usize,
+    ) -> Verdict {
+        if reconciliation.reviews().next().is_some() || failed_corrections > 0 {
+            Verdict::NeedsReview
+        } else if reconciliation.discrepancies.is_empty() {
+            Verdict::InAgreement
+        } else {
+            Verdict::Corrected
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::InAgreement => "in_agreement",
+            Verdict::Corrected => "corrected",
+            Verdict::NeedsReview => "needs_review",
+            Verdict::Failed => "failed",
+        }
+    }
+
+    /// Parses `as_str` back (for run history).
+    pub fn parse(text: &str) -> Option<Verdict> {
+        [
+            Verdict::InAgreement,
+            Verdict::Corrected,
+            Verdict::NeedsReview,
+            Verdict::Failed,
+        ]
+        .into_iter()
+        .find(|verdict| verdict.as_str() == text)
+    }
+}
+
+/// A student as the report names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudentLabel {
+    /// Display name, e.g. "Rivera, Ana".
+    pub name: String,
+    /// The student's school code (a key of `RunReport::schools`).
+    pub school: String,
+}
+
+/// A fee as the report names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeLabel {
+    /// The `FEE_CATEGORY` code.
+    pub category: String,
+    pub description: String,
+}
+
+impl FeeLabel {
+    /// The label of a Genesis fee.
+    pub fn of(fee: &GenesisFee) -> FeeLabel {
+        FeeLabel {
+            category: fee.category.clone(),
+            description: fee.description.clone(),
+        }
+    }
+}
+
+/// The students and fees a run's report names: the shell loads labels
+/// (`RunReport::students`, `fees`) for these only, so the report holds no
+/// more student data than it needs.
+pub fn named_ids(discrepancies: &[Discrepancy]) -> (BTreeSet<StudentId>, BTreeSet<FeeId>) {
+    let students = discrepancies.iter().filter_map(|d| d.student_id).collect();
+    let fees = discrepancies.iter().filter_map(|d| d.fee_id).collect();
+    (students, fees)
+}
+
+/// A correction the shell tried and could not make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedCorrection {
+    pub discrepancy: Discrepancy,
+    /// The error, one line, without secrets.
+    pub error: String,
+}
+
+/// One phase of the run and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub elapsed_ms: u64,
+}
+
+/// One earlier run, for the 30-run trend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrendPoint {
+    pub run_id: i64,
+    pub date: NaiveDate,
+    pub verdict: Verdict,
+    pub needs_review: u64,
+    pub corrected: u64,
+    /// Net balance due in Genesis minus in Community Pass, as found.
+    pub difference: Money,
+}
+
+/// Everything one report shows. Plain data: the shell fills it, the
+/// renderers only read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    pub district: String,
+    pub run_id: i64,
+    pub started_at: NaiveDateTime,
+    pub finished_at: NaiveDateTime,
+    pub dry_run: bool,
+    pub verdict: Verdict,
+    /// What the run covered, e.g. "whole district, all dates" (`describe_scope`).
+    pub scope_text: String,
+    /// The core's answer, as found before corrections.
+    pub reconciliation: Reconciliation,
+    /// The planned discrepancies whose correction was applied.
+    pub corrected: Vec<Discrepancy>,
+    pub failed_corrections: Vec<FailedCorrection>,
+    pub phases: Vec<Phase>,
+    /// Earlier runs and this one, oldest first (at most `TREND_RUNS_MAX`).
+    pub trend: Vec<TrendPoint>,
+    pub students: BTreeMap<StudentId, StudentLabel>,
+    /// School code → school name.
+    pub schools: BTreeMap<String, String>,
+    pub fees: BTreeMap<FeeId, FeeLabel>,
+    /// Why the run failed (for `Verdict::Failed`), one line, without secrets.
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    /// The net balance due (outstanding − credit) in Genesis minus the same
+    /// in Community Pass, as found.
+    pub fn difference(&self) -> Money {
+        let totals = &self.reconciliation.totals;
+        let net = |side: &crate::reconcile::SideTotals| side.outstanding - side.credit;
+        net(&totals.genesis) - net(&totals.community_pass)
+    }
+
+    /// The items a person has to look at: review discrepancies.
+    pub fn review_items(&self) -> impl Iterator<Item = &Discrepancy> {
+        self.reconciliation.reviews()
+    }
+
+    /// How many discrepancies had a planned correction.
+    pub fn planned_count(&self) -> usize {
+        self.reconciliation
+            .discrepancies
+            .iter()
+            .filter(|discrepancy| !discrepancy.resolution.is_review())
+            .count()
+    }
+
+    /// The date the report is filed under (the run's start).
+    pub fn date(&self) -> NaiveDate {
+        self.started_at.date()
+    }
+
+    /// The trend point this run adds to the history.
+    pub fn trend_point(&self) -> TrendPoint {
+        TrendPoint {
+            run_id: self.run_id,
+            date: self.date(),
+            verdict: self.verdict,
+            needs_review: (self.review_items().count() + self.failed_corrections.len()) as u64,
+            corrected: self.corrected.len() as u64,
+            difference: self.difference(),
+        }
+    }
+}
+
+/// A one-line description of a run's scope for `RunReport::scope_text`.
+pub fn describe_scope(scope: &Scope) -> String {
+    let who = match scope.student {
+        Some(student) => format!("student #{student}"),
+        None => "whole district".to_string(),
+    };
+    let when = match (scope.from, scope.to) {
+        (None, None) => "all fee dates".to_string(),
+        (Some(from), None) => format!("fees dated from {from}"),
+        (None, Some(to)) => format!("fees dated up to {to}"),
+        (Some(from), Some(to)) => format!("fees dated {from} to {to}"),
+    };
+    format!("{who}, {when}")
+}
+
+#[cfg(test)]
+mod tests;

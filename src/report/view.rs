@@ -1,0 +1,571 @@
+//! The report as the templates see it: every value already in words, dollars
+//! and chart coordinates (integers), so the templates only lay it out and
+//! tera escapes every string. The plain-text and CSV renderers share the
+//! row builders.
+
+use serde::Serialize;
+
+use crate::domain::{FeeId, StudentId};
+use crate::money::Money;
+use crate::reconcile::{Discrepancy, DiscrepancyKind, Resolution, SideAccounting, SideTotals};
+
+use super::format::{format_count, format_duration_ms, format_money, format_signed_money, plural};
+use super::labels::{action_label, kind_label};
+use super::trend::{trend_chart, TrendChart};
+use super::{RunReport, Verdict};
+
+/// At most this many needs-review rows in the HTML report; the CSV has all.
+pub const REVIEW_ROWS_HTML_MAX: usize = 500;
+/// At most this many corrected rows in the HTML report.
+pub const CORRECTED_ROWS_HTML_MAX: usize = 200;
+
+/// What a cell shows when a side has no value.
+pub const NO_VALUE: &str = "—";
+
+#[derive(Debug, Serialize)]
+pub struct ReportView {
+    pub district: String,
+    pub run_id: i64,
+    pub date_long: String,
+    pub date: String,
+    pub started: String,
+    pub finished: String,
+    pub duration: String,
+    pub dry_run: bool,
+    pub scope: String,
+    /// Whether the reconciliation ran (a failed run may stop before it):
+    /// without results the report shows no totals, which would read as zero.
+    pub has_results: bool,
+    pub verdict: VerdictView,
+    pub difference: String,
+    pub difference_sentence: String,
+    pub totals: Vec<TotalsRow>,
+    pub kinds: Vec<KindRow>,
+    pub discrepancy_count: String,
+    pub corrected: Vec<CorrectedRow>,
+    pub corrected_more: usize,
+    pub corrected_count: String,
+    pub corrected_heading: String,
+    pub failed: Vec<FailedRow>,
+    pub reviews: Vec<ReviewRow>,
+    pub reviews_more: usize,
+    pub review_count: usize,
+    pub trend: TrendChart,
+    pub phases: Vec<PhaseRow>,
+    pub accounting: Vec<AccountingRow>,
+    pub accounting_holds: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerdictView {
+    /// CSS class and machine name: `in_agreement`, `corrected`, ...
+    pub key: &'static str,
+    pub label: String,
+    pub sentence: String,
+    /// Ink and background colours, for the email's inline styles.
+    pub color: &'static str,
+    pub background: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TotalsRow {
+    pub label: &'static str,
+    pub hint: &'static str,
+    pub genesis: String,
+    pub community_pass: String,
+    pub difference: String,
+    pub differs: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KindRow {
+    pub code: &'static str,
+    pub label: &'static str,
+    pub count: usize,
+    pub corrected: usize,
+    pub review: usize,
+    /// Bar segment lengths in percent of the largest kind's count.
+    pub corrected_pct: u64,
+    pub review_pct: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewRow {
+    pub student_id: String,
+    pub student: String,
+    pub school: String,
+    pub fee_id: String,
+    pub fee: String,
+    pub kind: &'static str,
+    pub kind_label: &'static str,
+    pub genesis_value: String,
+    pub cp_value: String,
+    pub reason: String,
+    pub suggested_action: String,
+    pub vendor_txn_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CorrectedRow {
+    pub student: String,
+    pub fee: String,
+    pub kind_label: &'static str,
+    pub action: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailedRow {
+    pub student: String,
+    pub fee: String,
+    pub kind_label: &'static str,
+    pub action: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PhaseRow {
+    pub name: String,
+    pub duration: String,
+    pub bar_pct: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountingRow {
+    pub side: &'static str,
+    pub records_in: String,
+    pub matched: String,
+    pub corrected: String,
+    pub needs_review: String,
+    pub holds: bool,
+}
+
+/// Builds the whole view of a report.
+pub fn report_view(report: &RunReport) -> ReportView {
+    let reviews = review_rows(report);
+    let review_count = reviews.len();
+    let failed = failed_rows(report);
+    let (corrected, corrected_more) = corrected_rows(report);
+    ReportView {
+        district: report.district.clone(),
+        run_id: report.run_id,
+        date_long: report.started_at.format("%A, %-d %B %Y").to_string(),
+        date: report.date().to_string(),
+        started: report.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        finished: report.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        duration: format_duration_ms(run_elapsed_ms(report)),
+        dry_run: report.dry_run,
+        scope: report.scope_text.clone(),
+        has_results: has_results(report),
+        verdict: verdict_view(report),
+        difference: format_money(report.difference().abs()),
+        difference_sentence: difference_sentence(report.difference()),
+        totals: totals_rows(report),
+        kinds: kind_rows(&report.reconciliation.discrepancies),
+        discrepancy_count: format_count(report.reconciliation.discrepancies.len() as u64),
+        corrected,
+        corrected_more,
+        corrected_count: format_count(corrected_count(report) as u64),
+        corrected_heading: corrected_heading(report),
+        failed,
+        reviews: reviews.into_iter().take(REVIEW_ROWS_HTML_MAX).collect(),
+        reviews_more: review_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
+        review_count,
+        trend: trend_chart(report),
+        phases: phase_rows(report),
+        accounting: accounting_rows(report),
+        accounting_holds: accounting_rows(report).iter().all(|row| row.holds),
+        error: report.error.clone(),
+    }
+}
+
+/// Whether the report has reconciliation results to show: every finished
+/// run has; a failed run only if it got as far as reading both sides.
+pub fn has_results(report: &RunReport) -> bool {
+    let accounting = &report.reconciliation.accounting;
+    report.verdict != Verdict::Failed
+        || accounting.genesis.records_in + accounting.community_pass.records_in > 0
+}
+
+/// Milliseconds between the run's start and finish (0 if the clock went back).
+pub fn run_elapsed_ms(report: &RunReport) -> u64 {
+    let elapsed = report.finished_at - report.started_at;
+    u64::try_from(elapsed.num_milliseconds()).unwrap_or(0)
+}
+
+/// The verdict's label as the administrator reads it.
+pub fn verdict_label(verdict: Verdict, dry_run: bool) -> &'static str {
+    match (verdict, dry_run) {
+        (Verdict::InAgreement, _) => "In agreement",
+        (Verdict::Corrected, false) => "Corrected",
+        (Verdict::Corrected, true) => "Corrections planned (dry run)",
+        (Verdict::NeedsReview, _) => "Needs review",
+        (Verdict::Failed, _) => "Failed",
+    }
+}
+
+fn verdict_view(report: &RunReport) -> VerdictView {
+    VerdictView {
+        key: report.verdict.as_str(),
+        label: verdict_label(report.verdict, report.dry_run).to_string(),
+        sentence: verdict_sentence(report),
+        color: verdict_colors(report.verdict).0,
+        background: verdict_colors(report.verdict).1,
+    }
+}
+
+/// (ink, background) of a verdict; the same as the report's CSS.
+fn verdict_colors(verdict: Verdict) -> (&'static str, &'static str) {
+    match verdict {
+        Verdict::InAgreement => ("#1b7a3a", "#e7f4eb"),
+        Verdict::Corrected => ("#1d5fa8", "#e8f0fa"),
+        Verdict::NeedsReview => ("#945400", "#fff3dd"),
+        Verdict::Failed => ("#b3261e", "#fdeceb"),
+    }
+}
+
+/// The one sentence under the verdict.
+pub fn verdict_sentence(report: &RunReport) -> String {
+    let accounting = &report.reconciliation.accounting;
+    let checked = accounting.genesis.records_in + accounting.community_pass.records_in;
+    let reviews = report.review_items().count() as u64;
+    let failed = report.failed_corrections.len() as u64;
+    let corrected = report.corrected.len() as u64;
+    let planned = report.planned_count() as u64;
+    match report.verdict {
+        Verdict::InAgreement => format!(
+            "Genesis and Community Pass agree: {} checked, nothing needed fixing.",
+            plural(checked, "record", "records")
+        ),
+        Verdict::Corrected if report.dry_run => format!(
+            "Dry run: {} would be made; nothing was changed and nothing needs you.",
+            plural(planned, "correction", "corrections")
+        ),
+        Verdict::Corrected => format!(
+            "The books agree after {} tonight; nothing needs you.",
+            plural(corrected, "automatic correction", "automatic corrections")
+        ),
+        Verdict::NeedsReview => needs_review_sentence(reviews, failed, corrected, report.dry_run),
+        Verdict::Failed => {
+            "The run did not finish, so the books were not fully checked tonight.".to_string()
+        }
+    }
+}
+
+fn needs_review_sentence(reviews: u64, failed: u64, corrected: u64, dry_run: bool) -> String {
+    let mut sentence = format!(
+        "{} {} your review.",
+        plural(reviews + failed, "item", "items"),
+        if reviews + failed == 1 {
+            "needs"
+        } else {
+            "need"
+        }
+    );
+    if failed > 0 {
+        sentence.push_str(&format!(
+            " {} could not be made and will be tried again next run.",
+            plural(failed, "correction", "corrections")
+        ));
+    }
+    if dry_run {
+        sentence.push_str(" Dry run: nothing was changed.");
+    } else if corrected > 0 {
+        sentence.push_str(&format!(
+            " {} fixed automatically.",
+            plural(corrected, "other difference was", "other differences were")
+        ));
+    }
+    sentence
+}
+
+/// How the net balance difference reads.
+pub fn difference_sentence(difference: Money) -> String {
+    if difference.is_zero() {
+        "The balances due agree to the cent.".to_string()
+    } else if difference.is_positive() {
+        format!(
+            "Genesis shows {} more due than Community Pass.",
+            format_money(difference)
+        )
+    } else {
+        format!(
+            "Community Pass shows {} more due than Genesis.",
+            format_money(difference.abs())
+        )
+    }
+}
+
+fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
+    let genesis = &report.reconciliation.totals.genesis;
+    let cp = &report.reconciliation.totals.community_pass;
+    type Pick = fn(&SideTotals) -> Money;
+    let rows: [(&str, &str, Pick); 8] = [
+        ("Billed", "fee amounts", |s| s.billed),
+        (
+            "Paid at the office",
+            "payments and waivers recorded in Genesis, net of refunds",
+            |s| s.genesis_credit,
+        ),
+        ("Paid online", "Community Pass payments", |s| s.paid),
+        ("Refunded", "Community Pass refunds", |s| s.refunded),
+        ("Waived", "Community Pass waivers", |s| s.waived),
+        ("Reversed", "returned checks and chargebacks", |s| {
+            s.reversed
+        }),
+        ("Outstanding", "still due from families", |s| s.outstanding),
+        ("Credit", "overpaid, owed back to families", |s| s.credit),
+    ];
+    rows.iter()
+        .map(|(label, hint, pick)| {
+            let difference = pick(genesis) - pick(cp);
+            TotalsRow {
+                label,
+                hint,
+                genesis: format_money(pick(genesis)),
+                community_pass: format_money(pick(cp)),
+                difference: format_signed_money(difference),
+                differs: !difference.is_zero(),
+            }
+        })
+        .collect()
+}
+
+fn kind_rows(discrepancies: &[Discrepancy]) -> Vec<KindRow> {
+    let mut rows: Vec<KindRow> = DiscrepancyKind::ALL
+        .iter()
+        .map(|kind| kind_row(*kind, discrepancies))
+        .filter(|row| row.count > 0)
+        .collect();
+    let largest = rows.iter().map(|row| row.count).max().unwrap_or(1).max(1);
+    for row in &mut rows {
+        row.corrected_pct = bar_pct(row.corrected as u64, largest as u64);
+        row.review_pct = bar_pct(row.review as u64, largest as u64);
+    }
+    rows.sort_by_key(|row| std::cmp::Reverse(row.count));
+    rows
+}
+
+fn kind_row(kind: DiscrepancyKind, discrepancies: &[Discrepancy]) -> KindRow {
+    let of_kind = || discrepancies.iter().filter(move |d| d.kind == kind);
+    let review = of_kind().filter(|d| d.resolution.is_review()).count();
+    let count = of_kind().count();
+    KindRow {
+        code: kind.as_str(),
+        label: kind_label(kind),
+        count,
+        corrected: count - review,
+        review,
+        corrected_pct: 0,
+        review_pct: 0,
+    }
+}
+
+/// A bar's length in percent of the largest, at least 1 when non-zero.
+pub fn bar_pct(value: u64, largest: u64) -> u64 {
+    if value == 0 || largest == 0 {
+        return 0;
+    }
+    (value.saturating_mul(100) / largest).clamp(1, 100)
+}
+
+/// "Rivera, Ana (#1042)" or "#1042" when the student is not labelled.
+pub fn student_text(report: &RunReport, student: Option<StudentId>) -> String {
+    match student {
+        Some(id) => match report.students.get(&id) {
+            Some(label) => format!("{} (#{id})", label.name),
+            None => format!("#{id}"),
+        },
+        None => NO_VALUE.to_string(),
+    }
+}
+
+/// The school's name (or code) of the student.
+pub fn school_text(report: &RunReport, student: Option<StudentId>) -> String {
+    let code = student.and_then(|id| report.students.get(&id).map(|label| &label.school));
+    match code {
+        Some(code) => report.schools.get(code).unwrap_or(code).clone(),
+        None => NO_VALUE.to_string(),
+    }
+}
+
+/// "#5012 Band trip (ACTIVITY)" or "#5012".
+pub fn fee_text(report: &RunReport, fee: Option<FeeId>) -> String {
+    match fee {
+        Some(id) => match report.fees.get(&id) {
+            Some(label) => format!("#{id} {} ({})", label.description, label.category),
+            None => format!("#{id}"),
+        },
+        None => NO_VALUE.to_string(),
+    }
+}
+
+fn text_or_dash(value: &Option<String>) -> String {
+    value.clone().unwrap_or_else(|| NO_VALUE.to_string())
+}
+
+/// Every needs-review row (review discrepancies, then failed corrections).
+pub fn review_rows(report: &RunReport) -> Vec<ReviewRow> {
+    let reviews = report.review_items().map(|d| review_row(report, d, None));
+    let failed = report
+        .failed_corrections
+        .iter()
+        .map(|f| review_row(report, &f.discrepancy, Some(&f.error)));
+    reviews.chain(failed).collect()
+}
+
+fn review_row(report: &RunReport, discrepancy: &Discrepancy, error: Option<&str>) -> ReviewRow {
+    let (reason, suggested_action) = match (&discrepancy.resolution, error) {
+        (_, Some(error)) => (
+            format!("The correction failed: {error}"),
+            "It is tried again next run; call support if this repeats.".to_string(),
+        ),
+        (
+            Resolution::NeedsReview {
+                reason,
+                suggested_action,
+            },
+            None,
+        ) => (reason.clone(), suggested_action.clone()),
+        (Resolution::Planned(action), None) => (String::new(), action_label(action)),
+    };
+    ReviewRow {
+        student_id: discrepancy
+            .student_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        student: student_name(report, discrepancy.student_id),
+        school: school_text(report, discrepancy.student_id),
+        fee_id: discrepancy
+            .fee_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        fee: fee_description(report, discrepancy.fee_id),
+        kind: discrepancy.kind.as_str(),
+        kind_label: kind_label(discrepancy.kind),
+        genesis_value: text_or_dash(&discrepancy.genesis_value),
+        cp_value: text_or_dash(&discrepancy.cp_value),
+        reason,
+        suggested_action,
+        vendor_txn_id: discrepancy
+            .vendor_txn_id
+            .as_ref()
+            .map(|id| id.0.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn student_name(report: &RunReport, student: Option<StudentId>) -> String {
+    student
+        .and_then(|id| report.students.get(&id))
+        .map(|label| label.name.clone())
+        .unwrap_or_else(|| NO_VALUE.to_string())
+}
+
+fn fee_description(report: &RunReport, fee: Option<FeeId>) -> String {
+    fee.and_then(|id| report.fees.get(&id))
+        .map(|label| format!("{} ({})", label.description, label.category))
+        .unwrap_or_else(|| NO_VALUE.to_string())
+}
+
+fn corrected_rows(report: &RunReport) -> (Vec<CorrectedRow>, usize) {
+    let source: Vec<&Discrepancy> = if report.dry_run {
+        report
+            .reconciliation
+            .discrepancies
+            .iter()
+            .filter(|d| !d.resolution.is_review())
+            .collect()
+    } else {
+        report.corrected.iter().collect()
+    };
+    let more = source.len().saturating_sub(CORRECTED_ROWS_HTML_MAX);
+    let rows = source
+        .into_iter()
+        .take(CORRECTED_ROWS_HTML_MAX)
+        .map(|d| CorrectedRow {
+            student: student_text(report, d.student_id),
+            fee: fee_text(report, d.fee_id),
+            kind_label: kind_label(d.kind),
+            action: resolution_text(&d.resolution),
+        })
+        .collect();
+    (rows, more)
+}
+
+/// Corrections made (or, in a dry run, planned).
+pub fn corrected_count(report: &RunReport) -> usize {
+    if report.dry_run {
+        report.planned_count()
+    } else {
+        report.corrected.len()
+    }
+}
+
+fn corrected_heading(report: &RunReport) -> String {
+    if report.dry_run {
+        "Would be corrected (dry run: nothing was changed)".to_string()
+    } else {
+        "Corrected automatically".to_string()
+    }
+}
+
+fn resolution_text(resolution: &Resolution) -> String {
+    match resolution {
+        Resolution::Planned(action) => action_label(action),
+        Resolution::NeedsReview {
+            suggested_action, ..
+        } => suggested_action.clone(),
+    }
+}
+
+fn failed_rows(report: &RunReport) -> Vec<FailedRow> {
+    report
+        .failed_corrections
+        .iter()
+        .map(|f| FailedRow {
+            student: student_text(report, f.discrepancy.student_id),
+            fee: fee_text(report, f.discrepancy.fee_id),
+            kind_label: kind_label(f.discrepancy.kind),
+            action: resolution_text(&f.discrepancy.resolution),
+            error: f.error.clone(),
+        })
+        .collect()
+}
+
+fn phase_rows(report: &RunReport) -> Vec<PhaseRow> {
+    let longest = report
+        .phases
+        .iter()
+        .map(|phase| phase.elapsed_ms)
+        .max()
+        .unwrap_or(0);
+    report
+        .phases
+        .iter()
+        .map(|phase| PhaseRow {
+            name: phase.name.clone(),
+            duration: format_duration_ms(phase.elapsed_ms),
+            bar_pct: bar_pct(phase.elapsed_ms, longest).max(1),
+        })
+        .collect()
+}
+
+fn accounting_rows(report: &RunReport) -> Vec<AccountingRow> {
+    let accounting = &report.reconciliation.accounting;
+    vec![
+        accounting_row("Genesis", &accounting.genesis),
+        accounting_row("Community Pass", &accounting.community_pass),
+    ]
+}
+
+fn accounting_row(side: &'static str, counts: &SideAccounting) -> AccountingRow {
+    AccountingRow {
+        side,
+        records_in: format_count(counts.records_in),
+        matched: format_count(counts.matched),
+        corrected: format_count(counts.corrected),
+        needs_review: format_count(counts.needs_review),
+        holds: counts.records_in == counts.matched + counts.corrected + counts.needs_review,
+    }
+}
