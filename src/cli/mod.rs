@@ -2,6 +2,7 @@
 //! its `Args` and `run`), logging set-up and the documented exit codes.
 
 mod export;
+mod fee_history;
 mod get_balances;
 mod get_payments;
 mod migrate;
@@ -12,6 +13,8 @@ mod send_fees;
 mod setup;
 pub mod sim;
 mod task;
+mod unprocessed;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +113,12 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Export students, guardians and schools as OneRoster 1.1 CSV (folder or SFTP).
     Export(export::Args),
+    /// Push fee changes within a second of their commit, until stopped.
+    Watch(watch::Args),
+    /// Pulled Community Pass transactions that could not be applied, with why.
+    Unprocessed(unprocessed::Args),
+    /// One fee's whole life in time order, with times and run ids.
+    FeeHistory(fee_history::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -170,6 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Nightly(args) => nightly::run(&context, args),
         Command::Sim(args) => sim::run(args).map(|()| exit::OK),
         Command::Export(args) => export::run(&context, args),
+        Command::Watch(args) => watch::run(&context, args),
+        Command::Unprocessed(args) => unprocessed::run(&context, args),
+        Command::FeeHistory(args) => fee_history::run(&context, args),
     }
 }
 
