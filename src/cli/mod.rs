@@ -7,6 +7,8 @@ mod get_balances;
 mod get_payments;
 mod migrate;
 mod nightly;
+mod portal_view;
+mod preflight;
 mod runs;
 mod seed;
 mod send_fees;
@@ -119,6 +121,10 @@ pub enum Command {
     Unprocessed(unprocessed::Args),
     /// One fee's whole life in time order, with times and run ids.
     FeeHistory(fee_history::Args),
+    /// Before enabling: unmanaged unpaid fees and likely duplicates (CSV, HTML).
+    Preflight(preflight::Args),
+    /// What a parent sees on the portal's fees page, and whether it is locked.
+    PortalView(portal_view::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -182,6 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Watch(args) => watch::run(&context, args),
         Command::Unprocessed(args) => unprocessed::run(&context, args),
         Command::FeeHistory(args) => fee_history::run(&context, args),
+        Command::Preflight(args) => preflight::run(&context, args),
+        Command::PortalView(args) => portal_view::run(&context, args),
     }
 }
 
