@@ -49,6 +49,11 @@ Examples:
   cpsync export --dry-run                         build and check the OneRoster files only
   cpsync export --to /var/lib/cpsync/exports      write them into a new private folder
   cpsync --config cpsync.toml export --sftp       upload them to the [sftp] server
+  cpsync preflight --out reports                  before enabling: what cannot be synced
+  cpsync watch                                    push fee changes within a second (a service)
+  cpsync get-payments --guardian 5000001          a parent logs in: post their payments now
+  cpsync portal-view --guardian 5000001           what that parent sees, locked out or not
+  cpsync fee-history 1234                         one fee's whole life with run ids
 
 Exit codes: 0 ok, 1 failure, 2 usage error, 3 completed with items needing review,
 4 another run holds the lock.";
