@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cpsync::db::{outbox, runs};
 use cpsync::domain::FeeId;
 use cpsync::portal::CommunityPass;
+use cpsync::sync::push;
 
 use super::common::Backend;
 use super::{insert_fee_sql, Env};
@@ -151,4 +152,63 @@ fn sqlite_watch_pushes_a_fee_inserted_by_sql_within_a_second() {
 #[test]
 fn postgres_watch_pushes_a_fee_inserted_by_sql_within_a_second() {
     watch_pushes_within_a_second(Backend::Postgres);
+}
+
+/// Waits until Community Pass holds at least `count` fees.
+fn until_fees_in_community_pass(env: &Env, count: u64) {
+    let since = Instant::now();
+    while env.admin.summary().unwrap().fees < count {
+        assert!(since.elapsed() < PATIENCE, "no fee reached Community Pass");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stops_and_crashes_lose_nothing(backend: Backend) {
+    let env = Env::new(backend);
+    env.seed(150);
+    env.set_up();
+    let queued = outbox::pending_count(&mut env.conn()).unwrap();
+    assert!(
+        queued > 2 * push::OUTBOX_BATCH_MAX,
+        "several batches wait: {queued}"
+    );
+
+    // SIGTERM while draining: the batch in hand is finished and recorded.
+    let watch = spawn_watch(&env);
+    until_fees_in_community_pass(&env, 1);
+    assert_eq!(terminate(watch), 0);
+    let recorded = watch_runs(&env);
+    assert!(!recorded.is_empty(), "the interrupted pass is recorded");
+    assert!(
+        recorded.iter().all(|r| r.finished_at.is_some()),
+        "{recorded:?}"
+    );
+
+    // SIGKILL while draining (a crash): whatever was not completed waits.
+    let mut watch = spawn_watch(&env);
+    let sent = env.admin.summary().unwrap().fees;
+    until_fees_in_community_pass(&env, sent + 1);
+    watch.kill().expect("SIGKILL");
+    let _ = watch.wait();
+
+    env.ok(&["watch", "--once"]);
+    assert_eq!(outbox::pending_count(&mut env.conn()).unwrap(), 0);
+    let cutoff = chrono::NaiveDate::from_ymd_opt(2026, 8, 1).unwrap();
+    let eligible = env.fees().iter().filter(|f| f.fee_date >= cutoff).count();
+    let summary = env.admin.summary().unwrap();
+    assert_eq!(
+        summary.fees as usize, eligible,
+        "every eligible fee arrived once"
+    );
+    assert_eq!(summary.invariant_violations, 0);
+}
+
+#[test]
+fn sqlite_watch_stopped_or_killed_mid_drain_loses_nothing() {
+    stops_and_crashes_lose_nothing(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_watch_stopped_or_killed_mid_drain_loses_nothing() {
+    stops_and_crashes_lose_nothing(Backend::Postgres);
 }
