@@ -239,7 +239,14 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     if args.once {
         return match pass(context, &mut conn, &mut client, &stop)? {
             Pass::Drained { exit_code, .. } => Ok(exit_code),
-            Pass::Idle | Pass::Blocked => Ok(exit::OK),
+            Pass::Idle => {
+                println!("watch: no fee changes waiting");
+                Ok(exit::OK)
+            }
+            Pass::Blocked => {
+                eprintln!("cpsync watch: fee changes wait but cannot be sent now (task switched off or setup incomplete; see cpsync setup show)");
+                Ok(exit::OK)
+            }
         };
     }
     eprintln!(
