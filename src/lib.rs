@@ -12,6 +12,7 @@ pub mod export;
 pub mod money;
 pub mod portal;
 pub mod portal_view;
+pub mod preflight;
 pub mod reconcile;
 pub mod report;
 pub mod scenario;

@@ -3,16 +3,21 @@
 
 mod demo;
 mod export;
+mod fee_history;
 mod get_balances;
 mod get_payments;
 mod migrate;
 mod nightly;
+mod portal_view;
+mod preflight;
 mod runs;
 mod seed;
 mod send_fees;
 mod setup;
 pub mod sim;
 mod task;
+mod unprocessed;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +50,11 @@ Examples:
   cpsync export --dry-run                         build and check the OneRoster files only
   cpsync export --to /var/lib/cpsync/exports      write them into a new private folder
   cpsync --config cpsync.toml export --sftp       upload them to the [sftp] server
+  cpsync preflight --out reports                  before enabling: what cannot be synced
+  cpsync watch                                    push fee changes within a second (a service)
+  cpsync get-payments --guardian 5000001          a parent logs in: post their payments now
+  cpsync portal-view --guardian 5000001           what that parent sees, locked out or not
+  cpsync fee-history 1234                         one fee's whole life with run ids
 
 Exit codes: 0 ok, 1 failure, 2 usage error, 3 completed with items needing review,
 4 another run holds the lock.";
@@ -113,6 +123,16 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Export students, guardians and schools as OneRoster 1.1 CSV (folder or SFTP).
     Export(export::Args),
+    /// Push fee changes within a second of their commit, until stopped.
+    Watch(watch::Args),
+    /// Pulled Community Pass transactions that could not be applied, with why.
+    Unprocessed(unprocessed::Args),
+    /// One fee's whole life in time order, with times and run ids.
+    FeeHistory(fee_history::Args),
+    /// Before enabling: unmanaged unpaid fees and likely duplicates (CSV, HTML).
+    Preflight(preflight::Args),
+    /// What a parent sees on the portal's fees page, and whether it is locked.
+    PortalView(portal_view::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -174,6 +194,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Nightly(args) => nightly::run(&context, args),
         Command::Sim(args) => sim::run(args).map(|()| exit::OK),
         Command::Export(args) => export::run(&context, args),
+        Command::Watch(args) => watch::run(&context, args),
+        Command::Unprocessed(args) => unprocessed::run(&context, args),
+        Command::FeeHistory(args) => fee_history::run(&context, args),
+        Command::Preflight(args) => preflight::run(&context, args),
+        Command::PortalView(args) => portal_view::run(&context, args),
     }
 }
 

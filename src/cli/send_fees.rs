@@ -47,29 +47,41 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 push::drain_outbox(conn, &portal, &setup, run_id, &utc_now)?
             };
             let waiting = outbox::pending_count(conn)?;
-            print_report(&report, waiting, args.json)?;
-            let records = report.pushed + report.unchanged + report.ineligible + report.refused;
-            let mut outcome = TaskOutcome::succeeded(&report, records);
-            outcome.counts.needs_review = report.refused as i64;
-            if report.failed > 0 {
-                outcome.status = crate::db::runs::RunStatus::Failed;
-                outcome.exit_code = exit::FAILURE;
-            } else if report.refused > 0 {
-                outcome.status = crate::db::runs::RunStatus::NeedsReview;
-                outcome.exit_code = exit::NEEDS_REVIEW;
-            }
-            Ok(outcome)
+            print_report("send-fees", &report, waiting, args.json)?;
+            Ok(outcome_of(&report))
         },
     )
 }
 
-fn print_report(report: &PushReport, waiting: i64, json: bool) -> anyhow::Result<()> {
+/// The run outcome of a push pass: failed pushes fail the run (they stay
+/// pending), refused ones need review.
+pub(super) fn outcome_of(report: &PushReport) -> TaskOutcome {
+    let records = report.pushed + report.unchanged + report.ineligible + report.refused;
+    let mut outcome = TaskOutcome::succeeded(report, records);
+    outcome.counts.needs_review = report.refused as i64;
+    if report.failed > 0 {
+        outcome.status = crate::db::runs::RunStatus::Failed;
+        outcome.exit_code = exit::FAILURE;
+    } else if report.refused > 0 {
+        outcome.status = crate::db::runs::RunStatus::NeedsReview;
+        outcome.exit_code = exit::NEEDS_REVIEW;
+    }
+    outcome
+}
+
+/// One line (or JSON) per push pass, headed by the command's name.
+pub(super) fn print_report(
+    command: &str,
+    report: &PushReport,
+    waiting: i64,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     println!(
-        "send-fees: {} pushed ({} new, {} replayed), {} unchanged, {} not eligible, {} refused, {} deleted, {} failed; {} change(s) still waiting",
+        "{command}: {} pushed ({} new, {} replayed), {} unchanged, {} not eligible, {} refused, {} deleted, {} failed; {} change(s) still waiting",
         report.pushed, report.created, report.replayed, report.unchanged, report.ineligible,
         report.refused, report.deleted, report.failed, waiting
     );

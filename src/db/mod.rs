@@ -204,6 +204,39 @@ pub fn connect(url: &DatabaseUrl, mode: OpenMode) -> Result<DbConnection, DbErro
     }
 }
 
+/// A transaction that writes after it reads. On SQLite it begins with
+/// `BEGIN IMMEDIATE`, taking the write lock at once: a deferred transaction
+/// that has read cannot wait for a concurrent writer when it starts to
+/// write (WAL answers "database is locked" at once, the busy timeout does
+/// not apply), so two pulls racing would fail instead of queueing. On
+/// PostgreSQL it is an ordinary transaction. Nested `transaction` calls in
+/// `body` become savepoints as usual.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, body: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let DbConnection::Sqlite(sqlite) = conn else {
+        return conn.transaction(body);
+    };
+    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
+    let result = body(conn);
+    let DbConnection::Sqlite(sqlite) = conn else {
+        unreachable!("the connection's backend does not change");
+    };
+    match result {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(sqlite)?;
+            Ok(value)
+        }
+        Err(error) => {
+            AnsiTransactionManager::rollback_transaction(sqlite)?;
+            Err(error)
+        }
+    }
+}
+
 /// Opens a connection and checks that every migration has run.
 pub fn connect_migrated(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
     let mut conn = connect(url, OpenMode::MustExist)?;

@@ -99,3 +99,33 @@ pub fn enqueue(
         .collect();
     insert_batched!(conn, cp_outbox::table, rows)
 }
+
+/// The most outbox entries a fee's history shows (the newest are kept).
+pub const HISTORY_ROWS_MAX: i64 = 10_000;
+
+/// One outbox entry, handled or not, as a fee's history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = cp_outbox)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub fee_id: i64,
+    pub reason: String,
+    pub enqueued_at: NaiveDateTime,
+    pub processed_at: Option<NaiveDateTime>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub run_id: Option<i64>,
+}
+
+/// Every outbox entry of one fee (at most `HISTORY_ROWS_MAX`, the newest),
+/// oldest first.
+pub fn for_fee(conn: &mut DbConnection, fee_id: FeeId) -> Result<Vec<OutboxRecord>, DbError> {
+    let mut rows: Vec<OutboxRecord> = cp_outbox::table
+        .filter(cp_outbox::fee_id.eq(fee_id.0))
+        .order(cp_outbox::id.desc())
+        .limit(HISTORY_ROWS_MAX)
+        .select(OutboxRecord::as_select())
+        .load(conn)?;
+    rows.reverse();
+    Ok(rows)
+}

@@ -15,8 +15,13 @@ use super::{DbConnection, DbError};
 use crate::domain::{FeeId, StudentId, TxnKind, TxnSource, VendorTxn, VendorTxnId};
 use crate::money::Money;
 
+/// `treat_none_as_default_value = false`: a `None` note is written as NULL,
+/// so SQLite gets one multi-row `INSERT .. ON CONFLICT DO NOTHING RETURNING`.
+/// With DEFAULT-able values diesel inserts SQLite batches row by row and
+/// fails with `NotFound` on the first row already posted — every re-pull
+/// (`--student`, `--guardian`, or two pulls racing) would fail.
 #[derive(Insertable)]
-#[diesel(table_name = fee_transactions)]
+#[diesel(table_name = fee_transactions, treat_none_as_default_value = false)]
 struct PostingRow<'a> {
     fee_id: i64,
     kind: &'a str,

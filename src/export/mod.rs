@@ -9,7 +9,7 @@
 //! that reads the database and records the run lives in `cli::export`.
 
 pub mod check;
-mod csv_cell;
+pub(crate) mod csv_cell;
 pub mod local;
 pub mod oneroster;
 pub mod sftp;

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 
-use diesel::Connection;
 use serde::Serialize;
 
 use super::{Clock, SyncError};
@@ -68,7 +67,7 @@ pub fn get_payments(
     };
     let mut txns: Vec<&VendorTxn> = batch.items.iter().chain(retried.iter()).collect();
     dedupe_by_id(&mut txns);
-    conn.transaction(|conn| {
+    crate::db::write_transaction(conn, |conn| {
         apply(conn, &txns, run_id, clock, &mut report)?;
         if scope == PullScope::Cursor {
             report.cursor_from = Some(after);

@@ -316,9 +316,26 @@ pub fn drain_outbox(
     run_id: i64,
     clock: Clock,
 ) -> Result<PushReport, SyncError> {
+    drain_outbox_until(conn, portal, setup, run_id, clock, &|| false)
+}
+
+/// `drain_outbox` that also stops between batches once `stop()` says so
+/// (for `watch`'s graceful shutdown): the batch in hand is always finished
+/// and completed, the rest stays pending for the next run.
+pub fn drain_outbox_until(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    setup: &SetupState,
+    run_id: i64,
+    clock: Clock,
+    stop: &dyn Fn() -> bool,
+) -> Result<PushReport, SyncError> {
     setup.ready_to_send()?;
     let mut report = PushReport::default();
-    for _ in 0..OUTBOX_BATCHES_MAX {
+    for batch in 0..OUTBOX_BATCHES_MAX {
+        if batch > 0 && stop() {
+            break;
+        }
         let entries = outbox::pending(conn, OUTBOX_BATCH_MAX)?;
         if entries.is_empty() {
             break;

@@ -1,0 +1,347 @@
+//! `cpsync watch`: the instant path of Send Fees. A long-running loop that
+//! drains the outbox (`sync::push::drain_outbox_until`) as soon as a fee
+//! change is committed: on PostgreSQL it LISTENs on channel `cp_outbox`
+//! (the outbox triggers NOTIFY it) with a slow fallback poll; on SQLite it
+//! polls the outbox every `--poll-ms`.
+//!
+//! Shaped for a supervisor (systemd `Restart=always`): SIGTERM or SIGINT
+//! finishes the batch in hand, records the run and exits 0; a second signal
+//! exits at once. Nothing is lost on a crash: outbox rows are completed only
+//! after their push, and a push cut off is replayed with the same
+//! idempotency key. Each pass that found work is one `send_fees` run with
+//! trigger `watch`; idle passes are not recorded. When Community Pass fails
+//! every push of a pass, the loop backs off (doubling up to
+//! `BACKOFF_MAX`) instead of filling run history with failures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use diesel::RunQueryDsl;
+
+use super::task::{self, run_task};
+use super::{exit, send_fees, Context};
+use crate::db::{outbox, settings, tasks, DbConnection};
+use crate::portal::http::HttpPortal;
+use crate::setup::SetupState;
+use crate::sync::push::{self, PushReport};
+use crate::sync::utc_now;
+
+/// The channel the PostgreSQL outbox trigger notifies.
+const CHANNEL: &str = "cp_outbox";
+/// Bounds of `--poll-ms`.
+const POLL_MS_MIN: u64 = 20;
+const POLL_MS_MAX: u64 = 60_000;
+/// How often the LISTEN connection's socket is read for notifications (a
+/// local read, no round trip to the server).
+const LISTEN_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+/// On PostgreSQL, how often the outbox is looked at without a notification
+/// (a notification is lost only if the listening connection broke).
+const FALLBACK_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// The longest single sleep, so a signal is noticed promptly.
+const SLEEP_SLICE_MAX: Duration = Duration::from_millis(100);
+/// Waits after a pass that made no progress (Community Pass down, setup
+/// incomplete, task switched off): doubled each time, within these bounds.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Exit status when a second signal interrupts the graceful shutdown.
+const FORCED_EXIT_STATUS: i32 = 1;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Runs until SIGTERM or SIGINT (Ctrl-C); the batch in hand is finished and its
+run recorded, then it exits 0. A second signal exits at once (nothing is lost:
+unfinished changes stay in the outbox). Install it as a service with
+scripts/systemd/cpsync-watch.service.")]
+pub struct Args {
+    /// Drain the outbox once and exit (the exit code of that pass).
+    #[arg(long)]
+    once: bool,
+    /// Stop gracefully after this many seconds (for tests and timed runs).
+    #[arg(long, value_name = "N")]
+    max_seconds: Option<u64>,
+    /// SQLite: look for changes every this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(POLL_MS_MIN..=POLL_MS_MAX))]
+    poll_ms: u64,
+}
+
+/// Set by SIGTERM/SIGINT; checked between batches and while waiting.
+#[derive(Clone)]
+struct Stop {
+    signalled: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Stop {
+    fn install(max_seconds: Option<u64>) -> anyhow::Result<Stop> {
+        let signalled = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // The conditional shutdown goes first: it fires only when the
+            // flag is already set, i.e. on the second signal.
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                FORCED_EXIT_STATUS,
+                Arc::clone(&signalled),
+            )
+            .context("installing the signal handlers")?;
+            signal_hook::flag::register(signal, Arc::clone(&signalled))
+                .context("installing the signal handlers")?;
+        }
+        Ok(Stop {
+            signalled,
+            deadline: max_seconds.map(|s| Instant::now() + Duration::from_secs(s)),
+        })
+    }
+
+    fn requested(&self) -> bool {
+        self.signalled.load(Ordering::SeqCst) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Sleeps up to `duration` in short slices; false if stopped meanwhile.
+    fn sleep(&self, duration: Duration) -> bool {
+        let until = Instant::now() + duration;
+        while !self.requested() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(SLEEP_SLICE_MAX));
+        }
+        false
+    }
+}
+
+/// How the loop learns that something was committed.
+enum Waker {
+    /// SQLite (or PostgreSQL without a listener): look every `interval`.
+    Poll { interval: Duration },
+    /// PostgreSQL: a connection LISTENing on `cp_outbox`; `None` while it
+    /// is broken (re-established at the next fallback poll).
+    Listen {
+        listener: Option<diesel::PgConnection>,
+        context_url: crate::db::DatabaseUrl,
+    },
+}
+
+impl Waker {
+    fn new(context: &Context, poll: Duration) -> anyhow::Result<Waker> {
+        if !matches!(context.database_url, crate::db::DatabaseUrl::Postgres(_)) {
+            return Ok(Waker::Poll { interval: poll });
+        }
+        let listener = listen(&context.database_url)?;
+        Ok(Waker::Listen {
+            listener: Some(listener),
+            context_url: context.database_url.clone(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Waker::Poll { interval } => format!("polling every {} ms", interval.as_millis()),
+            Waker::Listen { .. } => format!(
+                "LISTEN {CHANNEL}, fallback poll every {} s",
+                FALLBACK_POLL_INTERVAL.as_secs()
+            ),
+        }
+    }
+
+    /// Returns when a change may be waiting: notified, the poll interval
+    /// passed, or a stop was requested.
+    fn wait(&mut self, stop: &Stop) {
+        match self {
+            Waker::Poll { interval } => {
+                stop.sleep(*interval);
+            }
+            Waker::Listen {
+                listener,
+                context_url,
+            } => wait_for_notification(listener, context_url, stop),
+        }
+    }
+}
+
+fn listen(url: &crate::db::DatabaseUrl) -> anyhow::Result<diesel::PgConnection> {
+    match crate::db::connect(url, crate::db::OpenMode::MustExist)? {
+        DbConnection::Pg(mut pg) => {
+            diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                .execute(&mut pg)
+                .context("LISTEN cp_outbox")?;
+            Ok(pg)
+        }
+        DbConnection::Sqlite(_) => anyhow::bail!("LISTEN needs PostgreSQL"),
+    }
+}
+
+fn wait_for_notification(
+    listener: &mut Option<diesel::PgConnection>,
+    url: &crate::db::DatabaseUrl,
+    stop: &Stop,
+) {
+    let until = Instant::now() + FALLBACK_POLL_INTERVAL;
+    while Instant::now() < until && !stop.requested() {
+        let Some(connection) = listener.as_mut() else {
+            stop.sleep(until.saturating_duration_since(Instant::now()));
+            break;
+        };
+        match take_notifications(connection) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "the LISTEN connection broke; polling until it is back");
+                *listener = None;
+            }
+        }
+        stop.sleep(LISTEN_CHECK_INTERVAL);
+    }
+    if listener.is_none() && !stop.requested() {
+        match listen(url) {
+            Ok(connection) => *listener = Some(connection),
+            Err(error) => {
+                tracing::warn!(error = %super::one_line_chain(&error), "cannot LISTEN yet")
+            }
+        }
+    }
+}
+
+/// Reads every notification already received; true if there was one.
+fn take_notifications(connection: &mut diesel::PgConnection) -> diesel::QueryResult<bool> {
+    let mut notified = false;
+    for notification in connection.notifications_iter() {
+        notification?;
+        notified = true;
+    }
+    Ok(notified)
+}
+
+/// What one pass found.
+enum Pass {
+    /// The outbox was empty: nothing recorded.
+    Idle,
+    /// Changes wait but cannot be sent now (task off, setup incomplete).
+    Blocked,
+    /// A recorded run; `progress` is false when every push failed.
+    Drained { exit_code: u8, progress: bool },
+}
+
+/// The client, rebuilt when `setup api-key` stores a new key.
+struct Client {
+    portal: HttpPortal,
+    fingerprint: Option<String>,
+}
+
+pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let stop = Stop::install(args.max_seconds)?;
+    let mut conn = context.connect()?;
+    let mut waker = Waker::new(context, Duration::from_millis(args.poll_ms))?;
+    let mut client: Option<Client> = None;
+    if args.once {
+        return match pass(context, &mut conn, &mut client, &stop)? {
+            Pass::Drained { exit_code, .. } => Ok(exit_code),
+            Pass::Idle => {
+                println!("watch: no fee changes waiting");
+                Ok(exit::OK)
+            }
+            Pass::Blocked => {
+                eprintln!("cpsync watch: fee changes wait but cannot be sent now (task switched off or setup incomplete; see cpsync setup show)");
+                Ok(exit::OK)
+            }
+        };
+    }
+    eprintln!(
+        "cpsync watch: waiting for fee changes ({}); SIGTERM or Ctrl-C stops after the batch in hand",
+        waker.describe()
+    );
+    let mut backoff = BACKOFF_MIN;
+    while !stop.requested() {
+        match pass(context, &mut conn, &mut client, &stop) {
+            Ok(Pass::Idle) => {
+                backoff = BACKOFF_MIN;
+                waker.wait(&stop);
+            }
+            Ok(Pass::Drained { progress: true, .. }) => backoff = BACKOFF_MIN,
+            Ok(
+                Pass::Blocked
+                | Pass::Drained {
+                    progress: false, ..
+                },
+            ) => {
+                stop.sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(error) => {
+                eprintln!(
+                    "cpsync watch: pass failed, retrying in {} s: {}",
+                    backoff.as_secs(),
+                    super::one_line_chain(&error)
+                );
+                stop.sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    eprintln!("cpsync watch: stopped");
+    Ok(exit::OK)
+}
+
+/// One pass: look at the outbox and, if changes wait and may be sent,
+/// drain it as one recorded run.
+fn pass(
+    context: &Context,
+    conn: &mut DbConnection,
+    client: &mut Option<Client>,
+    stop: &Stop,
+) -> anyhow::Result<Pass> {
+    if outbox::pending_count(conn)? == 0 {
+        return Ok(Pass::Idle);
+    }
+    if !tasks::is_enabled(conn, task::SEND_FEES)? {
+        tracing::warn!("changes wait but the send_fees task is switched off");
+        return Ok(Pass::Blocked);
+    }
+    let setup = settings::load_setup(conn)?;
+    if let Err(missing) = setup.ready_to_send() {
+        tracing::warn!(%missing, "changes wait but setup is incomplete");
+        return Ok(Pass::Blocked);
+    }
+    let portal = client_for(context, conn, client, &setup)?;
+    let mut report: Option<PushReport> = None;
+    let exit_code = run_task(conn, task::SEND_FEES, "watch", false, |conn, run_id| {
+        let drained =
+            push::drain_outbox_until(conn, portal, &setup, run_id, &utc_now, &|| stop.requested())?;
+        let waiting = outbox::pending_count(conn)?;
+        send_fees::print_report("watch", &drained, waiting, false)?;
+        let outcome = send_fees::outcome_of(&drained);
+        report = Some(drained);
+        Ok(outcome)
+    })?;
+    let progress = report.is_some_and(|r| {
+        r.failed == 0 || r.pushed + r.unchanged + r.ineligible + r.refused + r.deleted > 0
+    });
+    Ok(Pass::Drained {
+        exit_code,
+        progress,
+    })
+}
+
+fn client_for<'a>(
+    context: &Context,
+    conn: &mut DbConnection,
+    client: &'a mut Option<Client>,
+    setup: &SetupState,
+) -> anyhow::Result<&'a HttpPortal> {
+    let stale = client
+        .as_ref()
+        .is_none_or(|c| c.fingerprint != setup.api_key_fingerprint);
+    if stale {
+        *client = Some(Client {
+            portal: task::portal(context, conn)?,
+            fingerprint: setup.api_key_fingerprint.clone(),
+        });
+    }
+    client
+        .as_ref()
+        .map(|c| &c.portal)
+        .ok_or_else(|| anyhow::anyhow!("no Community Pass client"))
+}

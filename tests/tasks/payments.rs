@@ -1,0 +1,170 @@
+//! The three Get Payments triggers — the cursor (nightly), one student
+//! (fee page opened) and one guardian (parent logs in) — run at the same
+//! time, round after round, over the same payments, refunds and reversals:
+//! every Community Pass transaction is posted exactly once, with one audit
+//! row each.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cpsync::db::genesis;
+use cpsync::db::schema::cp_audit_log;
+use cpsync::domain::{GuardianId, StudentId, VendorTxnId};
+use cpsync::money::Money;
+use cpsync::portal::{all_fees, transactions_after, TxnScope};
+use diesel::prelude::*;
+
+use super::common::Backend;
+use super::Env;
+
+/// Rounds of new payments, each followed by the three pulls at once.
+const ROUNDS: usize = 3;
+
+/// The guardian with the most students they can see on the portal.
+fn busiest_guardian(env: &Env) -> (GuardianId, Vec<StudentId>) {
+    let links = genesis::load_guardian_links(&mut env.conn()).unwrap();
+    let mut by_guardian: BTreeMap<GuardianId, Vec<StudentId>> = BTreeMap::new();
+    for link in links.iter().filter(|l| l.portal_access) {
+        by_guardian
+            .entry(link.guardian_id)
+            .or_default()
+            .push(link.student_id);
+    }
+    by_guardian
+        .into_iter()
+        .max_by_key(|(g, students)| (students.len(), std::cmp::Reverse(*g)))
+        .expect("a guardian with portal access")
+}
+
+/// Pays a dollar on up to two open fees of each student; returns the payments.
+fn pay_round(env: &Env, students: &[StudentId]) -> Vec<VendorTxnId> {
+    let mut paid = Vec::new();
+    for student in students {
+        let fees = all_fees(&env.portal, Some(*student)).unwrap();
+        for fee in fees
+            .iter()
+            .filter(|f| f.balance >= Money::from_cents(100))
+            .take(2)
+        {
+            let txn = env
+                .admin
+                .pay(fee.genesis_fee_id, Some(Money::from_cents(100)))
+                .unwrap();
+            paid.push(txn.id);
+        }
+    }
+    paid
+}
+
+fn three_paths_at_once(env: &Env, student: StudentId, guardian: GuardianId) {
+    let student = student.to_string();
+    let guardian = guardian.to_string();
+    let mut children: Vec<_> = [
+        vec!["get-payments"],
+        vec!["get-payments", "--student", &student],
+        vec!["get-payments", "--guardian", &guardian],
+    ]
+    .iter()
+    .map(|args| env.command(args).output_async())
+    .collect();
+    for (child, args) in children.drain(..).zip(["cursor", "student", "guardian"]) {
+        let output = child.wait_with_output().expect("wait for get-payments");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "get-payments ({args}) failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+trait SpawnPiped {
+    fn output_async(self) -> std::process::Child;
+}
+
+impl SpawnPiped for std::process::Command {
+    fn output_async(mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn get-payments")
+    }
+}
+
+fn each_payment_posted_once(backend: Backend) {
+    let env = Env::new(backend);
+    env.seed(30);
+    env.set_up();
+    env.ok(&["send-fees"]);
+    let (guardian, students) = busiest_guardian(&env);
+    let others: Vec<StudentId> = genesis::load_students(&mut env.conn())
+        .unwrap()
+        .records
+        .iter()
+        .map(|s| s.id)
+        .filter(|s| !students.contains(s))
+        .take(3)
+        .collect();
+    let mut payments = Vec::new();
+    for round in 0..ROUNDS {
+        payments.extend(pay_round(&env, &students));
+        payments.extend(pay_round(&env, &others));
+        match round {
+            1 => {
+                env.admin
+                    .refund(&payments[0], Some(Money::from_cents(50)))
+                    .unwrap();
+            }
+            2 => {
+                env.admin.reverse(&payments[1], 3).unwrap();
+            }
+            _ => {}
+        }
+        three_paths_at_once(&env, students[0], guardian);
+    }
+    env.ok(&["get-payments"]);
+
+    let in_cp: BTreeSet<VendorTxnId> = transactions_after(&env.portal, TxnScope::All, 0)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(
+        in_cp.len() >= ROUNDS * 2 + 2,
+        "the scenario made payments: {}",
+        in_cp.len()
+    );
+    let posted: Vec<VendorTxnId> = genesis::load_txns(&mut env.conn(), None)
+        .unwrap()
+        .records
+        .into_iter()
+        .filter_map(|t| t.vendor_txn_id)
+        .collect();
+    let mut counts: BTreeMap<&VendorTxnId, usize> = BTreeMap::new();
+    for id in &posted {
+        *counts.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "posted more than once: {twice:?}");
+    let posted_set: BTreeSet<VendorTxnId> = posted.into_iter().collect();
+    assert_eq!(
+        posted_set, in_cp,
+        "every Community Pass transaction posted, none invented"
+    );
+    let audited: i64 = cp_audit_log::table
+        .filter(cp_audit_log::action.like("posted_%"))
+        .count()
+        .get_result(&mut env.conn())
+        .unwrap();
+    assert_eq!(audited as usize, in_cp.len(), "one audit row per posting");
+}
+
+#[test]
+fn sqlite_three_payment_paths_at_once_post_each_transaction_once() {
+    each_payment_posted_once(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_three_payment_paths_at_once_post_each_transaction_once() {
+    each_payment_posted_once(Backend::Postgres);
+}
