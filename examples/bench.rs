@@ -51,7 +51,9 @@ fn options() -> anyhow::Result<Options> {
         python: None,
     };
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--bin" => options.bin = value.into(),
             "--work" => options.work = value.into(),
@@ -76,7 +78,12 @@ impl Engine {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command
-            .args(["--database-url", &self.database_url, "--cp-url", &self.cp_url])
+            .args([
+                "--database-url",
+                &self.database_url,
+                "--cp-url",
+                &self.cp_url,
+            ])
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("CPSYNC_CONFIG");
@@ -89,7 +96,10 @@ impl Engine {
         let output = self.command(args).stderr(Stdio::inherit()).output()?;
         let seconds = started.elapsed().as_secs_f64();
         match output.status.code() {
-            Some(0) | Some(3) => Ok((seconds, String::from_utf8_lossy(&output.stdout).into_owned())),
+            Some(0) | Some(3) => Ok((
+                seconds,
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            )),
             other => bail!("cpsync {} exited with {other:?}", args.join(" ")),
         }
     }
@@ -102,17 +112,35 @@ impl Engine {
             .args(["-f", "%M", "-o"])
             .arg(&rss_file)
             .arg(&self.bin)
-            .args(["--database-url", &self.database_url, "--cp-url", &self.cp_url])
+            .args([
+                "--database-url",
+                &self.database_url,
+                "--cp-url",
+                &self.cp_url,
+            ])
             .args(args)
             .stderr(Stdio::inherit())
             .output()
             .context("running /usr/bin/time (GNU time)")?;
         let seconds = started.elapsed().as_secs_f64();
         if !matches!(output.status.code(), Some(0) | Some(3)) {
-            bail!("cpsync {} exited with {:?}", args.join(" "), output.status.code());
+            bail!(
+                "cpsync {} exited with {:?}",
+                args.join(" "),
+                output.status.code()
+            );
         }
-        let rss: u64 = std::fs::read_to_string(&rss_file)?.trim().lines().last().unwrap_or("0").parse()?;
-        Ok((seconds, rss, String::from_utf8_lossy(&output.stdout).into_owned()))
+        let rss: u64 = std::fs::read_to_string(&rss_file)?
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("0")
+            .parse()?;
+        Ok((
+            seconds,
+            rss,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
     }
 }
 
@@ -129,24 +157,50 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.work)?;
     let work = options.work.canonicalize()?;
     let mut figures: BTreeMap<&str, Value> = BTreeMap::new();
-    let sim = Simulator::start(SimConfig { seed: 7, ..SimConfig::new(Secret::new(API_KEY)) })?;
+    let sim = Simulator::start(SimConfig {
+        seed: 7,
+        ..SimConfig::new(Secret::new(API_KEY))
+    })?;
     let database_url = options
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", work.join("bench.db").display()));
     reset_database(&database_url, &work)?;
-    let engine = Engine { bin: options.bin.clone(), database_url: database_url.clone(), cp_url: sim.base_url() };
-    let backend = if database_url.starts_with("postgres") { "postgresql" } else { "sqlite" };
-    println!("cpsync bench: {} students on {backend}, simulator {}", options.students, sim.base_url());
+    let engine = Engine {
+        bin: options.bin.clone(),
+        database_url: database_url.clone(),
+        cp_url: sim.base_url(),
+    };
+    let backend = if database_url.starts_with("postgres") {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "cpsync bench: {} students on {backend}, simulator {}",
+        options.students,
+        sim.base_url()
+    );
 
     engine.run(&["migrate"])?;
-    let (seed_s, _) = engine.run(&["seed", "--students", &options.students.to_string(), "--seed", "1"])?;
+    let (seed_s, _) = engine.run(&[
+        "seed",
+        "--students",
+        &options.students.to_string(),
+        "--seed",
+        "1",
+    ])?;
     figures.insert("seed_seconds", json!(seed_s));
     println!("  seed                {seed_s:>8.2} s");
 
     let key_file = work.join("api-key");
     std::fs::write(&key_file, API_KEY)?;
-    engine.run(&["setup", "api-key", "--file", &key_file.display().to_string()])?;
+    engine.run(&[
+        "setup",
+        "api-key",
+        "--file",
+        &key_file.display().to_string(),
+    ])?;
     engine.run(&["setup", "categories", "--all"])?;
     engine.run(&["setup", "test-pull"])?;
     engine.run(&["setup", "test-push"])?;
@@ -159,13 +213,26 @@ fn main() -> anyhow::Result<()> {
     let vendor_fees = all_fees(&portal, None)?;
     let sent: Vec<SentFee> = vendor_fees
         .iter()
-        .filter(|f| f.status == cpsync::domain::VendorFeeStatus::Open && f.balance == f.amount && f.balance.is_positive())
-        .map(|f| SentFee { fee_id: f.genesis_fee_id, student_id: f.student_id, amount: f.balance })
+        .filter(|f| {
+            f.status == cpsync::domain::VendorFeeStatus::Open
+                && f.balance == f.amount
+                && f.balance.is_positive()
+        })
+        .map(|f| SentFee {
+            fee_id: f.genesis_fee_id,
+            student_id: f.student_id,
+            amount: f.balance,
+        })
         .collect();
     let started = Instant::now();
     let activity = scenario::drive_parents(&sim.admin()?, &sent, 7, start_time())?;
     let extra = top_up_transactions(&sim, &sent, vendor_fees.len() * 8 / 10)?;
-    println!("  parent activity     {:>8.2} s ({} payments, {} extra partial payments)", started.elapsed().as_secs_f64(), activity.payments, extra);
+    println!(
+        "  parent activity     {:>8.2} s ({} payments, {} extra partial payments)",
+        started.elapsed().as_secs_f64(),
+        activity.payments,
+        extra
+    );
     let (pull_s, _) = engine.run(&["get-payments"])?;
     figures.insert("initial_get_payments_seconds", json!(pull_s));
     println!("  initial get-payments{pull_s:>8.2} s");
@@ -181,18 +248,34 @@ fn main() -> anyhow::Result<()> {
     figures.insert("nightly_peak_rss_mib", json!(rss_kib / 1024));
     figures.insert("nightly_phases_ms", summary["phases"].clone());
     figures.insert("nightly_counts", summary["counts"].clone());
-    println!("  nightly (full)      {nightly_s:>8.2} s, peak {} MiB, phases {}", rss_kib / 1024, summary["phases"]);
+    println!(
+        "  nightly (full)      {nightly_s:>8.2} s, peak {} MiB, phases {}",
+        rss_kib / 1024,
+        summary["phases"]
+    );
 
-    let floor_s = floor_seconds(&database_url, &work, &sim.base_url(), &conn_fee_cursor_ids(&vendor_fees), summary["counts"]["cp_records"].as_u64().unwrap_or(0))?;
+    let floor_s = floor_seconds(
+        &database_url,
+        &work,
+        &sim.base_url(),
+        &conn_fee_cursor_ids(&vendor_fees),
+        summary["counts"]["cp_records"].as_u64().unwrap_or(0),
+    )?;
     figures.insert("floor_seconds", json!(floor_s));
     figures.insert("nightly_over_floor", json!(nightly_s / floor_s));
-    println!("  floor (db client + curl) {floor_s:>5.2} s  → nightly/floor = {:.2} (target ≤ 2)", nightly_s / floor_s);
+    println!(
+        "  floor (db client + curl) {floor_s:>5.2} s  → nightly/floor = {:.2} (target ≤ 2)",
+        nightly_s / floor_s
+    );
 
     if let Some(python) = &options.python {
         let peer_s = peer_seconds(python, &database_url, &portal, &work)?;
         figures.insert("datacompy_seconds", json!(peer_s));
         figures.insert("nightly_over_datacompy", json!(nightly_s / peer_s));
-        println!("  datacompy compare   {peer_s:>8.2} s  → nightly/datacompy = {:.2} (target < 1)", nightly_s / peer_s);
+        println!(
+            "  datacompy compare   {peer_s:>8.2} s  → nightly/datacompy = {:.2} (target < 1)",
+            nightly_s / peer_s
+        );
     }
 
     let changed = change_one_percent(&mut conn, &sent, vendor_fees.len() / 100)?;
@@ -224,7 +307,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn start_time() -> chrono::NaiveDateTime {
-    chrono::NaiveDate::from_ymd_opt(2026, 9, 1).expect("valid").and_hms_opt(8, 0, 0).expect("valid")
+    chrono::NaiveDate::from_ymd_opt(2026, 9, 1)
+        .expect("valid")
+        .and_hms_opt(8, 0, 0)
+        .expect("valid")
 }
 
 fn reset_database(url: &str, work: &Path) -> anyhow::Result<()> {
@@ -244,7 +330,11 @@ fn reset_database(url: &str, work: &Path) -> anyhow::Result<()> {
 }
 
 /// Partial payments of $1–$5 on random fees until Community Pass holds `target` transactions.
-fn top_up_transactions(sim: &cpsync::sim::SimHandle, fees: &[SentFee], target: usize) -> anyhow::Result<usize> {
+fn top_up_transactions(
+    sim: &cpsync::sim::SimHandle,
+    fees: &[SentFee],
+    target: usize,
+) -> anyhow::Result<usize> {
     let admin = sim.admin()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let have = admin.summary()?.transactions as usize;
@@ -275,7 +365,11 @@ fn top_up_transactions(sim: &cpsync::sim::SimHandle, fees: &[SentFee], target: u
 }
 
 /// 1% drift on the Community Pass side: payments made after the pull.
-fn cp_side_drift(sim: &cpsync::sim::SimHandle, fees: &[SentFee], count: usize) -> anyhow::Result<()> {
+fn cp_side_drift(
+    sim: &cpsync::sim::SimHandle,
+    fees: &[SentFee],
+    count: usize,
+) -> anyhow::Result<()> {
     let admin = sim.admin()?;
     for fee in fees.iter().take(count) {
         let _ = admin.pay(fee.fee_id, Some(Money::from_cents(100)));
@@ -287,24 +381,48 @@ fn cp_side_drift(sim: &cpsync::sim::SimHandle, fees: &[SentFee], count: usize) -
 fn conn_fee_cursor_ids(fees: &[cpsync::domain::VendorFee]) -> Vec<FeeId> {
     let mut ids: Vec<FeeId> = fees.iter().map(|f| f.genesis_fee_id).collect();
     ids.sort();
-    ids.chunks(cpsync::portal::PAGE_SIZE_MAX as usize).filter_map(|c| c.last().copied()).collect()
+    ids.chunks(cpsync::portal::PAGE_SIZE_MAX as usize)
+        .filter_map(|c| c.last().copied())
+        .collect()
 }
 
 /// The floor: the database's own client reading the same rows, plus curl
 /// fetching every page of fees and transactions over one keep-alive connection.
-fn floor_seconds(database_url: &str, work: &Path, base_url: &str, fee_cursors: &[FeeId], cp_records: u64) -> anyhow::Result<f64> {
+fn floor_seconds(
+    database_url: &str,
+    work: &Path,
+    base_url: &str,
+    fee_cursors: &[FeeId],
+    cp_records: u64,
+) -> anyhow::Result<f64> {
     let tables = ["student_fees", "fee_transactions", "cp_fee_links"];
     let started = Instant::now();
     match DatabaseUrl::parse(database_url)? {
         DatabaseUrl::Sqlite(path) => {
-            let sql: String = tables.iter().map(|t| format!("SELECT * FROM {t};\n")).collect();
-            let status = Command::new("sqlite3").arg(&path).arg(sql).stdout(Stdio::null()).status()?;
-            if !status.success() { bail!("sqlite3 failed"); }
+            let sql: String = tables
+                .iter()
+                .map(|t| format!("SELECT * FROM {t};\n"))
+                .collect();
+            let status = Command::new("sqlite3")
+                .arg(&path)
+                .arg(sql)
+                .stdout(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("sqlite3 failed");
+            }
         }
         DatabaseUrl::Postgres(url) => {
             for t in tables {
-                let status = Command::new("psql").arg(&url).arg("-c").arg(format!("\\copy {t} to '/dev/null'")).stdout(Stdio::null()).status()?;
-                if !status.success() { bail!("psql failed"); }
+                let status = Command::new("psql")
+                    .arg(&url)
+                    .arg("-c")
+                    .arg(format!("\\copy {t} to '/dev/null'"))
+                    .stdout(Stdio::null())
+                    .status()?;
+                if !status.success() {
+                    bail!("psql failed");
+                }
             }
         }
     }
@@ -314,25 +432,44 @@ fn floor_seconds(database_url: &str, work: &Path, base_url: &str, fee_cursors: &
     writeln!(config, "header = \"Authorization: Bearer {API_KEY}\"")?;
     let mut after_fee: Option<FeeId> = None;
     for cursor in fee_cursors {
-        let query = after_fee.map(|c| format!("&cursor={c}")).unwrap_or_default();
-        writeln!(config, "url = \"{base_url}/v1/fees?limit={size}{query}\"\noutput = \"/dev/null\"")?;
+        let query = after_fee
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        writeln!(
+            config,
+            "url = \"{base_url}/v1/fees?limit={size}{query}\"\noutput = \"/dev/null\""
+        )?;
         after_fee = Some(*cursor);
     }
     let txn_pages = (cp_records as usize).div_ceil(size as usize) + 1;
     for page in 0..txn_pages {
-        writeln!(config, "url = \"{base_url}/v1/transactions?limit={size}&after={}\"\noutput = \"/dev/null\"", page * size as usize)?;
+        writeln!(
+            config,
+            "url = \"{base_url}/v1/transactions?limit={size}&after={}\"\noutput = \"/dev/null\"",
+            page * size as usize
+        )?;
     }
     drop(config);
     let started = Instant::now();
-    let status = Command::new("curl").args(["-s", "-K"]).arg(work.join("curl.cfg")).status()?;
-    if !status.success() { bail!("curl failed"); }
+    let status = Command::new("curl")
+        .args(["-s", "-K"])
+        .arg(work.join("curl.cfg"))
+        .status()?;
+    if !status.success() {
+        bail!("curl failed");
+    }
     let http_s = started.elapsed().as_secs_f64();
     println!("  floor parts: database client {db_s:.2} s, curl {http_s:.2} s");
     Ok(db_s + http_s)
 }
 
 /// The peer: datacompy comparing both sides as CSV; only its comparison is timed.
-fn peer_seconds(python: &Path, database_url: &str, portal: &HttpPortal, work: &Path) -> anyhow::Result<f64> {
+fn peer_seconds(
+    python: &Path,
+    database_url: &str,
+    portal: &HttpPortal,
+    work: &Path,
+) -> anyhow::Result<f64> {
     let mut conn = db::connect(&DatabaseUrl::parse(database_url)?, OpenMode::MustExist)?;
     let fees = cpsync::db::genesis::load_fees(&mut conn, None)?.records;
     let txns = cpsync::db::genesis::load_txns(&mut conn, None)?.records;
@@ -344,13 +481,23 @@ fn peer_seconds(python: &Path, database_url: &str, portal: &HttpPortal, work: &P
     genesis_csv.write_record(["fee_id", "amount", "balance", "status"])?;
     for f in &fees {
         let balance = f.amount + effect.get(&f.id).copied().unwrap_or_default();
-        genesis_csv.write_record([f.id.to_string(), f.amount.to_string(), balance.to_string(), f.status.to_string()])?;
+        genesis_csv.write_record([
+            f.id.to_string(),
+            f.amount.to_string(),
+            balance.to_string(),
+            f.status.to_string(),
+        ])?;
     }
     genesis_csv.flush()?;
     let mut cp_csv = csv::Writer::from_path(work.join("cp.csv"))?;
     cp_csv.write_record(["fee_id", "amount", "balance", "status"])?;
     for f in all_fees(portal, None)? {
-        cp_csv.write_record([f.genesis_fee_id.to_string(), f.amount.to_string(), f.balance.to_string(), f.status.to_string()])?;
+        cp_csv.write_record([
+            f.genesis_fee_id.to_string(),
+            f.amount.to_string(),
+            f.balance.to_string(),
+            f.status.to_string(),
+        ])?;
     }
     cp_csv.flush()?;
     let output = Command::new(python)
@@ -359,15 +506,28 @@ fn peer_seconds(python: &Path, database_url: &str, portal: &HttpPortal, work: &P
         .arg(work.join("cp.csv"))
         .output()?;
     if !output.status.success() {
-        bail!("datacompy failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "datacompy failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
 }
 
 /// Changes 1% of the fees (amount edits whose pushes are lost) for the incremental figure.
-fn change_one_percent(conn: &mut cpsync::db::DbConnection, fees: &[SentFee], count: usize) -> anyhow::Result<usize> {
+fn change_one_percent(
+    conn: &mut cpsync::db::DbConnection,
+    fees: &[SentFee],
+    count: usize,
+) -> anyhow::Result<usize> {
     use diesel::connection::SimpleConnection;
-    let ids: Vec<String> = fees.iter().rev().skip(10_000.min(fees.len() / 2)).take(count).map(|f| f.fee_id.to_string()).collect();
+    let ids: Vec<String> = fees
+        .iter()
+        .rev()
+        .skip(10_000.min(fees.len() / 2))
+        .take(count)
+        .map(|f| f.fee_id.to_string())
+        .collect();
     if ids.is_empty() {
         return Ok(0);
     }
@@ -384,20 +544,40 @@ fn student_pull_latency(engine: &Engine, fees: &[SentFee]) -> anyhow::Result<(f6
     for i in 0..LATENCY_SAMPLES {
         let student = fees[(i * 7919) % fees.len()].student_id.to_string();
         let started = Instant::now();
-        let status = engine.command(&["get-payments", "--student", &student]).stdout(Stdio::null()).status()?;
+        let status = engine
+            .command(&["get-payments", "--student", &student])
+            .stdout(Stdio::null())
+            .status()?;
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
-        if !status.success() { bail!("get-payments --student failed"); }
+        if !status.success() {
+            bail!("get-payments --student failed");
+        }
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
 }
 
-fn watch_latency(engine: &Engine, conn: &mut cpsync::db::DbConnection, portal: &HttpPortal, fees: &[SentFee]) -> anyhow::Result<Option<(f64, f64)>> {
+fn watch_latency(
+    engine: &Engine,
+    conn: &mut cpsync::db::DbConnection,
+    portal: &HttpPortal,
+    fees: &[SentFee],
+) -> anyhow::Result<Option<(f64, f64)>> {
     use diesel::connection::SimpleConnection;
-    if !engine.command(&["watch", "--help"]).stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
+    if !engine
+        .command(&["watch", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success()
+    {
         return Ok(None);
     }
-    let mut child = engine.command(&["watch"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut child = engine
+        .command(&["watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
     let mut samples = Vec::new();
     for i in 0..50 {
@@ -419,8 +599,14 @@ fn watch_latency(engine: &Engine, conn: &mut cpsync::db::DbConnection, portal: &
         }
         samples.push(committed.elapsed().as_secs_f64() * 1000.0);
     }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
     samples.sort_by(|a, b| a.total_cmp(b));
-    Ok(Some((percentile(&samples, 0.5), percentile(&samples, 0.99))))
+    Ok(Some((
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+    )))
 }

@@ -143,8 +143,9 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
 
     let step = Step::begin(
         4,
-        "Send Fees: every fee dated on or after the cutoff goes to Community Pass",
+        "Preflight, then Send Fees: every fee dated on or after the cutoff goes to Community Pass",
     );
+    cpsync(&["preflight", "--out", &dir.join("preflight").display().to_string()])?;
     cpsync(&["send-fees"])?;
     step.end();
 
@@ -201,6 +202,8 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         dir.display()
     );
     println!("  database  {}", dir.join("demo.db").display());
+    println!("  reports   {} (HTML report, exceptions CSV, summary JSON, email .eml)", dir.join("reports").display());
+    println!("  preflight {}", dir.join("preflight").display());
     println!("  export    {}", dir.join("export").display());
     println!(
         "  history   cpsync --database-url {} runs",

@@ -8,6 +8,7 @@ mod get_balances;
 mod get_payments;
 mod migrate;
 mod nightly;
+mod nightly_report;
 mod portal_view;
 mod preflight;
 mod runs;

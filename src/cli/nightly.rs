@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde_json::json;
 
+use super::nightly_report::{self, ReportInput};
 use super::task::{self, run_task, TaskOutcome};
 use super::{exit, Context};
 use crate::db::discrepancies::{self, Outcome};
@@ -37,6 +38,12 @@ pub struct Args {
     /// Print one JSON object for schedulers and monitoring.
     #[arg(long)]
     json: bool,
+    /// Email the report even if this run's report was already sent.
+    #[arg(long)]
+    resend_email: bool,
+    /// Skip the report files and the email.
+    #[arg(long)]
+    no_report: bool,
 }
 
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
@@ -74,7 +81,24 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         args.dry_run,
         |conn, run_id| {
             district_lock.set_run(run_id)?;
-            let result = nightly::run(conn, &portal, &setup, &options, run_id, &utc_now)?;
+            let started_at = utc_now();
+            let report_input = |result, error| ReportInput {
+                run_id,
+                started_at,
+                dry_run: args.dry_run,
+                scope: &options.scope,
+                result,
+                error,
+            };
+            let result = match nightly::run(conn, &portal, &setup, &options, run_id, &utc_now) {
+                Ok(result) => result,
+                Err(error) => {
+                    if !args.no_report {
+                        report_failure(context, conn, &report_input(None, Some(error.to_string())));
+                    }
+                    return Err(error.into());
+                }
+            };
             let items: Vec<_> = result
                 .reconciliation
                 .discrepancies
@@ -83,7 +107,12 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 .map(|(d, (outcome, error))| (d, *outcome, error.clone()))
                 .collect();
             discrepancies::record(conn, run_id, &items, utc_now())?;
-            let outcome = task_outcome(run_id, &options, &result);
+            let mut outcome = task_outcome(run_id, &options, &result);
+            if !args.no_report {
+                let input = report_input(Some(&result), None);
+                let published = nightly_report::publish(context, conn, &input, args.resend_email);
+                record_report(&mut outcome, published, args.json);
+            }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
             } else {
@@ -92,6 +121,46 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             Ok(outcome)
         },
     )
+}
+
+type Published = (
+    crate::report::RunReport,
+    crate::report::ReportFiles,
+    crate::report::email::Delivery,
+);
+
+/// Adds the verdict, the difference and where the report went to the
+/// summary; a report or mail failure is reported but does not undo the run.
+fn record_report(outcome: &mut TaskOutcome, published: anyhow::Result<Published>, json: bool) {
+    match published {
+        Ok((report, files, delivery)) => {
+            outcome.summary["verdict"] = json!(report.verdict.as_str());
+            outcome.summary["difference"] = json!(report.difference().to_string());
+            outcome.summary["report"] = json!({
+                "html": files.html, "csv": files.csv, "json": files.json,
+            });
+            if !json {
+                println!("{}", nightly_report::describe(&files, &delivery));
+            }
+        }
+        Err(error) => {
+            let message = super::one_line_chain(&error);
+            eprintln!("cpsync: the report could not be written or sent: {message}");
+            outcome.summary["report_error"] = json!(message);
+            outcome.exit_code = exit::FAILURE;
+        }
+    }
+}
+
+/// The short failure report and email; its own failure is only logged.
+fn report_failure(context: &Context, conn: &mut crate::db::DbConnection, input: &ReportInput) {
+    match nightly_report::publish(context, conn, input, false) {
+        Ok((_, files, delivery)) => eprintln!("{}", nightly_report::describe(&files, &delivery)),
+        Err(error) => eprintln!(
+            "cpsync: the failure report could not be sent: {}",
+            super::one_line_chain(&error)
+        ),
+    }
 }
 
 fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -> TaskOutcome {

@@ -1,0 +1,186 @@
+//! The nightly run's report step: fills a `report::RunReport` from the run's
+//! result and the database (labels only for the students and fees the
+//! report names, the 30-run trend), writes the files (owner-only) and sends
+//! the email, or writes it as an `.eml` when no SMTP server is configured.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDateTime;
+
+use super::Context;
+use crate::db::discrepancies::Outcome;
+use crate::db::{genesis, runs, DbConnection};
+use crate::domain::{FeeId, StudentId};
+use crate::reconcile::{Discrepancy, Reconciliation, Scope};
+use crate::report::email::{deliver_report, Delivery};
+use crate::report::{
+    self, describe_scope, named_ids, trend_from_runs, FailedCorrection, FeeLabel, Phase,
+    ReportFiles, RunReport, StudentLabel, Verdict,
+};
+use crate::sync::nightly::NightlyResult;
+use crate::sync::utc_now;
+
+/// What a run leaves for the report, whether it finished or failed.
+pub struct ReportInput<'a> {
+    pub run_id: i64,
+    pub started_at: NaiveDateTime,
+    pub dry_run: bool,
+    pub scope: &'a Scope,
+    pub result: Option<&'a NightlyResult>,
+    pub error: Option<String>,
+}
+
+/// Builds, writes and mails the report; returns where it went.
+pub fn publish(
+    context: &Context,
+    conn: &mut DbConnection,
+    input: &ReportInput,
+    resend: bool,
+) -> anyhow::Result<(RunReport, ReportFiles, Delivery)> {
+    let report = build(context, conn, input)?;
+    let files = report::write_report_files(&context.config.reports.dir, &report)?;
+    let delivery = deliver_report(
+        conn,
+        &report,
+        &files,
+        context.config.smtp.as_ref(),
+        &context.config.reports,
+        resend,
+        utc_now(),
+    )?;
+    Ok((report, files, delivery))
+}
+
+fn build(
+    context: &Context,
+    conn: &mut DbConnection,
+    input: &ReportInput,
+) -> anyhow::Result<RunReport> {
+    let reconciliation = input
+        .result
+        .map(|r| r.reconciliation.clone())
+        .unwrap_or_else(empty_reconciliation);
+    let (corrected, failed) = outcomes(input.result);
+    let verdict = match input.error {
+        Some(_) => Verdict::Failed,
+        None => Verdict::from_reconciliation(&reconciliation, failed.len()),
+    };
+    let (student_ids, fee_ids) = named_ids(&reconciliation.discrepancies);
+    let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), 31)?);
+    Ok(RunReport {
+        district: context.config.district_name().to_string(),
+        run_id: input.run_id,
+        started_at: input.started_at,
+        finished_at: utc_now(),
+        dry_run: input.dry_run,
+        verdict,
+        scope_text: describe_scope(input.scope),
+        phases: input
+            .result
+            .map(|r| {
+                r.phases
+                    .iter()
+                    .map(|(name, ms)| Phase {
+                        name: name.clone(),
+                        elapsed_ms: *ms,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        reconciliation,
+        corrected,
+        failed_corrections: failed,
+        trend,
+        students: student_labels(conn, &student_ids)?,
+        schools: genesis::load_schools(conn)?
+            .into_iter()
+            .map(|s| (s.code, s.name))
+            .collect(),
+        fees: fee_labels(conn, &fee_ids)?,
+        error: input.error.clone(),
+    })
+}
+
+fn empty_reconciliation() -> Reconciliation {
+    Reconciliation {
+        discrepancies: Vec::new(),
+        accounting: Default::default(),
+        totals: Default::default(),
+    }
+}
+
+fn outcomes(result: Option<&NightlyResult>) -> (Vec<Discrepancy>, Vec<FailedCorrection>) {
+    let Some(result) = result else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut corrected = Vec::new();
+    let mut failed = Vec::new();
+    for (discrepancy, (outcome, error)) in result
+        .reconciliation
+        .discrepancies
+        .iter()
+        .zip(&result.outcomes)
+    {
+        match outcome {
+            Outcome::Corrected => corrected.push(discrepancy.clone()),
+            Outcome::Failed => failed.push(FailedCorrection {
+                discrepancy: discrepancy.clone(),
+                error: error.clone().unwrap_or_default(),
+            }),
+            Outcome::NeedsReview | Outcome::Planned => {}
+        }
+    }
+    (corrected, failed)
+}
+
+fn student_labels(
+    conn: &mut DbConnection,
+    ids: &std::collections::BTreeSet<StudentId>,
+) -> anyhow::Result<BTreeMap<StudentId, StudentLabel>> {
+    let ids: Vec<StudentId> = ids.iter().copied().collect();
+    let mut labels = BTreeMap::new();
+    for chunk in ids.chunks(genesis::INSERT_BATCH_ROWS) {
+        for student in genesis::load_students_by_ids(conn, chunk)?.records {
+            labels.insert(
+                student.id,
+                StudentLabel {
+                    name: format!("{} {}", student.first_name, student.last_name),
+                    school: student.school,
+                },
+            );
+        }
+    }
+    Ok(labels)
+}
+
+fn fee_labels(
+    conn: &mut DbConnection,
+    ids: &std::collections::BTreeSet<FeeId>,
+) -> anyhow::Result<BTreeMap<FeeId, FeeLabel>> {
+    let ids: Vec<FeeId> = ids.iter().copied().collect();
+    Ok(genesis::load_fees_by_ids(conn, &ids)?
+        .records
+        .iter()
+        .map(|f| (f.id, FeeLabel::of(f)))
+        .collect())
+}
+
+/// One line for the terminal about where the report and email went.
+pub fn describe(files: &ReportFiles, delivery: &Delivery) -> String {
+    let mail = match delivery {
+        Delivery::Sent { recipients, .. } => format!("emailed to {}", recipients.join(", ")),
+        Delivery::AlreadySent { sent_at, .. } => format!(
+            "already emailed{}",
+            sent_at.map(|t| format!(" at {t} UTC")).unwrap_or_default()
+        ),
+        Delivery::WrittenEml { path, .. } => {
+            format!("email written to {} (no SMTP configured)", path.display())
+        }
+    };
+    format!(
+        "report {}\n  exceptions CSV {}\n  summary {}\n  {mail}",
+        files.html.display(),
+        files.csv.display(),
+        files.json.display()
+    )
+}
