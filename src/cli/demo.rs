@@ -145,7 +145,11 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         4,
         "Preflight, then Send Fees: every fee dated on or after the cutoff goes to Community Pass",
     );
-    cpsync(&["preflight", "--out", &dir.join("preflight").display().to_string()])?;
+    cpsync(&[
+        "preflight",
+        "--out",
+        &dir.join("preflight").display().to_string(),
+    ])?;
     cpsync(&["send-fees"])?;
     step.end();
 
@@ -202,7 +206,10 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         dir.display()
     );
     println!("  database  {}", dir.join("demo.db").display());
-    println!("  reports   {} (HTML report, exceptions CSV, summary JSON, email .eml)", dir.join("reports").display());
+    println!(
+        "  reports   {} (HTML report, exceptions CSV, summary JSON, email .eml)",
+        dir.join("reports").display()
+    );
     println!("  preflight {}", dir.join("preflight").display());
     println!("  export    {}", dir.join("export").display());
     println!(
