@@ -70,9 +70,28 @@ fn end_state(world: &World) -> (BTreeMap<&'static str, u64>, i64, i64) {
     (counts_by_kind(&after.reconciliation), posted, distinct)
 }
 
-fn nightly_binary(world: &World, crash_after: Option<u64>) -> std::process::ExitStatus {
+/// A config whose report folder is a private temporary one.
+fn report_config(reports: &std::path::Path) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    use std::io::Write;
+    writeln!(
+        file,
+        "district = \"Crash Test SD\"\n[reports]\ndir = \"{}\"",
+        reports.display()
+    )
+    .unwrap();
+    file
+}
+
+fn nightly_binary(
+    world: &World,
+    crash_after: Option<u64>,
+    config: &std::path::Path,
+) -> std::process::ExitStatus {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cpsync"));
     command
+        .arg("--config")
+        .arg(config)
         .args([
             "--database-url",
             &world.db.url_text,
@@ -91,17 +110,27 @@ fn nightly_binary(world: &World, crash_after: Option<u64>) -> std::process::Exit
 }
 
 fn crash_at_every_write(backend: Backend) {
+    let reports = tempfile::tempdir().unwrap();
+    let config = report_config(&reports.path().join("reports"));
+    let config = config.path();
     let reference = World::new(backend, 40, 9);
     drift(&reference);
-    assert!(nightly_binary(&reference, None).code().is_some());
+    assert!(nightly_binary(&reference, None, config).code().is_some());
     let expected = end_state(&reference);
+    let written = std::fs::read_dir(reports.path().join("reports"))
+        .unwrap()
+        .count();
+    assert!(
+        written >= 4,
+        "report HTML, CSV, JSON and .eml written ({written})"
+    );
     assert!(expected.1 > 0);
 
     let mut crashes = 0;
     for k in 1.. {
         let world = World::new(backend, 40, 9);
         drift(&world);
-        let first = nightly_binary(&world, Some(k));
+        let first = nightly_binary(&world, Some(k), config);
         if first.code().is_some() {
             // The run finished before reaching write k: every write point was tried.
             assert_eq!(
@@ -112,7 +141,7 @@ fn crash_at_every_write(backend: Backend) {
             break;
         }
         crashes += 1;
-        let second = nightly_binary(&world, None);
+        let second = nightly_binary(&world, None, config);
         assert!(
             second.code().is_some(),
             "{backend:?}: the re-run after a crash at write {k} finished"
