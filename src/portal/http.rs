@@ -199,7 +199,13 @@ impl HttpPortal {
                 },
             )?;
         authorization.set_sensitive(true);
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        if base.scheme() == "http" {
+            // Plain http is only ever loopback: skip loading the system's
+            // trust store (tens of milliseconds per process start).
+            builder = builder.tls_certs_only(Vec::new());
+        }
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
