@@ -174,7 +174,7 @@ fn default_remote_dir() -> String {
 /// The parser's message with where it happened: the line and the key on it,
 /// never the value (a misplaced secret must not end up in an error).
 fn parse_reason(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().to_string();
+    let message = without_quoted_value(error.message());
     let Some(span) = error.span() else {
         return message;
     };
@@ -186,6 +186,17 @@ fn parse_reason(text: &str, error: &toml::de::Error) -> String {
             format!("line {line_number}, key {:?}: {message}", key.trim())
         }
         _ => format!("line {line_number}: {message}"),
+    }
+}
+
+/// serde quotes the offending value (`invalid type: string "…", expected
+/// u16`); that value may be a secret put in the wrong place, so it is cut.
+fn without_quoted_value(message: &str) -> String {
+    match (message.find(" \""), message.rfind('"')) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{}", &message[..start], &message[end + 1..])
+        }
+        _ => message.to_string(),
     }
 }
 

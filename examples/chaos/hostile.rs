@@ -116,7 +116,8 @@ fn walk_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// Checks no CSV cell starts like a formula, and counts the hostile names
+/// Checks no CSV cell starts like a formula or holds control characters
+/// (other than tab and line breaks), and counts the hostile names
 /// that reached the export handled: neutralised with a `'` when they start
 /// like a formula, verbatim (CSV is data) when they do not.
 fn neutralised_cells(text: &str, result: &mut ScenarioResult) -> u64 {
@@ -132,11 +133,23 @@ fn neutralised_cells(text: &str, result: &mut ScenarioResult) -> u64 {
                     .violations
                     .push(format!("an export cell starts like a formula: {cell:?}"));
             }
+            if cell
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
+            {
+                result
+                    .violations
+                    .push(format!("an export cell holds control characters: {cell:?}"));
+            }
             for (index, hostile) in HOSTILE_NAMES.iter().enumerate() {
-                let expected = if hostile.starts_with(FORMULA_TRIGGERS) {
-                    format!("'{hostile}")
+                let clean: String = hostile
+                    .chars()
+                    .filter(|c| !c.is_control() || matches!(c, '\t' | '\r' | '\n'))
+                    .collect();
+                let expected = if clean.starts_with(FORMULA_TRIGGERS) {
+                    format!("'{clean}")
                 } else {
-                    hostile.to_string()
+                    clean
                 };
                 if cell == expected {
                     handled.insert(index);
