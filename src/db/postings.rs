@@ -308,14 +308,19 @@ pub fn list_unprocessed(
         .collect())
 }
 
-/// The unresolved parked transactions as vendor records, to retry.
-/// Malformed records are not retried; a payload that no longer reads is
+/// The most parked transactions one pull retries (oldest first); the rest
+/// wait for the next pull, so a long backlog cannot make one run unbounded.
+pub const PARKED_RETRY_MAX: i64 = 10_000;
+
+/// The unresolved parked transactions as vendor records, to retry (at most
+/// `PARKED_RETRY_MAX`, oldest first). Malformed records are not retried; a payload that no longer reads is
 /// skipped with a warning (it stays listed for the office).
 pub fn parked_txns(conn: &mut DbConnection) -> Result<Vec<VendorTxn>, DbError> {
     let payloads: Vec<(String, String)> = cp_unprocessed::table
         .filter(cp_unprocessed::resolved_at.is_null())
         .filter(cp_unprocessed::kind.ne(MALFORMED_KIND))
         .order(cp_unprocessed::first_seen_at)
+        .limit(PARKED_RETRY_MAX)
         .select((cp_unprocessed::vendor_txn_id, cp_unprocessed::payload))
         .load(conn)?;
     Ok(payloads
