@@ -171,6 +171,35 @@ fn default_remote_dir() -> String {
     ".".to_string()
 }
 
+/// The parser's message with where it happened: the line and the key on it,
+/// never the value (a misplaced secret must not end up in an error).
+fn parse_reason(text: &str, error: &toml::de::Error) -> String {
+    let message = without_quoted_value(error.message());
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_number = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_number - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains('[') => {
+            format!("line {line_number}, key {:?}: {message}", key.trim())
+        }
+        _ => format!("line {line_number}: {message}"),
+    }
+}
+
+/// serde quotes the offending value (`invalid type: string "…", expected
+/// u16`); that value may be a secret put in the wrong place, so it is cut.
+fn without_quoted_value(message: &str) -> String {
+    match (message.find(" \""), message.rfind('"')) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{}", &message[..start], &message[end + 1..])
+        }
+        _ => message.to_string(),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -185,7 +214,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            reason: e.message().to_string(),
+            reason: parse_reason(text, &e),
         })?;
         config.validate(path)?;
         Ok(config)
@@ -264,6 +293,18 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = parse("[database]\nurl = 'x.db'\nuser = 'a'\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_line_and_key_but_not_the_value() {
+        let text = "[smtp]\nhost = 'h'\nport = 'secret-looking-value'\ntls = 'none'\nfrom = 'a@b'\nto = ['c']\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("line 3, key \"port\""), "{err}");
+        assert!(!err.contains("secret-looking-value"), "{err}");
+        let err = parse("[smtp]\npassword = 'hunter2'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

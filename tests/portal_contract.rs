@@ -347,19 +347,22 @@ fn canned_server(body: &'static str) -> String {
     format!("http://{address}")
 }
 
+/// One transaction with a malformed amount does not fail its page: it is
+/// set aside, named, with the reason, and the page's cursor still advances.
 #[test]
-fn a_malformed_amount_is_a_protocol_error_naming_the_record() {
+fn a_malformed_amount_is_rejected_naming_the_record() {
     let body = r#"{"items":[{"id":"TXN77","sequence":1,"genesis_fee_id":5,"vendor_fee_id":"CPF5","student_id":3,"kind":"payment","amount":"12.345","method":"card","occurred_at":"2024-09-01T08:00:00","reverses":null}],"next_after":1,"has_more":false}"#;
     let portal = client(&canned_server(body), TEST_KEY, 0, 100);
-    let error = portal.transactions_page(TxnScope::All, 0).unwrap_err();
-    match &error {
-        PortalError::Protocol { record, detail } => {
-            assert_eq!(record, "transaction TXN77");
-            assert!(detail.contains("12.345"), "{detail}");
-        }
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
-    assert_no_key(&error);
+    let page = portal.transactions_page(TxnScope::All, 0).unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.next_after, 1);
+    let [rejected] = page.rejected.as_slice() else {
+        panic!("one rejected record: {:?}", page.rejected);
+    };
+    assert_eq!(rejected.record, "transaction TXN77");
+    assert_eq!(rejected.id.as_deref(), Some("TXN77"));
+    assert!(rejected.reason.contains("12.345"), "{}", rejected.reason);
+    assert!(!rejected.reason.contains(TEST_KEY));
 }
 
 #[test]

@@ -41,22 +41,26 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                "get-payments: {} fetched, {} posted, {} already posted, {} unprocessed (see cpsync unprocessed), {} amounts locked{}",
+                "get-payments: {} fetched, {} posted, {} already posted, {} unprocessed (see cpsync unprocessed), {} malformed (parked), {} amounts locked{}",
                 report.fetched,
                 report.posted,
                 report.already_posted,
                 report.parked,
+                report.rejected,
                 report.amounts_locked,
                 match (report.cursor_from, report.cursor_to) {
                     (Some(from), Some(to)) => format!("; cursor {from} -> {to}"),
                     _ => String::new(),
                 }
             );
+                for problem in &report.problems {
+                    println!("  {problem}");
+                }
             }
             let mut outcome = TaskOutcome::succeeded(&report, report.fetched);
             outcome.counts.matched = report.already_posted as i64;
             outcome.counts.corrected = report.posted as i64;
-            outcome.counts.needs_review = report.parked as i64;
+            outcome.counts.needs_review = (report.parked + report.rejected) as i64;
             Ok(outcome)
         },
     )

@@ -151,6 +151,31 @@ pub fn record_push_outcome(
     Ok(())
 }
 
+/// Records the vendor id of a fee whose push was sent (its intent is
+/// recorded) but whose answer never was (the run was cut off). Returns
+/// whether the link changed; a link already acknowledged is left alone.
+pub fn adopt_vendor_id(
+    conn: &mut DbConnection,
+    fee_id: FeeId,
+    vendor_fee_id: &str,
+    run_id: i64,
+    now: NaiveDateTime,
+) -> Result<bool, DbError> {
+    let changed = diesel::update(
+        cp_fee_links::table
+            .find(fee_id.0)
+            .filter(cp_fee_links::vendor_fee_id.is_null())
+            .filter(cp_fee_links::last_idempotency_key.is_not_null()),
+    )
+    .set((
+        cp_fee_links::vendor_fee_id.eq(vendor_fee_id),
+        cp_fee_links::first_sent_at.eq(now),
+        cp_fee_links::last_run_id.eq(run_id),
+    ))
+    .execute(conn)?;
+    Ok(changed > 0)
+}
+
 /// Marks fees' amounts read-only because Community Pass applied a payment.
 /// Returns the fees newly locked (an existing lock is left as it was).
 pub fn lock_amounts(

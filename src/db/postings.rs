@@ -14,12 +14,13 @@ use super::schema::{cp_unprocessed, fee_transactions};
 use super::{DbConnection, DbError};
 use crate::domain::{FeeId, StudentId, TxnKind, TxnSource, VendorTxn, VendorTxnId};
 use crate::money::Money;
+use crate::portal::RejectedRecord;
 
-/// `treat_none_as_default_value = false`: a `None` note is written as NULL,
-/// so SQLite gets one multi-row `INSERT .. ON CONFLICT DO NOTHING RETURNING`.
-/// With DEFAULT-able values diesel inserts SQLite batches row by row and
-/// fails with `NotFound` on the first row already posted — every re-pull
-/// (`--student`, `--guardian`, or two pulls racing) would fail.
+/// The `kind` of a parked record that could not even be read (it breaks the
+/// contract); such rows are shown to the office, never retried as postings.
+pub const MALFORMED_KIND: &str = "malformed";
+
+/// One Community Pass transaction as a Genesis row (`None` notes are NULL).
 #[derive(Insertable)]
 #[diesel(table_name = fee_transactions, treat_none_as_default_value = false)]
 struct PostingRow<'a> {
@@ -78,7 +79,7 @@ pub fn post(
     let mut inserted: Vec<VendorTxnId> = Vec::new();
     for chunk in postings.chunks(super::genesis::INSERT_BATCH_ROWS) {
         let rows: Vec<PostingRow> = chunk.iter().map(|(f, t)| posting_row(*f, t)).collect();
-        inserted.extend(insert_new_rows(conn, &rows)?);
+        inserted.extend(insert_new(conn, &rows)?.into_iter().map(VendorTxnId));
     }
     let inserted_set: HashSet<&VendorTxnId> = inserted.iter().collect();
     let entries: Vec<AuditEntry> = postings
@@ -101,35 +102,35 @@ pub fn post(
     Ok(inserted)
 }
 
-/// Inserts the rows whose vendor id is new; returns those ids. PostgreSQL
-/// does it in one statement (`ON CONFLICT DO NOTHING RETURNING` yields only
-/// the rows inserted); SQLite row by row, since diesel runs a batch insert
-/// with RETURNING there as one statement per row and a skipped row would
-/// read as an error.
-fn insert_new_rows(
-    conn: &mut DbConnection,
-    rows: &[PostingRow],
-) -> Result<Vec<VendorTxnId>, DbError> {
+/// Inserts the rows whose vendor id Genesis does not hold yet; returns the
+/// vendor ids inserted. PostgreSQL does it in one statement with RETURNING.
+/// SQLite cannot: diesel runs a batch with RETURNING there as one
+/// single-row statement each, and a row skipped by ON CONFLICT DO NOTHING
+/// returns nothing, which diesel reports as "Record not found" (a pull that
+/// met one already-posted transaction failed whole). So on SQLite each row
+/// is inserted on its own and counted (SQLite has one writer at a time, so
+/// the count is exact inside the caller's transaction).
+fn insert_new(conn: &mut DbConnection, rows: &[PostingRow]) -> Result<Vec<String>, DbError> {
     match conn {
-        DbConnection::Pg(pg) => {
+        DbConnection::Pg(c) => {
             let ids: Vec<Option<String>> = diesel::insert_into(fee_transactions::table)
                 .values(rows)
                 .on_conflict(fee_transactions::vendor_txn_id)
                 .do_nothing()
                 .returning(fee_transactions::vendor_txn_id)
-                .get_results(pg)?;
-            Ok(ids.into_iter().flatten().map(VendorTxnId).collect())
+                .get_results(c)?;
+            Ok(ids.into_iter().flatten().collect())
         }
-        DbConnection::Sqlite(sqlite) => {
+        DbConnection::Sqlite(c) => {
             let mut ids = Vec::new();
             for row in rows {
                 let count = diesel::insert_into(fee_transactions::table)
                     .values(row)
                     .on_conflict(fee_transactions::vendor_txn_id)
                     .do_nothing()
-                    .execute(sqlite)?;
+                    .execute(c)?;
                 if count == 1 {
-                    ids.push(VendorTxnId(row.vendor_txn_id.to_string()));
+                    ids.push(row.vendor_txn_id.to_string());
                 }
             }
             Ok(ids)
@@ -207,6 +208,57 @@ pub fn park(
     Ok(())
 }
 
+/// The id a malformed record is parked under: its own when readable, else
+/// one derived from its content (the same record parks once).
+pub fn malformed_id(record: &RejectedRecord) -> String {
+    match &record.id {
+        Some(id) => id.clone(),
+        None => {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(record.raw.as_bytes());
+            format!("malformed-{}", &crate::portal::hex(&digest)[..24])
+        }
+    }
+}
+
+/// Parks records that break the contract, with the reason and the record as
+/// received, so the office sees them (`kind` = `MALFORMED_KIND`, amount 0).
+pub fn park_malformed(
+    conn: &mut DbConnection,
+    records: &[RejectedRecord],
+    run_id: Option<i64>,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    for record in records {
+        let id = malformed_id(record);
+        let reason = format!("malformed record: {}", record.reason);
+        let refreshed = diesel::update(cp_unprocessed::table.find(&id))
+            .set((
+                cp_unprocessed::reason.eq(&reason),
+                cp_unprocessed::last_seen_at.eq(now),
+                cp_unprocessed::run_id.eq(run_id),
+            ))
+            .execute(conn)?;
+        if refreshed > 0 {
+            continue;
+        }
+        crate::with_backend!(conn, |c| diesel::insert_into(cp_unprocessed::table)
+            .values((
+                cp_unprocessed::vendor_txn_id.eq(&id),
+                cp_unprocessed::kind.eq(MALFORMED_KIND),
+                cp_unprocessed::amount_cents.eq(0_i64),
+                cp_unprocessed::occurred_at.eq(now),
+                cp_unprocessed::reason.eq(&reason),
+                cp_unprocessed::payload.eq(&record.raw),
+                cp_unprocessed::first_seen_at.eq(now),
+                cp_unprocessed::last_seen_at.eq(now),
+                cp_unprocessed::run_id.eq(run_id),
+            ))
+            .on_conflict_do_nothing()
+            .execute(c))?;
+    }
+    Ok(())
+}
+
 /// Marks parked transactions resolved (they have now been posted).
 pub fn resolve(
     conn: &mut DbConnection,
@@ -257,23 +309,31 @@ pub fn list_unprocessed(
         .collect())
 }
 
-/// The unresolved parked transactions as vendor records, to retry.
+/// The most parked transactions one pull retries (oldest first); the rest
+/// wait for the next pull, so a long backlog cannot make one run unbounded.
+pub const PARKED_RETRY_MAX: i64 = 10_000;
+
+/// The unresolved parked transactions as vendor records, to retry (at most
+/// `PARKED_RETRY_MAX`, oldest first). Malformed records are not retried; a payload that no longer reads is
+/// skipped with a warning (it stays listed for the office).
 pub fn parked_txns(conn: &mut DbConnection) -> Result<Vec<VendorTxn>, DbError> {
     let payloads: Vec<(String, String)> = cp_unprocessed::table
         .filter(cp_unprocessed::resolved_at.is_null())
+        .filter(cp_unprocessed::kind.ne(MALFORMED_KIND))
         .order(cp_unprocessed::first_seen_at)
+        .limit(PARKED_RETRY_MAX)
         .select((cp_unprocessed::vendor_txn_id, cp_unprocessed::payload))
         .load(conn)?;
-    payloads
+    Ok(payloads
         .into_iter()
-        .map(|(id, payload)| {
-            serde_json::from_str(&payload).map_err(|e| DbError::InvalidRow {
-                table: "cp_unprocessed",
-                key: id,
-                reason: e.to_string(),
-            })
+        .filter_map(|(id, payload)| match serde_json::from_str(&payload) {
+            Ok(txn) => Some(txn),
+            Err(error) => {
+                tracing::warn!(vendor_txn_id = %id, %error, "a parked transaction no longer reads; left for the office");
+                None
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Whether a posting of this kind applies a payment (and so locks the amount).

@@ -10,13 +10,29 @@ use super::ExportError;
 /// The first characters a spreadsheet treats as the start of a formula.
 const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
-/// The cell as written: unchanged, or prefixed with `'` if it could be
-/// taken for a formula.
+/// Control characters a cell may keep: tab and line breaks (RFC 4180
+/// quoting carries them). Every other one (NUL, ESC, BEL, DEL, C1) is
+/// dropped: they truncate fields in some readers and drive terminals.
+fn kept_control(c: char) -> bool {
+    matches!(c, '\t' | '\r' | '\n')
+}
+
+/// The cell as written: control characters other than tab and line breaks
+/// dropped, then prefixed with `'` if it could be taken for a formula.
 pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    let cell: Cow<'_, str> = if cell.chars().any(|c| c.is_control() && !kept_control(c)) {
+        Cow::Owned(
+            cell.chars()
+                .filter(|c| !c.is_control() || kept_control(*c))
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(cell)
+    };
     if cell.starts_with(FORMULA_TRIGGERS) {
         Cow::Owned(format!("'{cell}"))
     } else {
-        Cow::Borrowed(cell)
+        cell
     }
 }
 
@@ -90,6 +106,14 @@ mod tests {
         for cell in ["", "Ann", "555-0100", "a=b", "O'Brien"] {
             assert_eq!(neutralise(cell), cell);
         }
+    }
+
+    #[test]
+    fn control_characters_are_dropped_before_the_formula_check() {
+        assert_eq!(neutralise("Ann\u{0}x"), "Annx");
+        assert_eq!(neutralise("Lee\u{1b}[31m\u{7}"), "Lee[31m");
+        assert_eq!(neutralise("\u{1b}=cmd"), "'=cmd");
+        assert_eq!(neutralise("two\nlines\tand tab"), "two\nlines\tand tab");
     }
 
     #[test]

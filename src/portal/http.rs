@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    CommunityPass, ConnectionCheck, Page, PortalError, RetryCause, RetryCounter, RetryStats,
-    TxnPage, TxnScope, UpsertOutcome, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+    CommunityPass, ConnectionCheck, Page, PortalError, RejectedRecord, RetryCause, RetryCounter,
+    RetryStats, TxnPage, TxnScope, UpsertOutcome, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+    RAW_RECORD_CHARS_MAX,
 };
-use crate::domain::{FeeId, FeePush, PatronBalance, StudentId, UnmanagedFee, VendorFee};
+use crate::domain::{FeeId, FeePush, PatronBalance, StudentId, UnmanagedFee, VendorFee, VendorTxn};
 use crate::secret::Secret;
 
 /// The most retries of one request, whatever the policy says.
@@ -35,6 +36,13 @@ const ERROR_MESSAGE_CHARS_MAX: usize = 300;
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// The request header carrying the idempotency key.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// The largest answer body read (a full page of 1,000 records is well
+/// under 1 MiB); a larger one is a protocol error, not an allocation.
+pub const RESPONSE_BYTES_MAX: u64 = 8 << 20;
+/// The longest id (transaction or vendor fee) accepted from the vendor.
+pub const VENDOR_ID_CHARS_MAX: usize = 64;
+/// The longest payment method text accepted from the vendor.
+pub const METHOD_CHARS_MAX: usize = 64;
 
 /// Installs the `ring` rustls crypto provider once per process. reqwest is
 /// built with `rustls-no-provider`, so a TLS client needs this first.
@@ -285,7 +293,7 @@ impl HttpPortal {
         let response = request.send().map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response_body(response).map_err(|e| self.transport_error(&e))?;
+        let body = self.response_body(record, response)?;
         if status.is_success() {
             return Ok(Answer { headers, body });
         }
@@ -430,8 +438,51 @@ impl HttpPortal {
     }
 }
 
-fn response_body(response: Response) -> Result<bytes::Bytes, reqwest::Error> {
-    response.bytes()
+impl HttpPortal {
+    /// Reads the body, at most `RESPONSE_BYTES_MAX` bytes: a larger answer
+    /// is final (not retried); a connection cut mid-body is retried.
+    fn response_body(&self, record: &str, response: Response) -> Result<bytes::Bytes, Failure> {
+        use std::io::Read;
+        let too_large = || Failure {
+            error: PortalError::protocol(
+                record,
+                format!(
+                    "the answer is larger than RESPONSE_BYTES_MAX = {RESPONSE_BYTES_MAX} bytes"
+                ),
+            ),
+            cause: None,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > RESPONSE_BYTES_MAX)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let read = response.take(RESPONSE_BYTES_MAX + 1).read_to_end(&mut body);
+        if let Err(error) = read {
+            let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
+            let detail = self.scrub(&error.to_string());
+            return Err(Failure {
+                error: if timed_out {
+                    PortalError::Timeout { detail }
+                } else {
+                    PortalError::Unavailable {
+                        detail: format!("connection failed while reading the answer: {detail}"),
+                    }
+                },
+                cause: Some(if timed_out {
+                    RetryCause::Timeout
+                } else {
+                    RetryCause::Connection
+                }),
+            });
+        }
+        if body.len() as u64 > RESPONSE_BYTES_MAX {
+            return Err(too_large());
+        }
+        Ok(bytes::Bytes::from(body))
+    }
 }
 
 /// Why an HTTP status is worth retrying, or `None` when it is final.
@@ -484,6 +535,67 @@ fn decode_items<T: DeserializeOwned>(
                 .map_err(|e| PortalError::protocol(format!("{kind} {id}"), e.to_string()))
         })
         .collect()
+}
+
+/// Decodes each transaction on its own and checks it against the contract;
+/// a bad one is set aside with its reason and the rest go on.
+fn decode_transactions(items: Vec<Value>) -> (Vec<VendorTxn>, Vec<RejectedRecord>) {
+    let mut good = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for item in items {
+        let id = match item.get("id") {
+            Some(Value::String(text)) if valid_id(text) => Some(text.clone()),
+            _ => None,
+        };
+        let decoded = serde_json::from_value::<VendorTxn>(item.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|txn| check_txn(&txn).map(|()| txn));
+        match decoded {
+            Ok(txn) => good.push(txn),
+            Err(reason) => rejected.push(RejectedRecord {
+                record: format!("transaction {}", record_id(&item, "id")),
+                id,
+                reason,
+                raw: item
+                    .to_string()
+                    .chars()
+                    .take(RAW_RECORD_CHARS_MAX)
+                    .collect(),
+            }),
+        }
+    }
+    (good, rejected)
+}
+
+fn valid_id(text: &str) -> bool {
+    let chars = text.chars().count();
+    (1..=VENDOR_ID_CHARS_MAX).contains(&chars) && !text.chars().any(char::is_control)
+}
+
+/// What the contract asks of a transaction beyond its JSON shape: a
+/// positive amount, and ids and method of bounded length without control
+/// characters (they end up in Genesis text columns).
+fn check_txn(txn: &VendorTxn) -> Result<(), String> {
+    if !txn.amount.is_positive() {
+        return Err(format!("amount {} is not positive", txn.amount));
+    }
+    if !valid_id(&txn.id.0) {
+        return Err(format!(
+            "id must be 1 to {VENDOR_ID_CHARS_MAX} characters without control characters"
+        ));
+    }
+    if !valid_id(&txn.vendor_fee_id) {
+        return Err(format!(
+            "vendor_fee_id must be 1 to {VENDOR_ID_CHARS_MAX} characters without control characters"
+        ));
+    }
+    let method_chars = txn.method.chars().count();
+    if method_chars > METHOD_CHARS_MAX || txn.method.chars().any(char::is_control) {
+        return Err(format!(
+            "method must be at most {METHOD_CHARS_MAX} characters without control characters"
+        ));
+    }
+    Ok(())
 }
 
 fn record_id(item: &Value, id_field: &str) -> String {
@@ -592,10 +704,12 @@ impl CommunityPass for HttpPortal {
             TxnScope::Guardian(id) => query.push(("guardian_id", id.to_string())),
         }
         let raw: RawTxnPage = self.get_json("transaction cursor", "/v1/transactions", &query)?;
+        let (items, rejected) = decode_transactions(raw.items);
         Ok(TxnPage {
-            items: decode_items(raw.items, "transaction", "id")?,
+            items,
             next_after: raw.next_after,
             has_more: raw.has_more,
+            rejected,
         })
     }
 

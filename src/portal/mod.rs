@@ -155,11 +155,38 @@ pub struct Page<T> {
 
 /// One page of the monotonic transaction cursor. `next_after` is the
 /// sequence to ask after next; every item has `sequence <= next_after`.
+/// Items that break the contract are set aside in `rejected`, so one bad
+/// record does not stop the rest of the page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnPage {
     pub items: Vec<VendorTxn>,
     pub next_after: i64,
     pub has_more: bool,
+    #[serde(default)]
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// The most characters of a rejected record kept as received.
+pub const RAW_RECORD_CHARS_MAX: usize = 2_000;
+
+/// A record Community Pass sent that breaks the contract (a malformed
+/// amount, a missing field, an oversized value), kept for the business
+/// office with the reason instead of stopping the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    /// What it is, e.g. `transaction T123`.
+    pub record: String,
+    /// The vendor's id for it, when it carries a readable one.
+    pub id: Option<String>,
+    pub reason: String,
+    /// The record as received, cut to `RAW_RECORD_CHARS_MAX` characters.
+    pub raw: String,
+}
+
+impl std::fmt::Display for RejectedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.record, self.reason)
+    }
 }
 
 /// Whose transactions to read.
@@ -332,6 +359,8 @@ pub struct TxnBatch {
     pub next_after: i64,
     /// Copies the server delivered again (duplicates and redeliveries).
     pub duplicates_dropped: u64,
+    /// Records that break the contract, each once.
+    pub rejected: Vec<RejectedRecord>,
 }
 
 /// Reads every transaction after `after` exactly once, whatever the server
@@ -361,6 +390,7 @@ struct TxnCollector {
     items: Vec<VendorTxn>,
     ids_seen: HashSet<VendorTxnId>,
     duplicates_dropped: u64,
+    rejected: Vec<RejectedRecord>,
 }
 
 impl TxnCollector {
@@ -370,6 +400,7 @@ impl TxnCollector {
             items: Vec::new(),
             ids_seen: HashSet::new(),
             duplicates_dropped: 0,
+            rejected: Vec::new(),
         }
     }
 
@@ -384,6 +415,11 @@ impl TxnCollector {
                     page.next_after
                 ),
             ));
+        }
+        for record in page.rejected {
+            if !self.rejected.contains(&record) {
+                self.rejected.push(record);
+            }
         }
         for txn in page.items {
             if txn.sequence > page.next_after {
@@ -411,6 +447,7 @@ impl TxnCollector {
             items: self.items,
             next_after: self.next_after,
             duplicates_dropped: self.duplicates_dropped,
+            rejected: self.rejected,
         }
     }
 }
@@ -511,6 +548,7 @@ mod tests {
                 items: vec![txn(4), txn(2), txn(3), txn(4)],
                 next_after: 4,
                 has_more: true,
+                rejected: vec![],
             })
             .unwrap();
         assert!(more);
@@ -519,6 +557,7 @@ mod tests {
                 items: vec![txn(5), txn(3)],
                 next_after: 5,
                 has_more: false,
+                rejected: vec![],
             })
             .unwrap();
         assert!(!more);
@@ -536,6 +575,7 @@ mod tests {
             items: vec![],
             next_after: 3,
             has_more: true,
+            rejected: vec![],
         });
         assert!(matches!(stuck, Err(PortalError::Protocol { .. })));
         let mut collector = TxnCollector::new(0);
@@ -543,6 +583,7 @@ mod tests {
             items: vec![txn(9)],
             next_after: 5,
             has_more: false,
+            rejected: vec![],
         });
         assert!(matches!(beyond, Err(PortalError::Protocol { .. })));
     }

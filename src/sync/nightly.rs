@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::push::{push_fees, PushOutcome};
 use super::{Clock, SyncError};
+use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::Outcome;
 use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
@@ -140,22 +141,36 @@ pub fn fetch_snapshots(
     std::thread::scope(|threads| {
         let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
         let genesis = fetch_genesis(conn, scope);
-        let vendor = vendor_reader
+        let (vendor, vendor_rejected) = vendor_reader
             .join()
             .expect("the Community Pass reader does not panic")?;
-        let (genesis, rejected) = genesis?;
+        let (genesis, mut rejected) = genesis?;
+        rejected.extend(vendor_rejected);
         Ok((genesis, vendor, rejected))
     })
 }
 
+/// The vendor's fees and transactions; transactions that break the
+/// contract are left out and named (Get Payments parks them).
 fn fetch_vendor(
     portal: &dyn CommunityPass,
     student: Option<crate::domain::StudentId>,
-) -> Result<VendorSnapshot, SyncError> {
+) -> Result<(VendorSnapshot, Vec<String>), SyncError> {
     let fees = all_fees(portal, student)?;
     let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
-    let txns = transactions_after(portal, txn_scope, 0)?.items;
-    Ok(VendorSnapshot { fees, txns })
+    let batch = transactions_after(portal, txn_scope, 0)?;
+    let rejected = batch
+        .rejected
+        .iter()
+        .map(|r| format!("Community Pass {r}"))
+        .collect();
+    Ok((
+        VendorSnapshot {
+            fees,
+            txns: batch.items,
+        },
+        rejected,
+    ))
 }
 
 fn fetch_genesis(
@@ -197,7 +212,10 @@ pub fn run(
     clock: Clock,
 ) -> Result<NightlyResult, SyncError> {
     let mut timer = Timer::new();
-    let (genesis, vendor, rejected_rows) = fetch_snapshots(conn, portal, &options.scope)?;
+    let (mut genesis, vendor, rejected_rows) = fetch_snapshots(conn, portal, &options.scope)?;
+    if !options.dry_run {
+        adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
+    }
     timer.lap("fetch");
     let policy = setup.policy();
     let reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
@@ -230,6 +248,57 @@ pub fn run(
         rejected_rows,
         retries: portal.retry_stats(),
         remaining_after_apply,
+    })
+}
+
+/// Completes the links of fees Community Pass holds from a push whose
+/// answer was never recorded (the run was killed between sending and
+/// recording): the vendor id is stored and the creation audited, so the
+/// audit trail names every fee the integration created.
+fn adopt_unrecorded_pushes(
+    conn: &mut DbConnection,
+    genesis: &mut GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    run_id: i64,
+    clock: Clock,
+) -> Result<(), SyncError> {
+    let vendor_ids: HashMap<FeeId, &str> = vendor
+        .fees
+        .iter()
+        .map(|f| (f.genesis_fee_id, f.vendor_fee_id.as_str()))
+        .collect();
+    let unrecorded: Vec<(usize, &str)> = genesis
+        .links
+        .iter()
+        .enumerate()
+        .filter(|(_, link)| link.vendor_fee_id.is_none())
+        .filter_map(|(i, link)| vendor_ids.get(&link.fee_id).map(|id| (i, *id)))
+        .collect();
+    if unrecorded.is_empty() {
+        return Ok(());
+    }
+    conn.transaction(|conn| {
+        let now = clock();
+        let mut entries = Vec::new();
+        for (index, vendor_fee_id) in &unrecorded {
+            let link = &mut genesis.links[*index];
+            if links::adopt_vendor_id(conn, link.fee_id, vendor_fee_id, run_id, now)? {
+                link.vendor_fee_id = Some(vendor_fee_id.to_string());
+                entries.push(AuditEntry {
+                    run_id: Some(run_id),
+                    at: now,
+                    side: AuditSide::CommunityPass,
+                    entity: "fee",
+                    entity_id: link.fee_id.to_string(),
+                    action: "created".to_string(),
+                    detail: Some(format!(
+                        "Community Pass holds it as {vendor_fee_id}: created by an earlier push whose answer was never recorded (that run was interrupted)"
+                    )),
+                });
+            }
+        }
+        audit::record(conn, &entries)?;
+        Ok(())
     })
 }
 

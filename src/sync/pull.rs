@@ -34,8 +34,12 @@ pub struct PullReport {
     pub parked: u64,
     pub resolved_from_parked: u64,
     pub amounts_locked: u64,
+    /// Records that broke the contract, parked for the office.
+    pub rejected: u64,
     pub cursor_from: Option<i64>,
     pub cursor_to: Option<i64>,
+    /// Each record not posted, and why (parked or rejected).
+    pub problems: Vec<String>,
 }
 
 /// Pulls and applies transactions for `scope`.
@@ -56,10 +60,15 @@ pub fn get_payments(
     };
     let batch = transactions_after(portal, txn_scope, after)?;
     let mut report = PullReport {
-        fetched: batch.items.len() as u64,
+        fetched: (batch.items.len() + batch.rejected.len()) as u64,
         duplicates_dropped: batch.duplicates_dropped,
+        rejected: batch.rejected.len() as u64,
+        problems: batch.rejected.iter().map(|r| r.to_string()).collect(),
         ..PullReport::default()
     };
+    for record in &batch.rejected {
+        tracing::warn!(%record, "Community Pass sent a record that breaks the contract; parked");
+    }
     let retried = if scope == PullScope::Cursor {
         postings::parked_txns(conn)?
     } else {
@@ -68,6 +77,7 @@ pub fn get_payments(
     let mut txns: Vec<&VendorTxn> = batch.items.iter().chain(retried.iter()).collect();
     dedupe_by_id(&mut txns);
     crate::db::write_transaction(conn, |conn| {
+        postings::park_malformed(conn, &batch.rejected, Some(run_id), clock())?;
         apply(conn, &txns, run_id, clock, &mut report)?;
         if scope == PullScope::Cursor {
             report.cursor_from = Some(after);
@@ -130,5 +140,10 @@ pub fn apply(
     report.resolved_from_parked += postings::resolve(conn, &applied_ids, now)? as u64;
     postings::park(conn, &to_park, Some(run_id), now)?;
     report.parked += to_park.len() as u64;
+    report.problems.extend(
+        to_park
+            .iter()
+            .map(|(txn, reason)| format!("transaction {}: {reason}", txn.id)),
+    );
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! run's corrections. Only eligible fees are sent; a fee whose amount is
 //! locked by a Community Pass payment is never pushed with a new amount.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 use diesel::Connection;
@@ -202,10 +202,15 @@ fn send_all(
 }
 
 /// Records what Community Pass acknowledged, with one audit row per push.
+/// A fee whose link has a vendor id was acknowledged before; the first
+/// acknowledgement of any other is its creation, even when Community Pass
+/// answers "updated" (an earlier push created it and was cut off before its
+/// answer was recorded).
 fn record_outcomes(
     conn: &mut DbConnection,
     sent: &[(FeePush, String)],
     results: &[Result<UpsertOutcome, PortalError>],
+    acknowledged: &HashSet<FeeId>,
     run_id: i64,
     now: NaiveDateTime,
 ) -> Result<Vec<PushOutcome>, SyncError> {
@@ -216,7 +221,8 @@ fn record_outcomes(
             match result {
                 Ok(outcome) => {
                     links::record_push_outcome(conn, push, outcome, run_id, now)?;
-                    entries.push(push_audit(push, outcome, run_id, now));
+                    let first = !acknowledged.contains(&push.genesis_fee_id);
+                    entries.push(push_audit(push, outcome, first, run_id, now));
                     outcomes.push(PushOutcome::Pushed {
                         created: outcome.created,
                         replayed: outcome.replayed,
@@ -233,27 +239,34 @@ fn record_outcomes(
 fn push_audit(
     push: &FeePush,
     outcome: &UpsertOutcome,
+    first_acknowledgement: bool,
     run_id: i64,
     now: NaiveDateTime,
 ) -> AuditEntry {
+    let late = first_acknowledgement && !outcome.created;
     AuditEntry {
         run_id: Some(run_id),
         at: now,
         side: AuditSide::CommunityPass,
         entity: "fee",
         entity_id: push.genesis_fee_id.to_string(),
-        action: if outcome.created {
+        action: if outcome.created || late {
             "created"
         } else {
             "updated"
         }
         .to_string(),
         detail: Some(format!(
-            "amount ${}, Genesis credit ${}, status {}{}",
+            "amount ${}, Genesis credit ${}, status {}{}{}",
             push.amount,
             push.genesis_credit,
             push.status,
-            if outcome.replayed { " (replayed)" } else { "" }
+            if outcome.replayed { " (replayed)" } else { "" },
+            if late {
+                " (created by an earlier push whose answer was never recorded)"
+            } else {
+                ""
+            }
         )),
     }
 }
@@ -290,9 +303,16 @@ pub fn push_fees(
             Err(outcome) => decided.push((*fee_id, Some(outcome))),
         }
     }
+    let acknowledged: HashSet<FeeId> = context
+        .links
+        .values()
+        .filter(|link| link.was_sent())
+        .map(|link| link.fee_id)
+        .collect();
     record_intents(conn, &to_send, run_id)?;
     let results = send_all(portal, &to_send);
-    let mut sent_outcomes = record_outcomes(conn, &to_send, &results, run_id, clock())?.into_iter();
+    let mut sent_outcomes =
+        record_outcomes(conn, &to_send, &results, &acknowledged, run_id, clock())?.into_iter();
     let mut report = PushReport::default();
     let mut outcomes = Vec::with_capacity(decided.len());
     for (fee_id, outcome) in decided {

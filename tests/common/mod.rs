@@ -3,6 +3,7 @@
 //! provides; without it the PostgreSQL tests fail loudly instead of skipping.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod world;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,365 @@
+//! The invariants checked once a scenario has finished with the faults off.
+//! Each check reads both sides directly (the database tables and the
+//! vendor's own listings), not the engine's summaries, so it cannot agree
+//! with the engine by construction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use diesel::prelude::*;
+
+use cpsync::db::schema::{
+    cp_audit_log, cp_fee_links, cp_runs, cp_unprocessed, fee_transactions, student_fees,
+};
+use cpsync::domain::{TxnKind, VendorFee, VendorTxn};
+use cpsync::money::Money;
+use cpsync::portal::{all_unmanaged_fees, transactions_after, CommunityPass, TxnScope, PAGES_MAX};
+
+use crate::tally::ScenarioResult;
+use crate::world::World;
+
+/// One Genesis row posted from a vendor transaction.
+#[derive(Debug, Queryable)]
+struct Posting {
+    fee_id: i64,
+    kind: String,
+    amount_cents: i64,
+    source: String,
+    vendor_txn_id: Option<String>,
+}
+
+/// One audit row.
+#[derive(Debug, Queryable)]
+struct Audit {
+    run_id: Option<i64>,
+    side: String,
+    entity_id: String,
+    action: String,
+    detail: Option<String>,
+}
+
+/// Everything the checks read, once.
+struct Sides {
+    vendor_txns: Vec<VendorTxn>,
+    vendor_fees: Vec<VendorFee>,
+    unmanaged_fees: usize,
+    genesis_fees: HashSet<i64>,
+    postings: Vec<Posting>,
+    parked: HashSet<String>,
+    links: HashMap<i64, Option<String>>,
+    audit: Vec<Audit>,
+    runs: HashSet<i64>,
+}
+
+/// Every vendor fee page, without the client's deduplication: a fee the
+/// vendor holds twice must show up here.
+fn raw_vendor_fees(world: &World) -> anyhow::Result<Vec<VendorFee>> {
+    let mut fees = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..PAGES_MAX {
+        let page = world.portal.fees_page(None, cursor.as_deref())?;
+        fees.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(fees),
+        }
+    }
+    anyhow::bail!("the vendor fee listing has more than {PAGES_MAX} pages")
+}
+
+fn read_sides(world: &World) -> anyhow::Result<Sides> {
+    let mut conn = world.connect()?;
+    let postings = fee_transactions::table
+        .select((
+            fee_transactions::fee_id,
+            fee_transactions::kind,
+            fee_transactions::amount_cents,
+            fee_transactions::source,
+            fee_transactions::vendor_txn_id,
+        ))
+        .load::<Posting>(&mut conn)?;
+    let parked = cp_unprocessed::table
+        .filter(cp_unprocessed::resolved_at.is_null())
+        .select(cp_unprocessed::vendor_txn_id)
+        .load::<String>(&mut conn)?;
+    let links = cp_fee_links::table
+        .select((cp_fee_links::fee_id, cp_fee_links::vendor_fee_id))
+        .load::<(i64, Option<String>)>(&mut conn)?;
+    let audit = cp_audit_log::table
+        .filter(cp_audit_log::entity.eq("fee"))
+        .select((
+            cp_audit_log::run_id,
+            cp_audit_log::side,
+            cp_audit_log::entity_id,
+            cp_audit_log::action,
+            cp_audit_log::detail,
+        ))
+        .load::<Audit>(&mut conn)?;
+    Ok(Sides {
+        vendor_txns: transactions_after(&world.portal, TxnScope::All, 0)?.items,
+        vendor_fees: raw_vendor_fees(world)?,
+        unmanaged_fees: all_unmanaged_fees(&world.portal)?.len(),
+        genesis_fees: student_fees::table
+            .select(student_fees::id)
+            .load::<i64>(&mut conn)?
+            .into_iter()
+            .collect(),
+        postings,
+        parked: parked.into_iter().collect(),
+        links: links.into_iter().collect(),
+        audit,
+        runs: cp_runs::table
+            .select(cp_runs::id)
+            .load::<i64>(&mut conn)?
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// Runs every check; violations go into `result`.
+pub fn all(
+    world: &World,
+    final_nightly: serde_json::Value,
+    result: &mut ScenarioResult,
+) -> anyhow::Result<()> {
+    let sides = read_sides(world)?;
+    result.vendor_txns_checked = sides.vendor_txns.len() as u64;
+    result.vendor_fees_checked = sides.vendor_fees.len() as u64;
+    let mut found = Vec::new();
+    posted_exactly_once(&sides, &mut found);
+    no_fee_created_twice(&sides, &mut found);
+    vendor_conservation(&sides, &mut found);
+    genesis_agrees_in_dollars(&sides, &mut found);
+    audit_complete(&sides, &mut found);
+    if final_nightly["status"] == "failed" {
+        found.push(format!(
+            "the final nightly failed: {}",
+            final_nightly["failures"]
+        ));
+    }
+    result.violations.extend(found);
+    Ok(())
+}
+
+/// Every vendor transaction whose fee exists in Genesis is posted once, on
+/// that fee, with its kind and amount; the others are parked, not lost;
+/// nothing is posted that the vendor does not have.
+fn posted_exactly_once(sides: &Sides, found: &mut Vec<String>) {
+    let mut by_vendor_id: HashMap<&str, Vec<&Posting>> = HashMap::new();
+    for posting in &sides.postings {
+        if let Some(id) = &posting.vendor_txn_id {
+            by_vendor_id.entry(id).or_default().push(posting);
+        }
+    }
+    for (id, postings) in &by_vendor_id {
+        if postings.len() > 1 {
+            found.push(format!(
+                "vendor transaction {id} posted {} times",
+                postings.len()
+            ));
+        }
+    }
+    let vendor_ids: HashSet<&str> = sides.vendor_txns.iter().map(|t| t.id.0.as_str()).collect();
+    for id in by_vendor_id.keys().filter(|id| !vendor_ids.contains(*id)) {
+        found.push(format!(
+            "Genesis holds vendor transaction {id}, which the vendor does not have"
+        ));
+    }
+    for txn in &sides.vendor_txns {
+        let Some(fee) = txn.genesis_fee_id else {
+            continue;
+        };
+        let postings = by_vendor_id
+            .get(txn.id.0.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        match postings {
+            [] if sides.genesis_fees.contains(&fee.0) => found.push(format!(
+                "vendor {} {} on fee {fee} was never posted",
+                txn.kind, txn.id
+            )),
+            [] if !sides.parked.contains(&txn.id.0) => found.push(format!(
+                "vendor {} {} on fee {fee} (not in Genesis) is neither posted nor parked",
+                txn.kind, txn.id
+            )),
+            [] => {}
+            [posting, ..] => {
+                let same = posting.fee_id == fee.0
+                    && posting.kind == txn.kind.as_str()
+                    && posting.amount_cents == txn.amount.cents()
+                    && posting.source == "community_pass";
+                if !same {
+                    found.push(format!(
+                        "vendor {} {} posted as {posting:?}",
+                        txn.kind, txn.id
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The vendor holds each Genesis fee once, and it is the one the link names.
+fn no_fee_created_twice(sides: &Sides, found: &mut Vec<String>) {
+    let mut genesis_ids = HashSet::new();
+    let mut vendor_ids = HashSet::new();
+    for fee in &sides.vendor_fees {
+        if !genesis_ids.insert(fee.genesis_fee_id) {
+            found.push(format!(
+                "the vendor holds Genesis fee {} twice",
+                fee.genesis_fee_id
+            ));
+        }
+        if !vendor_ids.insert(fee.vendor_fee_id.clone()) {
+            found.push(format!("vendor fee id {} appears twice", fee.vendor_fee_id));
+        }
+        match sides.links.get(&fee.genesis_fee_id.0) {
+            Some(Some(linked)) if *linked == fee.vendor_fee_id => {}
+            other => found.push(format!(
+                "fee {} is {} in Community Pass but its link says {other:?}",
+                fee.genesis_fee_id, fee.vendor_fee_id
+            )),
+        }
+    }
+    // The parents' activity adds one unmanaged fee and one duplicate; the
+    // engine never creates unmanaged fees.
+    if sides.unmanaged_fees > 2 {
+        found.push(format!(
+            "{} unmanaged fees, expected at most 2",
+            sides.unmanaged_fees
+        ));
+    }
+}
+
+/// Sums of a fee's transactions by kind.
+fn sums_by_kind<'t>(txns: impl Iterator<Item = (i64, &'t str, i64)>) -> BTreeMap<i64, [i64; 4]> {
+    let mut sums: BTreeMap<i64, [i64; 4]> = BTreeMap::new();
+    for (fee, kind, cents) in txns {
+        let slot = match kind {
+            "payment" => 0,
+            "waiver" => 1,
+            "refund" => 2,
+            "reversal" => 3,
+            _ => continue,
+        };
+        sums.entry(fee).or_default()[slot] += cents;
+    }
+    sums
+}
+
+fn vendor_sums(sides: &Sides) -> BTreeMap<i64, [i64; 4]> {
+    sums_by_kind(sides.vendor_txns.iter().filter_map(|t| {
+        t.genesis_fee_id
+            .map(|fee| (fee.0, t.kind.as_str(), t.amount.cents()))
+    }))
+}
+
+/// Per fee on the vendor side: its totals are the sums of its transaction
+/// log, and amount − credit − payments − waivers + refunds + reversals =
+/// balance.
+fn vendor_conservation(sides: &Sides, found: &mut Vec<String>) {
+    let sums = vendor_sums(sides);
+    for fee in &sides.vendor_fees {
+        let [paid, waived, refunded, reversed] =
+            sums.get(&fee.genesis_fee_id.0).copied().unwrap_or_default();
+        let totals = [fee.paid, fee.waived, fee.refunded, fee.reversed].map(Money::cents);
+        if totals != [paid, waived, refunded, reversed] {
+            found.push(format!(
+                "vendor fee {} totals {totals:?} differ from its transaction log {:?}",
+                fee.genesis_fee_id,
+                [paid, waived, refunded, reversed]
+            ));
+        }
+        let identity =
+            fee.amount - fee.genesis_credit - fee.paid - fee.waived + fee.refunded + fee.reversed;
+        if identity != fee.balance {
+            found.push(format!(
+                "vendor fee {}: amount − credit − paid − waived + refunded + reversed = {identity}, balance {}",
+                fee.genesis_fee_id, fee.balance
+            ));
+        }
+    }
+}
+
+/// Per fee still in Genesis, the Community Pass money posted there, kind by
+/// kind, is the money the vendor's log holds: no payment lost or doubled.
+fn genesis_agrees_in_dollars(sides: &Sides, found: &mut Vec<String>) {
+    let vendor = vendor_sums(sides);
+    let genesis = sums_by_kind(
+        sides
+            .postings
+            .iter()
+            .filter(|p| p.source == "community_pass")
+            .map(|p| (p.fee_id, p.kind.as_str(), p.amount_cents)),
+    );
+    for (fee, sums) in &vendor {
+        if !sides.genesis_fees.contains(fee) {
+            continue;
+        }
+        let posted = genesis.get(fee).copied().unwrap_or_default();
+        if posted != *sums {
+            found.push(format!(
+                "fee {fee}: Community Pass money in Genesis {posted:?} (payments, waivers, refunds, reversals), vendor {sums:?}"
+            ));
+        }
+    }
+}
+
+/// Each posted vendor transaction and each fee the vendor holds has its
+/// audit row, with the id of a recorded run.
+fn audit_complete(sides: &Sides, found: &mut Vec<String>) {
+    let with_run = |a: &&Audit| a.run_id.is_some_and(|id| sides.runs.contains(&id));
+    let audited_postings: HashSet<(&str, &str)> = sides
+        .audit
+        .iter()
+        .filter(with_run)
+        .filter(|a| a.side == "genesis" && a.action.starts_with("posted_"))
+        .filter_map(|a| {
+            Some((
+                a.entity_id.as_str(),
+                posted_vendor_id(a.detail.as_deref()?)?,
+            ))
+        })
+        .collect();
+    for posting in &sides.postings {
+        let Some(id) = &posting.vendor_txn_id else {
+            continue;
+        };
+        let fee = posting.fee_id.to_string();
+        if !audited_postings.contains(&(fee.as_str(), id.as_str())) {
+            found.push(format!(
+                "posting of vendor transaction {id} on fee {fee} has no audit row with a run id"
+            ));
+        }
+    }
+    let created: HashSet<&str> = sides
+        .audit
+        .iter()
+        .filter(with_run)
+        .filter(|a| a.side == "community_pass" && a.action == "created")
+        .map(|a| a.entity_id.as_str())
+        .collect();
+    for fee in &sides.vendor_fees {
+        if !created.contains(fee.genesis_fee_id.to_string().as_str()) {
+            found.push(format!(
+                "fee {} exists in Community Pass but no audit row records its creation",
+                fee.genesis_fee_id
+            ));
+        }
+    }
+}
+
+/// The vendor transaction id in a posting's audit detail
+/// (`Community Pass payment ID of $...`).
+fn posted_vendor_id(detail: &str) -> Option<&str> {
+    let rest = detail.strip_prefix("Community Pass ")?;
+    let kinds = [
+        TxnKind::Payment,
+        TxnKind::Waiver,
+        TxnKind::Refund,
+        TxnKind::Reversal,
+    ];
+    let rest = kinds
+        .iter()
+        .find_map(|k| rest.strip_prefix(k.as_str()))?
+        .trim_start();
+    rest.split_whitespace().next()
+}

@@ -1,0 +1,138 @@
+//! The chaos campaign (`scripts/chaos`): seeded scenarios that run the real
+//! `cpsync` binary against the simulator with random faults, SIGKILL it at
+//! random points, run tasks at the same time, then let it finish with the
+//! faults off and check the invariants a district relies on: every vendor
+//! transaction posted exactly once, no fee created twice, conservation on
+//! both sides, a further nightly with nothing to do, a complete audit trail,
+//! and no secret in anything the campaign wrote. Any failure names the seed
+//! that replays the scenario (`scripts/chaos --scenarios 1 --seed S`).
+//!
+//! Usage: `chaos --bin target/release/cpsync [--scenarios N] [--seed S]
+//! [--jobs J] [--database-url postgres://...] [--pg-every K] [--keep]`.
+
+mod checks;
+mod engine;
+mod hostile;
+mod scenario;
+mod secrets;
+mod tally;
+mod world;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+
+use tally::Tally;
+
+/// The most scenarios one campaign runs.
+const SCENARIOS_MAX: u64 = 100_000;
+/// The most scenarios run at once.
+const JOBS_MAX: usize = 16;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "chaos",
+    about = "cpsync chaos campaign: faults, kills, invariants"
+)]
+pub struct Args {
+    /// The cpsync binary under test.
+    #[arg(long, env = "CPSYNC_BIN")]
+    bin: PathBuf,
+    /// How many scenarios to run.
+    #[arg(long, default_value_t = 200)]
+    scenarios: u64,
+    /// The seed of the first scenario; scenario i uses seed + i.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Scenarios run at once (each has its own database and simulator).
+    #[arg(long, default_value_t = 3)]
+    jobs: usize,
+    /// A PostgreSQL server (admin URL) for a share of the scenarios.
+    #[arg(long, env = "CPSYNC_TEST_PG_URL")]
+    database_url: Option<String>,
+    /// With a PostgreSQL server: every K-th scenario runs on it.
+    #[arg(long, default_value_t = 4)]
+    pg_every: u64,
+    /// Where scenario folders go (default: a new temporary folder).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep every scenario folder (by default only failing ones are kept).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("chaos: error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        (1..=SCENARIOS_MAX).contains(&args.scenarios),
+        "--scenarios must be 1..={SCENARIOS_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=JOBS_MAX).contains(&args.jobs),
+        "--jobs must be 1..={JOBS_MAX}"
+    );
+    anyhow::ensure!(args.pg_every >= 1, "--pg-every must be at least 1");
+    let bin = args.bin.canonicalize()?;
+    let work = world::work_dir(args.work_dir.as_deref())?;
+    let started = Instant::now();
+    let tally = Mutex::new(Tally::default());
+    let next = AtomicU64::new(0);
+    std::thread::scope(|threads| {
+        // The one-off probes wait out real retries: they run beside the scenarios.
+        threads.spawn(|| {
+            if let Err(error) = hostile::campaign_probes(&bin, &work, &tally) {
+                let mut tally = tally.lock().expect("tally lock");
+                tally.violation(format!("the probes could not run: {error:#}"));
+            }
+        });
+        for _ in 0..args.jobs.min(args.scenarios as usize) {
+            threads.spawn(|| worker(args, &bin, &work, &next, &tally));
+        }
+    });
+    let tally = tally
+        .into_inner()
+        .expect("no worker panicked holding the tally");
+    tally.print(started.elapsed(), &work);
+    if tally.clean() && !args.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(tally.clean())
+}
+
+fn worker(
+    args: &Args,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+    next: &AtomicU64,
+    tally: &Mutex<Tally>,
+) {
+    loop {
+        let index = next.fetch_add(1, Ordering::SeqCst);
+        if index >= args.scenarios {
+            return;
+        }
+        let seed = args.seed + index;
+        let pg = args
+            .database_url
+            .as_deref()
+            .filter(|_| index % args.pg_every == args.pg_every - 1);
+        let result = scenario::run(seed, bin, work, pg, args.keep);
+        let mut tally = tally.lock().expect("tally lock");
+        tally.absorb(seed, result);
+        tally.progress(args.scenarios);
+    }
+}

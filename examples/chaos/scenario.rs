@@ -1,0 +1,422 @@
+//! One seeded scenario: a random small district, random vendor faults, the
+//! engine killed at random points of send-fees, get-payments, nightly apply
+//! and export, tasks run at the same time while parents and office staff
+//! keep working, then a finish with the faults off and the invariant checks.
+
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use diesel::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use cpsync::domain::VendorFeeStatus;
+use cpsync::portal::all_fees;
+use cpsync::scenario::{drive_parents, inject_genesis_drift, SentFee};
+use cpsync::sim::model::{FeeRef, ParentAction};
+use cpsync::sim::FaultConfig;
+use cpsync::sync::nightly::CRASH_AFTER_WRITES_ENV;
+
+use crate::engine::{tail, Ended, Running};
+use crate::tally::ScenarioResult;
+use crate::world::World;
+
+/// Kill delays are drawn from 0 to this many milliseconds after the start.
+const KILL_WINDOW_MS: u64 = 900;
+/// Killed send-fees runs before the first complete one.
+const SEND_KILLS_MAX: u32 = 3;
+/// Rounds of tasks running at the same time.
+const CONCURRENT_ROUNDS_MAX: u32 = 3;
+/// Office and parent actions made while a round runs.
+const LIVE_ACTIONS_MAX: usize = 6;
+/// The first id of fees the office adds during a scenario.
+const NEW_FEE_ID_FIRST: i64 = 9_000_001;
+/// The most nightly writes `CPSYNC_CRASH_AFTER_WRITES` aborts after.
+const CRASH_WRITE_MAX: u32 = 4;
+
+/// Runs scenario `seed`; a harness error counts as a violation.
+pub fn run(
+    seed: u64,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+    pg_admin: Option<&str>,
+    keep: bool,
+) -> ScenarioResult {
+    let started = Instant::now();
+    let mut result = ScenarioResult {
+        backend: if pg_admin.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        ..ScenarioResult::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6368_616f_735f_7631);
+    let dir = match World::build(seed, &mut rng, bin, work, pg_admin) {
+        Ok(world) => {
+            let dir = world.dir.clone();
+            if let Err(error) = Scenario::new(&world, rng, &mut result).play() {
+                result
+                    .violations
+                    .push(format!("the scenario could not complete: {error:#}"));
+            }
+            result.child_runs = world.engine.runs();
+            Some(dir)
+        }
+        Err(error) => {
+            result
+                .violations
+                .push(format!("the scenario could not start: {error:#}"));
+            None
+        }
+    };
+    result.elapsed = started.elapsed();
+    let clean = result.violations.is_empty() && result.secrets_found.is_empty();
+    if let (Some(dir), true, false) = (dir, clean, keep) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+/// Random but bounded vendor faults for one scenario.
+fn random_faults(rng: &mut ChaCha8Rng) -> FaultConfig {
+    FaultConfig {
+        latency_ms: rng.gen_range(0..=4),
+        latency_spike_rate: rng.gen_range(0.0..0.03),
+        // Longer than the client's request timeout (1 or 2 s): a timeout.
+        latency_spike_ms: 2_300,
+        error_5xx_rate: rng.gen_range(0.0..0.15),
+        rate_limit_burst_rate: rng.gen_range(0.0..0.04),
+        rate_limit_burst_len: rng.gen_range(1..=4),
+        retry_after_secs: rng.gen_range(0..=1),
+        drop_rate: rng.gen_range(0.0..0.08),
+        duplicate_rate: rng.gen_range(0.0..0.6),
+        reorder_rate: rng.gen_range(0.0..0.6),
+    }
+}
+
+struct Scenario<'a> {
+    world: &'a World,
+    rng: ChaCha8Rng,
+    result: &'a mut ScenarioResult,
+    faults: FaultConfig,
+    sent: Vec<SentFee>,
+    next_fee_id: i64,
+    watch_available: bool,
+}
+
+impl<'a> Scenario<'a> {
+    fn new(world: &'a World, mut rng: ChaCha8Rng, result: &'a mut ScenarioResult) -> Self {
+        let faults = random_faults(&mut rng);
+        Scenario {
+            world,
+            rng,
+            result,
+            faults,
+            sent: Vec::new(),
+            next_fee_id: NEW_FEE_ID_FIRST,
+            watch_available: false,
+        }
+    }
+
+    fn play(mut self) -> anyhow::Result<()> {
+        self.world.setup()?;
+        self.watch_available = self.world.engine.run(&["watch", "--help"])?.code == Some(0);
+        self.world.admin.set_faults(&self.faults)?;
+        self.send_fees_under_kills()?;
+        self.parents_and_drift()?;
+        let rounds = self.rng.gen_range(1..=CONCURRENT_ROUNDS_MAX);
+        for _ in 0..rounds {
+            self.concurrent_round()?;
+        }
+        self.world.admin.set_faults(&FaultConfig::default())?;
+        let stats = self.world.sim.stats();
+        self.result.faults = stats.faults;
+        self.result.vendor_requests = stats.requests;
+        let final_run = self.finish()?;
+        crate::hostile::check_handled(self.world, &final_run, self.result)?;
+        crate::checks::all(self.world, final_run, self.result)?;
+        self.lock_refuses_a_second_nightly()?;
+        crate::secrets::scan(self.world, self.result)?;
+        Ok(())
+    }
+
+    fn kill_delay(&mut self) -> Duration {
+        Duration::from_millis(self.rng.gen_range(0..=KILL_WINDOW_MS))
+    }
+
+    /// Looks at how a run under faults ended: crashes are violations,
+    /// failures and lock refusals are counted.
+    fn observe(&mut self, ended: &Ended, what: &'static str, abort_expected: bool) {
+        if let Some(crash) = ended.crashed(abort_expected) {
+            self.result.violations.push(crash);
+        }
+        if ended.killed || (abort_expected && ended.signal == Some(6)) {
+            *self.result.kills.entry(what).or_default() += 1;
+        }
+        match ended.code {
+            Some(1) => self.result.failed_under_faults += 1,
+            Some(4) => self.result.lock_refusals += 1,
+            Some(0) | Some(3) | None => {}
+            Some(other) => self.result.violations.push(format!(
+                "{} exited {other}: {}",
+                ended.label,
+                tail(&ended.stderr)
+            )),
+        }
+    }
+
+    fn send_fees_under_kills(&mut self) -> anyhow::Result<()> {
+        let kills = self.rng.gen_range(0..=SEND_KILLS_MAX);
+        for _ in 0..kills {
+            let delay = self.kill_delay();
+            let ended = self
+                .world
+                .engine
+                .spawn(&["send-fees"], &[])?
+                .wait(Some(delay))?;
+            self.observe(&ended, "send-fees", false);
+        }
+        let ended = self.world.engine.run(&["send-fees"])?;
+        self.observe(&ended, "send-fees", false);
+        Ok(())
+    }
+
+    /// Parents pay, refund, waive and bounce checks; office staff edit,
+    /// add fees and take office payments whose pushes are lost.
+    fn parents_and_drift(&mut self) -> anyhow::Result<()> {
+        self.world.admin.set_faults(&FaultConfig::default())?;
+        self.sent = all_fees(&self.world.portal, None)?
+            .iter()
+            .filter(|f| f.status == VendorFeeStatus::Open && f.balance == f.amount)
+            .filter(|f| f.balance.is_positive())
+            .map(|f| SentFee {
+                fee_id: f.genesis_fee_id,
+                student_id: f.student_id,
+                amount: f.balance,
+            })
+            .collect();
+        let start = NaiveDate::from_ymd_opt(2026, 9, 1)
+            .and_then(|d| d.and_hms_opt(8, 0, 0))
+            .expect("a valid date");
+        drive_parents(&self.world.admin, &self.sent, self.world.seed, start)?;
+        let mut conn = self.world.connect()?;
+        let count = self.rng.gen_range(1..=3).min(self.sent.len() / 3);
+        if count > 0 {
+            inject_genesis_drift(&mut conn, &self.sent, count, self.next_fee_id)?;
+            self.next_fee_id += count as i64;
+        }
+        crate::hostile::genesis_rows(&mut conn, self.world, &mut self.rng, self.result)?;
+        self.world.admin.set_faults(&self.faults)?;
+        Ok(())
+    }
+
+    /// Starts one task of a round, maybe to be killed.
+    fn start(
+        &mut self,
+        args: &[&str],
+        what: &'static str,
+        kill_chance: f64,
+    ) -> anyhow::Result<(Running, Option<Duration>, &'static str, bool)> {
+        let crash = what == "nightly" && self.rng.gen_bool(0.3);
+        let env: Vec<(&str, String)> = if crash {
+            let k = self.rng.gen_range(1..=CRASH_WRITE_MAX);
+            vec![(CRASH_AFTER_WRITES_ENV, k.to_string())]
+        } else {
+            Vec::new()
+        };
+        let kill = (!crash && self.rng.gen_bool(kill_chance)).then(|| self.kill_delay());
+        let running = self.world.engine.spawn(args, &env)?;
+        Ok((
+            running,
+            kill,
+            if crash {
+                "nightly (crash after write k)"
+            } else {
+                what
+            },
+            crash,
+        ))
+    }
+
+    fn random_ids(&mut self) -> anyhow::Result<(i64, i64)> {
+        use cpsync::db::schema::student_guardians::dsl::*;
+        let mut conn = self.world.connect()?;
+        let pairs: Vec<(i64, i64)> = student_guardians
+            .select((student_id, guardian_id))
+            .load(&mut conn)?;
+        let (student, guardian) = *pairs
+            .choose(&mut self.rng)
+            .ok_or_else(|| anyhow::anyhow!("the district has no guardian links"))?;
+        let other = pairs.choose(&mut self.rng).map_or(guardian, |p| p.1);
+        Ok((student, other))
+    }
+
+    /// Nightly, pulls (cursor, one student, one guardian), send-fees,
+    /// export and watch at the same time, some killed, while parents and
+    /// office staff keep working.
+    fn concurrent_round(&mut self) -> anyhow::Result<()> {
+        let (student, guardian) = self.random_ids()?;
+        let (student, guardian) = (student.to_string(), guardian.to_string());
+        let export_dir = self.world.dir.join("export").display().to_string();
+        let mut tasks = vec![
+            self.start(&["nightly"], "nightly", 0.4)?,
+            self.start(&["get-payments"], "get-payments", 0.4)?,
+            self.start(
+                &["get-payments", "--student", &student],
+                "get-payments --student",
+                0.2,
+            )?,
+            self.start(
+                &["get-payments", "--guardian", &guardian],
+                "get-payments --guardian",
+                0.2,
+            )?,
+            self.start(&["send-fees"], "send-fees", 0.3)?,
+            self.start(&["export", "--to", &export_dir], "export", 0.4)?,
+        ];
+        if self.rng.gen_bool(0.3) {
+            tasks.push(self.start(&["nightly"], "nightly", 0.0)?);
+        }
+        if self.watch_available {
+            let mut watch = self.start(&["watch"], "watch", 1.0)?;
+            watch.1 = Some(Duration::from_millis(self.rng.gen_range(300..=2_500)));
+            tasks.push(watch);
+        }
+        let live_seed = self.rng.gen::<u64>();
+        let ended = std::thread::scope(|threads| {
+            let waiting: Vec<_> = tasks
+                .into_iter()
+                .map(|(running, kill, what, crash)| {
+                    threads.spawn(move || (running.wait(kill), what, crash))
+                })
+                .collect();
+            let live = self.live_activity(live_seed);
+            let ended: Vec<_> = waiting
+                .into_iter()
+                .map(|w| w.join().expect("a waiting thread does not panic"))
+                .collect();
+            (ended, live)
+        });
+        let (ended, live) = ended;
+        live?;
+        for (ended, what, crash) in ended {
+            self.observe(&ended?, what, crash);
+        }
+        Ok(())
+    }
+
+    /// What parents and the office do while a round runs: small payments
+    /// in Community Pass, amount edits and new fees in Genesis.
+    fn live_activity(&self, seed: u64) -> anyhow::Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut conn = self.world.connect()?;
+        for _ in 0..rng.gen_range(0..=LIVE_ACTIONS_MAX) {
+            let Some(fee) = self.sent.choose(&mut rng) else {
+                return Ok(());
+            };
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..200)));
+            match rng.gen_range(0..3) {
+                0 => {
+                    // A payment on a fee that may meanwhile be void or paid is refused: fine.
+                    let _ = self.world.admin.act(vec![ParentAction::Payment {
+                        fee: FeeRef::Genesis(fee.fee_id),
+                        amount: Some(cpsync::money::Money::from_cents(rng.gen_range(100..900))),
+                        method: Some("card".to_string()),
+                        occurred_at: None,
+                    }]);
+                }
+                1 => edit_amount(&mut conn, fee.fee_id.0, rng.gen_range(1..500))?,
+                _ => add_fee(&mut conn, fee.fee_id.0, fee.fee_id.0 * 10 + 7_000_000_000)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Faults off: send, pull and reconcile until a nightly has nothing
+    /// left to correct; returns the last nightly's JSON summary.
+    fn finish(&mut self) -> anyhow::Result<serde_json::Value> {
+        let must = |ended: Ended| -> anyhow::Result<Ended> {
+            anyhow::ensure!(
+                ended.succeeded() && ended.crashed(false).is_none(),
+                "with faults off, {} exited {:?}: {}",
+                ended.label,
+                ended.code,
+                tail(&ended.stderr)
+            );
+            Ok(ended)
+        };
+        must(self.world.engine.run(&["send-fees"])?)?;
+        must(self.world.engine.run(&["get-payments"])?)?;
+        must(self.world.engine.run(&["get-balances"])?)?;
+        let first = nightly_json(must(self.world.engine.run(&["nightly", "--json"])?)?)?;
+        if first["counts"]["actions_failed"] != 0 {
+            self.result.violations.push(format!(
+                "the finishing nightly failed actions: {}",
+                first["failures"]
+            ));
+        }
+        let further = nightly_json(must(self.world.engine.run(&["nightly", "--json"])?)?)?;
+        if further["counts"]["corrected"] != 0 || further["counts"]["actions_failed"] != 0 {
+            self.result.violations.push(format!(
+                "a further nightly still had work: {} corrected, {} failed, kinds {}",
+                further["counts"]["corrected"],
+                further["counts"]["actions_failed"],
+                further["discrepancies"]
+            ));
+        }
+        let pulled = must(self.world.engine.run(&["get-payments", "--json"])?)?;
+        let pulled: serde_json::Value = serde_json::from_str(&pulled.stdout)?;
+        if pulled["posted"] != 0 {
+            self.result.violations.push(format!(
+                "get-payments after the finish still posted {}",
+                pulled["posted"]
+            ));
+        }
+        Ok(further)
+    }
+
+    /// Holds the district lock in this process; a nightly must exit 4.
+    fn lock_refuses_a_second_nightly(&mut self) -> anyhow::Result<()> {
+        use cpsync::db::lock::{try_acquire, DISTRICT_LOCK};
+        let now = chrono::Utc::now().naive_utc();
+        let held = try_acquire(&self.world.database, DISTRICT_LOCK, None, now)?
+            .map_err(|holder| anyhow::anyhow!("the lock is still held by {}", holder.holder))?;
+        let ended = self.world.engine.run(&["nightly"])?;
+        drop(held);
+        if ended.code != Some(4) {
+            self.result.violations.push(format!(
+                "a nightly while the lock was held exited {:?}, not 4",
+                ended.code
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nightly_json(ended: Ended) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(&ended.stdout)
+        .map_err(|e| anyhow::anyhow!("{}: its --json output does not parse: {e}", ended.label))
+}
+
+fn edit_amount(conn: &mut cpsync::db::DbConnection, fee: i64, cents: i64) -> anyhow::Result<()> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + {cents} WHERE id = {fee}"
+    ))?;
+    Ok(())
+}
+
+/// A new fee for the same student as `like`, as office staff add one.
+fn add_fee(conn: &mut cpsync::db::DbConnection, like: i64, id: i64) -> anyhow::Result<()> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(&format!(
+        "INSERT INTO student_fees (id, student_id, category_code, school_code, description, amount_cents, \
+         fee_date, due_date, status, created_at, modified_at) \
+         SELECT {id}, student_id, category_code, school_code, 'Library fine', 350, \
+         '2026-11-21', NULL, 'open', '2026-11-21 09:00:00', '2026-11-21 09:00:00' \
+         FROM student_fees WHERE id = {like} AND NOT EXISTS (SELECT 1 FROM student_fees WHERE id = {id})"
+    ))?;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! What a campaign counts, scenario by scenario, and the table it prints.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use cpsync::sim::model::FaultCounts;
+
+/// What one scenario did and found.
+#[derive(Debug, Default)]
+pub struct ScenarioResult {
+    pub backend: &'static str,
+    pub faults: FaultCounts,
+    pub vendor_requests: u64,
+    /// Processes killed while running, by what they were doing.
+    pub kills: BTreeMap<&'static str, u64>,
+    pub child_runs: u64,
+    /// Runs that failed (exit 1) while faults were on: allowed, counted.
+    pub failed_under_faults: u64,
+    /// Runs refused because another held the district lock (exit 4).
+    pub lock_refusals: u64,
+    pub violations: Vec<String>,
+    pub bad_inputs_tried: u64,
+    pub bad_inputs_handled: u64,
+    pub secrets_found: Vec<String>,
+    pub bytes_scanned: u64,
+    pub vendor_txns_checked: u64,
+    pub vendor_fees_checked: u64,
+    pub elapsed: Duration,
+}
+
+/// The campaign's running totals.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub scenarios: u64,
+    pub by_backend: BTreeMap<&'static str, u64>,
+    pub faults: FaultCounts,
+    pub vendor_requests: u64,
+    pub kills: BTreeMap<&'static str, u64>,
+    pub child_runs: u64,
+    pub failed_under_faults: u64,
+    pub lock_refusals: u64,
+    /// `seed S: what` for every violation.
+    pub violations: Vec<String>,
+    pub bad_inputs_tried: u64,
+    pub bad_inputs_handled: u64,
+    pub secrets_found: Vec<String>,
+    pub bytes_scanned: u64,
+    pub vendor_txns_checked: u64,
+    pub vendor_fees_checked: u64,
+    pub slowest: Duration,
+}
+
+fn add_faults(total: &mut FaultCounts, more: &FaultCounts) {
+    total.latency_spikes += more.latency_spikes;
+    total.errors_5xx += more.errors_5xx;
+    total.rate_limited += more.rate_limited;
+    total.dropped += more.dropped;
+    total.duplicated_pages += more.duplicated_pages;
+    total.reordered_pages += more.reordered_pages;
+}
+
+impl Tally {
+    /// Adds one scenario's result.
+    pub fn absorb(&mut self, seed: u64, result: ScenarioResult) {
+        self.scenarios += 1;
+        *self.by_backend.entry(result.backend).or_default() += 1;
+        add_faults(&mut self.faults, &result.faults);
+        self.vendor_requests += result.vendor_requests;
+        for (what, count) in &result.kills {
+            *self.kills.entry(what).or_default() += count;
+        }
+        self.child_runs += result.child_runs;
+        self.failed_under_faults += result.failed_under_faults;
+        self.lock_refusals += result.lock_refusals;
+        for violation in &result.violations {
+            let line = format!(
+                "seed {seed} ({}): {violation}  [replay: scripts/chaos --scenarios 1 --seed {seed}]",
+                result.backend
+            );
+            eprintln!("chaos: VIOLATION {line}");
+            self.violations.push(line);
+        }
+        for found in &result.secrets_found {
+            let line = format!("seed {seed}: {found}");
+            eprintln!("chaos: SECRET {line}");
+            self.secrets_found.push(line);
+        }
+        self.bad_inputs_tried += result.bad_inputs_tried;
+        self.bad_inputs_handled += result.bad_inputs_handled;
+        self.bytes_scanned += result.bytes_scanned;
+        self.vendor_txns_checked += result.vendor_txns_checked;
+        self.vendor_fees_checked += result.vendor_fees_checked;
+        self.slowest = self.slowest.max(result.elapsed);
+    }
+
+    /// Records a violation found outside any scenario (campaign probes).
+    pub fn violation(&mut self, what: String) {
+        eprintln!("chaos: VIOLATION (campaign probe): {what}");
+        self.violations.push(format!("campaign probe: {what}"));
+    }
+
+    pub fn progress(&self, total: u64) {
+        if self.scenarios % 10 == 0 || self.scenarios == total {
+            eprintln!(
+                "chaos: {}/{} scenarios, {} violation(s)",
+                self.scenarios,
+                total,
+                self.violations.len()
+            );
+        }
+    }
+
+    /// No invariant broken and no secret found.
+    pub fn clean(&self) -> bool {
+        self.violations.is_empty() && self.secrets_found.is_empty()
+    }
+
+    /// Prints the campaign table.
+    pub fn print(&self, wall: Duration, work: &Path) {
+        let row = |name: &str, value: String| println!("  {name:<44} {value:>12}");
+        println!("\ncpsync chaos campaign");
+        row("scenarios run", self.scenarios.to_string());
+        for (backend, count) in &self.by_backend {
+            row(&format!("  on {backend}"), count.to_string());
+        }
+        row(
+            "vendor API requests served",
+            self.vendor_requests.to_string(),
+        );
+        println!("  faults injected by kind");
+        let f = &self.faults;
+        row("  5xx answers", f.errors_5xx.to_string());
+        row("  429 answers (in bursts)", f.rate_limited.to_string());
+        row(
+            "  latency spikes (client timeouts)",
+            f.latency_spikes.to_string(),
+        );
+        row("  dropped connections (answer lost)", f.dropped.to_string());
+        row(
+            "  duplicated transaction pages",
+            f.duplicated_pages.to_string(),
+        );
+        row(
+            "  out-of-order transaction pages",
+            f.reordered_pages.to_string(),
+        );
+        row("engine processes run", self.child_runs.to_string());
+        let kills: u64 = self.kills.values().sum();
+        row("engine processes killed mid-run", kills.to_string());
+        for (what, count) in &self.kills {
+            row(&format!("  {what}"), count.to_string());
+        }
+        row(
+            "runs failed under faults (allowed)",
+            self.failed_under_faults.to_string(),
+        );
+        row(
+            "runs refused by the district lock (exit 4)",
+            self.lock_refusals.to_string(),
+        );
+        row(
+            "vendor transactions checked",
+            self.vendor_txns_checked.to_string(),
+        );
+        row("vendor fees checked", self.vendor_fees_checked.to_string());
+        row(
+            "bad inputs tried / handled",
+            format!("{} / {}", self.bad_inputs_tried, self.bad_inputs_handled),
+        );
+        row("bytes scanned for secrets", self.bytes_scanned.to_string());
+        row(
+            "secrets found (must be 0)",
+            self.secrets_found.len().to_string(),
+        );
+        row(
+            "invariant violations (must be 0)",
+            self.violations.len().to_string(),
+        );
+        row(
+            "slowest scenario",
+            format!("{:.1} s", self.slowest.as_secs_f64()),
+        );
+        row("wall time", format!("{:.1} s", wall.as_secs_f64()));
+        for line in self.violations.iter().chain(&self.secrets_found) {
+            println!("  FAILED {line}");
+        }
+        if !self.clean() {
+            println!("  scenario folders kept under {}", work.display());
+        }
+    }
+}
