@@ -3,8 +3,7 @@
 //! on loopback, a config file whose secrets live only in the environment,
 //! and setup done in the handbook's order through the real binary.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -99,15 +98,7 @@ pub fn work_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    Ok(())
+    Ok(cpsync::report::write_private_file(path, text.as_bytes())?)
 }
 
 impl World {
@@ -226,7 +217,7 @@ fn seed_district(database: &DatabaseUrl, students: usize, seed: u64) -> anyhow::
 
 /// Infrastructure config: the simulator, short timeouts (so latency spikes
 /// become client timeouts), and SMTP and SFTP sections whose passwords come
-/// from the environment only (nothing listens on those ports).
+/// from the environment only (nothing listens on the SFTP port).
 fn config_text(dir: &Path, base_url: &str, request_timeout_secs: u64) -> String {
     format!(
         r#"district = "Chaos Township Public Schools"
@@ -239,16 +230,7 @@ request_timeout_secs = {request_timeout_secs}
 [reports]
 dir = "{reports}"
 
-[smtp]
-host = "127.0.0.1"
-port = 9
-tls = "none"
-username = "cpsync"
-password = {{ env = "{SMTP_PASSWORD_ENV}" }}
-from = "cpsync <cpsync@chaos.example>"
-to = ["office@chaos.example"]
-timeout_secs = 1
-
+{smtp}
 [sftp]
 host = "127.0.0.1"
 port = 9
@@ -259,5 +241,20 @@ remote_dir = "/incoming"
 "#,
         reports = dir.join("reports").display(),
         known_hosts = dir.join("known_hosts").display(),
+        smtp = smtp_section(),
     )
+}
+
+/// The report email goes to the suite's SMTP server when `scripts/test`
+/// started one (`CPSYNC_TEST_SMTP_PORT`); otherwise there is no `[smtp]`
+/// section and each report's email is written as an `.eml` file, which the
+/// secret scan reads like every other output.
+fn smtp_section() -> String {
+    match std::env::var("CPSYNC_TEST_SMTP_PORT") {
+        Ok(port) => format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             from = \"cpsync <cpsync@chaos.example>\"\nto = [\"office@chaos.example\"]\ntimeout_secs = 5\n"
+        ),
+        Err(_) => String::new(),
+    }
 }

@@ -6,8 +6,8 @@
 //! get-payments, get-balances, nightly, export. Each step is the same
 //! command a district would run, called in-process.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -250,14 +250,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
+    crate::report::write_private_file(path, text.as_bytes())?;
     Ok(path.to_path_buf())
 }
 
