@@ -77,6 +77,23 @@ impl Money {
         Money::try_from_decimal(value)
     }
 
+    /// Parses a sum of many records (a district's total), which may exceed
+    /// the per-record bound; still at most two places and within ±i64 cents.
+    pub fn parse_total(text: &str) -> Result<Money, MoneyError> {
+        let value = Decimal::from_str(text.trim())
+            .map_err(|_| MoneyError::NotADecimal(text.to_string()))?
+            .normalize();
+        if value.scale() > 2 {
+            return Err(MoneyError::TooManyPlaces(text.to_string()));
+        }
+        if (value * Decimal::ONE_HUNDRED).trunc().to_string().parse::<i64>().is_err() {
+            return Err(MoneyError::OutOfRange(text.to_string()));
+        }
+        let mut exact = value;
+        exact.rescale(2);
+        Ok(Money(exact))
+    }
+
     pub fn decimal(self) -> Decimal {
         self.0
     }
@@ -193,10 +210,34 @@ impl<'de> Deserialize<'de> for Money {
     }
 }
 
+/// Serde for totals over many records (`#[serde(with = "crate::money::total")]`):
+/// the same decimal string, without the per-record bound.
+pub mod total {
+    use super::Money;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Money, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Money::parse_total(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn totals_may_exceed_the_record_bound() {
+        assert!(Money::parse("11049753.80").is_err());
+        assert_eq!(Money::parse_total("11049753.80").unwrap().cents(), 1_104_975_380);
+        assert!(Money::parse_total("1.001").is_err());
+        assert!(Money::parse_total("99999999999999999999.00").is_err());
+    }
 
     #[test]
     fn parses_and_displays_two_places() {

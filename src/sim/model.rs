@@ -219,7 +219,9 @@ pub struct DistrictSummary {
     pub transactions: u64,
     pub patrons: u64,
     pub idempotency_keys: u64,
+    #[serde(with = "crate::money::total")]
     pub total_amount: Money,
+    #[serde(with = "crate::money::total")]
     pub total_balance: Money,
     /// Fees whose balance breaks `amount − genesis_credit − paid − waived +
     /// refunded + reversed` (always 0 unless the simulator has a bug).
