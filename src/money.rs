@@ -86,7 +86,12 @@ impl Money {
         if value.scale() > 2 {
             return Err(MoneyError::TooManyPlaces(text.to_string()));
         }
-        if (value * Decimal::ONE_HUNDRED).trunc().to_string().parse::<i64>().is_err() {
+        if (value * Decimal::ONE_HUNDRED)
+            .trunc()
+            .to_string()
+            .parse::<i64>()
+            .is_err()
+        {
             return Err(MoneyError::OutOfRange(text.to_string()));
         }
         let mut exact = value;
@@ -234,7 +239,10 @@ mod tests {
     #[test]
     fn totals_may_exceed_the_record_bound() {
         assert!(Money::parse("11049753.80").is_err());
-        assert_eq!(Money::parse_total("11049753.80").unwrap().cents(), 1_104_975_380);
+        assert_eq!(
+            Money::parse_total("11049753.80").unwrap().cents(),
+            1_104_975_380
+        );
         assert!(Money::parse_total("1.001").is_err());
         assert!(Money::parse_total("99999999999999999999.00").is_err());
     }
