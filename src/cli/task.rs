@@ -113,6 +113,8 @@ pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<Http
             })?,
     };
     let mut config = HttpPortalConfig::new(base_url, api_key);
+    // Whole-district reads: the largest page the API allows, fewest round trips.
+    config.page_size = crate::portal::PAGE_SIZE_MAX;
     if let Some(section) = section {
         config.connect_timeout = Duration::from_secs(section.connect_timeout_secs);
         config.request_timeout = Duration::from_secs(section.request_timeout_secs);

@@ -17,7 +17,9 @@ use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::Outcome;
 use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
-use crate::portal::{all_fees, transactions_after, CommunityPass, RetryStats, TxnScope};
+use crate::portal::{
+    all_fees, transactions_after, CommunityPass, PortalError, RetryStats, TxnScope,
+};
 use crate::reconcile::{
     check_accounting, check_conservation, reconcile, Action, GenesisSnapshot, Reconciliation,
     Resolution, Scope, VendorSnapshot,
@@ -26,6 +28,9 @@ use crate::setup::SetupState;
 
 /// How many Genesis postings one database transaction carries.
 pub const APPLY_BATCH_MAX: usize = 500;
+
+/// How many fee reads of the verification are in flight at once.
+pub const VERIFY_CONCURRENCY: usize = 8;
 
 /// How many pushes one apply step sends (and records) together.
 pub const PUSH_BATCH_MAX: usize = 200;
@@ -156,9 +161,17 @@ fn fetch_vendor(
     portal: &dyn CommunityPass,
     student: Option<crate::domain::StudentId>,
 ) -> Result<(VendorSnapshot, Vec<String>), SyncError> {
-    let fees = all_fees(portal, student)?;
     let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
-    let batch = transactions_after(portal, txn_scope, 0)?;
+    // The two listings are independent: read them at the same time.
+    let (fees, batch) = std::thread::scope(|threads| {
+        let txn_reader = threads.spawn(move || transactions_after(portal, txn_scope, 0));
+        let fees = all_fees(portal, student);
+        let batch = txn_reader
+            .join()
+            .expect("the transaction reader does not panic");
+        (fees, batch)
+    });
+    let (fees, batch) = (fees?, batch?);
     let rejected = batch
         .rejected
         .iter()
@@ -229,17 +242,20 @@ pub fn run(
         timer.lap("apply");
         outcomes_from(&reconciliation, &results)
     };
+    check_conservation(&reconciliation.totals, &vendor)
+        .map_err(|e| SyncError::Conservation(e.to_string()))?;
     let mut remaining_after_apply = None;
     if !options.dry_run {
-        let (genesis_after, vendor_after, _) = fetch_snapshots(conn, portal, &options.scope)?;
-        let after = reconcile(&genesis_after, &vendor_after, &policy, &options.scope);
-        check_conservation(&after.totals, &vendor_after)
-            .map_err(|e| SyncError::Conservation(e.to_string()))?;
-        remaining_after_apply = Some(after.plan().len());
+        let touched = touched_fees(&reconciliation);
+        remaining_after_apply = Some(verify_touched(
+            conn,
+            portal,
+            &vendor,
+            &touched,
+            setup,
+            &options.scope,
+        )?);
         timer.lap("verify");
-    } else {
-        check_conservation(&reconciliation.totals, &vendor)
-            .map_err(|e| SyncError::Conservation(e.to_string()))?;
     }
     Ok(NightlyResult {
         reconciliation,
@@ -318,6 +334,77 @@ impl ActionKey {
             Action::PushFee { fee_id } => ActionKey::Push(*fee_id),
         }
     }
+}
+
+/// The fees the plan wrote to, on either side.
+fn touched_fees(reconciliation: &Reconciliation) -> Vec<FeeId> {
+    let mut fees: Vec<FeeId> = reconciliation.plan().iter().map(Action::fee_id).collect();
+    fees.sort();
+    fees.dedup();
+    fees
+}
+
+/// Re-reads what the plan touched, from both sides, and proves it: the
+/// Genesis rows from the database, each fee from Community Pass (its
+/// transactions are Community Pass's own and the plan never writes them);
+/// conservation must hold, and the actions still planned are returned (0
+/// unless a write failed or someone changed the fee meanwhile).
+fn verify_touched(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    vendor_before: &VendorSnapshot,
+    touched: &[FeeId],
+    setup: &SetupState,
+    scope: &Scope,
+) -> Result<usize, SyncError> {
+    if touched.is_empty() {
+        return Ok(0);
+    }
+    let fees = genesis::load_fees_by_ids(conn, touched)?.records;
+    let txns = genesis::load_txns_for_fees(conn, touched)?.records;
+    let links = links::load_for(conn, touched)?;
+    let touched_set: std::collections::HashSet<FeeId> = touched.iter().copied().collect();
+    let vendor = VendorSnapshot {
+        fees: fetch_vendor_fees(portal, touched)?,
+        txns: vendor_before
+            .txns
+            .iter()
+            .filter(|t| t.genesis_fee_id.is_some_and(|f| touched_set.contains(&f)))
+            .cloned()
+            .collect(),
+    };
+    let genesis = GenesisSnapshot { fees, txns, links };
+    let after = reconcile(&genesis, &vendor, &setup.policy(), scope);
+    check_conservation(&after.totals, &vendor)
+        .map_err(|e| SyncError::Conservation(e.to_string()))?;
+    Ok(after.plan().len())
+}
+
+/// Each fee as Community Pass now holds it, `VERIFY_CONCURRENCY` reads at a
+/// time; a fee Community Pass does not have is left out.
+fn fetch_vendor_fees(
+    portal: &dyn CommunityPass,
+    ids: &[FeeId],
+) -> Result<Vec<crate::domain::VendorFee>, SyncError> {
+    use rayon::prelude::*;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(VERIFY_CONCURRENCY)
+        .build()
+        .expect("a thread pool of a fixed size builds");
+    let results: Vec<Result<Option<crate::domain::VendorFee>, PortalError>> = pool.install(|| {
+        ids.par_iter()
+            .map(|id| match portal.fee(*id) {
+                Ok(fee) => Ok(Some(fee)),
+                Err(PortalError::NotFound { .. }) => Ok(None),
+                Err(other) => Err(other),
+            })
+            .collect()
+    });
+    let mut fees = Vec::with_capacity(ids.len());
+    for result in results {
+        fees.extend(result?);
+    }
+    Ok(fees)
 }
 
 fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {
