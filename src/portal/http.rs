@@ -16,6 +16,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
@@ -163,13 +164,13 @@ struct ErrorBody {
 /// A page as it arrives, items still undecoded so a bad one can be named.
 #[derive(Debug, Deserialize)]
 struct RawPage {
-    items: Vec<Value>,
+    items: Vec<Box<RawValue>>,
     next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RawTxnPage {
-    items: Vec<Value>,
+    items: Vec<Box<RawValue>>,
     next_after: i64,
     has_more: bool,
 }
@@ -520,51 +521,60 @@ fn decode<T: DeserializeOwned>(record: &str, body: &[u8]) -> Result<T, PortalErr
     serde_json::from_slice(body).map_err(|e| PortalError::protocol(record, e.to_string()))
 }
 
-/// Decodes each item on its own, so a malformed one (a bad amount, a
-/// missing field) is reported with its kind and id.
+/// Decodes each item on its own (straight from its raw JSON text, with no
+/// intermediate tree), so a malformed one is reported with its kind and id.
 fn decode_items<T: DeserializeOwned>(
-    items: Vec<Value>,
+    items: Vec<Box<RawValue>>,
     kind: &str,
     id_field: &str,
 ) -> Result<Vec<T>, PortalError> {
     items
         .into_iter()
         .map(|item| {
-            let id = record_id(&item, id_field);
-            serde_json::from_value(item)
-                .map_err(|e| PortalError::protocol(format!("{kind} {id}"), e.to_string()))
+            serde_json::from_str(item.get()).map_err(|e| {
+                let id = raw_record_id(&item, id_field);
+                PortalError::protocol(format!("{kind} {id}"), e.to_string())
+            })
         })
         .collect()
 }
 
 /// Decodes each transaction on its own and checks it against the contract;
 /// a bad one is set aside with its reason and the rest go on.
-fn decode_transactions(items: Vec<Value>) -> (Vec<VendorTxn>, Vec<RejectedRecord>) {
+fn decode_transactions(items: Vec<Box<RawValue>>) -> (Vec<VendorTxn>, Vec<RejectedRecord>) {
     let mut good = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for item in items {
-        let id = match item.get("id") {
-            Some(Value::String(text)) if valid_id(text) => Some(text.clone()),
-            _ => None,
-        };
-        let decoded = serde_json::from_value::<VendorTxn>(item.clone())
+        let decoded = serde_json::from_str::<VendorTxn>(item.get())
             .map_err(|e| e.to_string())
             .and_then(|txn| check_txn(&txn).map(|()| txn));
         match decoded {
             Ok(txn) => good.push(txn),
-            Err(reason) => rejected.push(RejectedRecord {
-                record: format!("transaction {}", record_id(&item, "id")),
-                id,
-                reason,
-                raw: item
-                    .to_string()
-                    .chars()
-                    .take(RAW_RECORD_CHARS_MAX)
-                    .collect(),
-            }),
+            Err(reason) => rejected.push(rejected_txn(&item, reason)),
         }
     }
     (good, rejected)
+}
+
+/// What is kept of a transaction that breaks the contract (only bad records
+/// are parsed into a tree, to find their id).
+fn rejected_txn(item: &RawValue, reason: String) -> RejectedRecord {
+    let tree: Value = serde_json::from_str(item.get()).unwrap_or(Value::Null);
+    let id = match tree.get("id") {
+        Some(Value::String(text)) if valid_id(text) => Some(text.clone()),
+        _ => None,
+    };
+    RejectedRecord {
+        record: format!("transaction {}", record_id(&tree, "id")),
+        id,
+        reason,
+        raw: item.get().chars().take(RAW_RECORD_CHARS_MAX).collect(),
+    }
+}
+
+fn raw_record_id(item: &RawValue, id_field: &str) -> String {
+    let tree: Value = serde_json::from_str(item.get()).unwrap_or(Value::Null);
+    record_id(&tree, id_field)
 }
 
 fn valid_id(text: &str) -> bool {
@@ -664,7 +674,7 @@ impl CommunityPass for HttpPortal {
 
     fn fee(&self, id: FeeId) -> Result<VendorFee, PortalError> {
         let record = format!("fee {id}");
-        let value: Value = self.get_json(&record, &format!("/v1/fees/{id}"), &[])?;
+        let value: Box<RawValue> = self.get_json(&record, &format!("/v1/fees/{id}"), &[])?;
         let mut fees: Vec<VendorFee> = decode_items(vec![value], "fee", "genesis_fee_id")?;
         fees.pop()
             .ok_or_else(|| PortalError::protocol(record, "empty answer"))
