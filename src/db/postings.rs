@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use super::audit::{self, AuditEntry, AuditSide};
 use super::schema::{cp_unprocessed, fee_transactions};
 use super::{DbConnection, DbError};
-use crate::domain::{FeeId, StudentId, TxnKind, TxnSource, VendorTxn, VendorTxnId};
+use crate::domain::{FeeId, TxnKind, TxnSource, VendorTxn, VendorTxnId};
 use crate::money::Money;
 use crate::portal::RejectedRecord;
 
@@ -339,24 +339,6 @@ pub fn parked_txns(conn: &mut DbConnection) -> Result<Vec<VendorTxn>, DbError> {
 /// Whether a posting of this kind applies a payment (and so locks the amount).
 pub fn locks_amount(kind: TxnKind) -> bool {
     kind == TxnKind::Payment
-}
-
-/// Students that exist in Genesis, of these.
-pub fn existing_students(
-    conn: &mut DbConnection,
-    ids: &[StudentId],
-) -> Result<HashSet<StudentId>, DbError> {
-    use super::schema::students;
-    let mut found = HashSet::new();
-    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
-        let raw: Vec<i64> = chunk.iter().map(|s| s.0).collect();
-        let rows: Vec<i64> = students::table
-            .filter(students::id.eq_any(raw))
-            .select(students::id)
-            .load(conn)?;
-        found.extend(rows.into_iter().map(StudentId));
-    }
-    Ok(found)
 }
 
 /// Fees that exist in Genesis, of these.

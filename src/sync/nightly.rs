@@ -15,7 +15,7 @@ use super::push::{push_fees, PushOutcome};
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::Outcome;
-use crate::db::{genesis, links, postings, DbConnection};
+use crate::db::{genesis, links, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
     all_fees, transactions_after, CommunityPass, PortalError, RetryStats, TxnScope,
@@ -516,17 +516,7 @@ fn post_batch(
     clock: Clock,
 ) -> Result<(), SyncError> {
     conn.transaction(|conn| {
-        let now = clock();
-        let posted = postings::post(conn, batch, Some(run_id), now)?;
-        let posted: std::collections::HashSet<&VendorTxnId> = posted.iter().collect();
-        let locks: Vec<(FeeId, Option<VendorTxnId>)> = batch
-            .iter()
-            .filter(|(_, t)| postings::locks_amount(t.kind) && posted.contains(&t.id))
-            .map(|(f, t)| (*f, Some(t.id.clone())))
-            .collect();
-        links::lock_amounts(conn, &locks, Some(run_id), now)?;
-        let ids: Vec<VendorTxnId> = batch.iter().map(|(_, t)| t.id.clone()).collect();
-        postings::resolve(conn, &ids, now)?;
+        super::pull::post_and_lock(conn, batch, run_id, clock())?;
         Ok(())
     })
 }

@@ -105,6 +105,40 @@ fn unapplicable(txn: &VendorTxn, existing_fees: &HashSet<FeeId>) -> Option<Strin
     }
 }
 
+/// What `post_and_lock` did.
+pub struct Applied {
+    pub posted: usize,
+    pub locked: usize,
+    pub resolved: usize,
+}
+
+/// Posts vendor transactions to their Genesis fees (each vendor id once),
+/// locks the amounts of fees a newly posted payment was applied to, and marks
+/// parked copies resolved. Shared by every pull and the nightly apply; runs
+/// inside the caller's transaction.
+pub fn post_and_lock(
+    conn: &mut DbConnection,
+    to_post: &[(FeeId, &VendorTxn)],
+    run_id: i64,
+    now: chrono::NaiveDateTime,
+) -> Result<Applied, SyncError> {
+    let posted = postings::post(conn, to_post, Some(run_id), now)?;
+    let posted_set: HashSet<&VendorTxnId> = posted.iter().collect();
+    let locks: Vec<(FeeId, Option<VendorTxnId>)> = to_post
+        .iter()
+        .filter(|(_, t)| postings::locks_amount(t.kind) && posted_set.contains(&t.id))
+        .map(|(f, t)| (*f, Some(t.id.clone())))
+        .collect();
+    let locked = links::lock_amounts(conn, &locks, Some(run_id), now)?.len();
+    let ids: Vec<VendorTxnId> = to_post.iter().map(|(_, t)| t.id.clone()).collect();
+    let resolved = postings::resolve(conn, &ids, now)?;
+    Ok(Applied {
+        posted: posted.len(),
+        locked,
+        resolved,
+    })
+}
+
 /// Posts what can be posted, parks the rest, locks paid amounts. Runs inside
 /// the caller's transaction.
 pub fn apply(
@@ -126,18 +160,11 @@ pub fn apply(
             (None, None) => unreachable!("a transaction without a fee is unapplicable"),
         }
     }
-    let posted = postings::post(conn, &to_post, Some(run_id), now)?;
-    report.posted += posted.len() as u64;
-    report.already_posted += (to_post.len() - posted.len()) as u64;
-    let posted_set: HashSet<&VendorTxnId> = posted.iter().collect();
-    let locks: Vec<(FeeId, Option<VendorTxnId>)> = to_post
-        .iter()
-        .filter(|(_, t)| postings::locks_amount(t.kind) && posted_set.contains(&t.id))
-        .map(|(f, t)| (*f, Some(t.id.clone())))
-        .collect();
-    report.amounts_locked += links::lock_amounts(conn, &locks, Some(run_id), now)?.len() as u64;
-    let applied_ids: Vec<VendorTxnId> = to_post.iter().map(|(_, t)| t.id.clone()).collect();
-    report.resolved_from_parked += postings::resolve(conn, &applied_ids, now)? as u64;
+    let applied = post_and_lock(conn, &to_post, run_id, now)?;
+    report.posted += applied.posted as u64;
+    report.already_posted += (to_post.len() - applied.posted) as u64;
+    report.amounts_locked += applied.locked as u64;
+    report.resolved_from_parked += applied.resolved as u64;
     postings::park(conn, &to_park, Some(run_id), now)?;
     report.parked += to_park.len() as u64;
     report.problems.extend(
