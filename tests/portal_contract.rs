@@ -15,8 +15,9 @@ use cpsync::domain::{FeeId, FeePush, FeeStatus, GuardianId, StudentId, VendorFee
 use cpsync::money::Money;
 use cpsync::portal::http::{HttpPortal, HttpPortalConfig, RetryPolicy};
 use cpsync::portal::{
-    all_balances, all_fees, all_unmanaged_fees, idempotency_key, transactions_after, CommunityPass,
-    PortalError, TxnScope,
+    all_balances, all_fees, all_unmanaged_fees, fees_by_ids, fees_where, idempotency_key,
+    transactions_after, transactions_of_fees, CommunityPass, FeeFilter, PortalError, TxnScope,
+    FEE_IDS_PER_REQUEST_MAX,
 };
 use cpsync::secret::Secret;
 use cpsync::sim::{AdminClient, FaultConfig, GenerateSpec, SimConfig, SimHandle, Simulator};
@@ -408,6 +409,80 @@ fn every_listing_pages_completely_with_filters() {
     let guardian = GuardianId(student.0 * 10);
     let guardian_txns = transactions_after(&portal, TxnScope::Guardian(guardian), 0).unwrap();
     assert_eq!(guardian_txns.items, student_txns.items);
+
+    // By fee ids, more than one call's worth: every fee asked for, once.
+    let wanted: Vec<FeeId> = fees
+        .iter()
+        .step_by(5)
+        .map(|fee| fee.genesis_fee_id)
+        .collect();
+    assert!(wanted.len() > FEE_IDS_PER_REQUEST_MAX);
+    let by_id = fees_by_ids(&portal, &wanted).unwrap();
+    let got: Vec<FeeId> = by_id.iter().map(|fee| fee.genesis_fee_id).collect();
+    assert_eq!(got, wanted);
+    let wanted_set: BTreeSet<FeeId> = wanted.iter().copied().collect();
+    let of_fees = transactions_of_fees(&portal, &wanted).unwrap();
+    let expected_txns: Vec<i64> = batch
+        .items
+        .iter()
+        .filter(|txn| {
+            txn.genesis_fee_id
+                .is_some_and(|id| wanted_set.contains(&id))
+        })
+        .map(|txn| txn.sequence)
+        .collect();
+    let got: Vec<i64> = of_fees.items.iter().map(|txn| txn.sequence).collect();
+    assert_eq!(got, expected_txns);
+
+    // Changed since a time: the simulator stamps fees with its clock.
+    let latest = fees.iter().map(|fee| fee.updated_at).max().unwrap();
+    let after_all = latest + chrono::Duration::seconds(1);
+    assert!(fees_where(&portal, FeeFilter::UpdatedSince(after_all))
+        .unwrap()
+        .is_empty());
+    let at_latest = fees_where(&portal, FeeFilter::UpdatedSince(latest)).unwrap();
+    let expected = fees.iter().filter(|fee| fee.updated_at >= latest).count();
+    assert_eq!(at_latest.len(), expected);
+    assert!(!at_latest.is_empty());
+}
+
+/// Malformed filters are refused with 422 naming the parameter, never
+/// answered as if unfiltered.
+#[test]
+fn malformed_listing_filters_are_refused() {
+    let (sim, _admin) = start(4);
+    let http = reqwest::blocking::Client::new();
+    let ask = |query: &str| {
+        let answer = http
+            .get(format!("{}/v1/fees?{query}", sim.base_url()))
+            .bearer_auth(TEST_KEY)
+            .send()
+            .unwrap();
+        (answer.status().as_u16(), answer.text().unwrap())
+    };
+    for query in [
+        "genesis_fee_ids=",
+        "genesis_fee_ids=1,,2",
+        "genesis_fee_ids=0",
+        "genesis_fee_ids=1,x",
+        "genesis_fee_ids=1234567890123",
+        "updated_since=2024-09-01",
+        "updated_since=2024-09-01T08:00:00",
+        "updated_since=2024-09-01T08:00:00.Z",
+        "updated_since=2024-13-01T08:00:00Z",
+    ] {
+        let (status, body) = ask(query);
+        assert_eq!(status, 422, "{query}: {body}");
+        let parameter = query.split('=').next().unwrap();
+        assert!(body.contains(parameter), "{query}: {body}");
+    }
+    let too_many: Vec<String> = (1..=FEE_IDS_PER_REQUEST_MAX + 1)
+        .map(|id| id.to_string())
+        .collect();
+    let (status, _) = ask(&format!("genesis_fee_ids={}", too_many.join(",")));
+    assert_eq!(status, 422);
+    let (status, _) = ask("genesis_fee_ids=3,1,3&updated_since=2024-09-01T08:00:00.5%2B02:00");
+    assert_eq!(status, 200);
 }
 
 #[test]
@@ -679,10 +754,31 @@ fn prism_accepts_every_client_request() {
         portal.upsert_fee(&fee, &idempotency_key(&fee)).err(),
     );
     not_a_contract_breach("fee", portal.fee(FeeId(1001)).err());
-    not_a_contract_breach("fees", portal.fees_page(None, None).err());
+    not_a_contract_breach("fees", portal.fees_page(FeeFilter::All, None).err());
     not_a_contract_breach(
         "fees of a student",
-        portal.fees_page(Some(StudentId(501)), Some("1000")).err(),
+        portal
+            .fees_page(FeeFilter::Student(StudentId(501)), Some("1000"))
+            .err(),
+    );
+    not_a_contract_breach(
+        "fees by id",
+        portal
+            .fees_page(FeeFilter::Ids(&[FeeId(1001), FeeId(1002)]), None)
+            .err(),
+    );
+    let since = chrono::NaiveDate::from_ymd_opt(2024, 9, 2)
+        .and_then(|day| day.and_hms_milli_opt(10, 15, 0, 250))
+        .unwrap();
+    not_a_contract_breach(
+        "fees changed since",
+        portal.fees_page(FeeFilter::UpdatedSince(since), None).err(),
+    );
+    not_a_contract_breach(
+        "transactions of fees",
+        portal
+            .transactions_page(TxnScope::Fees(&[FeeId(1001), FeeId(1002)]), 0)
+            .err(),
     );
     not_a_contract_breach("unmanaged fees", portal.unmanaged_fees_page(None).err());
     not_a_contract_breach(

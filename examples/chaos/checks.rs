@@ -12,7 +12,9 @@ use cpsync::db::schema::{
 };
 use cpsync::domain::{TxnKind, VendorFee, VendorTxn};
 use cpsync::money::Money;
-use cpsync::portal::{all_unmanaged_fees, transactions_after, CommunityPass, TxnScope, PAGES_MAX};
+use cpsync::portal::{
+    all_unmanaged_fees, transactions_after, CommunityPass, FeeFilter, TxnScope, PAGES_MAX,
+};
 
 use crate::tally::ScenarioResult;
 use crate::world::World;
@@ -56,7 +58,7 @@ fn raw_vendor_fees(world: &World) -> anyhow::Result<Vec<VendorFee>> {
     let mut fees = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..PAGES_MAX {
-        let page = world.portal.fees_page(None, cursor.as_deref())?;
+        let page = world.portal.fees_page(FeeFilter::All, cursor.as_deref())?;
         fees.extend(page.items);
         match page.next_cursor {
             Some(next) => cursor = Some(next),

@@ -20,11 +20,11 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
-    CommunityPass, ConnectionCheck, Page, PortalError, RejectedRecord, RetryCause, RetryCounter,
-    RetryStats, TxnPage, TxnScope, UpsertOutcome, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+    CommunityPass, ConnectionCheck, FeeFilter, Page, PortalError, RejectedRecord, RetryCause,
+    RetryCounter, RetryStats, TxnPage, TxnScope, UpsertOutcome, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
     RAW_RECORD_CHARS_MAX,
 };
-use crate::domain::{FeeId, FeePush, PatronBalance, StudentId, UnmanagedFee, VendorFee, VendorTxn};
+use crate::domain::{FeeId, FeePush, PatronBalance, UnmanagedFee, VendorFee, VendorTxn};
 use crate::secret::Secret;
 
 /// The most retries of one request, whatever the policy says.
@@ -616,6 +616,12 @@ fn record_id(item: &Value, id_field: &str) -> String {
     }
 }
 
+/// Fee ids as the `genesis_fee_ids` query value.
+fn id_list(ids: &[FeeId]) -> String {
+    let texts: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
+    texts.join(",")
+}
+
 fn random_nonce() -> String {
     let bytes: [u8; 12] = rand::thread_rng().gen();
     super::hex(&bytes)
@@ -682,12 +688,18 @@ impl CommunityPass for HttpPortal {
 
     fn fees_page(
         &self,
-        student: Option<StudentId>,
+        filter: FeeFilter<'_>,
         cursor: Option<&str>,
     ) -> Result<Page<VendorFee>, PortalError> {
         let mut query = self.page_query(cursor);
-        if let Some(student) = student {
-            query.push(("student_id", student.to_string()));
+        match filter {
+            FeeFilter::All => {}
+            FeeFilter::Student(student) => query.push(("student_id", student.to_string())),
+            FeeFilter::Ids(ids) => query.push(("genesis_fee_ids", id_list(ids))),
+            FeeFilter::UpdatedSince(since) => query.push((
+                "updated_since",
+                since.and_utc().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            )),
         }
         self.get_page("fee listing", "/v1/fees", "fee", "genesis_fee_id", query)
     }
@@ -703,7 +715,7 @@ impl CommunityPass for HttpPortal {
         )
     }
 
-    fn transactions_page(&self, scope: TxnScope, after: i64) -> Result<TxnPage, PortalError> {
+    fn transactions_page(&self, scope: TxnScope<'_>, after: i64) -> Result<TxnPage, PortalError> {
         let mut query = vec![
             ("after", after.to_string()),
             ("limit", self.page_size.to_string()),
@@ -712,6 +724,7 @@ impl CommunityPass for HttpPortal {
             TxnScope::All => {}
             TxnScope::Student(id) => query.push(("student_id", id.to_string())),
             TxnScope::Guardian(id) => query.push(("guardian_id", id.to_string())),
+            TxnScope::Fees(ids) => query.push(("genesis_fee_ids", id_list(ids))),
         }
         let raw: RawTxnPage = self.get_json("transaction cursor", "/v1/transactions", &query)?;
         let (items, rejected) = decode_transactions(raw.items);

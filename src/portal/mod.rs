@@ -27,6 +27,8 @@ use crate::money::Money;
 pub const PAGE_SIZE_MAX: u32 = 1000;
 /// The page size used when none is configured.
 pub const PAGE_SIZE_DEFAULT: u32 = 500;
+/// The most fee ids one listing call filters on (`genesis_fee_ids`).
+pub const FEE_IDS_PER_REQUEST_MAX: usize = 200;
 /// The most pages one full walk reads before it gives up: ten million
 /// records at the largest page size, far above any district.
 pub const PAGES_MAX: usize = 10_000;
@@ -191,10 +193,23 @@ impl std::fmt::Display for RejectedRecord {
 
 /// Whose transactions to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnScope {
+pub enum TxnScope<'a> {
     All,
     Student(StudentId),
     Guardian(GuardianId),
+    /// The transactions of these fees (at most `FEE_IDS_PER_REQUEST_MAX`).
+    Fees(&'a [FeeId]),
+}
+
+/// Which integration fees a listing reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeFilter<'a> {
+    All,
+    Student(StudentId),
+    /// These fees (at most `FEE_IDS_PER_REQUEST_MAX`).
+    Ids(&'a [FeeId]),
+    /// The fees whose record changed at or after this server time.
+    UpdatedSince(NaiveDateTime),
 }
 
 /// The answer to a connection test.
@@ -238,16 +253,16 @@ pub trait CommunityPass: Send + Sync {
     ) -> Result<UpsertOutcome, PortalError>;
     /// One integration fee; `NotFound` if Community Pass does not have it.
     fn fee(&self, id: FeeId) -> Result<VendorFee, PortalError>;
-    /// One page of integration fees, optionally of one student.
+    /// One page of the integration fees the filter selects.
     fn fees_page(
         &self,
-        student: Option<StudentId>,
+        filter: FeeFilter<'_>,
         cursor: Option<&str>,
     ) -> Result<Page<VendorFee>, PortalError>;
     /// One page of fees Genesis did not create (for the preflight).
     fn unmanaged_fees_page(&self, cursor: Option<&str>) -> Result<Page<UnmanagedFee>, PortalError>;
     /// One page of the transaction cursor, strictly after `after`.
-    fn transactions_page(&self, scope: TxnScope, after: i64) -> Result<TxnPage, PortalError>;
+    fn transactions_page(&self, scope: TxnScope<'_>, after: i64) -> Result<TxnPage, PortalError>;
     /// One page of patron balances.
     fn balances_page(&self, cursor: Option<&str>) -> Result<Page<PatronBalance>, PortalError>;
     /// Retries made so far by this client, by cause.
@@ -326,11 +341,55 @@ pub fn all_fees(
     portal: &dyn CommunityPass,
     student: Option<StudentId>,
 ) -> Result<Vec<VendorFee>, PortalError> {
+    fees_where(portal, student.map_or(FeeFilter::All, FeeFilter::Student))
+}
+
+/// Every integration fee the filter selects, each exactly once.
+pub fn fees_where(
+    portal: &dyn CommunityPass,
+    filter: FeeFilter<'_>,
+) -> Result<Vec<VendorFee>, PortalError> {
     walk_pages(
         "fee listing",
-        |cursor| portal.fees_page(student, cursor),
+        |cursor| portal.fees_page(filter, cursor),
         |fee| fee.genesis_fee_id,
     )
+}
+
+/// The fees Community Pass holds among `ids` (any number: asked for
+/// `FEE_IDS_PER_REQUEST_MAX` at a time), each exactly once.
+pub fn fees_by_ids(
+    portal: &dyn CommunityPass,
+    ids: &[FeeId],
+) -> Result<Vec<VendorFee>, PortalError> {
+    let mut fees = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(FEE_IDS_PER_REQUEST_MAX) {
+        fees.extend(fees_where(portal, FeeFilter::Ids(chunk))?);
+    }
+    Ok(fees)
+}
+
+/// Every transaction of these fees (any number of them), each exactly once,
+/// in sequence order; records breaking the contract are set aside.
+pub fn transactions_of_fees(
+    portal: &dyn CommunityPass,
+    ids: &[FeeId],
+) -> Result<TxnBatch, PortalError> {
+    let mut all = TxnBatch {
+        items: Vec::new(),
+        next_after: 0,
+        duplicates_dropped: 0,
+        rejected: Vec::new(),
+    };
+    for chunk in ids.chunks(FEE_IDS_PER_REQUEST_MAX) {
+        let batch = transactions_after(portal, TxnScope::Fees(chunk), 0)?;
+        all.items.extend(batch.items);
+        all.next_after = all.next_after.max(batch.next_after);
+        all.duplicates_dropped += batch.duplicates_dropped;
+        all.rejected.extend(batch.rejected);
+    }
+    all.items.sort_by_key(|txn| txn.sequence);
+    Ok(all)
 }
 
 /// Every unmanaged fee, each exactly once.
@@ -368,7 +427,7 @@ pub struct TxnBatch {
 /// items already seen are duplicates, and the result is sorted by sequence.
 pub fn transactions_after(
     portal: &dyn CommunityPass,
-    scope: TxnScope,
+    scope: TxnScope<'_>,
     after: i64,
 ) -> Result<TxnBatch, PortalError> {
     let mut collector = TxnCollector::new(after);

@@ -22,9 +22,13 @@ use sha2::{Digest, Sha256};
 use super::faults::{FaultInjector, FaultPlan, Refusal};
 use super::generate::generate;
 use super::model::{ActionBatch, ActionResults, ErrorBody, FaultConfig, GenerateSpec, NewDistrict};
-use super::state::{ApiError, District, DistrictSnapshot, IdempotentReply, Scope, ID_MAX};
+use super::state::{
+    ApiError, District, DistrictSnapshot, FeeQuery, IdempotentReply, Scope, ID_MAX,
+};
 use crate::domain::{FeeId, FeePush, GuardianId, StudentId, VendorTxn};
-use crate::portal::{canonical_body, hex, ConnectionCheck, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
+use crate::portal::{
+    canonical_body, hex, ConnectionCheck, FEE_IDS_PER_REQUEST_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+};
 use crate::secret::Secret;
 
 /// The largest request body of the vendor API.
@@ -497,11 +501,63 @@ struct PageBody<T> {
     next_cursor: Option<String>,
 }
 
+/// `genesis_fee_ids`: 1 to `FEE_IDS_PER_REQUEST_MAX` comma-separated ids,
+/// returned sorted and without repeats.
+fn fee_ids(query: &BTreeMap<String, String>) -> Result<Option<Vec<FeeId>>, ApiError> {
+    let Some(text) = query.get("genesis_fee_ids") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::unprocessable(
+            "invalid_query",
+            format!(
+                "genesis_fee_ids must be 1 to {FEE_IDS_PER_REQUEST_MAX} comma-separated integers from 1 to {ID_MAX}"
+            ),
+        )
+    };
+    let mut ids = Vec::new();
+    for part in text.split(',') {
+        let digits =
+            !part.is_empty() && part.len() <= 12 && part.bytes().all(|b| b.is_ascii_digit());
+        let id = digits
+            .then(|| part.parse::<i64>().ok())
+            .flatten()
+            .filter(|id| (1..=ID_MAX).contains(id))
+            .ok_or_else(invalid)?;
+        ids.push(FeeId(id));
+    }
+    if ids.len() > FEE_IDS_PER_REQUEST_MAX {
+        return Err(invalid());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(Some(ids))
+}
+
+/// `updated_since`: an RFC 3339 time with an offset, compared in UTC.
+fn updated_since(query: &BTreeMap<String, String>) -> Result<Option<NaiveDateTime>, ApiError> {
+    let Some(text) = query.get("updated_since") else {
+        return Ok(None);
+    };
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| Some(time.naive_utc()))
+        .map_err(|_| {
+            ApiError::unprocessable(
+                "invalid_query",
+                "updated_since must be an RFC 3339 time such as 2024-09-01T08:00:00Z",
+            )
+        })
+}
+
 fn fees(state: &District, query: &BTreeMap<String, String>) -> Result<Reply, ApiError> {
     let limit = limit(query)?;
-    let student = query_number(query, "student_id", 1, ID_MAX)?.map(StudentId);
+    let selection = FeeQuery {
+        student: query_number(query, "student_id", 1, ID_MAX)?.map(StudentId),
+        ids: fee_ids(query)?,
+        updated_since: updated_since(query)?,
+    };
     let after = integer_cursor(query)?.map(FeeId);
-    let (items, next) = state.fees_page(student, after, limit);
+    let (items, next) = state.fees_page(&selection, after, limit);
     let body = PageBody {
         items,
         next_cursor: next.map(|id| id.to_string()),
@@ -576,10 +632,12 @@ fn transactions(
             Scope::StudentOfGuardian(StudentId(student), GuardianId(guardian))
         }
     };
-    let selection = state.transactions_page(scope, after, limit)?;
+    let fees = fee_ids(query)?;
+    let selection = state.transactions_page(scope, fees.as_deref(), after, limit)?;
     let mut items = selection.items;
     if plan.duplicate {
-        add_duplicates(state, scope, after, &mut items, faults);
+        let whole_log = scope == Scope::All && fees.is_none();
+        add_duplicates(state, whole_log, after, &mut items, faults);
     }
     if plan.reorder {
         faults.reorder(&mut items);
@@ -596,7 +654,7 @@ fn transactions(
 /// redelivery of the records just before the cursor.
 fn add_duplicates<'a>(
     state: &'a District,
-    scope: Scope,
+    whole_log: bool,
     after: i64,
     items: &mut Vec<&'a VendorTxn>,
     faults: &mut FaultInjector,
@@ -607,7 +665,7 @@ fn add_duplicates<'a>(
         .map(|index| items[index])
         .collect();
     items.extend(copies);
-    if scope == Scope::All {
+    if whole_log {
         let earlier = (after - 2).max(1)..=after;
         items.extend(earlier.filter_map(|sequence| state.transaction(sequence)));
     }

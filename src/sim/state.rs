@@ -117,6 +117,7 @@ pub struct District {
     unmanaged: BTreeMap<u64, UnmanagedFee>,
     transactions: Vec<VendorTxn>,
     transactions_by_student: HashMap<StudentId, Vec<i64>>,
+    transactions_by_fee: HashMap<FeeId, Vec<i64>>,
     guardian_students: HashMap<GuardianId, BTreeSet<StudentId>>,
     payments: HashMap<VendorTxnId, PaymentLedger>,
     patrons: BTreeMap<String, PatronTotals>,
@@ -129,6 +130,25 @@ pub struct TxnSelection<'a> {
     pub items: Vec<&'a VendorTxn>,
     pub next_after: i64,
     pub has_more: bool,
+}
+
+/// Which integration fees a listing selects (the filters combine).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeeQuery {
+    pub student: Option<StudentId>,
+    /// Only these fees (sorted, without repeats).
+    pub ids: Option<Vec<FeeId>>,
+    /// Only fees whose record changed at or after this server time.
+    pub updated_since: Option<NaiveDateTime>,
+}
+
+impl FeeQuery {
+    fn selects(&self, fee: &VendorFee) -> bool {
+        self.student.is_none_or(|student| fee.student_id == student)
+            && self
+                .updated_since
+                .is_none_or(|since| fee.updated_at >= since)
+    }
 }
 
 /// Whose transactions a query reads.
@@ -683,6 +703,12 @@ impl District {
     }
 
     fn index_transaction(&mut self, txn: &VendorTxn) {
+        if let Some(fee) = txn.genesis_fee_id {
+            self.transactions_by_fee
+                .entry(fee)
+                .or_default()
+                .push(txn.sequence);
+        }
         if let Some(student) = txn.student_id {
             self.transactions_by_student
                 .entry(student)
@@ -738,27 +764,36 @@ impl District {
     /// the cursor of the next page if there may be one.
     pub fn fees_page(
         &self,
-        student: Option<StudentId>,
+        query: &FeeQuery,
         after: Option<FeeId>,
         limit: usize,
     ) -> (Vec<&VendorFee>, Option<FeeId>) {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let items: Vec<&VendorFee> = match student {
-            None => self
+        let items: Vec<&VendorFee> = match (&query.ids, query.student) {
+            (Some(ids), _) => ids
+                .iter()
+                .filter(|id| after.is_none_or(|after| **id > after))
+                .filter_map(|id| self.fees.get(id).map(|managed| &managed.fee))
+                .filter(|fee| query.selects(fee))
+                .take(limit)
+                .collect(),
+            (None, None) => self
                 .fees
                 .range((start, Bound::Unbounded))
-                .take(limit)
                 .map(|(_, managed)| &managed.fee)
+                .filter(|fee| query.selects(fee))
+                .take(limit)
                 .collect(),
-            Some(student) => {
+            (None, Some(student)) => {
                 let from = match after {
                     None => Bound::Included((student, FeeId(i64::MIN))),
                     Some(id) => Bound::Excluded((student, id)),
                 };
                 self.fees_by_student
                     .range((from, Bound::Included((student, FeeId(i64::MAX)))))
-                    .take(limit)
                     .map(|(_, id)| &self.fees[id].fee)
+                    .filter(|fee| query.selects(fee))
+                    .take(limit)
                     .collect()
             }
         };
@@ -808,9 +843,11 @@ impl District {
     }
 
     /// Transactions strictly after sequence `after`, at most `limit`.
+    /// With `fees`, only the transactions of those fees.
     pub fn transactions_page(
         &self,
         scope: Scope,
+        fees: Option<&[FeeId]>,
         after: i64,
         limit: usize,
     ) -> Result<TxnSelection<'_>, ApiError> {
@@ -822,8 +859,66 @@ impl District {
                 format!("after must be between 0 and the last sequence {total}"),
             ));
         }
-        let sequences = match scope {
-            Scope::All => return Ok(self.log_slice(after, limit)),
+        let sequences = match (fees, scope) {
+            (None, Scope::All) => return Ok(self.log_slice(after, limit)),
+            (None, scope) => self.scope_sequences(scope, after, limit),
+            (Some(fees), scope) => self.fee_sequences(fees, scope, after, limit),
+        };
+        let has_more = sequences.len() > limit;
+        let items: Vec<&VendorTxn> = sequences
+            .iter()
+            .take(limit)
+            .map(|sequence| &self.transactions[(*sequence - 1) as usize])
+            .collect();
+        let next_after = items.last().map_or(after, |txn| txn.sequence);
+        Ok(TxnSelection {
+            items,
+            next_after,
+            has_more,
+        })
+    }
+
+    /// Up to `limit + 1` sequences of these fees' transactions after
+    /// `after` that the scope also selects, ascending.
+    fn fee_sequences(&self, fees: &[FeeId], scope: Scope, after: i64, limit: usize) -> Vec<i64> {
+        let mut sequences: Vec<i64> = fees
+            .iter()
+            .filter_map(|fee| self.transactions_by_fee.get(fee))
+            .flat_map(|list| {
+                let start = list.partition_point(|sequence| *sequence <= after);
+                list[start..].iter().copied()
+            })
+            .filter(|sequence| self.scope_selects(scope, *sequence))
+            .collect();
+        sequences.sort_unstable();
+        sequences.dedup();
+        sequences.truncate(limit + 1);
+        sequences
+    }
+
+    fn scope_selects(&self, scope: Scope, sequence: i64) -> bool {
+        let student = self.transaction(sequence).and_then(|txn| txn.student_id);
+        let linked = |guardian: GuardianId, student: StudentId| {
+            self.guardian_students
+                .get(&guardian)
+                .is_some_and(|set| set.contains(&student))
+        };
+        match (scope, student) {
+            (Scope::All, _) => true,
+            (_, None) => false,
+            (Scope::Student(wanted), Some(actual)) => wanted == actual,
+            (Scope::Guardian(guardian), Some(actual)) => linked(guardian, actual),
+            (Scope::StudentOfGuardian(wanted, guardian), Some(actual)) => {
+                wanted == actual && linked(guardian, actual)
+            }
+        }
+    }
+
+    /// Up to `limit + 1` sequences the scope selects after `after` (the
+    /// whole log is read as a slice instead).
+    fn scope_sequences(&self, scope: Scope, after: i64, limit: usize) -> Vec<i64> {
+        match scope {
+            Scope::All => Vec::new(),
             Scope::Student(student) => self.student_sequences(&[student], after, limit),
             Scope::Guardian(guardian) => {
                 let students: Vec<StudentId> = self
@@ -841,19 +936,7 @@ impl District {
                 let students = if linked { vec![student] } else { Vec::new() };
                 self.student_sequences(&students, after, limit)
             }
-        };
-        let has_more = sequences.len() > limit;
-        let items: Vec<&VendorTxn> = sequences
-            .iter()
-            .take(limit)
-            .map(|sequence| &self.transactions[(*sequence - 1) as usize])
-            .collect();
-        let next_after = items.last().map_or(after, |txn| txn.sequence);
-        Ok(TxnSelection {
-            items,
-            next_after,
-            has_more,
-        })
+        }
     }
 
     fn log_slice(&self, after: i64, limit: usize) -> TxnSelection<'_> {
@@ -1114,33 +1197,89 @@ mod tests {
             district.upsert(push(id, 1 + id % 2, 1_000), now()).unwrap();
             pay(&mut district, id, Some(100));
         }
-        let (page, next) = district.fees_page(Some(StudentId(2)), None, 2);
+        let of_student = FeeQuery {
+            student: Some(StudentId(2)),
+            ..FeeQuery::default()
+        };
+        let (page, next) = district.fees_page(&of_student, None, 2);
         assert_eq!(
             page.iter().map(|f| f.genesis_fee_id.0).collect::<Vec<_>>(),
             vec![1, 3]
         );
-        let (page, next) = district.fees_page(Some(StudentId(2)), next, 2);
+        let (page, next) = district.fees_page(&of_student, next, 2);
         assert_eq!(
             page.iter().map(|f| f.genesis_fee_id.0).collect::<Vec<_>>(),
             vec![5]
         );
         assert_eq!(next, None);
         let selection = district
-            .transactions_page(Scope::Guardian(GuardianId(10)), 0, 2)
+            .transactions_page(Scope::Guardian(GuardianId(10)), None, 0, 2)
             .unwrap();
         let sequences: Vec<i64> = selection.items.iter().map(|t| t.sequence).collect();
         assert_eq!(sequences, vec![2, 4]);
         assert!(selection.has_more);
-        let all = district.transactions_page(Scope::All, 4, 10).unwrap();
+        let all = district.transactions_page(Scope::All, None, 4, 10).unwrap();
         assert_eq!(all.items.len(), 2);
         assert!(!all.has_more);
         assert_eq!(
             district
-                .transactions_page(Scope::All, 7, 10)
+                .transactions_page(Scope::All, None, 7, 10)
                 .err()
                 .map(|e| e.status),
             Some(409)
         );
+    }
+
+    #[test]
+    fn listing_by_fee_ids_and_update_time() {
+        let mut district = District::default();
+        let earlier = now() - chrono::Duration::hours(1);
+        for id in 1..=6 {
+            district
+                .upsert(push(id, 1 + id % 2, 1_000), earlier)
+                .unwrap();
+            pay(&mut district, id, Some(100));
+        }
+        district.upsert(push(4, 1, 1_000), earlier).unwrap(); // unchanged: keeps its time
+        let mut edited = push(5, 2, 1_000);
+        edited.description = "Edited".to_string();
+        district.upsert(edited, now()).unwrap();
+        let ids = |page: &[&VendorFee]| page.iter().map(|f| f.genesis_fee_id.0).collect::<Vec<_>>();
+        let picked = FeeQuery {
+            ids: Some(vec![FeeId(2), FeeId(3), FeeId(5), FeeId(99)]),
+            ..FeeQuery::default()
+        };
+        let (page, next) = district.fees_page(&picked, None, 2);
+        assert_eq!(ids(&page), vec![2, 3]);
+        let (page, next) = district.fees_page(&picked, next, 2);
+        assert_eq!((ids(&page), next), (vec![5], None));
+        let changed = FeeQuery {
+            updated_since: Some(now()),
+            ..FeeQuery::default()
+        };
+        assert_eq!(ids(&district.fees_page(&changed, None, 10).0), vec![5]);
+        let both = FeeQuery {
+            student: Some(StudentId(1)),
+            ..changed
+        };
+        assert!(district.fees_page(&both, None, 10).0.is_empty());
+
+        let of_fees = [FeeId(2), FeeId(5)];
+        let selection = district
+            .transactions_page(Scope::All, Some(&of_fees), 0, 1)
+            .unwrap();
+        assert_eq!(selection.items[0].genesis_fee_id, Some(FeeId(2)));
+        assert!(selection.has_more);
+        let rest = district
+            .transactions_page(Scope::All, Some(&of_fees), selection.next_after, 10)
+            .unwrap();
+        assert_eq!(rest.items.len(), 1);
+        assert_eq!(rest.items[0].genesis_fee_id, Some(FeeId(5)));
+        let of_student = district
+            .transactions_page(Scope::Student(StudentId(1)), Some(&of_fees), 0, 10)
+            .unwrap();
+        assert_eq!(of_student.items.len(), 1);
+        assert_eq!(of_student.items[0].genesis_fee_id, Some(FeeId(2)));
     }
 
     #[test]
