@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use common::world::World;
 use common::Backend;
 use cpsync::db::genesis;
-use cpsync::domain::{FeeStatus, GenesisFee};
+use cpsync::domain::{FeeId, FeeStatus, GenesisFee};
 use cpsync::money::Money;
-use cpsync::sync::nightly::counts_by_kind;
+use cpsync::sync::nightly::{counts_by_kind, NightlyResult, RunCoverage};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
@@ -196,4 +196,167 @@ fn sqlite_nightly_finds_exactly_the_injected_drift() {
 #[test]
 fn postgres_nightly_finds_exactly_the_injected_drift() {
     finds_exactly_the_injected_drift(Backend::Postgres);
+}
+
+fn reviews(result: &NightlyResult) -> Vec<(cpsync::reconcile::DiscrepancyKind, Option<FeeId>)> {
+    result
+        .reconciliation
+        .reviews()
+        .map(|d| (d.kind, d.fee_id))
+        .collect()
+}
+
+fn fees_examined(result: &NightlyResult) -> usize {
+    match &result.coverage {
+        RunCoverage::Incremental { fees_examined, .. } => *fees_examined,
+        other => panic!("expected an incremental run, got {other:?}"),
+    }
+}
+
+/// An incremental run after drift judges the changed fees exactly as a full
+/// run does, reads far fewer fees, converges, and keeps listing what needs
+/// review on later incremental runs.
+fn incremental_judges_like_a_full_run(backend: Backend) {
+    let world = World::new(backend, 150, 21);
+    // The setup pushes' timestamps fall in an earlier second than the mark.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let first = world.incremental_nightly(false);
+    match &first.coverage {
+        RunCoverage::Full {
+            instead_of_incremental: Some(why),
+        } => assert!(why.contains("no earlier completed nightly run"), "{why}"),
+        other => panic!("the first run must be full, was {other:?}"),
+    }
+    assert!(first.reconciliation.discrepancies.is_empty());
+    let managed = first.reconciliation.accounting.genesis.records_in;
+
+    let expected = inject_drift(&world);
+    let full_dry = world.nightly(true);
+    let incremental_dry = world.incremental_nightly(true);
+    assert_eq!(
+        incremental_dry.reconciliation.discrepancies, full_dry.reconciliation.discrepancies,
+        "{backend:?}: the incremental run judges exactly like a full run"
+    );
+    let examined = fees_examined(&incremental_dry);
+    assert!(
+        examined >= 15 && (examined as u64) * 5 < managed,
+        "{backend:?}: {examined} fees examined of {managed} Genesis records"
+    );
+
+    let applied = world.incremental_nightly(false);
+    assert_eq!(
+        counts_by_kind(&applied.reconciliation),
+        expected,
+        "{backend:?}"
+    );
+    assert_eq!(applied.failed(), 0);
+    assert_eq!(applied.remaining_after_apply, Some(0), "one run converges");
+    let open = reviews(&applied);
+
+    let next = world.incremental_nightly(false);
+    assert!(next.reconciliation.plan().is_empty(), "nothing left to do");
+    assert_eq!(reviews(&next), open, "open items are carried forward");
+    assert!(
+        fees_examined(&next) < examined,
+        "only what changed or stays open"
+    );
+
+    let full = world.nightly(false);
+    assert!(full.reconciliation.plan().is_empty(), "a full run agrees");
+    assert_eq!(reviews(&full), open);
+    assert_eq!(vendor_ids_posted_twice(&world), 0);
+}
+
+#[test]
+fn sqlite_incremental_judges_like_a_full_run() {
+    incremental_judges_like_a_full_run(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_incremental_judges_like_a_full_run() {
+    incremental_judges_like_a_full_run(Backend::Postgres);
+}
+
+#[test]
+fn incremental_runs_in_full_after_the_policy_changed() {
+    let world = World::new(Backend::Sqlite, 40, 5);
+    world.nightly(false);
+    let mut setup = world.setup.clone();
+    setup.excluded_schools.insert("NO-SUCH-SCHOOL".to_string());
+    let mut conn = world.conn();
+    let run_id = world.run_id(&mut conn, "nightly_sync");
+    let options = cpsync::sync::nightly::NightlyOptions {
+        incremental: true,
+        dry_run: true,
+        ..Default::default()
+    };
+    let result = cpsync::sync::nightly::run(
+        &mut conn,
+        &world.portal,
+        &setup,
+        &options,
+        run_id,
+        &cpsync::sync::utc_now,
+    )
+    .unwrap();
+    match result.coverage {
+        RunCoverage::Full {
+            instead_of_incremental: Some(why),
+        } => assert!(why.contains("sending policy"), "{why}"),
+        other => panic!("expected a full run, got {other:?}"),
+    }
+    // Dry runs leave no mark: each incremental run starts from the full one.
+    let dry = world.incremental_nightly(true);
+    let after_dry = world.incremental_nightly(true);
+    assert_eq!(fees_examined(&dry), fees_examined(&after_dry));
+}
+
+/// PostgreSQL: a Genesis transaction that took an outbox id before the mark
+/// and committed after it is still read by the next incremental run.
+#[test]
+fn postgres_incremental_reads_a_change_committed_after_the_mark() {
+    let world = World::new(Backend::Postgres, 40, 9);
+    // The setup pushes' timestamps fall in an earlier second than the mark.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    world.nightly(false);
+    let fees = candidate_fees(&world);
+    let (slow, quick) = (fees[0].id, fees[1].id);
+    let mut open_transaction = world.conn();
+    open_transaction
+        .batch_execute(&format!(
+            "BEGIN; UPDATE student_fees SET amount_cents = amount_cents + 700 WHERE id = {slow}"
+        ))
+        .unwrap();
+    sql(
+        &world,
+        &format!("UPDATE student_fees SET amount_cents = amount_cents + 300 WHERE id = {quick}"),
+    );
+    lose_pending_pushes(&world);
+    let before_commit = world.incremental_nightly(false);
+    let changed: Vec<Option<FeeId>> = before_commit
+        .reconciliation
+        .discrepancies
+        .iter()
+        .map(|d| d.fee_id)
+        .collect();
+    assert_eq!(
+        changed,
+        vec![Some(quick)],
+        "only the committed change is seen"
+    );
+    open_transaction.batch_execute("COMMIT").unwrap();
+    lose_pending_pushes(&world);
+    let after_commit = world.incremental_nightly(false);
+    let changed: Vec<Option<FeeId>> = after_commit
+        .reconciliation
+        .discrepancies
+        .iter()
+        .map(|d| d.fee_id)
+        .collect();
+    assert_eq!(
+        changed,
+        vec![Some(slow)],
+        "the late commit is read from the gap"
+    );
+    assert_eq!(after_commit.failed(), 0);
 }

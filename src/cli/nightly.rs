@@ -12,7 +12,7 @@ use serde_json::json;
 use super::nightly_report::{self, ReportInput};
 use super::task::{self, run_task, TaskOutcome};
 use super::{exit, Context};
-use crate::db::discrepancies::{self, Outcome};
+use crate::db::discrepancies::Outcome;
 use crate::db::lock::{self, DISTRICT_LOCK};
 use crate::db::runs::{RunCounts, RunStatus};
 use crate::db::settings;
@@ -35,6 +35,11 @@ pub struct Args {
     /// Only this student's fees.
     #[arg(long)]
     student: Option<StudentId>,
+    /// Examine only the fees changed on either side since the last
+    /// completed run (and the items it left open); runs in full when there
+    /// is no such run or the sending policy changed since.
+    #[arg(long, conflicts_with_all = ["from", "to", "student"])]
+    incremental: bool,
     /// Print one JSON object for schedulers and monitoring.
     #[arg(long)]
     json: bool,
@@ -68,6 +73,8 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             to: args.to,
             student: args.student,
         },
+        incremental: args.incremental,
+        ..NightlyOptions::default()
     };
     let trigger = if args.student.is_some() || args.from.is_some() || args.to.is_some() {
         "scoped"
@@ -99,14 +106,6 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                     return Err(error.into());
                 }
             };
-            let items: Vec<_> = result
-                .reconciliation
-                .discrepancies
-                .iter()
-                .zip(&result.outcomes)
-                .map(|(d, (outcome, error))| (d, *outcome, error.clone()))
-                .collect();
-            discrepancies::record(conn, run_id, &items, utc_now())?;
             let mut outcome = task_outcome(run_id, &options, &result);
             if !args.no_report {
                 let input = report_input(Some(&result), None);
@@ -197,6 +196,8 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "status": status.as_str(),
         "dry_run": options.dry_run,
         "scope": {"from": options.scope.from, "to": options.scope.to, "student": options.scope.student},
+        "coverage": result.coverage,
+        "coverage_text": result.coverage.describe(),
         "counts": {
             "genesis_records": accounting.genesis.records_in,
             "cp_records": accounting.community_pass.records_in,
@@ -235,6 +236,9 @@ fn print_human(summary: &serde_json::Value) {
         counts["corrected"],
         counts["needs_review"],
     );
+    if let Some(coverage) = summary["coverage_text"].as_str() {
+        println!("  {coverage}");
+    }
     if let Some(kinds) = summary["discrepancies"].as_object() {
         for (kind, count) in kinds {
             println!("  {count:>6}  {kind}");

@@ -18,6 +18,7 @@ use crate::report::{
     ReportFiles, RunReport, StudentLabel, Verdict,
 };
 use crate::sync::nightly::NightlyResult;
+use crate::sync::nightly::RunCoverage;
 use crate::sync::utc_now;
 
 /// What a run leaves for the report, whether it finished or failed.
@@ -74,7 +75,7 @@ fn build(
         finished_at: utc_now(),
         dry_run: input.dry_run,
         verdict,
-        scope_text: describe_scope(input.scope),
+        scope_text: scope_text(input),
         phases: input
             .result
             .map(|r| {
@@ -183,4 +184,20 @@ pub fn describe(files: &ReportFiles, delivery: &Delivery) -> String {
         files.csv.display(),
         files.json.display()
     )
+}
+
+/// The scope, and for an incremental run which fees it examined.
+fn scope_text(input: &ReportInput) -> String {
+    let scope = describe_scope(input.scope);
+    match input.result.map(|r| &r.coverage) {
+        Some(RunCoverage::Incremental {
+            since_run,
+            full_run_id,
+            fees_examined,
+            ..
+        }) => format!(
+            "{scope}; incremental: the {fees_examined} fees changed since run #{since_run} or left open by it (last full run #{full_run_id})"
+        ),
+        _ => scope,
+    }
 }

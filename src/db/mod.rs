@@ -49,6 +49,7 @@ pub mod discrepancies;
 pub mod genesis;
 pub mod links;
 pub mod lock;
+pub mod marks;
 pub mod migrate;
 pub mod outbox;
 pub mod postings;

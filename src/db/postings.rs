@@ -67,6 +67,23 @@ pub fn known_vendor_ids(
     Ok(known)
 }
 
+/// The fees on which Genesis holds any of these vendor transaction ids,
+/// ascending, without repeats.
+pub fn fees_posting(conn: &mut DbConnection, ids: &[&VendorTxnId]) -> Result<Vec<FeeId>, DbError> {
+    let mut fees = Vec::new();
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let texts: Vec<&str> = chunk.iter().map(|id| id.0.as_str()).collect();
+        let found: Vec<i64> = fee_transactions::table
+            .filter(fee_transactions::vendor_txn_id.eq_any(texts))
+            .select(fee_transactions::fee_id)
+            .load(conn)?;
+        fees.extend(found.into_iter().map(FeeId));
+    }
+    fees.sort();
+    fees.dedup();
+    Ok(fees)
+}
+
 /// Inserts the transactions not yet in Genesis; returns the ids inserted by
 /// this call (the others were already there). Writes one audit row each.
 /// Call inside a transaction to keep postings and audit together.

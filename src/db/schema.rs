@@ -242,6 +242,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cp_nightly_marks (run_id) {
+        run_id -> BigInt,
+        coverage -> Text,
+        outbox_id -> BigInt,
+        outbox_gaps -> Text,
+        vendor_as_of -> Timestamp,
+        txn_sequence -> BigInt,
+        policy_fingerprint -> Text,
+        full_run_id -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     schools,
     students,
@@ -262,4 +276,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     cp_unprocessed,
     cp_locks,
     cp_report_mail,
+    cp_nightly_marks,
 );

@@ -698,7 +698,9 @@ impl CommunityPass for HttpPortal {
             FeeFilter::Ids(ids) => query.push(("genesis_fee_ids", id_list(ids))),
             FeeFilter::UpdatedSince(since) => query.push((
                 "updated_since",
-                since.and_utc().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                since
+                    .and_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             )),
         }
         self.get_page("fee listing", "/v1/fees", "fee", "genesis_fee_id", query)

@@ -9,6 +9,7 @@
 //! transaction id and refused by the database if it already exists.
 
 pub mod balances;
+pub mod incremental;
 pub mod nightly;
 pub mod pull;
 pub mod push;

@@ -2,8 +2,10 @@
 //! Community Pass reads), reconcile with the pure core, apply the corrections
 //! the rules allow (Genesis postings in bounded transactions with audit rows,
 //! Community Pass pushes through idempotent calls recorded first), then
-//! re-read both sides and prove conservation. Safe to re-run at any time: a
-//! run killed anywhere is completed by the next with nothing lost or doubled.
+//! re-read both sides and prove conservation, and record the discrepancies
+//! with their outcomes (and, for a whole-district run, the mark the next
+//! incremental run starts from). Safe to re-run at any time: a run killed
+//! anywhere is completed by the next with nothing lost or doubled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -11,10 +13,12 @@ use std::time::Instant;
 use diesel::Connection;
 use serde::Serialize;
 
+use super::incremental::{self, ChangeCounts, Decision};
 use super::push::{push_fees, PushOutcome};
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
-use crate::db::discrepancies::Outcome;
+use crate::db::discrepancies::{self, Outcome};
+use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
 use crate::db::{genesis, links, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
@@ -39,10 +43,71 @@ pub const PUSH_BATCH_MAX: usize = 200;
 /// of the apply phase (crash-safety tests only).
 pub const CRASH_AFTER_WRITES_ENV: &str = "CPSYNC_CRASH_AFTER_WRITES";
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NightlyOptions {
     pub dry_run: bool,
     pub scope: Scope,
+    /// Examine only what changed since the last completed run (whole
+    /// district only; falls back to full when it cannot be incremental).
+    pub incremental: bool,
+    /// How far before the last run's Community Pass clock an incremental
+    /// run reads changed fees again.
+    pub vendor_clock_overlap: chrono::Duration,
+}
+
+impl Default for NightlyOptions {
+    fn default() -> NightlyOptions {
+        NightlyOptions {
+            dry_run: false,
+            scope: Scope::everything(),
+            incremental: false,
+            vendor_clock_overlap: incremental::VENDOR_CLOCK_OVERLAP,
+        }
+    }
+}
+
+/// How a run covered the district.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum RunCoverage {
+    /// Every fee in the scope; `instead_of_incremental` says why an
+    /// incremental run was asked for but not possible.
+    Full {
+        instead_of_incremental: Option<String>,
+    },
+    /// Only the fees changed since run `since_run`.
+    Incremental {
+        since_run: i64,
+        full_run_id: i64,
+        fees_examined: usize,
+        changes: ChangeCounts,
+    },
+}
+
+impl RunCoverage {
+    pub fn is_incremental(&self) -> bool {
+        matches!(self, RunCoverage::Incremental { .. })
+    }
+
+    /// One sentence for people.
+    pub fn describe(&self) -> String {
+        match self {
+            RunCoverage::Full {
+                instead_of_incremental: None,
+            } => "Full run: every managed fee was examined.".to_string(),
+            RunCoverage::Full {
+                instead_of_incremental: Some(why),
+            } => format!("Full run (an incremental run was asked for, but {why})."),
+            RunCoverage::Incremental {
+                since_run,
+                full_run_id,
+                fees_examined,
+                ..
+            } => format!(
+                "Incremental run: the {fees_examined} fees changed since run #{since_run} (or still open then) were examined; the last full run was #{full_run_id}."
+            ),
+        }
+    }
 }
 
 /// What became of each discrepancy (same order as `reconciliation.discrepancies`).
@@ -62,6 +127,7 @@ pub struct NightlyResult {
     pub retries: RetryStats,
     /// Actions a re-read still plans after apply (concurrent activity, or failures).
     pub remaining_after_apply: Option<usize>,
+    pub coverage: RunCoverage,
 }
 
 impl NightlyResult {
@@ -135,32 +201,97 @@ impl Timer {
     }
 }
 
+/// What a run read: both snapshots, the rows set aside, and the
+/// transaction log position it reached.
+struct Reading {
+    genesis: GenesisSnapshot,
+    vendor: VendorSnapshot,
+    rejected: Vec<String>,
+    /// Where the outbox stood before Genesis was read (whole district only).
+    outbox: Option<OutboxPosition>,
+    txn_sequence: i64,
+    coverage: RunCoverage,
+}
+
 /// Reads both sides for the scope; the Community Pass pages are fetched on
 /// another thread while the database is read.
-pub fn fetch_snapshots(
+fn fetch_snapshots(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     scope: &Scope,
-) -> Result<(GenesisSnapshot, VendorSnapshot, Vec<String>), SyncError> {
+    coverage: RunCoverage,
+) -> Result<Reading, SyncError> {
     let student = scope.student;
+    let outbox = if *scope == Scope::everything() {
+        Some(marks::outbox_position(conn)?)
+    } else {
+        None
+    };
     std::thread::scope(|threads| {
         let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
         let genesis = fetch_genesis(conn, scope);
-        let (vendor, vendor_rejected) = vendor_reader
+        let (vendor, vendor_rejected, txn_sequence) = vendor_reader
             .join()
             .expect("the Community Pass reader does not panic")?;
         let (genesis, mut rejected) = genesis?;
         rejected.extend(vendor_rejected);
-        Ok((genesis, vendor, rejected))
+        Ok(Reading {
+            genesis,
+            vendor,
+            rejected,
+            outbox,
+            txn_sequence,
+            coverage,
+        })
     })
 }
 
-/// The vendor's fees and transactions; transactions that break the
-/// contract are left out and named (Get Payments parks them).
+/// Reads what the run covers: everything in the scope, or (incremental
+/// from a mark) the fees changed since.
+fn read(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    setup: &SetupState,
+    options: &NightlyOptions,
+) -> Result<Reading, SyncError> {
+    let whole_district = options.scope == Scope::everything();
+    let decision = if options.incremental && whole_district {
+        incremental::decide(conn, setup)?
+    } else {
+        Decision::Full(String::new())
+    };
+    let mark = match decision {
+        Decision::Incremental(mark) => mark,
+        Decision::Full(why) => {
+            let coverage = RunCoverage::Full {
+                instead_of_incremental: options.incremental.then_some(why),
+            };
+            return fetch_snapshots(conn, portal, &options.scope, coverage);
+        }
+    };
+    let changed = incremental::fetch_changed(conn, portal, &mark, options.vendor_clock_overlap)?;
+    Ok(Reading {
+        genesis: changed.genesis,
+        vendor: changed.vendor,
+        rejected: changed.rejected,
+        outbox: Some(changed.outbox),
+        txn_sequence: changed.txn_sequence,
+        coverage: RunCoverage::Incremental {
+            since_run: mark.run_id,
+            full_run_id: mark.full_run_id,
+            fees_examined: changed.fees_examined,
+            changes: changed.changes,
+        },
+    })
+}
+
+/// The vendor's fees and transactions, and the log position reached;
+/// transactions that break the contract are left out and named (Get
+/// Payments parks them).
 fn fetch_vendor(
     portal: &dyn CommunityPass,
     student: Option<crate::domain::StudentId>,
-) -> Result<(VendorSnapshot, Vec<String>), SyncError> {
+) -> Result<(VendorSnapshot, Vec<String>, i64), SyncError> {
     let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
     // The two listings are independent: read them at the same time.
     let (fees, batch) = std::thread::scope(|threads| {
@@ -183,6 +314,7 @@ fn fetch_vendor(
             txns: batch.items,
         },
         rejected,
+        batch.next_after,
     ))
 }
 
@@ -225,7 +357,21 @@ pub fn run(
     clock: Clock,
 ) -> Result<NightlyResult, SyncError> {
     let mut timer = Timer::new();
-    let (mut genesis, vendor, rejected_rows) = fetch_snapshots(conn, portal, &options.scope)?;
+    // Community Pass's clock before anything is read: the next
+    // incremental run's starting point on that side.
+    let vendor_as_of = if options.scope == Scope::everything() {
+        Some(portal.test_pull()?.server_time)
+    } else {
+        None
+    };
+    let Reading {
+        mut genesis,
+        vendor,
+        rejected: rejected_rows,
+        outbox,
+        txn_sequence,
+        coverage,
+    } = read(conn, portal, setup, options)?;
     if !options.dry_run {
         adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
     }
@@ -257,6 +403,27 @@ pub fn run(
         )?);
         timer.lap("verify");
     }
+    let start = match (vendor_as_of, outbox, options.dry_run) {
+        (Some(vendor_as_of), Some(outbox), false) => Some(Start {
+            outbox,
+            vendor_as_of,
+            txn_sequence,
+        }),
+        _ => None,
+    };
+    conn.transaction(|conn| {
+        let items: Vec<_> = reconciliation
+            .discrepancies
+            .iter()
+            .zip(&outcomes)
+            .map(|(d, (outcome, error))| (d, *outcome, error.clone()))
+            .collect();
+        discrepancies::record(conn, run_id, &items, clock())?;
+        if let Some(start) = start {
+            record_mark(conn, setup, run_id, start, &coverage, clock)?;
+        }
+        Ok::<(), SyncError>(())
+    })?;
     Ok(NightlyResult {
         reconciliation,
         outcomes,
@@ -264,7 +431,45 @@ pub fn run(
         rejected_rows,
         retries: portal.retry_stats(),
         remaining_after_apply,
+        coverage,
     })
+}
+
+/// Where a whole-district run started reading each side.
+struct Start {
+    outbox: OutboxPosition,
+    vendor_as_of: chrono::NaiveDateTime,
+    txn_sequence: i64,
+}
+
+/// Marks a completed whole-district run as the next incremental run's
+/// starting point (with its discrepancies, which the next run carries).
+fn record_mark(
+    conn: &mut DbConnection,
+    setup: &SetupState,
+    run_id: i64,
+    start: Start,
+    coverage: &RunCoverage,
+    clock: Clock,
+) -> Result<(), SyncError> {
+    let (kind, full_run_id) = match coverage {
+        RunCoverage::Full { .. } => (Coverage::Full, run_id),
+        RunCoverage::Incremental { full_run_id, .. } => (Coverage::Incremental, *full_run_id),
+    };
+    marks::record(
+        conn,
+        &NightlyMark {
+            run_id,
+            coverage: kind,
+            outbox: start.outbox,
+            vendor_as_of: start.vendor_as_of,
+            txn_sequence: start.txn_sequence,
+            policy_fingerprint: incremental::policy_fingerprint(setup),
+            full_run_id,
+            created_at: clock(),
+        },
+    )?;
+    Ok(())
 }
 
 /// Completes the links of fees Community Pass holds from a push whose

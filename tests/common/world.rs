@@ -66,17 +66,32 @@ impl World {
     }
 
     pub fn nightly(&self, dry_run: bool) -> NightlyResult {
-        let mut conn = self.conn();
-        let run_id = self.run_id(&mut conn, "nightly_sync");
-        let options = NightlyOptions {
+        self.nightly_with(&NightlyOptions {
             dry_run,
             ..NightlyOptions::default()
-        };
+        })
+    }
+
+    /// An incremental nightly (full when it cannot be incremental). The
+    /// simulator's clock is exact, so changed fees are read from the mark's
+    /// clock itself, without the production overlap.
+    pub fn incremental_nightly(&self, dry_run: bool) -> NightlyResult {
+        self.nightly_with(&NightlyOptions {
+            dry_run,
+            incremental: true,
+            vendor_clock_overlap: chrono::Duration::zero(),
+            ..NightlyOptions::default()
+        })
+    }
+
+    pub fn nightly_with(&self, options: &NightlyOptions) -> NightlyResult {
+        let mut conn = self.conn();
+        let run_id = self.run_id(&mut conn, "nightly_sync");
         nightly::run(
             &mut conn,
             &self.portal,
             &self.setup,
-            &options,
+            options,
             run_id,
             &utc_now,
         )
