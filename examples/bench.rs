@@ -263,9 +263,11 @@ fn main() -> anyhow::Result<()> {
     figures.insert("nightly_phases_ms", summary["phases"].clone());
     figures.insert("nightly_counts", summary["counts"].clone());
     println!(
-        "  nightly (full)      {nightly_s:>8.2} s, peak {} MiB, phases {}",
+        "  nightly (full)      {nightly_s:>8.2} s, peak {} MiB, phases {}, report {} ms, command {} ms",
         rss_kib / 1024,
-        summary["phases"]
+        summary["phases"],
+        summary["report_ms"],
+        summary["elapsed_ms"],
     );
 
     let floor_s = floor_seconds(
@@ -293,10 +295,20 @@ fn main() -> anyhow::Result<()> {
     }
 
     let changed = change_one_percent(&mut conn, &sent, vendor_fees.len() / 100)?;
-    let (incremental_s, _) = engine.run(&["nightly", "--json"])?;
+    let (incremental_s, out) = engine.run(&["nightly", "--incremental", "--json"])?;
+    let incremental: Value = serde_json::from_str(&out)?;
     figures.insert("incremental_nightly_seconds", json!(incremental_s));
     figures.insert("incremental_over_full", json!(incremental_s / nightly_s));
-    println!("  nightly after 1% ({changed} fees) changed {incremental_s:>6.2} s → {:.0}% of full (target ≤ 10%)", 100.0 * incremental_s / nightly_s);
+    figures.insert("incremental_coverage", incremental["coverage"].clone());
+    figures.insert("incremental_phases_ms", incremental["phases"].clone());
+    println!(
+        "  nightly --incremental after 1% ({changed} fees) changed {incremental_s:>6.2} s → {:.1}% of full (target ≤ 10%); {} fees examined, phases {}, report {} ms, command {} ms",
+        100.0 * incremental_s / nightly_s,
+        incremental["coverage"]["fees_examined"],
+        incremental["phases"],
+        incremental["report_ms"],
+        incremental["elapsed_ms"],
+    );
 
     let (p50, p99) = student_pull_latency(&engine, &sent)?;
     figures.insert("student_pull_ms", json!({"p50": p50, "p99": p99}));

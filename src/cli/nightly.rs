@@ -52,6 +52,7 @@ pub struct Args {
 }
 
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let command_started = std::time::Instant::now();
     let mut conn = context.connect()?;
     let held = lock::try_acquire(&context.database_url, DISTRICT_LOCK, None, utc_now())?;
     let mut district_lock = match held {
@@ -108,10 +109,13 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             };
             let mut outcome = task_outcome(run_id, &options, &result);
             if !args.no_report {
+                let report_started = std::time::Instant::now();
                 let input = report_input(Some(&result), None);
                 let published = nightly_report::publish(context, conn, &input, args.resend_email);
                 record_report(&mut outcome, published, args.json);
+                outcome.summary["report_ms"] = json!(report_started.elapsed().as_millis() as u64);
             }
+            outcome.summary["elapsed_ms"] = json!(command_started.elapsed().as_millis() as u64);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
             } else {

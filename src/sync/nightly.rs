@@ -22,7 +22,7 @@ use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
 use crate::db::{genesis, links, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
-    all_fees, transactions_after, CommunityPass, PortalError, RetryStats, TxnScope,
+    all_fees, fees_by_ids, transactions_after, CommunityPass, RetryStats, TxnScope,
 };
 use crate::reconcile::{
     check_accounting, check_conservation, reconcile, Action, GenesisSnapshot, Reconciliation,
@@ -32,9 +32,6 @@ use crate::setup::SetupState;
 
 /// How many Genesis postings one database transaction carries.
 pub const APPLY_BATCH_MAX: usize = 500;
-
-/// How many fee reads of the verification are in flight at once.
-pub const VERIFY_CONCURRENCY: usize = 8;
 
 /// How many pushes one apply step sends (and records) together.
 pub const PUSH_BATCH_MAX: usize = 200;
@@ -570,7 +567,7 @@ fn verify_touched(
     let links = links::load_for(conn, touched)?;
     let touched_set: std::collections::HashSet<FeeId> = touched.iter().copied().collect();
     let vendor = VendorSnapshot {
-        fees: fetch_vendor_fees(portal, touched)?,
+        fees: fees_by_ids(portal, touched)?,
         txns: vendor_before
             .txns
             .iter()
@@ -583,33 +580,6 @@ fn verify_touched(
     check_conservation(&after.totals, &vendor)
         .map_err(|e| SyncError::Conservation(e.to_string()))?;
     Ok(after.plan().len())
-}
-
-/// Each fee as Community Pass now holds it, `VERIFY_CONCURRENCY` reads at a
-/// time; a fee Community Pass does not have is left out.
-fn fetch_vendor_fees(
-    portal: &dyn CommunityPass,
-    ids: &[FeeId],
-) -> Result<Vec<crate::domain::VendorFee>, SyncError> {
-    use rayon::prelude::*;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(VERIFY_CONCURRENCY)
-        .build()
-        .expect("a thread pool of a fixed size builds");
-    let results: Vec<Result<Option<crate::domain::VendorFee>, PortalError>> = pool.install(|| {
-        ids.par_iter()
-            .map(|id| match portal.fee(*id) {
-                Ok(fee) => Ok(Some(fee)),
-                Err(PortalError::NotFound { .. }) => Ok(None),
-                Err(other) => Err(other),
-            })
-            .collect()
-    });
-    let mut fees = Vec::with_capacity(ids.len());
-    for result in results {
-        fees.extend(result?);
-    }
-    Ok(fees)
 }
 
 fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {
