@@ -309,6 +309,20 @@ fn incremental_runs_in_full_after_the_policy_changed() {
     let dry = world.incremental_nightly(true);
     let after_dry = world.incremental_nightly(true);
     assert_eq!(fees_examined(&dry), fees_examined(&after_dry));
+
+    // A full run comes round once the last one is old enough.
+    let weekly = cpsync::sync::nightly::NightlyOptions {
+        incremental: true,
+        full_run_every: chrono::Duration::zero(),
+        vendor_clock_overlap: chrono::Duration::zero(),
+        ..Default::default()
+    };
+    match world.nightly_with(&weekly).coverage {
+        RunCoverage::Full {
+            instead_of_incremental: Some(why),
+        } => assert!(why.contains("last full run"), "{why}"),
+        other => panic!("expected a full run, got {other:?}"),
+    }
 }
 
 /// PostgreSQL: a Genesis transaction that took an outbox id before the mark

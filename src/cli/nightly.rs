@@ -40,6 +40,11 @@ pub struct Args {
     /// is no such run or the sending policy changed since.
     #[arg(long, conflicts_with_all = ["from", "to", "student"])]
     incremental: bool,
+    /// With --incremental: run in full when the last full run is this many
+    /// days old.
+    #[arg(long, value_name = "DAYS", default_value_t = 7, requires = "incremental",
+          value_parser = clap::value_parser!(u16).range(1..=366))]
+    full_every_days: u16,
     /// Print one JSON object for schedulers and monitoring.
     #[arg(long)]
     json: bool,
@@ -75,6 +80,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             student: args.student,
         },
         incremental: args.incremental,
+        full_run_every: chrono::Duration::days(i64::from(args.full_every_days)),
         ..NightlyOptions::default()
     };
     let trigger = if args.student.is_some() || args.from.is_some() || args.to.is_some() {

@@ -146,6 +146,15 @@ pub fn latest(conn: &mut DbConnection) -> Result<Option<NightlyMark>, DbError> {
     .transpose()
 }
 
+/// When the mark of run `run_id` was taken, if it exists.
+pub fn taken_at(conn: &mut DbConnection, run_id: i64) -> Result<Option<NaiveDateTime>, DbError> {
+    Ok(cp_nightly_marks::table
+        .find(run_id)
+        .select(cp_nightly_marks::created_at)
+        .first(conn)
+        .optional()?)
+}
+
 /// The outbox position now, for a run without a mark to start from: the
 /// highest id, and the ids missing in the `OUTBOX_GAP_WINDOW` below it.
 pub fn outbox_position(conn: &mut DbConnection) -> Result<OutboxPosition, DbError> {

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::Duration;
+use chrono::{Duration, NaiveDateTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -63,9 +63,18 @@ pub enum Decision {
     Full(String),
 }
 
-/// Incremental from the latest mark, unless there is none or the policy
-/// changed since it was taken.
-pub fn decide(conn: &mut DbConnection, setup: &SetupState) -> Result<Decision, SyncError> {
+/// How often a full run comes round when runs ask to be incremental.
+pub const FULL_RUN_EVERY_DEFAULT: Duration = Duration::days(7);
+
+/// Incremental from the latest mark, unless there is none, the policy
+/// changed since it was taken, or the last full run is older than
+/// `full_run_every` at `now`.
+pub fn decide(
+    conn: &mut DbConnection,
+    setup: &SetupState,
+    full_run_every: Duration,
+    now: NaiveDateTime,
+) -> Result<Decision, SyncError> {
     let Some(mark) = marks::latest(conn)? else {
         return Ok(Decision::Full(
             "no earlier completed nightly run to start from".to_string(),
@@ -75,6 +84,14 @@ pub fn decide(conn: &mut DbConnection, setup: &SetupState) -> Result<Decision, S
         return Ok(Decision::Full(format!(
             "the sending policy, patron id rule or API key changed since run #{}",
             mark.run_id
+        )));
+    }
+    let full_taken_at = marks::taken_at(conn, mark.full_run_id)?;
+    if full_taken_at.is_none_or(|at| now - at >= full_run_every) {
+        return Ok(Decision::Full(format!(
+            "the last full run (#{}) is {} days old or more",
+            mark.full_run_id,
+            full_run_every.num_days()
         )));
     }
     Ok(Decision::Incremental(mark))

@@ -50,6 +50,8 @@ pub struct NightlyOptions {
     /// How far before the last run's Community Pass clock an incremental
     /// run reads changed fees again.
     pub vendor_clock_overlap: chrono::Duration,
+    /// An incremental run runs in full once the last full run is this old.
+    pub full_run_every: chrono::Duration,
 }
 
 impl Default for NightlyOptions {
@@ -59,6 +61,7 @@ impl Default for NightlyOptions {
             scope: Scope::everything(),
             incremental: false,
             vendor_clock_overlap: incremental::VENDOR_CLOCK_OVERLAP,
+            full_run_every: incremental::FULL_RUN_EVERY_DEFAULT,
         }
     }
 }
@@ -250,10 +253,11 @@ fn read(
     portal: &dyn CommunityPass,
     setup: &SetupState,
     options: &NightlyOptions,
+    clock: Clock,
 ) -> Result<Reading, SyncError> {
     let whole_district = options.scope == Scope::everything();
     let decision = if options.incremental && whole_district {
-        incremental::decide(conn, setup)?
+        incremental::decide(conn, setup, options.full_run_every, clock())?
     } else {
         Decision::Full(String::new())
     };
@@ -368,7 +372,7 @@ pub fn run(
         outbox,
         txn_sequence,
         coverage,
-    } = read(conn, portal, setup, options)?;
+    } = read(conn, portal, setup, options, clock)?;
     if !options.dry_run {
         adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
     }
