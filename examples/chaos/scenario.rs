@@ -260,8 +260,13 @@ impl<'a> Scenario<'a> {
         let (student, guardian) = self.random_ids()?;
         let (student, guardian) = (student.to_string(), guardian.to_string());
         let export_dir = self.world.dir.join("export").display().to_string();
+        let nightly: &[&str] = if self.rng.gen_bool(0.5) {
+            &["nightly", "--incremental"]
+        } else {
+            &["nightly"]
+        };
         let mut tasks = vec![
-            self.start(&["nightly"], "nightly", 0.4)?,
+            self.start(nightly, "nightly", 0.4)?,
             self.start(&["get-payments"], "get-payments", 0.4)?,
             self.start(
                 &["get-payments", "--student", &student],
@@ -350,7 +355,14 @@ impl<'a> Scenario<'a> {
         must(self.world.engine.run(&["send-fees"])?)?;
         must(self.world.engine.run(&["get-payments"])?)?;
         must(self.world.engine.run(&["get-balances"])?)?;
-        let first = nightly_json(must(self.world.engine.run(&["nightly", "--json"])?)?)?;
+        // The finishing run is incremental half the time; the further run is
+        // always full, so anything an incremental run missed shows as work.
+        let finishing: &[&str] = if self.rng.gen_bool(0.5) {
+            &["nightly", "--incremental", "--json"]
+        } else {
+            &["nightly", "--json"]
+        };
+        let first = nightly_json(must(self.world.engine.run(finishing)?)?)?;
         if first["counts"]["actions_failed"] != 0 {
             self.result.violations.push(format!(
                 "the finishing nightly failed actions: {}",
