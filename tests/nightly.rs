@@ -12,6 +12,7 @@ use common::Backend;
 use cpsync::db::genesis;
 use cpsync::domain::{FeeId, FeeStatus, GenesisFee};
 use cpsync::money::Money;
+use cpsync::reconcile::Action;
 use cpsync::sync::nightly::{counts_by_kind, NightlyResult, RunCoverage};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -260,6 +261,23 @@ fn incremental_judges_like_a_full_run(backend: Backend) {
         fees_examined(&next) < examined,
         "only what changed or stays open"
     );
+
+    // A posted Community Pass payment deleted in Genesis by hand: the
+    // trigger records it, and the next incremental run posts it again.
+    sql(
+        &world,
+        "DELETE FROM fee_transactions WHERE id = (SELECT MIN(id) FROM fee_transactions \
+         WHERE source = 'community_pass' AND kind = 'payment')",
+    );
+    lose_pending_pushes(&world);
+    let reposted = world.incremental_nightly(false);
+    let plan = reposted.reconciliation.plan();
+    assert!(
+        matches!(plan.as_slice(), [Action::PostVendorTxn { .. }]),
+        "{backend:?}: {plan:?}"
+    );
+    assert_eq!(reposted.failed(), 0);
+    assert_eq!(reviews(&reposted), open);
 
     let full = world.nightly(false);
     assert!(full.reconciliation.plan().is_empty(), "a full run agrees");

@@ -16,3 +16,25 @@ CREATE TABLE cp_nightly_marks (
     full_run_id BIGINT NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
+
+-- A posted Community Pass transaction edited or deleted in Genesis is a
+-- change the nightly must see (an incremental run reads the outbox): the
+-- update and delete triggers now fire whatever the row's source, and an
+-- update that moves a transaction to another fee names both fees. Inserts
+-- of Community Pass rows (cpsync's own postings) still enqueue nothing.
+DROP TRIGGER cp_outbox_transaction_update;
+DROP TRIGGER cp_outbox_transaction_delete;
+
+CREATE TRIGGER cp_outbox_transaction_update AFTER UPDATE ON fee_transactions
+WHEN EXISTS (SELECT 1 FROM cp_settings WHERE key = 'cutoff' AND value <> 'null')
+BEGIN
+    INSERT INTO cp_outbox (fee_id, reason, enqueued_at) VALUES (NEW.fee_id, 'transaction_update', strftime('%Y-%m-%d %H:%M:%f', 'now'));
+    INSERT INTO cp_outbox (fee_id, reason, enqueued_at)
+        SELECT OLD.fee_id, 'transaction_update', strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE OLD.fee_id <> NEW.fee_id;
+END;
+
+CREATE TRIGGER cp_outbox_transaction_delete AFTER DELETE ON fee_transactions
+WHEN EXISTS (SELECT 1 FROM cp_settings WHERE key = 'cutoff' AND value <> 'null')
+BEGIN
+    INSERT INTO cp_outbox (fee_id, reason, enqueued_at) VALUES (OLD.fee_id, 'transaction_delete', strftime('%Y-%m-%d %H:%M:%f', 'now'));
+END;
