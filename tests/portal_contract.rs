@@ -413,7 +413,7 @@ fn every_listing_pages_completely_with_filters() {
     // By fee ids, more than one call's worth: every fee asked for, once.
     let wanted: Vec<FeeId> = fees
         .iter()
-        .step_by(5)
+        .step_by(2)
         .map(|fee| fee.genesis_fee_id)
         .collect();
     assert!(wanted.len() > FEE_IDS_PER_REQUEST_MAX);

@@ -28,7 +28,7 @@ pub const PAGE_SIZE_MAX: u32 = 1000;
 /// The page size used when none is configured.
 pub const PAGE_SIZE_DEFAULT: u32 = 500;
 /// The most fee ids one listing call filters on (`genesis_fee_ids`).
-pub const FEE_IDS_PER_REQUEST_MAX: usize = 200;
+pub const FEE_IDS_PER_REQUEST_MAX: usize = 500;
 /// The most pages one full walk reads before it gives up: ten million
 /// records at the largest page size, far above any district.
 pub const PAGES_MAX: usize = 10_000;

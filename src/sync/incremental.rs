@@ -29,10 +29,10 @@ use sha2::{Digest, Sha256};
 use super::SyncError;
 use crate::db::marks::{self, NightlyMark, OutboxPosition};
 use crate::db::{genesis, links, postings, DbConnection};
-use crate::domain::{FeeId, VendorTxn, VendorTxnId};
+use crate::domain::{FeeId, StudentId, VendorTxn, VendorTxnId};
 use crate::portal::{
     fees_by_ids, fees_where, transactions_after, transactions_of_fees, CommunityPass, FeeFilter,
-    RejectedRecord, TxnScope,
+    RejectedRecord, TxnBatch, TxnScope,
 };
 use crate::reconcile::{GenesisSnapshot, VendorSnapshot};
 use crate::setup::SetupState;
@@ -125,44 +125,143 @@ pub struct ChangedSnapshots {
 }
 
 /// Reads both sides for the fees changed since `mark` (Community Pass fees
-/// from `vendor_clock_overlap` before its clock).
+/// from `vendor_clock_overlap` before its clock). Each step reads the
+/// database while another thread reads Community Pass.
 pub fn fetch_changed(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     mark: &NightlyMark,
     vendor_clock_overlap: Duration,
 ) -> Result<ChangedSnapshots, SyncError> {
-    let mut changes = ChangeCounts::default();
-    let mut fee_ids: BTreeSet<FeeId> = BTreeSet::new();
-
-    let (genesis_changed, outbox) = marks::outbox_changes_since(conn, &mark.outbox)?;
-    changes.genesis_changed_fees = genesis_changed.len();
-    fee_ids.extend(genesis_changed);
-
-    let (open_fees, open_students) = marks::open_items(conn, mark.run_id)?;
-    changes.open_items_carried = open_fees.len() + open_students.len();
-    fee_ids.extend(open_fees);
-
     let since = mark.vendor_as_of - vendor_clock_overlap;
-    let vendor_changed = fees_where(portal, FeeFilter::UpdatedSince(since))?;
-    changes.cp_changed_fees = vendor_changed.len();
-    fee_ids.extend(vendor_changed.iter().map(|fee| fee.genesis_fee_id));
+    let (vendor_side, genesis_side) = std::thread::scope(|threads| {
+        let reader = threads.spawn(move || vendor_changes(portal, mark.txn_sequence, since));
+        let genesis = genesis_changes(conn, mark);
+        let vendor = reader
+            .join()
+            .expect("the Community Pass reader does not panic");
+        (vendor, genesis)
+    });
+    let vendor_side = vendor_side?;
+    let genesis_side = genesis_side?;
 
-    let new_txns = transactions_after(portal, TxnScope::All, mark.txn_sequence)?;
-    changes.cp_new_transactions = new_txns.items.len();
-    let txn_sequence = new_txns.next_after.max(mark.txn_sequence);
+    let mut changes = ChangeCounts {
+        genesis_changed_fees: genesis_side.outbox_fees.len(),
+        cp_changed_fees: vendor_side.changed_fees.len(),
+        cp_new_transactions: vendor_side.new_txns.items.len(),
+        open_items_carried: genesis_side.open_fees.len() + genesis_side.open_students.len(),
+        fees_linked_by_postings: 0,
+    };
+    let mut fee_ids: BTreeSet<FeeId> = BTreeSet::new();
+    fee_ids.extend(&genesis_side.outbox_fees);
+    fee_ids.extend(&genesis_side.open_fees);
+    fee_ids.extend(&vendor_side.changed_fees);
+    let new_txns = vendor_side.new_txns;
     fee_ids.extend(new_txns.items.iter().filter_map(|txn| txn.genesis_fee_id));
+    let txn_sequence = new_txns.next_after.max(mark.txn_sequence);
     let mut rejected = new_txns.rejected;
+    let unkeyed = unkeyed_transactions(
+        portal,
+        new_txns.items,
+        &genesis_side.open_students,
+        &mut rejected,
+    )?;
 
-    // Transactions naming no Genesis fee: the new ones, and those of the
-    // students whose such items were left open.
+    let ids: Vec<FeeId> = fee_ids.iter().copied().collect();
+    let mut read = read_fees(conn, portal, &ids)?;
+    read.vendor.txns.extend(unkeyed);
+    // Closure: the fees where Genesis already posted a vendor id read here.
+    let mut checked = 0;
+    loop {
+        let vendor_ids: Vec<&VendorTxnId> = read.vendor.txns[checked..]
+            .iter()
+            .map(|txn| &txn.id)
+            .collect();
+        checked = read.vendor.txns.len();
+        let extra: Vec<FeeId> = postings::fees_posting(conn, &vendor_ids)?
+            .into_iter()
+            .filter(|fee| fee_ids.insert(*fee))
+            .collect();
+        if extra.is_empty() {
+            break;
+        }
+        changes.fees_linked_by_postings += extra.len();
+        read.append(read_fees(conn, portal, &extra)?);
+    }
+    read.vendor
+        .txns
+        .sort_by(|a, b| (a.sequence, &a.id).cmp(&(b.sequence, &b.id)));
+    rejected.extend(read.vendor_rejected);
+    let rejected = read
+        .genesis_rejected
+        .into_iter()
+        .chain(rejected.iter().map(|r| format!("Community Pass {r}")))
+        .collect();
+    Ok(ChangedSnapshots {
+        genesis: read.genesis,
+        vendor: read.vendor,
+        rejected,
+        outbox: genesis_side.outbox,
+        txn_sequence,
+        fees_examined: fee_ids.len(),
+        changes,
+    })
+}
+
+/// What changed in Community Pass since the mark.
+struct VendorChanges {
+    changed_fees: Vec<FeeId>,
+    new_txns: TxnBatch,
+}
+
+fn vendor_changes(
+    portal: &dyn CommunityPass,
+    after_sequence: i64,
+    since: NaiveDateTime,
+) -> Result<VendorChanges, SyncError> {
+    let changed = fees_where(portal, FeeFilter::UpdatedSince(since))?;
+    Ok(VendorChanges {
+        changed_fees: changed.iter().map(|fee| fee.genesis_fee_id).collect(),
+        new_txns: transactions_after(portal, TxnScope::All, after_sequence)?,
+    })
+}
+
+/// What changed in Genesis since the mark, and what the marked run left open.
+struct GenesisChanges {
+    outbox_fees: Vec<FeeId>,
+    outbox: OutboxPosition,
+    open_fees: Vec<FeeId>,
+    open_students: Vec<StudentId>,
+}
+
+fn genesis_changes(
+    conn: &mut DbConnection,
+    mark: &NightlyMark,
+) -> Result<GenesisChanges, SyncError> {
+    let (outbox_fees, outbox) = marks::outbox_changes_since(conn, &mark.outbox)?;
+    let (open_fees, open_students) = marks::open_items(conn, mark.run_id)?;
+    Ok(GenesisChanges {
+        outbox_fees,
+        outbox,
+        open_fees,
+        open_students,
+    })
+}
+
+/// Transactions naming no Genesis fee: the new ones, and those of the
+/// students whose such items the marked run left open.
+fn unkeyed_transactions(
+    portal: &dyn CommunityPass,
+    new_txns: Vec<VendorTxn>,
+    open_students: &[StudentId],
+    rejected: &mut Vec<RejectedRecord>,
+) -> Result<Vec<VendorTxn>, SyncError> {
     let mut unkeyed: Vec<VendorTxn> = new_txns
-        .items
         .into_iter()
         .filter(|txn| txn.genesis_fee_id.is_none())
         .collect();
     for student in open_students {
-        let batch = transactions_after(portal, TxnScope::Student(student), 0)?;
+        let batch = transactions_after(portal, TxnScope::Student(*student), 0)?;
         unkeyed.extend(
             batch
                 .items
@@ -173,71 +272,78 @@ pub fn fetch_changed(
     }
     unkeyed.sort_by(|a, b| (a.sequence, &a.id).cmp(&(b.sequence, &b.id)));
     unkeyed.dedup_by(|a, b| a.sequence == b.sequence && a.id == b.id);
+    Ok(unkeyed)
+}
 
-    let (vendor_txns, linked) =
-        transactions_closed_over_postings(conn, portal, &mut fee_ids, unkeyed, &mut rejected)?;
-    changes.fees_linked_by_postings = linked;
+/// Both sides of some fees.
+struct FeesRead {
+    genesis: GenesisSnapshot,
+    vendor: VendorSnapshot,
+    genesis_rejected: Vec<String>,
+    vendor_rejected: Vec<RejectedRecord>,
+}
 
-    let ids: Vec<FeeId> = fee_ids.into_iter().collect();
-    let fees = genesis::load_fees_by_ids(conn, &ids)?;
-    let txns = genesis::load_txns_for_fees(conn, &ids)?;
-    let genesis = GenesisSnapshot {
-        links: links::load_for(conn, &ids)?,
-        fees: fees.records,
-        txns: txns.records,
-    };
-    let vendor = VendorSnapshot {
-        fees: fees_by_ids(portal, &ids)?,
-        txns: vendor_txns,
-    };
+impl FeesRead {
+    fn append(&mut self, more: FeesRead) {
+        self.genesis.fees.extend(more.genesis.fees);
+        self.genesis.txns.extend(more.genesis.txns);
+        self.genesis.links.extend(more.genesis.links);
+        self.vendor.fees.extend(more.vendor.fees);
+        self.vendor.txns.extend(more.vendor.txns);
+        self.genesis_rejected.extend(more.genesis_rejected);
+        self.vendor_rejected.extend(more.vendor_rejected);
+    }
+}
+
+/// Everything both sides hold about these fees; Community Pass is read on
+/// another thread while the database is read.
+fn read_fees(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    ids: &[FeeId],
+) -> Result<FeesRead, SyncError> {
+    let (vendor, genesis) = std::thread::scope(|threads| {
+        let reader = threads.spawn(move || -> Result<_, SyncError> {
+            Ok((
+                fees_by_ids(portal, ids)?,
+                transactions_of_fees(portal, ids)?,
+            ))
+        });
+        let genesis = read_genesis_fees(conn, ids);
+        let vendor = reader
+            .join()
+            .expect("the Community Pass reader does not panic");
+        (vendor, genesis)
+    });
+    let (vendor_fees, vendor_txns) = vendor?;
+    let (genesis, genesis_rejected) = genesis?;
+    Ok(FeesRead {
+        genesis,
+        vendor: VendorSnapshot {
+            fees: vendor_fees,
+            txns: vendor_txns.items,
+        },
+        genesis_rejected,
+        vendor_rejected: vendor_txns.rejected,
+    })
+}
+
+fn read_genesis_fees(
+    conn: &mut DbConnection,
+    ids: &[FeeId],
+) -> Result<(GenesisSnapshot, Vec<String>), SyncError> {
+    let fees = genesis::load_fees_by_ids(conn, ids)?;
+    let txns = genesis::load_txns_for_fees(conn, ids)?;
     let rejected = fees
         .rejected
         .iter()
         .chain(&txns.rejected)
         .map(|row| row.to_string())
-        .chain(rejected.iter().map(|r| format!("Community Pass {r}")))
         .collect();
-    Ok(ChangedSnapshots {
-        genesis,
-        vendor,
-        rejected,
-        outbox,
-        txn_sequence,
-        fees_examined: ids.len(),
-        changes,
-    })
-}
-
-/// The Community Pass transactions of `fee_ids` (plus `unkeyed`), after
-/// adding to `fee_ids` every fee on which Genesis already posted one of
-/// them, until no new fee appears. Returns the transactions in log order
-/// and how many fees the closure added.
-fn transactions_closed_over_postings(
-    conn: &mut DbConnection,
-    portal: &dyn CommunityPass,
-    fee_ids: &mut BTreeSet<FeeId>,
-    unkeyed: Vec<VendorTxn>,
-    rejected: &mut Vec<RejectedRecord>,
-) -> Result<(Vec<VendorTxn>, usize), SyncError> {
-    let mut txns = unkeyed;
-    let mut linked = 0;
-    let mut pending: Vec<FeeId> = fee_ids.iter().copied().collect();
-    let mut read_from = 0;
-    loop {
-        let batch = transactions_of_fees(portal, &pending)?;
-        rejected.extend(batch.rejected);
-        txns.extend(batch.items);
-        let vendor_ids: Vec<&VendorTxnId> = txns[read_from..].iter().map(|txn| &txn.id).collect();
-        read_from = txns.len();
-        pending = postings::fees_posting(conn, &vendor_ids)?
-            .into_iter()
-            .filter(|fee| fee_ids.insert(*fee))
-            .collect();
-        linked += pending.len();
-        if pending.is_empty() {
-            break;
-        }
-    }
-    txns.sort_by(|a, b| (a.sequence, &a.id).cmp(&(b.sequence, &b.id)));
-    Ok((txns, linked))
+    let snapshot = GenesisSnapshot {
+        links: links::load_for(conn, ids)?,
+        fees: fees.records,
+        txns: txns.records,
+    };
+    Ok((snapshot, rejected))
 }
