@@ -11,12 +11,14 @@
 //!   less `VENDOR_CLOCK_OVERLAP`, and every transaction after the mark's
 //!   log position;
 //! - the items the marked run left open (needing review, or failed), so the
-//!   report keeps listing them until they are resolved;
+//!   report keeps listing them until they are resolved (an item naming
+//!   neither a fee nor a student is listed again by the next full run);
 //! - closure: every fee on which Genesis already posted one of the vendor
 //!   transactions read, so "never post twice" is judged on complete facts.
 //!
-//! A run falls back to full when there is no mark or the sending policy or
-//! the API key changed since (`decide`). A change made behind the triggers'
+//! A run falls back to full when there is no mark, the sending policy or
+//! the API key changed since, or the last full run is older than
+//! `full_run_every` (`decide`). A change made behind the triggers'
 //! back (triggers disabled, rows restored from a backup) is only seen by a
 //! full run: schedule one regularly (e.g. weekly).
 
