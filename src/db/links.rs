@@ -107,47 +107,145 @@ fn ensure(conn: &mut DbConnection, fee_id: FeeId) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Records the idempotency key of a push before it is sent, so a push cut
-/// off by a crash is retried with the same key.
+/// How many links one upsert statement writes (PostgreSQL; SQLite, which
+/// diesel cannot batch-upsert and which costs no round trip, writes a
+/// statement per link).
+pub const LINK_BATCH_ROWS: usize = 500;
+
+/// Runs `$upsert!(connection, values)` once for all `$rows` on PostgreSQL
+/// and once per row on SQLite.
+macro_rules! upsert_rows {
+    ($conn:expr, $rows:expr, $upsert:ident) => {
+        match $conn {
+            DbConnection::Pg(c) => {
+                $upsert!(c, &$rows)?;
+            }
+            DbConnection::Sqlite(c) => {
+                for row in &$rows {
+                    $upsert!(&mut *c, row)?;
+                }
+            }
+        }
+    };
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = cp_fee_links)]
+struct IntentRow<'a> {
+    fee_id: i64,
+    last_idempotency_key: &'a str,
+    last_run_id: i64,
+}
+
+/// Records the idempotency key of each push before it is sent, so a push
+/// cut off by a crash is retried with the same key (`LINK_BATCH_ROWS` links
+/// per statement; a missing link is created).
+pub fn record_push_intents(
+    conn: &mut DbConnection,
+    intents: &[(FeeId, &str)],
+    run_id: i64,
+) -> Result<(), DbError> {
+    use diesel::upsert::excluded;
+    for chunk in intents.chunks(LINK_BATCH_ROWS) {
+        let rows: Vec<IntentRow> = chunk
+            .iter()
+            .map(|(fee_id, key)| IntentRow {
+                fee_id: fee_id.0,
+                last_idempotency_key: key,
+                last_run_id: run_id,
+            })
+            .collect();
+        macro_rules! upsert {
+            ($c:expr, $values:expr) => {
+                diesel::insert_into(cp_fee_links::table)
+                    .values($values)
+                    .on_conflict(cp_fee_links::fee_id)
+                    .do_update()
+                    .set((
+                        cp_fee_links::last_idempotency_key
+                            .eq(excluded(cp_fee_links::last_idempotency_key)),
+                        cp_fee_links::last_run_id.eq(excluded(cp_fee_links::last_run_id)),
+                    ))
+                    .execute($c)
+            };
+        }
+        upsert_rows!(conn, rows, upsert);
+    }
+    Ok(())
+}
+
+/// Records the idempotency key of one push before it is sent.
 pub fn record_push_intent(
     conn: &mut DbConnection,
     fee_id: FeeId,
     idempotency_key: &str,
     run_id: i64,
 ) -> Result<(), DbError> {
-    ensure(conn, fee_id)?;
-    diesel::update(cp_fee_links::table.find(fee_id.0))
-        .set((
-            cp_fee_links::last_idempotency_key.eq(idempotency_key),
-            cp_fee_links::last_run_id.eq(run_id),
-        ))
-        .execute(conn)?;
-    Ok(())
+    record_push_intents(conn, &[(fee_id, idempotency_key)], run_id)
 }
 
-/// Records what Community Pass acknowledged for a push.
-pub fn record_push_outcome(
+#[derive(Insertable)]
+#[diesel(table_name = cp_fee_links)]
+struct OutcomeRow<'a> {
+    fee_id: i64,
+    vendor_fee_id: &'a str,
+    first_sent_at: NaiveDateTime,
+    last_pushed_at: NaiveDateTime,
+    pushed_amount_cents: i64,
+    pushed_status: &'a str,
+    pushed_credit_cents: i64,
+    last_run_id: i64,
+}
+
+/// Records what Community Pass acknowledged for each push (`LINK_BATCH_ROWS`
+/// links per statement); the first acknowledgement sets `first_sent_at`.
+pub fn record_push_outcomes(
     conn: &mut DbConnection,
-    push: &FeePush,
-    outcome: &UpsertOutcome,
+    acknowledged: &[(&FeePush, &UpsertOutcome)],
     run_id: i64,
     now: NaiveDateTime,
 ) -> Result<(), DbError> {
-    ensure(conn, push.genesis_fee_id)?;
-    let row = cp_fee_links::table.find(push.genesis_fee_id.0);
-    diesel::update(row)
-        .set((
-            cp_fee_links::vendor_fee_id.eq(&outcome.vendor_fee_id),
-            cp_fee_links::last_pushed_at.eq(now),
-            cp_fee_links::pushed_amount_cents.eq(push.amount.cents()),
-            cp_fee_links::pushed_status.eq(push.status.as_str()),
-            cp_fee_links::pushed_credit_cents.eq(push.genesis_credit.cents()),
-            cp_fee_links::last_run_id.eq(run_id),
-        ))
-        .execute(conn)?;
-    diesel::update(row.filter(cp_fee_links::first_sent_at.is_null()))
-        .set(cp_fee_links::first_sent_at.eq(now))
-        .execute(conn)?;
+    use diesel::sql_types::{Nullable, Timestamp};
+    use diesel::upsert::excluded;
+    for chunk in acknowledged.chunks(LINK_BATCH_ROWS) {
+        let rows: Vec<OutcomeRow> = chunk
+            .iter()
+            .map(|(push, outcome)| OutcomeRow {
+                fee_id: push.genesis_fee_id.0,
+                vendor_fee_id: &outcome.vendor_fee_id,
+                first_sent_at: now,
+                last_pushed_at: now,
+                pushed_amount_cents: push.amount.cents(),
+                pushed_status: push.status.as_str(),
+                pushed_credit_cents: push.genesis_credit.cents(),
+                last_run_id: run_id,
+            })
+            .collect();
+        let first_sent = diesel::dsl::sql::<Nullable<Timestamp>>(
+            "COALESCE(cp_fee_links.first_sent_at, excluded.first_sent_at)",
+        );
+        macro_rules! upsert {
+            ($c:expr, $values:expr) => {
+                diesel::insert_into(cp_fee_links::table)
+                    .values($values)
+                    .on_conflict(cp_fee_links::fee_id)
+                    .do_update()
+                    .set((
+                        cp_fee_links::vendor_fee_id.eq(excluded(cp_fee_links::vendor_fee_id)),
+                        cp_fee_links::first_sent_at.eq(first_sent.clone()),
+                        cp_fee_links::last_pushed_at.eq(excluded(cp_fee_links::last_pushed_at)),
+                        cp_fee_links::pushed_amount_cents
+                            .eq(excluded(cp_fee_links::pushed_amount_cents)),
+                        cp_fee_links::pushed_status.eq(excluded(cp_fee_links::pushed_status)),
+                        cp_fee_links::pushed_credit_cents
+                            .eq(excluded(cp_fee_links::pushed_credit_cents)),
+                        cp_fee_links::last_run_id.eq(excluded(cp_fee_links::last_run_id)),
+                    ))
+                    .execute($c)
+            };
+        }
+        upsert_rows!(conn, rows, upsert);
+    }
     Ok(())
 }
 

@@ -176,10 +176,12 @@ fn record_intents(
     pushes: &[(FeePush, String)],
     run_id: i64,
 ) -> Result<(), SyncError> {
+    let intents: Vec<(FeeId, &str)> = pushes
+        .iter()
+        .map(|(push, key)| (push.genesis_fee_id, key.as_str()))
+        .collect();
     conn.transaction(|conn| {
-        for (push, key) in pushes {
-            links::record_push_intent(conn, push.genesis_fee_id, key, run_id)?;
-        }
+        links::record_push_intents(conn, &intents, run_id)?;
         Ok(())
     })
 }
@@ -217,10 +219,15 @@ fn record_outcomes(
     conn.transaction(|conn| {
         let mut outcomes = Vec::with_capacity(sent.len());
         let mut entries = Vec::new();
+        let acknowledgements: Vec<(&FeePush, &UpsertOutcome)> = sent
+            .iter()
+            .zip(results)
+            .filter_map(|((push, _), result)| result.as_ref().ok().map(|outcome| (push, outcome)))
+            .collect();
+        links::record_push_outcomes(conn, &acknowledgements, run_id, now)?;
         for ((push, _), result) in sent.iter().zip(results) {
             match result {
                 Ok(outcome) => {
-                    links::record_push_outcome(conn, push, outcome, run_id, now)?;
                     let first = !acknowledged.contains(&push.genesis_fee_id);
                     entries.push(push_audit(push, outcome, first, run_id, now));
                     outcomes.push(PushOutcome::Pushed {
