@@ -319,3 +319,94 @@ fn sqlite_connections_use_wal() {
         .unwrap();
     assert_eq!(mode.journal_mode, "wal");
 }
+
+/// Push bookkeeping and amount locks, written in batches on PostgreSQL and
+/// one by one on SQLite, mean the same on both.
+fn links_record_pushes_and_locks(backend: Backend) {
+    use cpsync::db::links;
+    use cpsync::domain::{FeePush, StudentId, VendorFeeStatus, VendorTxnId};
+    use cpsync::portal::UpsertOutcome;
+    let test_db = TestDb::migrated(backend);
+    let mut conn = test_db.connect();
+    let at = |hour| {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 26)
+            .unwrap()
+            .and_hms_opt(hour, 0, 0)
+            .unwrap()
+    };
+    let (a, b, c) = (FeeId(11), FeeId(12), FeeId(13));
+    links::record_push_intents(&mut conn, &[(a, "key-a1"), (b, "key-b1")], 1).unwrap();
+    let push = |id: FeeId, cents| FeePush {
+        genesis_fee_id: id,
+        student_id: StudentId(5),
+        patron_id: "S5".into(),
+        guardian_ids: vec![],
+        category: "BUS".into(),
+        school: "HS".into(),
+        description: "Bus pass".into(),
+        amount: Money::from_cents(cents),
+        genesis_credit: Money::from_cents(100),
+        status: FeeStatus::Open,
+        fee_date: chrono::NaiveDate::from_ymd_opt(2026, 9, 1).unwrap(),
+        due_date: None,
+    };
+    let answer = |id: FeeId, cents| UpsertOutcome {
+        genesis_fee_id: id,
+        vendor_fee_id: format!("CPF{}", id.0),
+        created: true,
+        amount: Money::from_cents(cents),
+        balance: Money::from_cents(cents - 100),
+        status: VendorFeeStatus::Open,
+        replayed: false,
+    };
+    let (push_a, answer_a) = (push(a, 5_000), answer(a, 5_000));
+    links::record_push_outcomes(&mut conn, &[(&push_a, &answer_a)], 1, at(2)).unwrap();
+    let (push_a2, answer_a2) = (push(a, 6_000), answer(a, 6_000));
+    links::record_push_intents(&mut conn, &[(a, "key-a2")], 2).unwrap();
+    links::record_push_outcomes(&mut conn, &[(&push_a2, &answer_a2)], 2, at(3)).unwrap();
+    let link_a = links::detail(&mut conn, a).unwrap().unwrap();
+    assert_eq!(
+        link_a.first_sent_at,
+        Some(at(2)),
+        "{backend:?}: the first send is kept"
+    );
+    assert_eq!(link_a.last_pushed_at, Some(at(3)));
+    assert_eq!(link_a.pushed_amount_cents, Some(6_000));
+    assert_eq!(link_a.pushed_credit_cents, Some(100));
+    assert_eq!(link_a.last_idempotency_key.as_deref(), Some("key-a2"));
+    assert_eq!(link_a.vendor_fee_id.as_deref(), Some("CPF11"));
+    let link_b = links::detail(&mut conn, b).unwrap().unwrap();
+    assert_eq!((link_b.vendor_fee_id, link_b.first_sent_at), (None, None));
+
+    let txn = |id: &str| Some(VendorTxnId(id.to_string()));
+    let first = links::lock_amounts(&mut conn, &[(b, txn("T1"))], Some(3), at(4)).unwrap();
+    assert_eq!(first, vec![b]);
+    let locks = [(a, txn("T2")), (a, txn("T3")), (b, txn("T4")), (c, None)];
+    let newly = links::lock_amounts(&mut conn, &locks, Some(4), at(5)).unwrap();
+    assert_eq!(newly, vec![a, c], "{backend:?}: b was locked already");
+    let link_a = links::detail(&mut conn, a).unwrap().unwrap();
+    assert!(link_a.amount_locked);
+    assert_eq!(
+        link_a.locked_by_vendor_txn.as_deref(),
+        Some("T2"),
+        "the first txn locks"
+    );
+    let link_b = links::detail(&mut conn, b).unwrap().unwrap();
+    assert_eq!(
+        (link_b.locked_by_vendor_txn.as_deref(), link_b.locked_at),
+        (Some("T1"), Some(at(4)))
+    );
+    let link_c = links::detail(&mut conn, c).unwrap().unwrap();
+    assert!(link_c.amount_locked && link_c.locked_by_vendor_txn.is_none());
+    assert_eq!(link_c.last_run_id, Some(4));
+}
+
+#[test]
+fn sqlite_links_record_pushes_and_locks() {
+    links_record_pushes_and_locks(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_links_record_pushes_and_locks() {
+    links_record_pushes_and_locks(Backend::Postgres);
+}
