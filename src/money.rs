@@ -40,6 +40,11 @@ impl Money {
     /// Integer cents, for the database. Exact because every `Money` has
     /// at most two places.
     pub fn cents(self) -> i64 {
+        if self.0.scale() == 2 {
+            if let Ok(cents) = i64::try_from(self.0.mantissa()) {
+                return cents;
+            }
+        }
         let scaled = self.0 * Decimal::ONE_HUNDRED;
         i64::try_from(scaled.trunc()).expect("Money is bounded by AMOUNT_ABS_MAX_CENTS")
     }
@@ -63,6 +68,9 @@ impl Money {
     /// Parses a decimal string such as `"12.50"` strictly: no exponent, no
     /// thousands separators, at most two places.
     pub fn parse(text: &str) -> Result<Money, MoneyError> {
+        if let Some(money) = Money::parse_plain(text) {
+            return Ok(money);
+        }
         let trimmed = text.trim();
         let well_formed = !trimmed.is_empty()
             && trimmed
@@ -75,6 +83,43 @@ impl Money {
         let value =
             Decimal::from_str(trimmed).map_err(|_| MoneyError::NotADecimal(text.to_string()))?;
         Money::try_from_decimal(value)
+    }
+
+    /// The common wire form (`-?D{1,8}(.D{1,2})?`, within range) straight
+    /// to cents; `None` sends anything else through the full parser, which
+    /// gives the same value or the error.
+    fn parse_plain(text: &str) -> Option<Money> {
+        let bytes = text.as_bytes();
+        let (negative, unsigned) = match bytes.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, bytes),
+        };
+        let (whole, fraction) = match unsigned.iter().position(|&b| b == b'.') {
+            Some(dot) => (&unsigned[..dot], &unsigned[dot + 1..]),
+            None => (unsigned, &[][..]),
+        };
+        let has_dot = whole.len() < unsigned.len();
+        if whole.is_empty()
+            || whole.len() > 8
+            || fraction.len() > 2
+            || (has_dot && fraction.is_empty())
+        {
+            return None;
+        }
+        let mut cents: i64 = 0;
+        for &digit in whole.iter().chain(fraction) {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            cents = cents * 10 + i64::from(digit - b'0');
+        }
+        for _ in fraction.len()..2 {
+            cents *= 10;
+        }
+        if cents > AMOUNT_ABS_MAX_CENTS || (negative && cents == 0) {
+            return None;
+        }
+        Some(Money::from_cents(if negative { -cents } else { cents }))
     }
 
     /// Parses a sum of many records (a district's total), which may exceed
@@ -204,14 +249,60 @@ impl<'a> Sum<&'a Money> for Money {
 
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        if self.0.is_zero() && self.0.is_sign_negative() {
+            return serializer.collect_str(self); // "-0.00", as `Display` shows it
+        }
+        // The `Display` text, written from the cents without the formatter.
+        let cents = self.cents();
+        let mut buffer = [0u8; 24];
+        let mut at = buffer.len();
+        let mut rest = cents.unsigned_abs();
+        for place in 0.. {
+            at -= 1;
+            buffer[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if place == 1 {
+                at -= 1;
+                buffer[at] = b'.';
+            }
+            if place >= 2 && rest == 0 {
+                break;
+            }
+        }
+        if cents < 0 {
+            at -= 1;
+            buffer[at] = b'-';
+        }
+        let text = std::str::from_utf8(&buffer[at..]).expect("ASCII digits");
+        serializer.serialize_str(text)
     }
 }
 
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Money::parse(&text).map_err(serde::de::Error::custom)
+        // As `String::deserialize` would accept, without copying the text.
+        deserializer.deserialize_string(MoneyVisitor)
+    }
+}
+
+struct MoneyVisitor;
+
+impl serde::de::Visitor<'_> for MoneyVisitor {
+    type Value = Money;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Money, E> {
+        Money::parse(text).map_err(E::custom)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Money, E> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.visit_str(text),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(bytes), &self)),
+        }
     }
 }
 
@@ -281,6 +372,31 @@ mod tests {
     }
 
     #[test]
+    fn serialized_text_edges() {
+        for (cents, text) in [
+            (0, "0.00"),
+            (5, "0.05"),
+            (-5, "-0.05"),
+            (100, "1.00"),
+            (-123_456, "-1234.56"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&Money::from_cents(cents)).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        let negative_zero = Money(-Decimal::new(0, 2));
+        assert_eq!(
+            serde_json::to_string(&negative_zero).unwrap(),
+            format!("\"{negative_zero}\"")
+        );
+        assert!(serde_json::from_str::<Money>("5")
+            .unwrap_err()
+            .to_string()
+            .contains("expected a string"));
+    }
+
+    #[test]
     fn serde_uses_decimal_strings() {
         let m = Money::from_cents(1999);
         assert_eq!(serde_json::to_string(&m).unwrap(), "\"19.99\"");
@@ -295,6 +411,25 @@ mod tests {
             let m = Money::from_cents(cents);
             prop_assert_eq!(m.cents(), cents);
             prop_assert_eq!(Money::parse(&m.to_string()).unwrap(), m);
+        }
+
+        #[test]
+        fn plain_parse_agrees_with_decimal_parse(text in "-?[0-9]{0,9}(\\.[0-9]{0,3})?") {
+            let fast = Money::parse_plain(&text);
+            let slow = Decimal::from_str(text.trim())
+                .map_err(|_| ())
+                .and_then(|d| Money::try_from_decimal(d).map_err(|_| ()));
+            if let Some(fast) = fast {
+                prop_assert_eq!(Ok(fast), slow);
+                prop_assert_eq!(fast.to_string(), slow.unwrap().to_string());
+            }
+        }
+
+        #[test]
+        fn serialized_text_is_the_display_text(cents in proptest::num::i64::ANY) {
+            let m = Money(Decimal::new(cents, 2));
+            prop_assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+            prop_assert_eq!(m.cents(), cents);
         }
 
         #[test]

@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use super::schema::{
     fee_categories, fee_transactions, guardians, schools, student_fees, student_guardians, students,
 };
+use super::sql_time::{Day, Stamp};
 use super::{DbConnection, DbError};
 use crate::domain::{
     FeeCategory, FeeId, GenesisFee, GenesisTxn, Guardian, GuardianId, GuardianLink, NewGenesisTxn,
@@ -136,7 +137,7 @@ struct FeeCategoryRow<'a> {
     default_amount_cents: i64,
 }
 
-#[derive(Insertable, Queryable, Selectable)]
+#[derive(Insertable)]
 #[diesel(table_name = student_fees)]
 struct FeeRow {
     id: i64,
@@ -150,6 +151,24 @@ struct FeeRow {
     status: String,
     created_at: NaiveDateTime,
     modified_at: NaiveDateTime,
+}
+
+/// A fee as read (dates through `sql_time`, run on the backend's own
+/// connection: these reads cover whole tables).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = student_fees)]
+struct FeeReadRow {
+    id: i64,
+    student_id: i64,
+    category_code: String,
+    school_code: String,
+    description: String,
+    amount_cents: i64,
+    fee_date: Day,
+    due_date: Option<Day>,
+    status: String,
+    created_at: Stamp,
+    modified_at: Stamp,
 }
 
 #[derive(Insertable)]
@@ -175,7 +194,7 @@ struct TxnRow {
     method: String,
     source: String,
     vendor_txn_id: Option<String>,
-    posted_at: NaiveDateTime,
+    posted_at: Stamp,
 }
 
 // ---- mapping ----
@@ -276,7 +295,9 @@ impl FeeRow {
             modified_at: f.modified_at,
         }
     }
+}
 
+impl FeeReadRow {
     fn into_domain(self) -> Result<GenesisFee, RejectedRow> {
         let amount = amount_from_cents("student_fees", self.id, self.amount_cents)?;
         if amount.is_negative() {
@@ -293,11 +314,11 @@ impl FeeRow {
             school: self.school_code,
             description: self.description,
             amount,
-            fee_date: self.fee_date,
-            due_date: self.due_date,
+            fee_date: self.fee_date.0,
+            due_date: self.due_date.map(|day| day.0),
             status,
-            created_at: self.created_at,
-            modified_at: self.modified_at,
+            created_at: self.created_at.0,
+            modified_at: self.modified_at.0,
         })
     }
 }
@@ -317,7 +338,7 @@ impl TxnRow {
             method: self.method,
             source: self.source.parse().map_err(|e| reject(table, self.id, e))?,
             vendor_txn_id: self.vendor_txn_id.map(VendorTxnId),
-            posted_at: self.posted_at,
+            posted_at: self.posted_at.0,
         })
     }
 }
@@ -452,16 +473,18 @@ pub fn load_fees(
     conn: &mut DbConnection,
     student: Option<StudentId>,
 ) -> Result<Loaded<GenesisFee>, DbError> {
-    let mut query = student_fees::table
-        .select(FeeRow::as_select())
-        .order(student_fees::id)
-        .into_boxed();
-    if let Some(student) = student {
-        query = query.filter(student_fees::student_id.eq(student.0));
-    }
-    let rows: Vec<FeeRow> = query.load(conn)?;
+    let rows: Vec<FeeReadRow> = crate::with_backend!(conn, |c| {
+        let mut query = student_fees::table
+            .select(FeeReadRow::as_select())
+            .order(student_fees::id)
+            .into_boxed();
+        if let Some(student) = student {
+            query = query.filter(student_fees::student_id.eq(student.0));
+        }
+        query.load(c)
+    })?;
     Ok(Loaded::from_results(
-        rows.into_iter().map(FeeRow::into_domain),
+        rows.into_iter().map(FeeReadRow::into_domain),
     ))
 }
 
@@ -470,17 +493,19 @@ pub fn load_txns(
     conn: &mut DbConnection,
     student: Option<StudentId>,
 ) -> Result<Loaded<GenesisTxn>, DbError> {
-    let mut query = fee_transactions::table
-        .select(TxnRow::as_select())
-        .order(fee_transactions::id)
-        .into_boxed();
-    if let Some(student) = student {
-        let fee_ids = student_fees::table
-            .filter(student_fees::student_id.eq(student.0))
-            .select(student_fees::id);
-        query = query.filter(fee_transactions::fee_id.eq_any(fee_ids));
-    }
-    let rows: Vec<TxnRow> = query.load(conn)?;
+    let rows: Vec<TxnRow> = crate::with_backend!(conn, |c| {
+        let mut query = fee_transactions::table
+            .select(TxnRow::as_select())
+            .order(fee_transactions::id)
+            .into_boxed();
+        if let Some(student) = student {
+            let fee_ids = student_fees::table
+                .filter(student_fees::student_id.eq(student.0))
+                .select(student_fees::id);
+            query = query.filter(fee_transactions::fee_id.eq_any(fee_ids));
+        }
+        query.load(c)
+    })?;
     Ok(Loaded::from_results(
         rows.into_iter().map(TxnRow::into_domain),
     ))
@@ -518,12 +543,12 @@ pub fn load_fees_by_ids(
     let mut results = Vec::new();
     for chunk in ids.chunks(INSERT_BATCH_ROWS) {
         let raw: Vec<i64> = chunk.iter().map(|f| f.0).collect();
-        let rows: Vec<FeeRow> = student_fees::table
+        let rows: Vec<FeeReadRow> = crate::with_backend!(conn, |c| student_fees::table
             .filter(student_fees::id.eq_any(raw))
             .order(student_fees::id)
-            .select(FeeRow::as_select())
-            .load(conn)?;
-        results.extend(rows.into_iter().map(FeeRow::into_domain));
+            .select(FeeReadRow::as_select())
+            .load(c))?;
+        results.extend(rows.into_iter().map(FeeReadRow::into_domain));
     }
     Ok(Loaded::from_results(results))
 }
@@ -536,11 +561,11 @@ pub fn load_txns_for_fees(
     let mut results = Vec::new();
     for chunk in ids.chunks(INSERT_BATCH_ROWS) {
         let raw: Vec<i64> = chunk.iter().map(|f| f.0).collect();
-        let rows: Vec<TxnRow> = fee_transactions::table
+        let rows: Vec<TxnRow> = crate::with_backend!(conn, |c| fee_transactions::table
             .filter(fee_transactions::fee_id.eq_any(raw))
             .order(fee_transactions::id)
             .select(TxnRow::as_select())
-            .load(conn)?;
+            .load(c))?;
         results.extend(rows.into_iter().map(TxnRow::into_domain));
     }
     Ok(Loaded::from_results(results))

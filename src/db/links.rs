@@ -65,10 +65,10 @@ impl LinkRow {
 
 /// Every link, ordered by fee id.
 pub fn load_all(conn: &mut DbConnection) -> Result<Vec<FeeLink>, DbError> {
-    let rows: Vec<LinkRow> = cp_fee_links::table
+    let rows: Vec<LinkRow> = crate::with_backend!(conn, |c| cp_fee_links::table
         .select(LinkRow::as_select())
         .order(cp_fee_links::fee_id)
-        .load(conn)?;
+        .load(c))?;
     rows.into_iter().map(LinkRow::into_link).collect()
 }
 

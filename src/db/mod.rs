@@ -57,6 +57,7 @@ pub mod report_mail;
 pub mod runs;
 pub mod schema;
 pub mod settings;
+mod sql_time;
 pub mod tasks;
 
 /// How long a SQLite connection waits for another writer before failing.

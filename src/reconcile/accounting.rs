@@ -3,37 +3,66 @@
 //! how each ended; a record without an outcome makes the counts not add up,
 //! and `check_accounting` fails loudly.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::case::{FeeCase, RecordRef};
 use super::output::{Accounting, SideAccounting};
 use super::rules::Outcome;
 
+/// What is known of one record: whether it came in (is in a case), and the
+/// most severe outcome given to it.
+#[derive(Debug, Clone, Copy, Default)]
+struct RecordState {
+    came_in: bool,
+    ended: Option<Outcome>,
+}
+
+/// One `RecordState` per snapshot position, for each of the four lists.
+#[derive(Debug, Default)]
+struct RecordStates {
+    lists: [Vec<RecordState>; 4],
+}
+
+impl RecordStates {
+    fn slot(&mut self, record: RecordRef) -> &mut RecordState {
+        let (list, index) = match record {
+            RecordRef::GenesisFee(i) => (0, i),
+            RecordRef::GenesisTxn(i) => (1, i),
+            RecordRef::VendorFee(i) => (2, i),
+            RecordRef::VendorTxn(i) => (3, i),
+        };
+        let states = &mut self.lists[list];
+        if states.len() <= index {
+            states.resize(index + 1, RecordState::default());
+        }
+        &mut states[index]
+    }
+}
+
 /// Counts the records that came in and how each ended (the most severe
 /// outcome any discrepancy gave it).
 pub(crate) fn account(cases: &[FeeCase<'_>], outcomes: &[(RecordRef, Outcome)]) -> Accounting {
-    let records_in: BTreeSet<RecordRef> = cases.iter().flat_map(FeeCase::records).collect();
-    let mut ended: BTreeMap<RecordRef, Outcome> = BTreeMap::new();
+    let mut states = RecordStates::default();
+    for record in cases.iter().flat_map(FeeCase::records) {
+        states.slot(record).came_in = true;
+    }
     for (record, outcome) in outcomes {
-        let slot = ended.entry(*record).or_insert(*outcome);
-        *slot = (*slot).max(*outcome);
+        let slot = states.slot(*record);
+        slot.ended = Some(slot.ended.map_or(*outcome, |ended| ended.max(*outcome)));
     }
     let mut accounting = Accounting::default();
-    for record in &records_in {
-        side_of(&mut accounting, *record).records_in += 1;
-        if let Some(outcome) = ended.get(record) {
-            count(side_of(&mut accounting, *record), *outcome);
+    for (list, records) in states.lists.iter().enumerate() {
+        let side = if list < 2 {
+            &mut accounting.genesis
+        } else {
+            &mut accounting.community_pass
+        };
+        for state in records.iter().filter(|state| state.came_in) {
+            side.records_in += 1;
+            if let Some(outcome) = state.ended {
+                count(side, outcome);
+            }
         }
     }
     accounting
-}
-
-fn side_of(accounting: &mut Accounting, record: RecordRef) -> &mut SideAccounting {
-    if record.is_genesis() {
-        &mut accounting.genesis
-    } else {
-        &mut accounting.community_pass
-    }
 }
 
 fn count(side: &mut SideAccounting, outcome: Outcome) {

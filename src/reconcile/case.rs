@@ -2,7 +2,7 @@
 //! `FeeCase` per fee, and builds the few global facts a partition needs about
 //! other partitions: where each vendor transaction id occurs on either side.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
 
 use crate::domain::{
     FeeId, GenesisFee, GenesisTxn, StudentId, TxnSource, VendorFee, VendorTxn, VendorTxnId,
@@ -20,37 +20,32 @@ pub(crate) enum RecordRef {
     VendorTxn(usize),
 }
 
-impl RecordRef {
-    pub(crate) fn is_genesis(self) -> bool {
-        matches!(self, RecordRef::GenesisFee(_) | RecordRef::GenesisTxn(_))
-    }
-}
-
 /// Everything both sides hold about one fee id. The key `None` collects
-/// Community Pass transactions that name no fee either side knows.
+/// Community Pass transactions that name no fee either side knows. Each list
+/// is a run of the sorted index (`Index`), in snapshot order.
 #[derive(Debug, Default)]
 pub(crate) struct FeeCase<'a> {
     pub fee_id: Option<FeeId>,
-    pub genesis_fees: Vec<(usize, &'a GenesisFee)>,
+    pub genesis_fees: &'a [(usize, &'a GenesisFee)],
     pub link: Option<&'a FeeLink>,
-    pub genesis_txns: Vec<(usize, &'a GenesisTxn)>,
-    pub vendor_fees: Vec<(usize, &'a VendorFee)>,
-    pub vendor_txns: Vec<(usize, &'a VendorTxn)>,
+    pub genesis_txns: &'a [(usize, &'a GenesisTxn)],
+    pub vendor_fees: &'a [(usize, &'a VendorFee)],
+    pub vendor_txns: &'a [(usize, &'a VendorTxn)],
 }
 
 impl<'a> FeeCase<'a> {
     /// The one Genesis fee, when exactly one exists.
     pub fn genesis_fee(&self) -> Option<&'a GenesisFee> {
-        match self.genesis_fees.as_slice() {
-            [(_, fee)] => Some(fee),
+        match self.genesis_fees {
+            [(_, fee)] => Some(*fee),
             _ => None,
         }
     }
 
     /// The one Community Pass fee, when exactly one exists.
     pub fn vendor_fee(&self) -> Option<&'a VendorFee> {
-        match self.vendor_fees.as_slice() {
-            [(_, fee)] => Some(fee),
+        match self.vendor_fees {
+            [(_, fee)] => Some(*fee),
             _ => None,
         }
     }
@@ -139,9 +134,27 @@ pub fn genesis_credit<'t>(txns: impl Iterator<Item = &'t GenesisTxn>) -> Money {
 #[derive(Debug, Default)]
 pub(crate) struct GlobalFacts<'a> {
     /// Fee ids of the Genesis transactions carrying each vendor id.
-    pub genesis_postings: HashMap<&'a VendorTxnId, Vec<FeeId>>,
+    pub genesis_postings: FxHashMap<&'a VendorTxnId, GenesisPostings>,
     /// Each vendor id's deliveries in Community Pass.
-    pub vendor_deliveries: HashMap<&'a VendorTxnId, VendorDeliveries<'a>>,
+    pub vendor_deliveries: FxHashMap<&'a VendorTxnId, VendorDeliveries<'a>>,
+}
+
+/// The fee ids of the Genesis transactions carrying one vendor id, in
+/// snapshot order (almost always one: no allocation for it).
+#[derive(Debug)]
+pub(crate) struct GenesisPostings {
+    first: FeeId,
+    more: Vec<FeeId>,
+}
+
+impl GenesisPostings {
+    pub fn count(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    pub fn fee_ids(&self) -> impl Iterator<Item = FeeId> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
 }
 
 /// The deliveries of one vendor transaction id.
@@ -154,14 +167,26 @@ pub(crate) struct VendorDeliveries<'a> {
 
 impl<'a> GlobalFacts<'a> {
     fn build(genesis: &'a GenesisSnapshot, vendor: &'a VendorSnapshot) -> GlobalFacts<'a> {
-        let mut facts = GlobalFacts::default();
+        let mut facts = GlobalFacts {
+            genesis_postings: FxHashMap::with_capacity_and_hasher(
+                genesis.txns.len(),
+                Default::default(),
+            ),
+            vendor_deliveries: FxHashMap::with_capacity_and_hasher(
+                vendor.txns.len(),
+                Default::default(),
+            ),
+        };
         for txn in &genesis.txns {
             if let Some(vendor_id) = &txn.vendor_txn_id {
                 facts
                     .genesis_postings
                     .entry(vendor_id)
-                    .or_default()
-                    .push(txn.fee_id);
+                    .and_modify(|postings| postings.more.push(txn.fee_id))
+                    .or_insert(GenesisPostings {
+                        first: txn.fee_id,
+                        more: Vec::new(),
+                    });
             }
         }
         for txn in &vendor.txns {
@@ -178,7 +203,9 @@ impl<'a> GlobalFacts<'a> {
     }
 
     pub fn genesis_posting_count(&self, vendor_id: &VendorTxnId) -> usize {
-        self.genesis_postings.get(vendor_id).map_or(0, Vec::len)
+        self.genesis_postings
+            .get(vendor_id)
+            .map_or(0, GenesisPostings::count)
     }
 }
 
@@ -196,67 +223,151 @@ pub(crate) fn same_delivery(left: &VendorTxn, right: &VendorTxn) -> bool {
         && left.reverses == right.reverses
 }
 
+/// Every record of both snapshots (in scope), sorted by fee id and, within
+/// one fee id, in snapshot order: the storage the cases are runs of.
+pub(crate) struct Index<'a> {
+    genesis_fees: Vec<(usize, &'a GenesisFee)>,
+    links: Vec<&'a FeeLink>,
+    genesis_txns: Vec<(usize, &'a GenesisTxn)>,
+    vendor_fees: Vec<(usize, &'a VendorFee)>,
+    /// The case key of each entry of `vendor_txns`.
+    vendor_txn_keys: Vec<Option<FeeId>>,
+    vendor_txns: Vec<(usize, &'a VendorTxn)>,
+}
+
+/// Sorts by key, keeping snapshot order within a key (a stable sort; the
+/// snapshots usually come sorted already, which it detects).
+fn sorted_by<T: Copy>(mut items: Vec<T>, key: impl Fn(&T) -> FeeId) -> Vec<T> {
+    items.sort_by_key(key);
+    items
+}
+
+/// Sorts both snapshots by fee id. A Community Pass transaction is keyed by
+/// its Genesis fee id, else by the fee its vendor fee id names, else `None`
+/// (kept only when the scope includes its student).
+pub(crate) fn index<'a>(
+    genesis: &'a GenesisSnapshot,
+    vendor: &'a VendorSnapshot,
+    scope: &Scope,
+) -> Index<'a> {
+    let genesis_fees = sorted_by(genesis.fees.iter().enumerate().collect(), |(_, fee)| fee.id);
+    let links = sorted_by(genesis.links.iter().collect(), |link| link.fee_id);
+    let genesis_txns = sorted_by(genesis.txns.iter().enumerate().collect(), |(_, txn)| {
+        txn.fee_id
+    });
+    let vendor_fees = sorted_by(vendor.fees.iter().enumerate().collect(), |(_, fee)| {
+        fee.genesis_fee_id
+    });
+    // Only transactions without a Genesis fee id need the vendor fee ids.
+    let mut fee_by_vendor_id: Option<FxHashMap<&str, FeeId>> = None;
+    let mut keyed: Vec<(Option<FeeId>, usize, &'a VendorTxn)> =
+        Vec::with_capacity(vendor.txns.len());
+    for (index, txn) in vendor.txns.iter().enumerate() {
+        let key = txn.genesis_fee_id.or_else(|| {
+            fee_by_vendor_id
+                .get_or_insert_with(|| {
+                    vendor
+                        .fees
+                        .iter()
+                        .map(|fee| (fee.vendor_fee_id.as_str(), fee.genesis_fee_id))
+                        .collect()
+                })
+                .get(txn.vendor_fee_id.as_str())
+                .copied()
+        });
+        if key.is_none() && !scope.includes(None, txn.student_id) {
+            continue;
+        }
+        keyed.push((key, index, txn));
+    }
+    keyed.sort_by_key(|(key, _, _)| *key);
+    Index {
+        genesis_fees,
+        links,
+        genesis_txns,
+        vendor_fees,
+        vendor_txn_keys: keyed.iter().map(|(key, _, _)| *key).collect(),
+        vendor_txns: keyed.into_iter().map(|(_, i, txn)| (i, txn)).collect(),
+    }
+}
+
+/// A position in one sorted list of the index.
+struct Runs<'i, T, K> {
+    items: &'i [T],
+    key: K,
+    at: usize,
+}
+
+impl<'i, T, K: Fn(usize) -> Option<FeeId>> Runs<'i, T, K> {
+    fn new(items: &'i [T], key: K) -> Runs<'i, T, K> {
+        Runs { items, key, at: 0 }
+    }
+
+    fn peek(&self) -> Option<Option<FeeId>> {
+        (self.at < self.items.len()).then(|| (self.key)(self.at))
+    }
+
+    /// The entries keyed `key` at the current position (maybe none).
+    fn take(&mut self, key: Option<FeeId>) -> &'i [T] {
+        let start = self.at;
+        while self.at < self.items.len() && (self.key)(self.at) == key {
+            self.at += 1;
+        }
+        &self.items[start..self.at]
+    }
+}
+
 /// The grouped input of one run: the managed, in-scope cases in key order.
 pub(crate) struct Grouped<'a> {
     pub cases: Vec<FeeCase<'a>>,
     pub facts: GlobalFacts<'a>,
 }
 
-fn case_of<'m, 'a>(
-    cases: &'m mut BTreeMap<Option<FeeId>, FeeCase<'a>>,
-    key: Option<FeeId>,
-) -> &'m mut FeeCase<'a> {
-    cases.entry(key).or_insert_with(|| FeeCase {
-        fee_id: key,
-        ..FeeCase::default()
-    })
-}
-
-/// Groups both snapshots by fee id and keeps the managed, in-scope cases.
+/// Groups both snapshots by fee id (runs of the index, merged in key order,
+/// `None` first) and keeps the managed, in-scope cases.
 pub(crate) fn group<'a>(
+    index: &'a Index<'a>,
     genesis: &'a GenesisSnapshot,
     vendor: &'a VendorSnapshot,
     policy: &Policy,
     scope: &Scope,
 ) -> Grouped<'a> {
-    let mut cases: BTreeMap<Option<FeeId>, FeeCase<'a>> = BTreeMap::new();
-    for (index, fee) in genesis.fees.iter().enumerate() {
-        case_of(&mut cases, Some(fee.id))
-            .genesis_fees
-            .push((index, fee));
-    }
-    for link in &genesis.links {
-        let case = case_of(&mut cases, Some(link.fee_id));
-        case.link = case.link.or(Some(link));
-    }
-    for (index, txn) in genesis.txns.iter().enumerate() {
-        case_of(&mut cases, Some(txn.fee_id))
-            .genesis_txns
-            .push((index, txn));
-    }
-    for (index, fee) in vendor.fees.iter().enumerate() {
-        case_of(&mut cases, Some(fee.genesis_fee_id))
-            .vendor_fees
-            .push((index, fee));
-    }
-    let fee_by_vendor_id: HashMap<&str, FeeId> = vendor
-        .fees
-        .iter()
-        .map(|fee| (fee.vendor_fee_id.as_str(), fee.genesis_fee_id))
-        .collect();
-    for (index, txn) in vendor.txns.iter().enumerate() {
-        let key = txn
-            .genesis_fee_id
-            .or_else(|| fee_by_vendor_id.get(txn.vendor_fee_id.as_str()).copied());
-        if key.is_none() && !scope.includes(None, txn.student_id) {
-            continue;
+    let mut genesis_fees = Runs::new(&index.genesis_fees, |i| Some(index.genesis_fees[i].1.id));
+    let mut links = Runs::new(&index.links, |i| Some(index.links[i].fee_id));
+    let mut genesis_txns = Runs::new(&index.genesis_txns, |i| {
+        Some(index.genesis_txns[i].1.fee_id)
+    });
+    let mut vendor_fees = Runs::new(&index.vendor_fees, |i| {
+        Some(index.vendor_fees[i].1.genesis_fee_id)
+    });
+    let mut vendor_txns = Runs::new(&index.vendor_txns, |i| index.vendor_txn_keys[i]);
+    let mut cases = Vec::with_capacity(index.genesis_fees.len().max(index.vendor_fees.len()));
+    loop {
+        let next = [
+            genesis_fees.peek(),
+            links.peek(),
+            genesis_txns.peek(),
+            vendor_fees.peek(),
+            vendor_txns.peek(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(key) = next else {
+            break;
+        };
+        let case = FeeCase {
+            fee_id: key,
+            genesis_fees: genesis_fees.take(key),
+            link: links.take(key).first().copied(),
+            genesis_txns: genesis_txns.take(key),
+            vendor_fees: vendor_fees.take(key),
+            vendor_txns: vendor_txns.take(key),
+        };
+        if case.is_managed(policy) && case.is_in_scope(scope) {
+            cases.push(case);
         }
-        case_of(&mut cases, key).vendor_txns.push((index, txn));
     }
-    let cases = cases
-        .into_values()
-        .filter(|case| case.is_managed(policy) && case.is_in_scope(scope))
-        .collect();
     Grouped {
         cases,
         facts: GlobalFacts::build(genesis, vendor),

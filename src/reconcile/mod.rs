@@ -105,7 +105,8 @@ pub fn reconcile_in_partitions(
     scope: &Scope,
     partition_cases: usize,
 ) -> Reconciliation {
-    let grouped = case::group(genesis, vendor, policy, scope);
+    let index = case::index(genesis, vendor, scope);
+    let grouped = case::group(&index, genesis, vendor, policy, scope);
     let facts = &grouped.facts;
     let reports: Vec<CaseReport> = grouped
         .cases

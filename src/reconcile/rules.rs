@@ -178,7 +178,7 @@ impl<'c, 'a> Judge<'c, 'a> {
     /// delivered without conflict.
     fn settled_vendor_txns(&self) -> Vec<&'a VendorTxn> {
         let mut by_id: BTreeMap<&VendorTxnId, &'a VendorTxn> = BTreeMap::new();
-        for (_, txn) in &self.case.vendor_txns {
+        for (_, txn) in self.case.vendor_txns {
             if !self.is_conflicting(&txn.id) {
                 by_id.entry(&txn.id).or_insert(txn);
             }
@@ -343,17 +343,20 @@ impl<'c, 'a> Judge<'c, 'a> {
     fn compare_fee(&mut self, genesis: &GenesisFee, vendor: &VendorFee) {
         let records = self.fee_records();
         let credit = self.case.genesis_credit();
-        let values = (
-            Some(FeeValues::of_genesis(genesis, credit).render()),
-            Some(FeeValues::of_vendor(vendor).render()),
-        );
+        // Rendered only for a discrepancy: most fees match.
+        let values = || {
+            (
+                Some(FeeValues::of_genesis(genesis, credit).render()),
+                Some(FeeValues::of_vendor(vendor).render()),
+            )
+        };
         if self.payment_applied() && genesis.status == FeeStatus::Void {
             let resolution = self.review(
                 "the fee was voided in Genesis after Community Pass applied a payment",
                 "decide whether to refund the family; the void is not sent",
             );
             let kind = DiscrepancyKind::FeeVoidedAfterPayment;
-            return self.flag(kind, values, None, resolution, &records);
+            return self.flag(kind, values(), None, resolution, &records);
         }
         if self.payment_applied() && genesis.amount != vendor.amount {
             let resolution = self.review(
@@ -362,13 +365,13 @@ impl<'c, 'a> Judge<'c, 'a> {
                 "restore the amount in Genesis, or issue a separate fee or credit",
             );
             let kind = DiscrepancyKind::AmountEditedAfterPayment;
-            return self.flag(kind, values, None, resolution, &records);
+            return self.flag(kind, values(), None, resolution, &records);
         }
         match self.fee_difference(genesis, vendor, credit) {
             None => self.mark(&records, Outcome::Matched),
             Some(kind) => {
                 let push = Resolution::Planned(Action::PushFee { fee_id: genesis.id });
-                self.flag(kind, values, None, push, &records);
+                self.flag(kind, values(), None, push, &records);
             }
         }
     }
@@ -466,7 +469,7 @@ impl<'c, 'a> Judge<'c, 'a> {
     /// This case's records of each vendor transaction id, on both sides.
     fn postings_by_vendor_id(&self) -> BTreeMap<&'a VendorTxnId, Postings<'a>> {
         let mut by_id: BTreeMap<&'a VendorTxnId, Postings<'a>> = BTreeMap::new();
-        for (index, txn) in &self.case.genesis_txns {
+        for (index, txn) in self.case.genesis_txns {
             if let Some(vendor_id) = &txn.vendor_txn_id {
                 by_id
                     .entry(vendor_id)
@@ -475,7 +478,7 @@ impl<'c, 'a> Judge<'c, 'a> {
                     .push((*index, *txn));
             }
         }
-        for (index, txn) in &self.case.vendor_txns {
+        for (index, txn) in self.case.vendor_txns {
             by_id
                 .entry(&txn.id)
                 .or_default()
@@ -488,8 +491,7 @@ impl<'c, 'a> Judge<'c, 'a> {
     fn judge_vendor_id(&mut self, vendor_id: &VendorTxnId, postings: &Postings<'a>) {
         let deliveries = self.facts.vendor_deliveries.get(vendor_id);
         let posted_count = self.facts.genesis_posting_count(vendor_id);
-        let records = postings.records();
-        let id = Some(vendor_id.clone());
+        let id = || Some(vendor_id.clone());
         if deliveries.is_some_and(|seen| seen.conflicting) {
             let resolution = self.review(
                 "Community Pass delivered this transaction more than once with different contents",
@@ -499,9 +501,9 @@ impl<'c, 'a> Judge<'c, 'a> {
             return self.flag(
                 DiscrepancyKind::DuplicateTxnCp,
                 values,
-                id,
+                id(),
                 resolution,
-                &records,
+                &postings.records(),
             );
         }
         if posted_count > 1 {
@@ -513,19 +515,19 @@ impl<'c, 'a> Judge<'c, 'a> {
             return self.flag(
                 DiscrepancyKind::DuplicateTxnGenesis,
                 values,
-                id,
+                id(),
                 resolution,
-                &records,
+                &postings.records(),
             );
         }
         let Some(deliveries) = deliveries else {
-            return self.unknown_to_cp(postings, id, &records);
+            return self.unknown_to_cp(postings, id(), &postings.records());
         };
         match (postings.genesis.first(), postings.vendor.first()) {
             (Some((_, genesis)), Some(_)) => self.compare_txn(genesis, deliveries.first, postings),
-            (Some(_), None) => self.fee_mismatch(id, deliveries.first, &records),
+            (Some(_), None) => self.fee_mismatch(id(), deliveries.first, &postings.records()),
             (None, Some(_)) if posted_count == 1 => {
-                self.fee_mismatch(id, deliveries.first, &records)
+                self.fee_mismatch(id(), deliveries.first, &postings.records())
             }
             (None, Some((_, vendor))) => self.vendor_txn_missing(vendor, postings),
             (None, None) => {}
@@ -554,8 +556,8 @@ impl<'c, 'a> Judge<'c, 'a> {
 
     fn fee_mismatch(&mut self, id: Option<VendorTxnId>, vendor: &VendorTxn, records: &[RecordRef]) {
         let posted_on = self.facts.genesis_postings.get(&vendor.id).map(|fees| {
-            fees.iter()
-                .map(ToString::to_string)
+            fees.fee_ids()
+                .map(|fee| fee.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         });

@@ -74,7 +74,7 @@ pub(crate) fn totals_of(cases: &[FeeCase<'_>]) -> Totals {
     let mut totals = Totals::default();
     for case in cases {
         add_genesis_case(&mut totals.genesis, case);
-        for (_, fee) in &case.vendor_fees {
+        for (_, fee) in case.vendor_fees {
             add_vendor_fee(&mut totals.community_pass, fee);
         }
     }
