@@ -22,8 +22,7 @@ fn main() -> anyhow::Result<()> {
     let mut last = None;
     for _ in 0..repeat.max(1) {
         let started = Instant::now();
-        let (genesis, vendor, _) =
-            cpsync::sync::nightly::fetch_snapshots(&mut conn, &portal, &scope)?;
+        let (genesis, vendor, _) = cpsync::sync::nightly::read_full(&mut conn, &portal, &scope)?;
         eprintln!("fetch {:?}", started.elapsed());
         let started = Instant::now();
         let rec = reconcile(&genesis, &vendor, &policy, &scope);

@@ -213,6 +213,20 @@ struct Reading {
     coverage: RunCoverage,
 }
 
+/// Reads both snapshots of the scope in full, as a full run does (for
+/// tools and profiling; the run itself also keeps the read positions).
+pub fn read_full(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    scope: &Scope,
+) -> Result<(GenesisSnapshot, VendorSnapshot, Vec<String>), SyncError> {
+    let coverage = RunCoverage::Full {
+        instead_of_incremental: None,
+    };
+    let reading = fetch_snapshots(conn, portal, scope, coverage)?;
+    Ok((reading.genesis, reading.vendor, reading.rejected))
+}
+
 /// Reads both sides for the scope; the Community Pass pages are fetched on
 /// another thread while the database is read.
 fn fetch_snapshots(
