@@ -34,7 +34,7 @@ use crate::setup::SetupState;
 pub const APPLY_BATCH_MAX: usize = 500;
 
 /// How many pushes one apply step sends (and records) together.
-pub const PUSH_BATCH_MAX: usize = 200;
+pub const PUSH_BATCH_MAX: usize = 500;
 
 /// Environment variable that makes the process abort after the k-th write
 /// of the apply phase (crash-safety tests only).
