@@ -207,6 +207,16 @@ fn reviews(result: &NightlyResult) -> Vec<(cpsync::reconcile::DiscrepancyKind, O
         .collect()
 }
 
+/// The fee of each discrepancy found, in order.
+fn fees_judged(result: &NightlyResult) -> Vec<Option<FeeId>> {
+    result
+        .reconciliation
+        .discrepancies
+        .iter()
+        .map(|d| d.fee_id)
+        .collect()
+}
+
 fn fees_examined(result: &NightlyResult) -> usize {
     match &result.coverage {
         RunCoverage::Incremental { fees_examined, .. } => *fees_examined,
@@ -365,28 +375,16 @@ fn postgres_incremental_reads_a_change_committed_after_the_mark() {
     );
     lose_pending_pushes(&world);
     let before_commit = world.incremental_nightly(false);
-    let changed: Vec<Option<FeeId>> = before_commit
-        .reconciliation
-        .discrepancies
-        .iter()
-        .map(|d| d.fee_id)
-        .collect();
     assert_eq!(
-        changed,
+        fees_judged(&before_commit),
         vec![Some(quick)],
         "only the committed change is seen"
     );
     open_transaction.batch_execute("COMMIT").unwrap();
     lose_pending_pushes(&world);
     let after_commit = world.incremental_nightly(false);
-    let changed: Vec<Option<FeeId>> = after_commit
-        .reconciliation
-        .discrepancies
-        .iter()
-        .map(|d| d.fee_id)
-        .collect();
     assert_eq!(
-        changed,
+        fees_judged(&after_commit),
         vec![Some(slow)],
         "the late commit is read from the gap"
     );
