@@ -102,9 +102,14 @@ impl RunCoverage {
                 since_run,
                 full_run_id,
                 fees_examined,
-                ..
+                changes,
             } => format!(
-                "Incremental run: the {fees_examined} fees changed since run #{since_run} (or still open then) were examined; the last full run was #{full_run_id}."
+                "Incremental run: the {fees_examined} fees changed since run #{since_run} or left open by it were examined (changed in Genesis {}, Community Pass fees changed {}, new Community Pass transactions {}, open items {}, linked by postings {}); the last full run was #{full_run_id}.",
+                changes.genesis_changed_fees,
+                changes.cp_changed_fees,
+                changes.cp_new_transactions,
+                changes.open_items_carried,
+                changes.fees_linked_by_postings,
             ),
         }
     }
