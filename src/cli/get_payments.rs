@@ -5,6 +5,7 @@
 
 use super::task::{self, run_task, TaskOutcome};
 use super::Context;
+use crate::db::{genesis, DbConnection};
 use crate::domain::{GuardianId, StudentId};
 use crate::sync::pull::{self, PullScope};
 use crate::sync::utc_now;
@@ -24,6 +25,10 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
+    if let Some(unknown) = unknown_id(&mut conn, &args)? {
+        eprintln!("cpsync: {unknown}; nothing was pulled");
+        return Ok(super::exit::FAILURE);
+    }
     let portal = task::portal(context, &mut conn)?;
     let (scope, trigger) = match (args.student, args.guardian) {
         (Some(student), _) => (PullScope::Student(student), "fee_page"),
@@ -64,4 +69,23 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             Ok(outcome)
         },
     )
+}
+
+/// Names the student or guardian asked for when Genesis does not know them
+/// (a pull for them would read nothing that could be posted).
+fn unknown_id(conn: &mut DbConnection, args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(student) = args.student {
+        let found = genesis::load_students_by_ids(conn, &[student])?;
+        if found.records.is_empty() && found.rejected.is_empty() {
+            return Ok(Some(format!("student {student} is not in Genesis")));
+        }
+    }
+    if let Some(guardian) = args.guardian {
+        if genesis::students_of_guardian(conn, guardian, false)?.is_empty() {
+            return Ok(Some(format!(
+                "guardian {guardian} has no students in Genesis"
+            )));
+        }
+    }
+    Ok(None)
 }
