@@ -213,7 +213,7 @@ fn a_push_cut_off_before_its_answer_is_adopted_and_audited() {
             )
         };
         let key = idempotency_key(&push);
-        links::record_push_intent(&mut conn, fee, &key, run_id).unwrap();
+        links::record_push_intents(&mut conn, &[(fee, key.as_str())], run_id).unwrap();
         world.portal.upsert_fee(&push, &key).unwrap();
         // ... killed here: no outcome recorded.
         let result = world.nightly(false);

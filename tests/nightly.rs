@@ -166,24 +166,16 @@ fn finds_exactly_the_injected_drift(backend: Backend) {
     );
     assert_eq!(applied.failed(), 0);
     assert_eq!(applied.remaining_after_apply, Some(0), "one run converges");
-    let reviews_first: Vec<_> = applied
-        .reconciliation
-        .reviews()
-        .map(|d| (d.kind, d.fee_id))
-        .collect();
+    let reviews_first = reviews(&applied);
 
     let second = world.nightly(false);
     assert!(
         second.reconciliation.plan().is_empty(),
         "a second run has nothing to do"
     );
-    let reviews_second: Vec<_> = second
-        .reconciliation
-        .reviews()
-        .map(|d| (d.kind, d.fee_id))
-        .collect();
     assert_eq!(
-        reviews_second, reviews_first,
+        reviews(&second),
+        reviews_first,
         "only the review items remain"
     );
     assert_eq!(vendor_ids_posted_twice(&world), 0);

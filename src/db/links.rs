@@ -174,16 +174,6 @@ pub fn record_push_intents(
     Ok(())
 }
 
-/// Records the idempotency key of one push before it is sent.
-pub fn record_push_intent(
-    conn: &mut DbConnection,
-    fee_id: FeeId,
-    idempotency_key: &str,
-    run_id: i64,
-) -> Result<(), DbError> {
-    record_push_intents(conn, &[(fee_id, idempotency_key)], run_id)
-}
-
 #[derive(Insertable)]
 #[diesel(table_name = cp_fee_links)]
 struct OutcomeRow<'a> {

@@ -85,10 +85,6 @@ pub enum RunCoverage {
 }
 
 impl RunCoverage {
-    pub fn is_incremental(&self) -> bool {
-        matches!(self, RunCoverage::Incremental { .. })
-    }
-
     /// One sentence for people.
     pub fn describe(&self) -> String {
         match self {
@@ -274,19 +270,16 @@ fn read(
     options: &NightlyOptions,
     clock: Clock,
 ) -> Result<Reading, SyncError> {
-    let whole_district = options.scope == Scope::everything();
-    let decision = if options.incremental && whole_district {
-        incremental::decide(conn, setup, options.full_run_every, clock())?
-    } else {
-        Decision::Full(String::new())
+    let full = |instead_of_incremental| RunCoverage::Full {
+        instead_of_incremental,
     };
-    let mark = match decision {
+    if !options.incremental || options.scope != Scope::everything() {
+        return fetch_snapshots(conn, portal, &options.scope, full(None));
+    }
+    let mark = match incremental::decide(conn, setup, options.full_run_every, clock())? {
         Decision::Incremental(mark) => mark,
         Decision::Full(why) => {
-            let coverage = RunCoverage::Full {
-                instead_of_incremental: options.incremental.then_some(why),
-            };
-            return fetch_snapshots(conn, portal, &options.scope, coverage);
+            return fetch_snapshots(conn, portal, &options.scope, full(Some(why)));
         }
     };
     let changed = incremental::fetch_changed(conn, portal, &mark, options.vendor_clock_overlap)?;
