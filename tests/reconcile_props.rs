@@ -493,8 +493,10 @@ fn publish(world: &mut World, fee_id: FeeId) {
         balance,
         status: shown_status(fee.status, balance),
         fee_date: fee.fee_date,
-        due_date: None,
+        due_date: fee.due_date,
         updated_at: fee.modified_at,
+        guardian_ids: Vec::new(),
+        revision: 1,
     });
     let locked = world.payment_applied(fee_id);
     world.genesis.links.push(FeeLink {
@@ -788,6 +790,8 @@ fn orphan_fee(fee_id: FeeId) -> VendorFee {
         fee_date: day("2024-10-01"),
         due_date: None,
         updated_at: day("2024-10-01").and_hms_opt(0, 0, 0).unwrap(),
+        guardian_ids: Vec::new(),
+        revision: 1,
     }
 }
 

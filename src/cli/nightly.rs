@@ -1,8 +1,9 @@
 //! `cpsync nightly`: the reconciliation run. Takes the district lock,
 //! validates both sides, applies what the rules allow (not with
 //! `--dry-run`), records every discrepancy and the run, and exits 0 (in
-//! agreement or corrected), 3 (items need review), 1 (failed) or 4 (another
-//! run holds the lock).
+//! agreement or corrected), 3 (items need review), 5 (not converged: a
+//! correction was applied but re-reading still finds the difference), 1
+//! (failed) or 4 (another run holds the lock).
 
 use std::collections::BTreeMap;
 
@@ -181,8 +182,11 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         corrected: sides.iter().map(|s| s.corrected as i64).sum(),
         needs_review: sides.iter().map(|s| s.needs_review as i64).sum(),
     };
+    let not_converged = result.not_converged();
     let (status, exit_code) = if result.failed() > 0 {
         (RunStatus::Failed, exit::FAILURE)
+    } else if !not_converged.is_empty() {
+        (RunStatus::NotConverged, exit::NOT_CONVERGED)
     } else if result.needs_review() > 0 {
         (RunStatus::NeedsReview, exit::NEEDS_REVIEW)
     } else {
@@ -223,6 +227,10 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "retries": result.retries,
         "rejected_rows": result.rejected_rows,
         "remaining_after_apply": result.remaining_after_apply,
+        "not_converged": not_converged
+            .iter()
+            .map(|(fee, why)| json!({"fee_id": fee, "why": why}))
+            .collect::<Vec<_>>(),
         "failures": failures,
     });
     TaskOutcome {
@@ -248,6 +256,22 @@ fn print_human(summary: &serde_json::Value) {
     );
     if let Some(coverage) = summary["coverage_text"].as_str() {
         println!("  {coverage}");
+    }
+    if let Some(fees) = summary["not_converged"]
+        .as_array()
+        .filter(|f| !f.is_empty())
+    {
+        println!(
+            "  NOT CONVERGED: {} correction(s) were applied but Community Pass still differs:",
+            fees.len()
+        );
+        for fee in fees {
+            println!(
+                "    fee {}: {}",
+                fee["fee_id"],
+                fee["why"].as_str().unwrap_or("")
+            );
+        }
     }
     if let Some(kinds) = summary["discrepancies"].as_object() {
         for (kind, count) in kinds {

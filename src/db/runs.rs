@@ -16,6 +16,8 @@ pub enum RunStatus {
     Succeeded,
     NeedsReview,
     Failed,
+    /// Corrections were applied but a re-read still finds differences.
+    NotConverged,
 }
 
 impl RunStatus {
@@ -25,6 +27,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::NeedsReview => "needs_review",
             RunStatus::Failed => "failed",
+            RunStatus::NotConverged => "not_converged",
         }
     }
 }
