@@ -305,7 +305,7 @@ fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
     let genesis = &report.reconciliation.totals.genesis;
     let cp = &report.reconciliation.totals.community_pass;
     type Pick = fn(&SideTotals) -> Money;
-    let rows: [(&str, &str, Pick); 8] = [
+    let rows: [(&str, &str, Pick); 9] = [
         ("Billed", "fee amounts", |s| s.billed),
         (
             "Paid at the office",
@@ -320,6 +320,11 @@ fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
         }),
         ("Outstanding", "still due from families", |s| s.outstanding),
         ("Credit", "overpaid, owed back to families", |s| s.credit),
+        (
+            "Void or waived",
+            "shown on void or waived fees; nobody owes it",
+            |s| s.written_off,
+        ),
     ];
     rows.iter()
         .map(|(label, hint, pick)| {

@@ -633,6 +633,56 @@ fn complete_entries(
     Ok(())
 }
 
+/// What a change of the sending policy does to fees already sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyChange {
+    /// Sent fees the new policy no longer sends: frozen (never pushed
+    /// again; their payments still posted; a review item only when they
+    /// change or the sides disagree).
+    pub frozen: u64,
+    /// Sent fees frozen before that the new policy sends again (queued).
+    pub thawed: Vec<FeeId>,
+}
+
+/// Compares the old and new sending policy over the fees already sent.
+pub fn policy_change(
+    conn: &mut DbConnection,
+    old: &SetupState,
+    new: &SetupState,
+) -> Result<PolicyChange, SyncError> {
+    let sent: HashSet<FeeId> = links::load_all(conn)?
+        .into_iter()
+        .filter(FeeLink::was_sent)
+        .map(|link| link.fee_id)
+        .collect();
+    let (old_policy, new_policy) = (old.policy(), new.policy());
+    let mut change = PolicyChange::default();
+    for fee in genesis::load_fees(conn, None)?.records {
+        if !sent.contains(&fee.id) {
+            continue;
+        }
+        match (
+            old_policy.eligibility(&fee).is_ok(),
+            new_policy.eligibility(&fee).is_ok(),
+        ) {
+            (true, false) => change.frozen += 1,
+            (false, true) => change.thawed.push(fee.id),
+            _ => {}
+        }
+    }
+    Ok(change)
+}
+
+/// Every fee already sent (to re-push those a patron id rule change
+/// affects: the drain skips the ones whose body did not change).
+pub fn sent_fee_ids(conn: &mut DbConnection) -> Result<Vec<FeeId>, SyncError> {
+    Ok(links::load_all(conn)?
+        .into_iter()
+        .filter(FeeLink::was_sent)
+        .map(|link| link.fee_id)
+        .collect())
+}
+
 /// The ids of every fee eligible to be sent now (for the initial load when
 /// the cutoff is set, and for `--resend`), optionally of one student.
 pub fn eligible_fee_ids(
