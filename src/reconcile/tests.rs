@@ -793,7 +793,8 @@ fn a_frozen_fee_changed_afterwards_says_what_changed_and_what_was_paid() {
 
 #[test]
 fn every_field_community_pass_shows_is_compared_and_pushed() {
-    let edits: [(&str, fn(&mut GenesisFee)); 6] = [
+    type Edit = fn(&mut GenesisFee);
+    let edits: [(&str, Edit); 6] = [
         ("description", |fee| fee.description = "Renamed".to_string()),
         ("due date", |fee| fee.due_date = Some(day("2024-12-01"))),
         ("fee date", |fee| fee.fee_date = day("2024-10-02")),
