@@ -64,8 +64,13 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         Ok(lock) => lock,
         Err(holder) => {
             eprintln!(
-                "cpsync: another run holds the district lock ({} since {} UTC); nothing was done",
-                holder.holder, holder.acquired_at
+                "cpsync: another run holds the district lock ({}); nothing was done{}",
+                holder.describe(),
+                if holder.releasable() {
+                    " (if no cpsync run is active, clear it with `cpsync lock release --force`)"
+                } else {
+                    ""
+                }
             );
             return Ok(exit::LOCKED);
         }
@@ -123,7 +128,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             }
             outcome.summary["elapsed_ms"] = json!(command_started.elapsed().as_millis() as u64);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
+                out!("{}", serde_json::to_string_pretty(&outcome.summary)?);
             } else {
                 print_human(&outcome.summary);
             }
@@ -149,7 +154,7 @@ fn record_report(outcome: &mut TaskOutcome, published: anyhow::Result<Published>
                 "html": files.html, "csv": files.csv, "json": files.json,
             });
             if !json {
-                println!("{}", nightly_report::describe(&files, &delivery));
+                out!("{}", nightly_report::describe(&files, &delivery));
             }
         }
         Err(error) => {
@@ -235,7 +240,7 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
 
 fn print_human(summary: &serde_json::Value) {
     let counts = &summary["counts"];
-    println!(
+    out!(
         "nightly run {}: {}{} — {} Genesis and {} Community Pass records: {} matched, {} corrected, {} need review",
         summary["run_id"],
         summary["status"].as_str().unwrap_or("?"),
@@ -247,17 +252,17 @@ fn print_human(summary: &serde_json::Value) {
         counts["needs_review"],
     );
     if let Some(coverage) = summary["coverage_text"].as_str() {
-        println!("  {coverage}");
+        out!("  {coverage}");
     }
     if let Some(kinds) = summary["discrepancies"].as_object() {
         for (kind, count) in kinds {
-            println!("  {count:>6}  {kind}");
+            out!("  {count:>6}  {kind}");
         }
     }
     let totals = &summary["totals"];
     for side in ["genesis", "community_pass"] {
         let t = &totals[side];
-        println!(
+        out!(
             "  {side:<15} billed ${} paid ${} refunded ${} waived ${} outstanding ${}",
             t["billed"].as_str().unwrap_or("?"),
             t["paid"].as_str().unwrap_or("?"),

@@ -52,6 +52,7 @@ pub mod lock;
 pub mod marks;
 pub mod migrate;
 pub mod outbox;
+pub mod owner;
 pub mod postings;
 pub mod report_mail;
 pub mod runs;
