@@ -195,6 +195,7 @@ pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<Http
     if let Some(section) = section {
         config.connect_timeout = Duration::from_secs(section.connect_timeout_secs);
         config.request_timeout = Duration::from_secs(section.request_timeout_secs);
+        config.call_budget = Duration::from_secs(section.call_budget_secs);
     }
     HttpPortal::new(config).context("building the Community Pass client")
 }

@@ -1,0 +1,167 @@
+//! Every wait has a deadline (issue 17): hostile peers as real sockets on
+//! loopback — a body trickled at 1 byte/s, a server that accepts and never
+//! answers, a huge `Retry-After`, 4xx answers, a PostgreSQL "server" that
+//! accepts and never answers — each must end within its documented bound
+//! (with margin) with a clear message, never retried when a retry cannot
+//! help.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::hostile::{self, HostileServer};
+use cpsync::portal::http::{HttpPortal, HttpPortalConfig};
+use cpsync::portal::{CommunityPass, PortalError};
+use cpsync::secret::Secret;
+
+const KEY: &str = "sk_deadline_test_5e2a";
+/// Slack for thread scheduling on a loaded two-core machine.
+const MARGIN: Duration = Duration::from_millis(1_500);
+
+fn portal(
+    base_url: &str,
+    request_timeout: Duration,
+    call_budget: Duration,
+    retries: u32,
+) -> HttpPortal {
+    let mut config = HttpPortalConfig::new(base_url, Secret::new(KEY));
+    config.connect_timeout = Duration::from_secs(1);
+    config.request_timeout = request_timeout;
+    config.call_budget = call_budget;
+    config.retry.retries = retries;
+    config.retry.backoff_base = Duration::from_millis(50);
+    config.retry.backoff_max = Duration::from_millis(200);
+    HttpPortal::new(config).unwrap()
+}
+
+/// A well-formed test-pull answer head promising `length` body bytes.
+fn head(length: usize) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_body_trickled_at_one_byte_a_second_ends_at_the_deadline() {
+    let body = br#"{"ok": true, "server_time": "2026-11-28T00:00:00", "detail": "trickled"}"#;
+    let server = HostileServer::start_raw(Box::new(move |mut stream| {
+        let _ = stream.write_all(&head(body.len()));
+        hostile::trickle(&mut stream, body, Duration::from_secs(1));
+    }));
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+        3,
+    );
+    let started = Instant::now();
+    let error = client.test_pull().expect_err("cannot finish in time");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2) + MARGIN, "took {took:?}");
+    assert!(matches!(error, PortalError::Timeout { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("deadline") && text.contains("request_timeout_secs"),
+        "{text}"
+    );
+    assert!(!text.contains(KEY));
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_ends_within_the_budget() {
+    let server = HostileServer::start_raw(Box::new(|stream| {
+        std::thread::sleep(Duration::from_secs(30));
+        drop(stream);
+    }));
+    // One attempt: the attempt's deadline.
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        0,
+    );
+    let started = Instant::now();
+    let error = client.test_pull().expect_err("no answer");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2) + MARGIN, "took {took:?}");
+    assert!(took >= Duration::from_millis(1_900), "took {took:?}");
+    assert!(matches!(error, PortalError::Timeout { .. }), "{error}");
+    // Many retries allowed: the call's budget still ends it.
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+        8,
+    );
+    let started = Instant::now();
+    let error = client.test_pull().expect_err("no answer");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3) + MARGIN, "took {took:?}");
+    assert!(error.to_string().contains("gave up after"), "{error}");
+}
+
+#[test]
+fn a_retry_after_beyond_the_budget_fails_at_once() {
+    let server = HostileServer::start(Box::new(|_| {
+        b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 100000\r\ncontent-type: application/json\r\ncontent-length: 45\r\nconnection: close\r\n\r\n{\"code\":\"rate_limited\",\"message\":\"slow down\"}".to_vec()
+    }));
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+        8,
+    );
+    let started = Instant::now();
+    let error = client.test_pull().expect_err("rate limited");
+    assert!(
+        started.elapsed() < Duration::from_secs(1) + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1, "not retried");
+    let text = error.to_string();
+    assert!(
+        text.contains("Retry-After asks for 100000s") && text.contains("not retried"),
+        "{text}"
+    );
+}
+
+#[test]
+fn answers_a_retry_cannot_fix_are_never_retried_and_408_is() {
+    for status in [400u16, 401, 403, 404, 409, 422] {
+        let server = HostileServer::start(Box::new(move |_| {
+            hostile::http(status, br#"{"code":"no","message":"refused"}"#)
+        }));
+        let client = portal(
+            &server.base_url,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+            8,
+        );
+        client.test_pull().expect_err("refused");
+        assert_eq!(
+            server.requests.load(Ordering::SeqCst),
+            1,
+            "{status} not retried"
+        );
+    }
+    let server = HostileServer::start(Box::new(|_| {
+        hostile::http(408, br#"{"code":"timeout","message":"too slow"}"#)
+    }));
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+        2,
+    );
+    let error = client.test_pull().expect_err("408 every time");
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        3,
+        "408 retried twice"
+    );
+    assert!(matches!(error, PortalError::Timeout { .. }), "{error}");
+}
