@@ -165,3 +165,43 @@ fn answers_a_retry_cannot_fix_are_never_retried_and_408_is() {
     );
     assert!(matches!(error, PortalError::Timeout { .. }), "{error}");
 }
+
+#[test]
+fn a_postgres_server_that_accepts_and_never_answers_fails_within_the_connect_timeout() {
+    // Accepts every connection, reads nothing, answers nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(8) {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let url = format!("postgres://cpsync:hunter2@{address}/genesis");
+    let started = Instant::now();
+    let (code, _, err) = common::cpsync(&["--database-url", &url, "runs"]);
+    let took = started.elapsed();
+    let bound = Duration::from_secs(u64::from(cpsync::db::PG_CONNECT_TIMEOUT_SECS));
+    assert_eq!(code, 1, "{err}");
+    assert!(took < bound + MARGIN, "took {took:?}: {err}");
+    assert!(err.contains("connect timeout"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
+#[test]
+fn every_postgres_connection_has_a_statement_timeout() {
+    use diesel::RunQueryDsl;
+    let db = common::TestDb::migrated(common::Backend::Postgres);
+    let mut conn = db.connect();
+    let shown: Setting = diesel::sql_query("SELECT current_setting('statement_timeout') AS value")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(shown.value, "10min");
+}
