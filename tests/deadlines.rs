@@ -205,3 +205,86 @@ fn every_postgres_connection_has_a_statement_timeout() {
         .unwrap();
     assert_eq!(shown.value, "10min");
 }
+
+/// An `openssl s_server` with a self-signed certificate; killed on drop.
+struct UntrustedTlsServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl UntrustedTlsServer {
+    fn start() -> UntrustedTlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(made.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(port.to_string())
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        UntrustedTlsServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for UntrustedTlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_rejected_tls_certificate_is_never_retried() {
+    let server = UntrustedTlsServer::start();
+    let url = format!("https://localhost:{}", server.port);
+    let client = portal(&url, Duration::from_secs(5), Duration::from_secs(60), 8);
+    let started = Instant::now();
+    let error = client.test_pull().expect_err("untrusted certificate");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, PortalError::Config { .. }), "{error}");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    assert_eq!(client.retry_stats().requests, 1);
+    assert_eq!(
+        client.retry_stats().retries(),
+        0,
+        "{:?}",
+        client.retry_stats()
+    );
+}
