@@ -265,6 +265,14 @@ pub struct VendorFee {
     pub fee_date: NaiveDate,
     pub due_date: Option<NaiveDate>,
     pub updated_at: NaiveDateTime,
+    /// The guardians Community Pass links to the student through this fee,
+    /// exactly as last pushed (sorted).
+    #[serde(default)]
+    pub guardian_ids: Vec<GuardianId>,
+    /// Community Pass's revision of this fee record: it grows with every
+    /// change (a push that changed something, a payment, a refund, ...).
+    #[serde(default)]
+    pub revision: i64,
 }
 
 /// One account transaction made in Community Pass.
@@ -285,6 +293,10 @@ pub struct VendorTxn {
 }
 
 /// What the engine pushes for one Genesis fee (the body of a fee upsert).
+///
+/// `genesis_credit` is what Genesis recorded itself: manual payments and
+/// waivers, net of Genesis refunds. It goes below zero when the office
+/// refunds money that was paid in Community Pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeePush {
     pub genesis_fee_id: FeeId,

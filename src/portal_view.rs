@@ -82,9 +82,9 @@ pub struct PortalView {
 
 /// Outstanding balance of one Genesis fee: amount − payments − waivers +
 /// refunds + reversals, over every transaction Genesis holds for it; a void
-/// fee owes nothing.
+/// or waived fee owes nothing (waived with or without a waiver row).
 pub fn fee_balance(fee: &GenesisFee, txns: &[&GenesisTxn]) -> Money {
-    if fee.status == FeeStatus::Void {
+    if matches!(fee.status, FeeStatus::Void | FeeStatus::Waived) {
         return Money::ZERO;
     }
     fee.amount
@@ -102,7 +102,7 @@ fn fee_lines(inputs: &PortalInputs, student: StudentId) -> Vec<FeeLine> {
     inputs
         .fees
         .iter()
-        .filter(|f| f.student_id == student && f.status != FeeStatus::Void)
+        .filter(|f| f.student_id == student && f.status == FeeStatus::Open)
         .map(|fee| {
             let txns = by_fee.get(&fee.id).map(Vec::as_slice).unwrap_or(&[]);
             let balance = fee_balance(fee, txns);
@@ -331,7 +331,10 @@ mod tests {
             ..base()
         });
         check(Case {
-            fees: vec![fee(1, 2_000, None, FeeStatus::Void)],
+            fees: vec![
+                fee(1, 2_000, None, FeeStatus::Void),
+                fee(2, 3_000, None, FeeStatus::Waived),
+            ],
             ..base()
         });
         // A partial payment leaves the rest outstanding.

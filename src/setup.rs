@@ -218,6 +218,48 @@ impl PatronIdRule {
                 .unwrap_or_else(|| student.to_string()),
         }
     }
+
+    /// The patron and the linked guardians (sorted, each once) of `student`
+    /// under this rule: what every push of the student's fees carries.
+    pub fn party_for(
+        self,
+        student: crate::domain::StudentId,
+        links: &[crate::domain::GuardianLink],
+    ) -> crate::reconcile::StudentParty {
+        let mut guardian_ids: Vec<_> = links
+            .iter()
+            .filter(|l| l.student_id == student)
+            .map(|l| l.guardian_id)
+            .collect();
+        guardian_ids.sort();
+        guardian_ids.dedup();
+        crate::reconcile::StudentParty {
+            student_id: student,
+            patron_id: self.patron_for(student, links),
+            guardian_ids,
+        }
+    }
+
+    /// The parties of every student with links or fees, from all links
+    /// sorted by student (as `db::genesis::load_guardian_links` returns
+    /// them) and the students with fees.
+    pub fn parties(
+        self,
+        students: impl IntoIterator<Item = crate::domain::StudentId>,
+        links: &[crate::domain::GuardianLink],
+    ) -> Vec<crate::reconcile::StudentParty> {
+        let mut by_student: std::collections::BTreeMap<_, Vec<crate::domain::GuardianLink>> =
+            students.into_iter().map(|s| (s, Vec::new())).collect();
+        for link in links {
+            if let Some(list) = by_student.get_mut(&link.student_id) {
+                list.push(link.clone());
+            }
+        }
+        by_student
+            .iter()
+            .map(|(student, links)| self.party_for(*student, links))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use cpsync::db::schema::{fee_transactions, student_fees};
 use cpsync::db::{audit, links, postings, runs, DbConnection};
 use cpsync::domain::{FeeId, StudentId};
 use cpsync::portal::http::{HttpPortal, HttpPortalConfig};
-use cpsync::portal::{idempotency_key, CommunityPass};
+use cpsync::portal::{intent_key, push_digest, CommunityPass};
 use cpsync::secret::Secret;
 use cpsync::seed::{self, SeedOptions};
 use cpsync::sync::pull::{get_payments, PullScope};
@@ -212,8 +212,14 @@ fn a_push_cut_off_before_its_answer_is_adopted_and_audited() {
                 vec![],
             )
         };
-        let key = idempotency_key(&push);
-        links::record_push_intents(&mut conn, &[(fee, key.as_str())], run_id).unwrap();
+        let key = first_intent_key(&push);
+        let intent = links::PushIntent {
+            fee_id: fee,
+            seq: 1,
+            digest: push_digest(&push),
+            key: key.clone(),
+        };
+        links::record_push_intents(&mut conn, &[&intent], run_id).unwrap();
         world.portal.upsert_fee(&push, &key).unwrap();
         // ... killed here: no outcome recorded.
         let result = world.nightly(false);
@@ -362,4 +368,9 @@ fn an_echoed_api_key_is_scrubbed_from_errors() {
         .to_string();
     assert!(!error.contains(KEY), "{error}");
     assert!(error.contains("[REDACTED]"), "{error}");
+}
+
+/// The key of a fee's first intended write.
+fn first_intent_key(push: &cpsync::domain::FeePush) -> String {
+    intent_key(push.genesis_fee_id, 1, &push_digest(push))
 }

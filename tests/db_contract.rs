@@ -335,7 +335,23 @@ fn links_record_pushes_and_locks(backend: Backend) {
             .unwrap()
     };
     let (a, b, c) = (FeeId(11), FeeId(12), FeeId(13));
-    links::record_push_intents(&mut conn, &[(a, "key-a1"), (b, "key-b1")], 1).unwrap();
+    let intent = |fee_id, seq: i64, digest: &str| links::PushIntent {
+        fee_id,
+        seq,
+        digest: digest.to_string(),
+        key: format!("key-{}-{seq}", fee_id),
+    };
+    let (a1, b1, a2) = (
+        intent(a, 1, "da1"),
+        intent(b, 1, "db1"),
+        intent(a, 2, "da2"),
+    );
+    links::record_push_intents(&mut conn, &[&a1, &b1], 1).unwrap();
+    let pending = links::push_states_for(&mut conn, &[a]).unwrap();
+    assert!(
+        pending[0].intent_pending(),
+        "{backend:?}: recorded, not acknowledged"
+    );
     let push = |id: FeeId, cents| FeePush {
         genesis_fee_id: id,
         student_id: StudentId(5),
@@ -357,13 +373,26 @@ fn links_record_pushes_and_locks(backend: Backend) {
         amount: Money::from_cents(cents),
         balance: Money::from_cents(cents - 100),
         status: VendorFeeStatus::Open,
+        revision: 1,
         replayed: false,
     };
     let (push_a, answer_a) = (push(a, 5_000), answer(a, 5_000));
-    links::record_push_outcomes(&mut conn, &[(&push_a, &answer_a)], 1, at(2)).unwrap();
+    links::record_push_outcomes(&mut conn, &[(&push_a, "da1", &answer_a)], 1, at(2)).unwrap();
     let (push_a2, answer_a2) = (push(a, 6_000), answer(a, 6_000));
-    links::record_push_intents(&mut conn, &[(a, "key-a2")], 2).unwrap();
-    links::record_push_outcomes(&mut conn, &[(&push_a2, &answer_a2)], 2, at(3)).unwrap();
+    links::record_push_intents(&mut conn, &[&a2], 2).unwrap();
+    links::record_refusal(&mut conn, a, "da2", "409 amount_locked", 2, at(3)).unwrap();
+    assert_eq!(links::refused(&mut conn).unwrap().len(), 1);
+    links::record_push_outcomes(&mut conn, &[(&push_a2, "da2", &answer_a2)], 2, at(3)).unwrap();
+    assert!(
+        links::refused(&mut conn).unwrap().is_empty(),
+        "{backend:?}: an acknowledgement ends the hold"
+    );
+    let state_a = &links::push_states_for(&mut conn, &[a]).unwrap()[0];
+    assert_eq!(
+        (state_a.intent_seq, state_a.pushed_digest.as_deref()),
+        (2, Some("da2"))
+    );
+    assert!(!state_a.intent_pending());
     let link_a = links::detail(&mut conn, a).unwrap().unwrap();
     assert_eq!(
         link_a.first_sent_at,
@@ -373,7 +402,7 @@ fn links_record_pushes_and_locks(backend: Backend) {
     assert_eq!(link_a.last_pushed_at, Some(at(3)));
     assert_eq!(link_a.pushed_amount_cents, Some(6_000));
     assert_eq!(link_a.pushed_credit_cents, Some(100));
-    assert_eq!(link_a.last_idempotency_key.as_deref(), Some("key-a2"));
+    assert_eq!(link_a.last_idempotency_key.as_deref(), Some("key-11-2"));
     assert_eq!(link_a.vendor_fee_id.as_deref(), Some("CPF11"));
     let link_b = links::detail(&mut conn, b).unwrap().unwrap();
     assert_eq!((link_b.vendor_fee_id, link_b.first_sent_at), (None, None));

@@ -15,7 +15,7 @@ use cpsync::domain::{FeeId, FeePush, FeeStatus, GuardianId, StudentId, VendorFee
 use cpsync::money::Money;
 use cpsync::portal::http::{HttpPortal, HttpPortalConfig, RetryPolicy};
 use cpsync::portal::{
-    all_balances, all_fees, all_unmanaged_fees, fees_by_ids, fees_where, idempotency_key,
+    all_balances, all_fees, all_unmanaged_fees, fees_by_ids, fees_where, intent_key, push_digest,
     transactions_after, transactions_of_fees, CommunityPass, FeeFilter, PortalError, TxnScope,
     FEE_IDS_PER_REQUEST_MAX,
 };
@@ -108,7 +108,7 @@ fn upsert_is_idempotent_and_conflicts_on_a_reused_key() {
     let (sim, _admin) = start(1);
     let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
     let fee = push(1, 5, 2_500);
-    let key = idempotency_key(&fee);
+    let key = first_intent_key(&fee);
     let first = portal.upsert_fee(&fee, &key).unwrap();
     assert!(first.created && !first.replayed);
     assert_eq!(first.balance, Money::from_cents(2_500));
@@ -127,7 +127,7 @@ fn upsert_is_idempotent_and_conflicts_on_a_reused_key() {
     );
     assert_no_key(&conflict);
     let updated = portal
-        .upsert_fee(&changed, &idempotency_key(&changed))
+        .upsert_fee(&changed, &first_intent_key(&changed))
         .unwrap();
     assert!(!updated.created && !updated.replayed);
     assert_eq!(updated.amount, Money::from_cents(3_000));
@@ -142,12 +142,12 @@ fn amount_is_read_only_after_a_payment_409() {
     let (sim, admin) = start(1);
     let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
     let fee = push(7, 5, 2_500);
-    portal.upsert_fee(&fee, &idempotency_key(&fee)).unwrap();
+    portal.upsert_fee(&fee, &first_intent_key(&fee)).unwrap();
     let payment = admin.pay(FeeId(7), Some(Money::from_cents(1_000))).unwrap();
     assert_eq!(payment.genesis_fee_id, Some(FeeId(7)));
     let edited = push(7, 5, 2_000);
     let error = portal
-        .upsert_fee(&edited, &idempotency_key(&edited))
+        .upsert_fee(&edited, &first_intent_key(&edited))
         .unwrap_err();
     assert!(
         matches!(&error, PortalError::Conflict { code, .. } if code == "amount_locked"),
@@ -189,7 +189,9 @@ fn invalid_fee_is_a_validation_error_422() {
     let portal = client(&sim.base_url(), TEST_KEY, 3, 100);
     let mut fee = push(3, 5, 2_500);
     fee.description = String::new();
-    let error = portal.upsert_fee(&fee, &idempotency_key(&fee)).unwrap_err();
+    let error = portal
+        .upsert_fee(&fee, &first_intent_key(&fee))
+        .unwrap_err();
     assert!(
         matches!(error, PortalError::Validation { status: 422, .. }),
         "{error:?}"
@@ -279,7 +281,7 @@ fn a_dropped_answer_is_retried_and_replayed_from_the_idempotency_store() {
         })
         .unwrap();
     let fee = push(9, 5, 4_200);
-    let key = idempotency_key(&fee);
+    let key = first_intent_key(&fee);
     let error = portal.upsert_fee(&fee, &key).unwrap_err();
     assert!(
         matches!(error, PortalError::Unavailable { .. }),
@@ -617,7 +619,7 @@ fn districts_are_isolated_by_api_key() {
     let default = client(&sim.base_url(), TEST_KEY, 0, 100);
     let north = client(&sim.base_url(), north_key, 0, 100);
     let fee = push(1, 5, 2_500);
-    default.upsert_fee(&fee, &idempotency_key(&fee)).unwrap();
+    default.upsert_fee(&fee, &first_intent_key(&fee)).unwrap();
     assert_eq!(north.test_pull().unwrap().district, "north");
     assert!(all_fees(&north, None).unwrap().is_empty());
     assert_eq!(all_fees(&default, None).unwrap().len(), 1);
@@ -630,7 +632,7 @@ fn parent_side_actions_are_reflected_in_every_listing() {
     let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
     for (id, cents) in [(1, 10_000), (2, 5_000), (3, 2_000)] {
         let fee = push(id, 5, cents);
-        portal.upsert_fee(&fee, &idempotency_key(&fee)).unwrap();
+        portal.upsert_fee(&fee, &first_intent_key(&fee)).unwrap();
     }
     let cents = |c| Some(Money::from_cents(c));
     let partial = admin.pay(FeeId(1), cents(4_000)).unwrap();
@@ -700,7 +702,7 @@ fn state_file_survives_a_restart_with_its_idempotency_store() {
     let mut config = SimConfig::new(Secret::new(TEST_KEY));
     config.state_file = Some(state_file.clone());
     let fee = push(4, 5, 1_234);
-    let key = idempotency_key(&fee);
+    let key = first_intent_key(&fee);
     let sim = Simulator::start(config.clone()).unwrap();
     let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
     portal.upsert_fee(&fee, &key).unwrap();
@@ -751,7 +753,7 @@ fn prism_accepts_every_client_request() {
     let fee = push(1001, 501, 4_250);
     not_a_contract_breach(
         "fee upsert",
-        portal.upsert_fee(&fee, &idempotency_key(&fee)).err(),
+        portal.upsert_fee(&fee, &first_intent_key(&fee)).err(),
     );
     not_a_contract_breach("fee", portal.fee(FeeId(1001)).err());
     not_a_contract_breach("fees", portal.fees_page(FeeFilter::All, None).err());
@@ -798,4 +800,9 @@ fn prism_accepts_every_client_request() {
             .err(),
     );
     not_a_contract_breach("balances", portal.balances_page(Some("533130")).err());
+}
+
+/// The key of a fee's first intended write.
+fn first_intent_key(push: &cpsync::domain::FeePush) -> String {
+    intent_key(push.genesis_fee_id, 1, &push_digest(push))
 }

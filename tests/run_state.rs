@@ -423,3 +423,30 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
         }
     }
 }
+
+#[test]
+fn every_run_status_the_engine_records_is_accepted_by_the_schema() {
+    for backend in BACKENDS {
+        let db = TestDb::migrated(backend);
+        let mut conn = db.connect();
+        for status in [
+            runs::RunStatus::Succeeded,
+            runs::RunStatus::NeedsReview,
+            runs::RunStatus::Failed,
+            runs::RunStatus::NotConverged,
+            runs::RunStatus::Interrupted,
+        ] {
+            let id = runs::start_run(&mut conn, "nightly_sync", "test", false, now()).unwrap();
+            runs::finish_run(
+                &mut conn,
+                id,
+                status,
+                &runs::RunCounts::default(),
+                None,
+                None,
+                now(),
+            )
+            .unwrap_or_else(|e| panic!("{backend:?} {status:?}: {e}"));
+        }
+    }
+}

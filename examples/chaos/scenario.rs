@@ -93,6 +93,7 @@ fn random_faults(rng: &mut ChaCha8Rng) -> FaultConfig {
         drop_rate: rng.gen_range(0.0..0.08),
         duplicate_rate: rng.gen_range(0.0..0.6),
         reorder_rate: rng.gen_range(0.0..0.6),
+        lost_write_rate: 0.0,
     }
 }
 

@@ -46,10 +46,11 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 out!(
-                "get-payments: {} fetched, {} posted, {} already posted, {} unprocessed (see cpsync unprocessed), {} malformed (parked), {} amounts locked{}",
+                "get-payments: {} fetched, {} posted, {} already posted, {} on Community Pass-only fees (not synced), {} unprocessed (see cpsync unprocessed), {} malformed (parked), {} amounts locked{}",
                 report.fetched,
                 report.posted,
                 report.already_posted,
+                report.community_pass_only,
                 report.parked,
                 report.rejected,
                 report.amounts_locked,

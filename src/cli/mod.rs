@@ -9,6 +9,7 @@ mod export;
 mod fee_history;
 mod get_balances;
 mod get_payments;
+mod held_pushes;
 mod lock;
 mod migrate;
 mod nightly;
@@ -44,6 +45,9 @@ pub mod exit {
     pub const NEEDS_REVIEW: u8 = 3;
     /// Another run holds the district's lock; nothing was done.
     pub const LOCKED: u8 = 4;
+    /// The nightly applied corrections, but re-reading both sides still
+    /// finds differences: the books do not agree (each fee is named).
+    pub const NOT_CONVERGED: u8 = 5;
 }
 
 const AFTER_HELP: &str = "\
@@ -135,6 +139,8 @@ pub enum Command {
     Watch(watch::Args),
     /// Pulled Community Pass transactions that could not be applied, with why.
     Unprocessed(unprocessed::Args),
+    /// Fee pushes Community Pass refused, held with its reason; exit 3 while some wait.
+    HeldPushes(held_pushes::Args),
     /// One fee's whole life in time order, with times and run ids.
     FeeHistory(fee_history::Args),
     /// Before enabling: unmanaged unpaid fees and likely duplicates (CSV, HTML).
@@ -234,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Export(args) => export::run(&context, args),
         Command::Watch(args) => watch::run(&context, args),
         Command::Unprocessed(args) => unprocessed::run(&context, args),
+        Command::HeldPushes(args) => held_pushes::run(&context, args),
         Command::FeeHistory(args) => fee_history::run(&context, args),
         Command::Preflight(args) => preflight::run(&context, args),
         Command::PortalView(args) => portal_view::run(&context, args),

@@ -2,8 +2,10 @@
 //! checks the email settings, validates both sides, applies what the rules
 //! allow (not with `--dry-run`), records every discrepancy, the report
 //! files and the run, releases the lock, and only then sends the email;
-//! exits 0 (in agreement or corrected), 3 (items need review), 1 (failed,
-//! or the email could not be sent) or 4 (another run holds the lock).
+//! exits 0 (in agreement or corrected), 3 (items need review), 5 (not
+//! converged: a correction was applied but re-reading still finds the
+//! difference), 1 (failed, or the email could not be sent) or 4 (another
+//! run holds the lock).
 
 use std::collections::BTreeMap;
 
@@ -220,8 +222,11 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         corrected: sides.iter().map(|s| s.corrected as i64).sum(),
         needs_review: sides.iter().map(|s| s.needs_review as i64).sum(),
     };
+    let not_converged = result.not_converged();
     let (status, exit_code) = if result.failed() > 0 {
         (RunStatus::Failed, exit::FAILURE)
+    } else if !not_converged.is_empty() {
+        (RunStatus::NotConverged, exit::NOT_CONVERGED)
     } else if result.needs_review() > 0 {
         (RunStatus::NeedsReview, exit::NEEDS_REVIEW)
     } else {
@@ -262,6 +267,10 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "retries": result.retries,
         "rejected_rows": result.rejected_rows,
         "remaining_after_apply": result.remaining_after_apply,
+        "not_converged": not_converged
+            .iter()
+            .map(|(fee, why)| json!({"fee_id": fee, "why": why}))
+            .collect::<Vec<_>>(),
         "failures": failures,
     });
     TaskOutcome {
@@ -287,6 +296,22 @@ fn print_human(summary: &serde_json::Value) {
     );
     if let Some(coverage) = summary["coverage_text"].as_str() {
         out!("  {coverage}");
+    }
+    if let Some(fees) = summary["not_converged"]
+        .as_array()
+        .filter(|f| !f.is_empty())
+    {
+        out!(
+            "  NOT CONVERGED: {} correction(s) were applied but Community Pass still differs:",
+            fees.len()
+        );
+        for fee in fees {
+            out!(
+                "    fee {}: {}",
+                fee["fee_id"],
+                fee["why"].as_str().unwrap_or("")
+            );
+        }
     }
     if let Some(kinds) = summary["discrepancies"].as_object() {
         for (kind, count) in kinds {

@@ -94,9 +94,10 @@ fn build(
         .map(|r| r.reconciliation.clone())
         .unwrap_or_else(empty_reconciliation);
     let (corrected, failed) = outcomes(input.result);
+    let not_converged = input.result.map_or(0, |r| r.not_converged().len());
     let verdict = match input.error {
         Some(_) => Verdict::Failed,
-        None => Verdict::from_reconciliation(&reconciliation, failed.len()),
+        None => Verdict::of_run(&reconciliation, failed.len(), not_converged),
     };
     let (student_ids, fee_ids) = named_ids(&reconciliation.discrepancies);
     let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), 31)?);
@@ -156,7 +157,7 @@ fn outcomes(result: Option<&NightlyResult>) -> (Vec<Discrepancy>, Vec<FailedCorr
     {
         match outcome {
             Outcome::Corrected => corrected.push(discrepancy.clone()),
-            Outcome::Failed => failed.push(FailedCorrection {
+            Outcome::Failed | Outcome::NotConverged => failed.push(FailedCorrection {
                 discrepancy: discrepancy.clone(),
                 error: error.clone().unwrap_or_default(),
             }),

@@ -42,7 +42,8 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                     Some(fee) => vec![fee],
                     None => push::eligible_fee_ids(conn, &setup, args.student)?,
                 };
-                push::push_fees(conn, &portal, &setup, &fee_ids, true, run_id, &utc_now)?.0
+                let mode = push::PushMode::Resend;
+                push::push_fees(conn, &portal, &setup, &fee_ids, mode, run_id, &utc_now)?.0
             } else {
                 push::drain_outbox(conn, &portal, &setup, run_id, &utc_now)?
             };
@@ -54,15 +55,23 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 }
 
 /// The run outcome of a push pass: failed pushes fail the run (they stay
-/// pending), refused ones need review.
+/// pending); refused and held ones (Community Pass said no for a reason a
+/// retry cannot fix) need review and leave the queue, so later tasks run.
 pub(super) fn outcome_of(report: &PushReport) -> TaskOutcome {
-    let records = report.pushed + report.unchanged + report.ineligible + report.refused;
+    let records = report.pushed
+        + report.unchanged
+        + report.ineligible
+        + report.refused
+        + report.rejected
+        + report.deleted
+        + report.failed;
     let mut outcome = TaskOutcome::succeeded(report, records);
-    outcome.counts.needs_review = report.refused as i64;
+    let review = report.refused + report.rejected;
+    outcome.counts.needs_review = review as i64;
     if report.failed > 0 {
         outcome.status = crate::db::runs::RunStatus::Failed;
         outcome.exit_code = exit::FAILURE;
-    } else if report.refused > 0 {
+    } else if review > 0 {
         outcome.status = crate::db::runs::RunStatus::NeedsReview;
         outcome.exit_code = exit::NEEDS_REVIEW;
     }
@@ -81,10 +90,13 @@ pub(super) fn print_report(
         return Ok(());
     }
     println!(
-        "{command}: {} pushed ({} new, {} replayed), {} unchanged, {} not eligible, {} refused, {} deleted, {} failed; {} change(s) still waiting",
-        report.pushed, report.created, report.replayed, report.unchanged, report.ineligible,
-        report.refused, report.deleted, report.failed, waiting
+        "{command}: {} pushed ({} new, {} replayed, {} deleted fees voided), {} unchanged, {} not eligible, {} refused, {} held (Community Pass refused), {} deleted, {} failed; {} change(s) still waiting",
+        report.pushed, report.created, report.replayed, report.voided_deleted, report.unchanged,
+        report.ineligible, report.refused, report.rejected, report.deleted, report.failed, waiting
     );
+    if report.rejected > 0 {
+        println!("  see `cpsync held-pushes`; each is sent again when the fee changes, or with `send-fees --resend --fee ID`");
+    }
     for (fee, why) in &report.problems {
         println!("  fee {fee}: {why}");
     }

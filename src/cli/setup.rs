@@ -118,20 +118,62 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         Step::ApiKey { file } => api_key(&mut conn, file),
         Step::Categories(c) => categories(&mut conn, state, c),
         Step::Schools(s) => schools(&mut conn, state, s),
-        Step::PatronId { rule } => save(
-            &mut conn,
-            SetupState {
-                patron_id: rule,
-                ..state
-            },
-            "patron id",
-        ),
+        Step::PatronId { rule } => patron_id(&mut conn, state, rule),
         Step::TestPull => connection_test(context, &mut conn, state, SetupStep::TestPull),
         Step::TestPush => connection_test(context, &mut conn, state, SetupStep::TestPush),
         Step::Cutoff { date } => cutoff(&mut conn, state, date),
         Step::Portal(p) => portal(&mut conn, state, p),
         Step::Tasks { switch, name } => switch_task(&mut conn, &switch, &name),
     }
+}
+
+/// A new patron id rule changes who is billed for fees already sent: every
+/// sent fee is queued, and Send Fees pushes those whose patron changed.
+fn patron_id(
+    conn: &mut DbConnection,
+    state: SetupState,
+    rule: crate::setup::PatronIdRule,
+) -> anyhow::Result<u8> {
+    let changed = rule != state.patron_id;
+    let code = save(
+        conn,
+        SetupState {
+            patron_id: rule,
+            ..state
+        },
+        "patron id",
+    )?;
+    if changed {
+        let sent = push::sent_fee_ids(conn)?;
+        let queued = outbox::enqueue(conn, &sent, "patron_rule", utc_now())?;
+        out!(
+            "{queued} sent fee(s) queued: the next send-fees (or watch) pushes those whose patron changed"
+        );
+    }
+    Ok(code)
+}
+
+/// Saves a change of the sending policy and says what it does to fees
+/// already sent: how many it freezes, and the frozen ones it sends again.
+fn save_policy(
+    conn: &mut DbConnection,
+    old: &SetupState,
+    state: SetupState,
+    what: &str,
+) -> anyhow::Result<u8> {
+    let change = push::policy_change(conn, old, &state)?;
+    let code = save(conn, state, what)?;
+    if change.frozen > 0 {
+        out!(
+            "{} sent fee(s) are now frozen: never pushed again, their Community Pass payments still posted; the nightly lists one only if it changes or the two sides disagree",
+            change.frozen
+        );
+    }
+    if !change.thawed.is_empty() {
+        let queued = outbox::enqueue(conn, &change.thawed, "policy_change", utc_now())?;
+        out!("{queued} frozen fee(s) are sent again and were queued for Send Fees");
+    }
+    Ok(code)
 }
 
 fn save(conn: &mut DbConnection, state: SetupState, what: &str) -> anyhow::Result<u8> {
@@ -265,6 +307,7 @@ fn categories(
     mut state: SetupState,
     args: CategoryArgs,
 ) -> anyhow::Result<u8> {
+    let old = state.clone();
     let known: BTreeSet<String> = genesis::load_category_codes(conn)?.into_iter().collect();
     if args.list {
         for code in &known {
@@ -318,10 +361,11 @@ fn categories(
     };
     state.categories_confirmed_at = Some(utc_now());
     out!("categories: {}", describe_categories(&state.categories));
-    save(conn, state, "categories")
+    save_policy(conn, &old, state, "categories")
 }
 
 fn schools(conn: &mut DbConnection, mut state: SetupState, args: SchoolArgs) -> anyhow::Result<u8> {
+    let old = state.clone();
     let known: BTreeSet<String> = genesis::load_schools(conn)?
         .into_iter()
         .map(|s| s.code)
@@ -338,7 +382,7 @@ fn schools(conn: &mut DbConnection, mut state: SetupState, args: SchoolArgs) -> 
     for code in &args.include {
         state.excluded_schools.remove(code);
     }
-    save(conn, state, "excluded schools")
+    save_policy(conn, &old, state, "excluded schools")
 }
 
 fn connection_test(
@@ -379,11 +423,19 @@ fn connection_test(
 
 fn cutoff(conn: &mut DbConnection, mut state: SetupState, date: NaiveDate) -> anyhow::Result<u8> {
     state.allow(SetupStep::Cutoff)?;
+    let old = state.clone();
     state.cutoff = Some(date);
+    let change = push::policy_change(conn, &old, &state)?;
     settings::save_setup(conn, &state, utc_now())?;
     let eligible = push::eligible_fee_ids(conn, &state, None)?;
     let queued = outbox::enqueue(conn, &eligible, "cutoff_set", utc_now())?;
     out!("cutoff date {date} saved; {queued} existing fee(s) dated on or after it are queued for Send Fees");
+    if change.frozen > 0 {
+        out!(
+            "{} sent fee(s) dated before it are now frozen: never pushed again, their Community Pass payments still posted; the nightly lists one only if it changes or the two sides disagree",
+            change.frozen
+        );
+    }
     print_next(&state);
     Ok(exit::OK)
 }

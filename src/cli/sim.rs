@@ -75,6 +75,9 @@ pub struct FaultArgs {
     /// Probability that a transaction page is shuffled.
     #[arg(long, default_value_t = 0.0)]
     pub reorder_rate: f64,
+    /// Probability that a fee upsert is answered as applied but not applied.
+    #[arg(long, default_value_t = 0.0)]
+    pub lost_write_rate: f64,
 }
 
 impl FaultArgs {
@@ -90,6 +93,7 @@ impl FaultArgs {
             drop_rate: self.drop_rate,
             duplicate_rate: self.duplicate_rate,
             reorder_rate: self.reorder_rate,
+            lost_write_rate: self.lost_write_rate,
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum Outcome {
     NeedsReview,
     Planned,
     Failed,
+    /// Applied as far as the engine could tell, but a re-read shows the
+    /// sides still differ: never reported as corrected.
+    NotConverged,
 }
 
 impl Outcome {
@@ -24,6 +27,7 @@ impl Outcome {
             Outcome::NeedsReview => "needs_review",
             Outcome::Planned => "planned",
             Outcome::Failed => "failed",
+            Outcome::NotConverged => "not_converged",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Fee links (`cp_fee_links`): the integration's record of each fee it
-//! created in Community Pass: the vendor id, what was last pushed, the
-//! idempotency key of the push in flight, and the amount lock.
+//! created in Community Pass: the vendor id, what was last pushed (and the
+//! digest of its whole body), the intent in flight (sequence number, digest
+//! and idempotency key), a push Community Pass refused, and the amount lock.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -39,6 +40,101 @@ pub struct LinkDetail {
     pub locked_at: Option<NaiveDateTime>,
     pub locked_by_vendor_txn: Option<String>,
     pub last_run_id: Option<i64>,
+    pub intent_seq: i64,
+    pub pushed_revision: Option<i64>,
+    pub refused_reason: Option<String>,
+    pub refused_at: Option<NaiveDateTime>,
+}
+
+/// What Send Fees needs of a link to name its next intent: the last intent
+/// (sequence, digest, key), the digest Community Pass acknowledged last,
+/// and a refusal that holds the same content back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = cp_fee_links)]
+pub struct PushState {
+    pub fee_id: i64,
+    pub intent_seq: i64,
+    pub intent_digest: Option<String>,
+    pub last_idempotency_key: Option<String>,
+    pub pushed_digest: Option<String>,
+    pub refused_digest: Option<String>,
+    pub refused_reason: Option<String>,
+}
+
+impl PushState {
+    /// An intent was recorded that Community Pass never acknowledged (its
+    /// answer was lost, or the run was cut off before recording it).
+    pub fn intent_pending(&self) -> bool {
+        self.intent_digest.is_some() && self.intent_digest != self.pushed_digest
+    }
+}
+
+/// The push states of these fees.
+pub fn push_states_for(
+    conn: &mut DbConnection,
+    fee_ids: &[FeeId],
+) -> Result<Vec<PushState>, DbError> {
+    let mut states = Vec::new();
+    for chunk in fee_ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let ids: Vec<i64> = chunk.iter().map(|f| f.0).collect();
+        let rows: Vec<PushState> = cp_fee_links::table
+            .filter(cp_fee_links::fee_id.eq_any(ids))
+            .select(PushState::as_select())
+            .load(conn)?;
+        states.extend(rows);
+    }
+    Ok(states)
+}
+
+/// A push Community Pass refused for a reason a retry cannot fix.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = cp_fee_links)]
+pub struct RefusedPush {
+    pub fee_id: i64,
+    pub refused_reason: Option<String>,
+    pub refused_at: Option<NaiveDateTime>,
+    pub last_run_id: Option<i64>,
+}
+
+/// Every push held because Community Pass refused it, oldest first.
+pub fn refused(conn: &mut DbConnection) -> Result<Vec<RefusedPush>, DbError> {
+    Ok(cp_fee_links::table
+        .filter(cp_fee_links::refused_digest.is_not_null())
+        .select(RefusedPush::as_select())
+        .order((cp_fee_links::refused_at, cp_fee_links::fee_id))
+        .load(conn)?)
+}
+
+/// Records that Community Pass refused this content of the fee: it is
+/// held (not sent again) until the fee changes or is re-sent.
+pub fn record_refusal(
+    conn: &mut DbConnection,
+    fee_id: FeeId,
+    digest: &str,
+    reason: &str,
+    run_id: i64,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    ensure(conn, fee_id)?;
+    diesel::update(cp_fee_links::table.find(fee_id.0))
+        .set((
+            cp_fee_links::refused_digest.eq(digest),
+            cp_fee_links::refused_reason.eq(reason),
+            cp_fee_links::refused_at.eq(now),
+            cp_fee_links::last_run_id.eq(run_id),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Forgets the intent in flight, so the next push of the fee is a new
+/// intent with a new key (after Community Pass said the key was used for
+/// another body).
+pub fn forget_intent(conn: &mut DbConnection, fee_id: FeeId) -> Result<(), DbError> {
+    diesel::update(cp_fee_links::table.find(fee_id.0))
+        .set(cp_fee_links::intent_digest.eq(None::<String>))
+        .execute(conn)?;
+    Ok(())
 }
 
 impl LinkRow {
@@ -134,24 +230,38 @@ macro_rules! upsert_rows {
 struct IntentRow<'a> {
     fee_id: i64,
     last_idempotency_key: &'a str,
+    intent_seq: i64,
+    intent_digest: &'a str,
     last_run_id: i64,
 }
 
-/// Records the idempotency key of each push before it is sent, so a push
-/// cut off by a crash is retried with the same key (`LINK_BATCH_ROWS` links
-/// per statement; a missing link is created).
+/// One intended write of a fee: its sequence number, content digest and
+/// idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushIntent {
+    pub fee_id: FeeId,
+    pub seq: i64,
+    pub digest: String,
+    pub key: String,
+}
+
+/// Records each intent before it is sent, so a push cut off by a crash is
+/// retried with the same key (`LINK_BATCH_ROWS` links per statement; a
+/// missing link is created).
 pub fn record_push_intents(
     conn: &mut DbConnection,
-    intents: &[(FeeId, &str)],
+    intents: &[&PushIntent],
     run_id: i64,
 ) -> Result<(), DbError> {
     use diesel::upsert::excluded;
     for chunk in intents.chunks(LINK_BATCH_ROWS) {
         let rows: Vec<IntentRow> = chunk
             .iter()
-            .map(|(fee_id, key)| IntentRow {
-                fee_id: fee_id.0,
-                last_idempotency_key: key,
+            .map(|intent| IntentRow {
+                fee_id: intent.fee_id.0,
+                last_idempotency_key: &intent.key,
+                intent_seq: intent.seq,
+                intent_digest: &intent.digest,
                 last_run_id: run_id,
             })
             .collect();
@@ -164,6 +274,8 @@ pub fn record_push_intents(
                     .set((
                         cp_fee_links::last_idempotency_key
                             .eq(excluded(cp_fee_links::last_idempotency_key)),
+                        cp_fee_links::intent_seq.eq(excluded(cp_fee_links::intent_seq)),
+                        cp_fee_links::intent_digest.eq(excluded(cp_fee_links::intent_digest)),
                         cp_fee_links::last_run_id.eq(excluded(cp_fee_links::last_run_id)),
                     ))
                     .execute($c)
@@ -184,14 +296,20 @@ struct OutcomeRow<'a> {
     pushed_amount_cents: i64,
     pushed_status: &'a str,
     pushed_credit_cents: i64,
+    pushed_digest: &'a str,
+    pushed_revision: i64,
+    refused_digest: Option<&'a str>,
+    refused_reason: Option<&'a str>,
+    refused_at: Option<NaiveDateTime>,
     last_run_id: i64,
 }
 
 /// Records what Community Pass acknowledged for each push (`LINK_BATCH_ROWS`
-/// links per statement); the first acknowledgement sets `first_sent_at`.
+/// links per statement): the values and digest pushed, the revision it
+/// answered, and no refusal; the first acknowledgement sets `first_sent_at`.
 pub fn record_push_outcomes(
     conn: &mut DbConnection,
-    acknowledged: &[(&FeePush, &UpsertOutcome)],
+    acknowledged: &[(&FeePush, &str, &UpsertOutcome)],
     run_id: i64,
     now: NaiveDateTime,
 ) -> Result<(), DbError> {
@@ -200,7 +318,7 @@ pub fn record_push_outcomes(
     for chunk in acknowledged.chunks(LINK_BATCH_ROWS) {
         let rows: Vec<OutcomeRow> = chunk
             .iter()
-            .map(|(push, outcome)| OutcomeRow {
+            .map(|(push, digest, outcome)| OutcomeRow {
                 fee_id: push.genesis_fee_id.0,
                 vendor_fee_id: &outcome.vendor_fee_id,
                 first_sent_at: now,
@@ -208,6 +326,11 @@ pub fn record_push_outcomes(
                 pushed_amount_cents: push.amount.cents(),
                 pushed_status: push.status.as_str(),
                 pushed_credit_cents: push.genesis_credit.cents(),
+                pushed_digest: digest,
+                pushed_revision: outcome.revision,
+                refused_digest: None,
+                refused_reason: None,
+                refused_at: None,
                 last_run_id: run_id,
             })
             .collect();
@@ -229,6 +352,11 @@ pub fn record_push_outcomes(
                         cp_fee_links::pushed_status.eq(excluded(cp_fee_links::pushed_status)),
                         cp_fee_links::pushed_credit_cents
                             .eq(excluded(cp_fee_links::pushed_credit_cents)),
+                        cp_fee_links::pushed_digest.eq(excluded(cp_fee_links::pushed_digest)),
+                        cp_fee_links::pushed_revision.eq(excluded(cp_fee_links::pushed_revision)),
+                        cp_fee_links::refused_digest.eq(excluded(cp_fee_links::refused_digest)),
+                        cp_fee_links::refused_reason.eq(excluded(cp_fee_links::refused_reason)),
+                        cp_fee_links::refused_at.eq(excluded(cp_fee_links::refused_at)),
                         cp_fee_links::last_run_id.eq(excluded(cp_fee_links::last_run_id)),
                     ))
                     .execute($c)

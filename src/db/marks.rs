@@ -18,7 +18,7 @@ use super::{DbConnection, DbError};
 use crate::domain::{FeeId, StudentId};
 
 /// The outcomes that leave an item open for the next run.
-const OPEN_OUTCOMES: [Outcome; 2] = [Outcome::NeedsReview, Outcome::Failed];
+const OPEN_OUTCOMES: [Outcome; 3] = [Outcome::NeedsReview, Outcome::Failed, Outcome::NotConverged];
 
 /// How far below the highest outbox id a run looks for ids not visible yet
 /// (the changes of Genesis transactions still open), when it has no mark.

@@ -22,6 +22,8 @@ pub enum RunStatus {
     Succeeded,
     NeedsReview,
     Failed,
+    /// Corrections were applied but a re-read still finds differences.
+    NotConverged,
     /// The process running it went away without finishing it.
     Interrupted,
 }
@@ -33,6 +35,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::NeedsReview => "needs_review",
             RunStatus::Failed => "failed",
+            RunStatus::NotConverged => "not_converged",
             RunStatus::Interrupted => "interrupted",
         }
     }

@@ -138,6 +138,13 @@ diesel::table! {
         locked_at -> Nullable<Timestamp>,
         locked_by_vendor_txn -> Nullable<Text>,
         last_run_id -> Nullable<BigInt>,
+        intent_seq -> BigInt,
+        intent_digest -> Nullable<Text>,
+        pushed_digest -> Nullable<Text>,
+        pushed_revision -> Nullable<BigInt>,
+        refused_digest -> Nullable<Text>,
+        refused_reason -> Nullable<Text>,
+        refused_at -> Nullable<Timestamp>,
     }
 }
 

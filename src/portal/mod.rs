@@ -1,6 +1,7 @@
 //! The Community Pass port: the one trait the engine uses to reach the payment
 //! portal, its typed errors, paging helpers that read every record exactly
-//! once, and the deterministic idempotency key of a fee upsert.
+//! once, and the idempotency key of a fee upsert (one key per intended
+//! write, never just per body).
 //!
 //! **Architecture invariant:** nothing outside `portal::http` knows HTTP or
 //! JSON; adapting to the vendor's real API is a change to that one module.
@@ -232,6 +233,9 @@ pub struct UpsertOutcome {
     pub amount: Money,
     pub balance: Money,
     pub status: VendorFeeStatus,
+    /// Community Pass's revision of the fee after this push.
+    #[serde(default)]
+    pub revision: i64,
     /// True when the server answered from its idempotency store (the
     /// `Idempotent-Replayed` header; never part of the body).
     #[serde(skip)]
@@ -246,7 +250,8 @@ pub trait CommunityPass: Send + Sync {
     /// Harmless write test: the server echoes a nonce and keeps nothing.
     fn test_push(&self) -> Result<ConnectionCheck, PortalError>;
     /// Creates or updates the fee keyed by its Genesis id. Use
-    /// `idempotency_key(fee)` so a retry after a crash reuses the key.
+    /// `intent_key` of the intent recorded first, so a retry after a crash
+    /// reuses the key.
     fn upsert_fee(
         &self,
         fee: &FeePush,
@@ -270,17 +275,24 @@ pub trait CommunityPass: Send + Sync {
     fn retry_stats(&self) -> RetryStats;
 }
 
-/// Derives the idempotency key of a fee upsert from its content: the same
-/// change always gets the same key (so a retry, even after a crash, is
-/// answered as a replay), and a different change gets a different key.
-pub fn idempotency_key(fee: &FeePush) -> String {
-    let body = canonical_body(fee);
+/// The digest of a fee push's content (lowercase hex SHA-256 of its
+/// canonical body): what the link records as pushed, so "unchanged" means
+/// every field Community Pass shows is as Genesis says now.
+pub fn push_digest(fee: &FeePush) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(b"cpsync/fee-upsert/v1\0");
-    hasher.update(fee.genesis_fee_id.0.to_string().as_bytes());
-    hasher.update(b"\0");
-    hasher.update(&body);
-    format!("fee-{}-{}", fee.genesis_fee_id, hex(&hasher.finalize()))
+    hasher.update(b"cpsync/fee-upsert/v2\0");
+    hasher.update(canonical_body(fee));
+    hex(&hasher.finalize())
+}
+
+/// The idempotency key of one intended write: the fee, the link's intent
+/// sequence number and the content digest. A retry of the same intent (a
+/// lost answer, a crash before the answer was recorded) reuses the key and
+/// is answered as a replay; a new intent gets a new sequence number, so a
+/// push whose body equals an earlier one (A → B → A) is applied.
+pub fn intent_key(fee_id: FeeId, intent_seq: i64, digest: &str) -> String {
+    let short = &digest[..digest.len().min(16)];
+    format!("fee-{fee_id}-{intent_seq}-{short}")
 }
 
 /// The canonical JSON of a fee push: struct fields in declaration order,
@@ -538,13 +550,18 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_key_is_deterministic_and_content_bound() {
-        let a = idempotency_key(&push(1, 1000));
-        assert_eq!(a, idempotency_key(&push(1, 1000)));
-        assert_ne!(a, idempotency_key(&push(1, 1001)));
-        assert_ne!(a, idempotency_key(&push(2, 1000)));
-        assert!(a.starts_with("fee-1-"));
-        assert_eq!(a.len(), "fee-1-".len() + 64);
+    fn digest_is_content_bound_and_key_names_the_intent() {
+        let a = push_digest(&push(1, 1000));
+        assert_eq!(a, push_digest(&push(1, 1000)));
+        assert_ne!(a, push_digest(&push(1, 1001)));
+        assert_ne!(a, push_digest(&push(2, 1000)));
+        let mut moved = push(1, 1000);
+        moved.description = "Bus pass (corrected)".into();
+        assert_ne!(a, push_digest(&moved), "every field is in the digest");
+        assert_eq!(a.len(), 64);
+        let first = intent_key(FeeId(1), 1, &a);
+        assert_eq!(first, format!("fee-1-1-{}", &a[..16]));
+        assert_ne!(first, intent_key(FeeId(1), 3, &a), "same body, new intent");
     }
 
     #[test]

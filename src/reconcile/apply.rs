@@ -103,10 +103,12 @@ impl Applier {
     }
 
     fn push_fee(&mut self, fee_id: FeeId) {
-        let position = *self
-            .genesis_fee_position
-            .get(&fee_id)
-            .expect("the plan pushes only fees that exist in Genesis");
+        let Some(position) = self.genesis_fee_position.get(&fee_id).copied() else {
+            // Deleted in Genesis, unpaid: the shell voids Community Pass's record.
+            let position = self.vendor_fee_position[&fee_id];
+            self.vendor.fees[position].status = VendorFeeStatus::Void;
+            return;
+        };
         let fee = &self.genesis.fees[position];
         let positions = self
             .txn_positions
@@ -115,7 +117,16 @@ impl Applier {
         let txns = positions
             .iter()
             .map(|position| &self.genesis.txns[*position]);
-        let push = fee_push(fee, txns, fee.student_id.to_string(), Vec::new());
+        let party = self
+            .genesis
+            .parties
+            .iter()
+            .find(|party| party.student_id == fee.student_id);
+        let (patron, guardians) = party.map_or_else(
+            || (fee.student_id.to_string(), Vec::new()),
+            |party| (party.patron_id.clone(), party.guardian_ids.clone()),
+        );
+        let push = fee_push(fee, txns, patron, guardians);
         let vendor_fee_id = self.upsert_vendor_fee(&push);
         let link = self.link_mut(fee_id);
         link.vendor_fee_id = Some(vendor_fee_id);
@@ -136,6 +147,9 @@ impl Applier {
                 fees.len() - 1
             });
         let vendor_fee = &mut self.vendor.fees[position];
+        vendor_fee.student_id = push.student_id;
+        vendor_fee.patron_id = push.patron_id.clone();
+        vendor_fee.guardian_ids = push.guardian_ids.clone();
         vendor_fee.amount = push.amount;
         vendor_fee.genesis_credit = push.genesis_credit;
         vendor_fee.category = push.category.clone();
@@ -204,6 +218,8 @@ fn new_vendor_fee(push: &FeePush) -> VendorFee {
         fee_date: push.fee_date,
         due_date: push.due_date,
         updated_at: NaiveDateTime::default(),
+        guardian_ids: push.guardian_ids.clone(),
+        revision: 1,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::domain::{
 };
 use crate::money::Money;
 
-use super::input::{FeeLink, GenesisSnapshot, Policy, Scope, VendorSnapshot};
+use super::input::{FeeLink, GenesisSnapshot, Policy, Scope, StudentParty, VendorSnapshot};
 
 /// One input record, by side and position in its snapshot vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -137,6 +137,8 @@ pub(crate) struct GlobalFacts<'a> {
     pub genesis_postings: FxHashMap<&'a VendorTxnId, GenesisPostings>,
     /// Each vendor id's deliveries in Community Pass.
     pub vendor_deliveries: FxHashMap<&'a VendorTxnId, VendorDeliveries<'a>>,
+    /// Each student's patron and guardians as Genesis says now.
+    pub parties: FxHashMap<StudentId, &'a StudentParty>,
 }
 
 /// The fee ids of the Genesis transactions carrying one vendor id, in
@@ -176,6 +178,11 @@ impl<'a> GlobalFacts<'a> {
                 vendor.txns.len(),
                 Default::default(),
             ),
+            parties: genesis
+                .parties
+                .iter()
+                .map(|party| (party.student_id, party))
+                .collect(),
         };
         for txn in &genesis.txns {
             if let Some(vendor_id) = &txn.vendor_txn_id {

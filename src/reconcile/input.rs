@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{FeeId, FeeStatus, GenesisFee, GenesisTxn, StudentId, VendorFee, VendorTxn};
+use crate::domain::{
+    FeeId, FeeStatus, GenesisFee, GenesisTxn, GuardianId, StudentId, VendorFee, VendorTxn,
+};
 use crate::money::Money;
 
 /// The integration's own record of one fee it created in Community Pass.
@@ -42,12 +44,26 @@ impl FeeLink {
     }
 }
 
+/// Who a student's fees belong to in Community Pass, as Genesis says now:
+/// the patron (under the district's patron id rule) and the guardians
+/// linked to the student (sorted, each once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudentParty {
+    pub student_id: StudentId,
+    pub patron_id: String,
+    pub guardian_ids: Vec<GuardianId>,
+}
+
 /// Everything the core needs from Genesis.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenesisSnapshot {
     pub fees: Vec<GenesisFee>,
     pub txns: Vec<GenesisTxn>,
     pub links: Vec<FeeLink>,
+    /// The patron and guardians of each student with fees; a student not
+    /// listed is not compared on those two fields.
+    #[serde(default)]
+    pub parties: Vec<StudentParty>,
 }
 
 /// Everything the core needs from Community Pass: integration fees and their

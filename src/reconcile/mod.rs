@@ -70,7 +70,8 @@ pub use accounting::{check_accounting, AccountingError};
 pub use apply::{apply_plan, fee_push, vendor_status};
 pub use case::genesis_credit;
 pub use input::{
-    CategorySelection, FeeLink, GenesisSnapshot, Ineligibility, Policy, Scope, VendorSnapshot,
+    CategorySelection, FeeLink, GenesisSnapshot, Ineligibility, Policy, Scope, StudentParty,
+    VendorSnapshot,
 };
 pub use output::{
     Accounting, Action, Discrepancy, DiscrepancyKind, Reconciliation, Resolution, SideAccounting,

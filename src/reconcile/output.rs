@@ -32,6 +32,9 @@ discrepancy_kinds! {
     FeeMissingInCp => "fee_missing_in_cp",
     PaidFeeMissingInCp => "paid_fee_missing_in_cp",
     FeeOutOfDate => "fee_out_of_date",
+    FeeDetailsOutOfDate => "fee_details_out_of_date",
+    FeeDeletedInGenesis => "fee_deleted_in_genesis",
+    PaidFeeMovedToAnotherStudent => "paid_fee_moved_to_another_student",
     FeeVoidedInGenesis => "fee_voided_in_genesis",
     FeeWaivedInGenesis => "fee_waived_in_genesis",
     GenesisCreditNotReflected => "genesis_credit_not_reflected",
@@ -138,8 +141,11 @@ impl Discrepancy {
 /// transactions (on the Genesis side: those posted from Community Pass);
 /// `genesis_credit` is the net of what Genesis recorded itself. `outstanding`
 /// sums positive balances, `credit` the overpayments (negative balances, as a
-/// positive amount). Identity: `billed − genesis_credit − paid − waived +
-/// refunded + reversed == outstanding − credit`.
+/// positive amount), over open fees; the positive balances of void and
+/// waived fees (which owe nothing) are `written_off`. Identity: `billed −
+/// genesis_credit − paid − waived + refunded + reversed == outstanding +
+/// written_off − credit`. A status disagreement (void on one side, open on
+/// the other) therefore shows as a difference in `outstanding`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SideTotals {
     pub billed: Money,
@@ -150,6 +156,8 @@ pub struct SideTotals {
     pub reversed: Money,
     pub outstanding: Money,
     pub credit: Money,
+    #[serde(default)]
+    pub written_off: Money,
 }
 
 /// Both sides' totals.

@@ -90,6 +90,47 @@ impl FeeValues {
             self.amount, self.status, self.credit
         )
     }
+
+    /// `render`, followed by the fields that differ between the sides.
+    fn render_with(&self, details: &[String]) -> String {
+        if details.is_empty() {
+            self.render()
+        } else {
+            format!("{}; {}", self.render(), details.join("; "))
+        }
+    }
+}
+
+/// One field Community Pass shows that differs from what Genesis says:
+/// its name and each side's value, in words.
+struct FieldDifference {
+    field: &'static str,
+    genesis: String,
+    community_pass: String,
+}
+
+impl FieldDifference {
+    fn of(field: &'static str, genesis: String, community_pass: String) -> Option<Self> {
+        (genesis != community_pass).then_some(FieldDifference {
+            field,
+            genesis,
+            community_pass,
+        })
+    }
+}
+
+fn show_date(date: Option<chrono::NaiveDate>) -> String {
+    date.map_or_else(|| "none".to_string(), |d| d.to_string())
+}
+
+fn show_guardians(ids: &[crate::domain::GuardianId]) -> String {
+    if ids.is_empty() {
+        return "none".to_string();
+    }
+    ids.iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl<'c, 'a> Judge<'c, 'a> {
@@ -275,9 +316,19 @@ impl<'c, 'a> Judge<'c, 'a> {
             );
             let kind = DiscrepancyKind::FeeDeletedAfterPayment;
             self.flag(kind, (None, cp_value), None, resolution, &records);
+        } else if self.case.link.is_some() && self.no_money_moved(vendor) {
+            if vendor.status == VendorFeeStatus::Void {
+                self.mark(&records, Outcome::Matched); // deleted here, void there
+                return;
+            }
+            let void = Resolution::Planned(Action::PushFee {
+                fee_id: vendor.genesis_fee_id,
+            });
+            let kind = DiscrepancyKind::FeeDeletedInGenesis;
+            self.flag(kind, (None, cp_value), None, void, &records);
         } else {
             let reason = if self.case.link.is_some() {
-                "the fee was deleted in Genesis; Community Pass still shows it"
+                "the fee was deleted in Genesis; Community Pass still shows it with money moved on it"
             } else {
                 "Community Pass has a fee whose Genesis id does not exist"
             };
@@ -287,6 +338,20 @@ impl<'c, 'a> Judge<'c, 'a> {
         }
     }
 
+    /// No money moved on the fee in Community Pass: nothing paid, waived,
+    /// refunded or reversed, no transaction listed.
+    fn no_money_moved(&self, vendor: &VendorFee) -> bool {
+        !self.payment_applied()
+            && self.case.vendor_txns.is_empty()
+            && !vendor.waived.is_positive()
+            && !vendor.refunded.is_positive()
+            && !vendor.reversed.is_positive()
+    }
+
+    /// A fee the policy no longer sends (category deselected, cutoff moved,
+    /// school excluded). Once sent it is frozen: never pushed again, its
+    /// Community Pass payments still posted, and it needs a person only
+    /// when the two sides disagree about it.
     fn ineligible(&mut self, genesis: &GenesisFee, vendor: Option<&VendorFee>, why: &str) {
         let records = self.fee_records();
         if !self.was_sent() {
@@ -294,14 +359,66 @@ impl<'c, 'a> Judge<'c, 'a> {
             return;
         }
         let credit = self.case.genesis_credit();
+        let Some(vendor) = vendor else {
+            let values = (Some(FeeValues::of_genesis(genesis, credit).render()), None);
+            let reason = format!(
+                "sent to Community Pass, which no longer lists it; it is not sent again: {why}"
+            );
+            let resolution = self.review(
+                &reason,
+                "ask Community Pass where the fee went, or include it in the policy again",
+            );
+            let kind = DiscrepancyKind::SentButIneligible;
+            return self.flag(kind, values, None, resolution, &records);
+        };
+        let mut changed: Vec<String> = self
+            .detail_differences(genesis, vendor)
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} in Genesis, {} in Community Pass",
+                    d.field, d.genesis, d.community_pass
+                )
+            })
+            .collect();
+        if genesis.amount != vendor.amount {
+            changed.push(format!(
+                "amount {} in Genesis, {} in Community Pass",
+                genesis.amount, vendor.amount
+            ));
+        }
+        if !status_agrees(genesis.status, vendor) {
+            changed.push(format!(
+                "status {} in Genesis, {} in Community Pass",
+                genesis.status, vendor.status
+            ));
+        }
+        if credit != vendor.genesis_credit {
+            changed.push(format!(
+                "office credit {} in Genesis, {} in Community Pass",
+                credit, vendor.genesis_credit
+            ));
+        }
+        if changed.is_empty() {
+            self.mark(&records, Outcome::Matched); // frozen, and both sides agree
+            return;
+        }
         let values = (
             Some(FeeValues::of_genesis(genesis, credit).render()),
-            vendor.map(|fee| FeeValues::of_vendor(fee).render()),
+            Some(format!(
+                "{}; paid {}",
+                FeeValues::of_vendor(vendor).render(),
+                vendor.paid - vendor.refunded - vendor.reversed
+            )),
         );
-        let reason = format!("sent to Community Pass but not eligible: {why}");
+        let reason = format!(
+            "changed in Genesis after it stopped being sent ({why}), so the change is not sent: {}; Community Pass shows {} paid",
+            changed.join("; "),
+            vendor.paid - vendor.refunded - vendor.reversed
+        );
         let resolution = self.review(
             &reason,
-            "void the fee in Community Pass or correct the policy",
+            "make the same change in Community Pass by hand, or include the fee in the policy again so it is sent",
         );
         self.flag(
             DiscrepancyKind::SentButIneligible,
@@ -358,6 +475,22 @@ impl<'c, 'a> Judge<'c, 'a> {
             let kind = DiscrepancyKind::FeeVoidedAfterPayment;
             return self.flag(kind, values(), None, resolution, &records);
         }
+        if self.payment_applied() && genesis.student_id != vendor.student_id {
+            let resolution = self.review(
+                "the fee was moved to another student in Genesis after Community Pass applied a \
+                 payment; the money sits on the first family's account, so the move is not sent",
+                "move the fee back in Genesis, or refund the first family and bill the second",
+            );
+            let kind = DiscrepancyKind::PaidFeeMovedToAnotherStudent;
+            let values = (
+                Some(format!("student {}", genesis.student_id)),
+                Some(format!(
+                    "student {}; paid {}",
+                    vendor.student_id, vendor.paid
+                )),
+            );
+            return self.flag(kind, values, None, resolution, &records);
+        }
         if self.payment_applied() && genesis.amount != vendor.amount {
             let resolution = self.review(
                 "the amount was edited in Genesis after Community Pass applied a payment; \
@@ -370,10 +503,65 @@ impl<'c, 'a> Judge<'c, 'a> {
         match self.fee_difference(genesis, vendor, credit) {
             None => self.mark(&records, Outcome::Matched),
             Some(kind) => {
+                let details = self.detail_differences(genesis, vendor);
+                let values = (
+                    Some(FeeValues::of_genesis(genesis, credit).render_with(&side(&details, true))),
+                    Some(FeeValues::of_vendor(vendor).render_with(&side(&details, false))),
+                );
                 let push = Resolution::Planned(Action::PushFee { fee_id: genesis.id });
-                self.flag(kind, values(), None, push, &records);
+                self.flag(kind, values, None, push, &records);
             }
         }
+    }
+
+    /// The fields other than money and status that differ: student, patron
+    /// and guardians (when Genesis's party of the student is known),
+    /// category, school, description, fee and due dates.
+    fn detail_differences(&self, genesis: &GenesisFee, vendor: &VendorFee) -> Vec<FieldDifference> {
+        let mut differences = vec![
+            FieldDifference::of(
+                "student",
+                genesis.student_id.to_string(),
+                vendor.student_id.to_string(),
+            ),
+            FieldDifference::of(
+                "category",
+                genesis.category.clone(),
+                vendor.category.clone(),
+            ),
+            FieldDifference::of("school", genesis.school.clone(), vendor.school.clone()),
+            FieldDifference::of(
+                "description",
+                genesis.description.clone(),
+                vendor.description.clone(),
+            ),
+            FieldDifference::of(
+                "fee date",
+                genesis.fee_date.to_string(),
+                vendor.fee_date.to_string(),
+            ),
+            FieldDifference::of(
+                "due date",
+                show_date(genesis.due_date),
+                show_date(vendor.due_date),
+            ),
+        ];
+        if let Some(party) = self.facts.parties.get(&genesis.student_id) {
+            differences.push(FieldDifference::of(
+                "patron",
+                party.patron_id.clone(),
+                vendor.patron_id.clone(),
+            ));
+            let mut shown = vendor.guardian_ids.clone();
+            shown.sort();
+            shown.dedup();
+            differences.push(FieldDifference::of(
+                "guardians",
+                show_guardians(&party.guardian_ids),
+                show_guardians(&shown),
+            ));
+        }
+        differences.into_iter().flatten().collect()
     }
 
     /// The kind of the most telling difference between the fee as Genesis
@@ -394,14 +582,17 @@ impl<'c, 'a> Judge<'c, 'a> {
         if status_differs || genesis.amount != vendor.amount {
             return Some(DiscrepancyKind::FeeOutOfDate);
         }
-        if credit == vendor.genesis_credit {
-            return None;
+        if credit != vendor.genesis_credit {
+            return if self.latest_manual_kind() == Some(TxnKind::Waiver) {
+                Some(DiscrepancyKind::GenesisWaiverNotReflected)
+            } else {
+                Some(DiscrepancyKind::GenesisCreditNotReflected)
+            };
         }
-        if self.latest_manual_kind() == Some(TxnKind::Waiver) {
-            Some(DiscrepancyKind::GenesisWaiverNotReflected)
-        } else {
-            Some(DiscrepancyKind::GenesisCreditNotReflected)
+        if !self.detail_differences(genesis, vendor).is_empty() {
+            return Some(DiscrepancyKind::FeeDetailsOutOfDate);
         }
+        None
     }
 
     /// The kind of the most recent transaction recorded in Genesis itself:
@@ -448,6 +639,18 @@ impl<'c, 'a> Judge<'c, 'a> {
     // ----- transactions ----------------------------------------------------
 
     fn transactions(&mut self) {
+        if self.case.fee_id.is_none() {
+            // Transactions on fees that exist only in Community Pass (no
+            // Genesis fee id): never synced, so not a Genesis discrepancy.
+            let records: Vec<RecordRef> = self
+                .case
+                .vendor_txns
+                .iter()
+                .map(|(i, _)| RecordRef::VendorTxn(*i))
+                .collect();
+            self.mark(&records, Outcome::Matched);
+            return;
+        }
         for (vendor_id, postings) in self.postings_by_vendor_id() {
             let first_new = self.report.discrepancies.len();
             self.judge_vendor_id(vendor_id, &postings);
@@ -786,6 +989,21 @@ fn missing_kind(vendor: &VendorTxn, genesis_fee: &GenesisFee) -> DiscrepancyKind
         TxnKind::Waiver => DiscrepancyKind::CpWaiverMissingInGenesis,
         TxnKind::Reversal => DiscrepancyKind::CpReversalMissingInGenesis,
     }
+}
+
+/// Each side's words for a list of field differences.
+fn side(differences: &[FieldDifference], genesis: bool) -> Vec<String> {
+    differences
+        .iter()
+        .map(|d| {
+            let value = if genesis {
+                &d.genesis
+            } else {
+                &d.community_pass
+            };
+            format!("{} {}", d.field, value)
+        })
+        .collect()
 }
 
 /// Whether Community Pass shows the status Genesis has. Community Pass

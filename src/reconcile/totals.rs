@@ -8,9 +8,11 @@
 //!
 //! A fee's status does not enter the identity: a void or waived fee's amount
 //! stays billed until a transaction (a waiver, say) offsets it, on both
-//! sides alike, so the two sides' totals stay comparable.
+//! sides alike, so the two sides' totals stay comparable. What a void or
+//! waived fee still shows as owed is `written_off`, never `outstanding`:
+//! the family owes nothing for it.
 
-use crate::domain::{FeeId, GenesisTxn, VendorFee};
+use crate::domain::{FeeId, FeeStatus, GenesisTxn, VendorFee, VendorFeeStatus};
 use crate::money::Money;
 
 use super::case::{is_manual, FeeCase};
@@ -25,6 +27,7 @@ fn add_fee(
     credit: Money,
     ledger: VendorLedger,
     balance: Money,
+    owes_nothing: bool,
 ) {
     totals.billed += amount;
     totals.genesis_credit += credit;
@@ -34,6 +37,8 @@ fn add_fee(
     totals.reversed += ledger.reversed;
     if balance.is_negative() {
         totals.credit += -balance;
+    } else if owes_nothing {
+        totals.written_off += balance;
     } else {
         totals.outstanding += balance;
     }
@@ -48,7 +53,12 @@ fn add_genesis_case(totals: &mut SideTotals, case: &FeeCase<'_>) {
         ledger.add(txn.kind, txn.amount);
     }
     let balance = genesis_balance(amount, case.genesis_txns.iter().map(|(_, txn)| *txn));
-    add_fee(totals, amount, credit, ledger, balance);
+    let owes_nothing = !case.genesis_fees.is_empty()
+        && case
+            .genesis_fees
+            .iter()
+            .all(|(_, fee)| matches!(fee.status, FeeStatus::Void | FeeStatus::Waived));
+    add_fee(totals, amount, credit, ledger, balance, owes_nothing);
 }
 
 /// A Genesis fee's balance: its amount moved by every transaction on it.
@@ -66,7 +76,15 @@ fn add_vendor_fee(totals: &mut SideTotals, fee: &VendorFee) {
         waived: fee.waived,
         reversed: fee.reversed,
     };
-    add_fee(totals, fee.amount, fee.genesis_credit, ledger, fee.balance);
+    let owes_nothing = matches!(fee.status, VendorFeeStatus::Void | VendorFeeStatus::Waived);
+    add_fee(
+        totals,
+        fee.amount,
+        fee.genesis_credit,
+        ledger,
+        fee.balance,
+        owes_nothing,
+    );
 }
 
 /// Both sides' totals over the examined cases.
@@ -87,9 +105,10 @@ impl SideTotals {
         self.billed - self.genesis_credit - self.paid - self.waived + self.refunded + self.reversed
     }
 
-    /// `outstanding − credit`: the net balance the side reports.
+    /// `outstanding + written_off − credit`: the net of every balance the
+    /// side holds (what the identity must equal).
     pub fn net_balance(&self) -> Money {
-        self.outstanding - self.credit
+        self.outstanding + self.written_off - self.credit
     }
 }
 

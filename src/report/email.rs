@@ -92,7 +92,7 @@ pub fn subject(report: &RunReport) -> String {
     let label = verdict_label(report.verdict, report.dry_run);
     let items = report.review_items().count() + report.failed_corrections.len();
     let count = match report.verdict {
-        Verdict::NeedsReview => format!(" ({items})"),
+        Verdict::NeedsReview | Verdict::NotConverged => format!(" ({items})"),
         _ => String::new(),
     };
     format!(

@@ -13,6 +13,11 @@ pub fn kind_label(kind: DiscrepancyKind) -> &'static str {
         K::FeeMissingInCp => "Fee not yet in Community Pass",
         K::PaidFeeMissingInCp => "Paid fee missing from Community Pass",
         K::FeeOutOfDate => "Fee changed in Genesis, not yet in Community Pass",
+        K::FeeDetailsOutOfDate => {
+            "Fee details (student, family, description, dates) not yet in Community Pass"
+        }
+        K::FeeDeletedInGenesis => "Unpaid fee deleted in Genesis",
+        K::PaidFeeMovedToAnotherStudent => "Paid fee moved to another student",
         K::FeeVoidedInGenesis => "Fee voided in Genesis",
         K::FeeWaivedInGenesis => "Fee waived in Genesis",
         K::GenesisCreditNotReflected => "Office payment not reflected in Community Pass",

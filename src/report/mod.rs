@@ -85,6 +85,8 @@ pub enum Verdict {
     NeedsReview,
     /// The run did not finish.
     Failed,
+    /// Corrections were sent, but a re-read found the sides still differ.
+    NotConverged,
 }
 
 impl Verdict {
@@ -94,7 +96,19 @@ impl Verdict {
         reconciliation: &Reconciliation,
         failed_corrections: usize,
     ) -> Verdict {
-        if reconciliation.reviews().next().is_some() || failed_corrections > 0 {
+        Verdict::of_run(reconciliation, failed_corrections, 0)
+    }
+
+    /// `from_reconciliation`, where `not_converged` corrections (applied,
+    /// yet still different on re-reading) make the run `NotConverged`.
+    pub fn of_run(
+        reconciliation: &Reconciliation,
+        failed_corrections: usize,
+        not_converged: usize,
+    ) -> Verdict {
+        if not_converged > 0 {
+            Verdict::NotConverged
+        } else if reconciliation.reviews().next().is_some() || failed_corrections > 0 {
             Verdict::NeedsReview
         } else if reconciliation.discrepancies.is_empty() {
             Verdict::InAgreement
@@ -109,6 +123,7 @@ impl Verdict {
             Verdict::Corrected => "corrected",
             Verdict::NeedsReview => "needs_review",
             Verdict::Failed => "failed",
+            Verdict::NotConverged => "not_converged",
         }
     }
 
@@ -119,6 +134,7 @@ impl Verdict {
             Verdict::Corrected,
             Verdict::NeedsReview,
             Verdict::Failed,
+            Verdict::NotConverged,
         ]
         .into_iter()
         .find(|verdict| verdict.as_str() == text)

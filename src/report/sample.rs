@@ -213,6 +213,7 @@ fn totals() -> Totals {
             reversed: cents(8_500),
             outstanding: cents(844_250),
             credit: cents(3_500),
+            written_off: cents(0),
         },
         community_pass: SideTotals {
             billed: cents(4_816_000),
@@ -223,6 +224,7 @@ fn totals() -> Totals {
             reversed: cents(12_000),
             outstanding: cents(841_750),
             credit: cents(3_500),
+            written_off: cents(0),
         },
     }
 }

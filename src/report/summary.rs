@@ -82,6 +82,7 @@ fn side_totals(side: &SideTotals) -> Value {
         "reversed": side.reversed.to_string(),
         "outstanding": side.outstanding.to_string(),
         "credit": side.credit.to_string(),
+        "written_off": side.written_off.to_string(),
     })
 }
 

@@ -201,6 +201,7 @@ pub fn verdict_label(verdict: Verdict, dry_run: bool) -> &'static str {
         (Verdict::Corrected, true) => "Corrections planned (dry run)",
         (Verdict::NeedsReview, _) => "Needs review",
         (Verdict::Failed, _) => "Failed",
+        (Verdict::NotConverged, _) => "Not converged",
     }
 }
 
@@ -220,7 +221,7 @@ fn verdict_colors(verdict: Verdict) -> (&'static str, &'static str) {
         Verdict::InAgreement => ("#1b7a3a", "#e7f4eb"),
         Verdict::Corrected => ("#1d5fa8", "#e8f0fa"),
         Verdict::NeedsReview => ("#945400", "#fff3dd"),
-        Verdict::Failed => ("#b3261e", "#fdeceb"),
+        Verdict::Failed | Verdict::NotConverged => ("#b3261e", "#fdeceb"),
     }
 }
 
@@ -249,6 +250,10 @@ pub fn verdict_sentence(report: &RunReport) -> String {
         Verdict::Failed => {
             "The run did not finish, so the books were not fully checked tonight.".to_string()
         }
+        Verdict::NotConverged => format!(
+            "The books do NOT agree: {} sent tonight did not take effect in Community Pass (a re-read still shows the difference); each is listed below.",
+            plural(failed, "correction", "corrections")
+        ),
     }
 }
 
@@ -300,7 +305,7 @@ fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
     let genesis = &report.reconciliation.totals.genesis;
     let cp = &report.reconciliation.totals.community_pass;
     type Pick = fn(&SideTotals) -> Money;
-    let rows: [(&str, &str, Pick); 8] = [
+    let rows: [(&str, &str, Pick); 9] = [
         ("Billed", "fee amounts", |s| s.billed),
         (
             "Paid at the office",
@@ -315,6 +320,11 @@ fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
         }),
         ("Outstanding", "still due from families", |s| s.outstanding),
         ("Credit", "overpaid, owed back to families", |s| s.credit),
+        (
+            "Void or waived",
+            "shown on void or waived fees; nobody owes it",
+            |s| s.written_off,
+        ),
     ];
     rows.iter()
         .map(|(label, hint, pick)| {

@@ -30,6 +30,8 @@ pub struct FaultPlan {
     pub drop_answer: bool,
     pub duplicate: bool,
     pub reorder: bool,
+    /// Answer a fee upsert as applied without applying it.
+    pub lose_write: bool,
 }
 
 /// The seeded fault generator and the statistics of what was served.
@@ -65,7 +67,7 @@ impl FaultInjector {
     }
 
     /// Decides the faults of one vendor API request and counts it.
-    pub fn plan(&mut self, route: &str, transaction_page: bool) -> FaultPlan {
+    pub fn plan(&mut self, route: &str, transaction_page: bool, fee_write: bool) -> FaultPlan {
         self.stats.requests += 1;
         *self
             .stats
@@ -85,6 +87,12 @@ impl FaultInjector {
             plan.drop_answer = self.chance(self.config.drop_rate);
             if plan.drop_answer {
                 self.stats.faults.dropped += 1;
+            }
+        }
+        if fee_write && plan.refusal.is_none() {
+            plan.lose_write = self.chance(self.config.lost_write_rate);
+            if plan.lose_write {
+                self.stats.faults.lost_writes += 1;
             }
         }
         if transaction_page && plan.refusal.is_none() {
@@ -162,7 +170,7 @@ mod tests {
         let plans = |seed| {
             let mut injector = FaultInjector::new(faulty(), seed);
             (0..500)
-                .map(|_| injector.plan("GET /v1/fees", true))
+                .map(|_| injector.plan("GET /v1/fees", true, false))
                 .collect::<Vec<_>>()
         };
         assert_eq!(plans(42), plans(42));
@@ -179,7 +187,7 @@ mod tests {
         };
         let mut injector = FaultInjector::new(config, 1);
         for _ in 0..6 {
-            let plan = injector.plan("GET /v1/fees", false);
+            let plan = injector.plan("GET /v1/fees", false, false);
             assert_eq!(
                 plan.refusal,
                 Some(Refusal::RateLimited {
@@ -189,6 +197,6 @@ mod tests {
         }
         assert_eq!(injector.stats.faults.rate_limited, 6);
         let mut calm = FaultInjector::new(FaultConfig::default(), 1);
-        assert_eq!(calm.plan("GET /v1/fees", true), FaultPlan::default());
+        assert_eq!(calm.plan("GET /v1/fees", true, true), FaultPlan::default());
     }
 }

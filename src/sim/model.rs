@@ -37,6 +37,9 @@ pub struct FaultConfig {
     pub duplicate_rate: f64,
     /// Chance that a transaction page is delivered in shuffled order.
     pub reorder_rate: f64,
+    /// Chance that a fee upsert is answered as applied but changes nothing
+    /// (a vendor that loses writes): the engine must notice on re-reading.
+    pub lost_write_rate: f64,
 }
 
 /// The largest latency or spike the simulator accepts, in milliseconds.
@@ -54,6 +57,7 @@ impl FaultConfig {
             ("drop_rate", self.drop_rate),
             ("duplicate_rate", self.duplicate_rate),
             ("reorder_rate", self.reorder_rate),
+            ("lost_write_rate", self.lost_write_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -84,6 +88,8 @@ pub struct FaultCounts {
     pub dropped: u64,
     pub duplicated_pages: u64,
     pub reordered_pages: u64,
+    #[serde(default)]
+    pub lost_writes: u64,
 }
 
 /// What the simulator has served since start or the last reset.

@@ -342,11 +342,15 @@ async fn vendor(
     request: Request<Incoming>,
 ) -> Result<Reply, DroppedConnection> {
     let routed = route(request.method(), request.uri().path());
-    let (label, transaction_page) = match &routed {
-        Ok(route) => (route.label(), *route == Route::Transactions),
-        Err(_) => ("unrouted", false),
+    let (label, transaction_page, fee_write) = match &routed {
+        Ok(route) => (
+            route.label(),
+            *route == Route::Transactions,
+            matches!(route, Route::UpsertFee(_)),
+        ),
+        Err(_) => ("unrouted", false, false),
     };
-    let plan = lock(&shared.faults).plan(label, transaction_page);
+    let plan = lock(&shared.faults).plan(label, transaction_page, fee_write);
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }
@@ -410,7 +414,7 @@ fn serve_vendor(
             Some(fee) => Ok(json_reply(200, fee)),
             None => Err(ApiError::not_found("fee_not_found", format!("no fee {id}"))),
         },
-        Route::UpsertFee(id) => upsert(state, id, call),
+        Route::UpsertFee(id) => upsert(state, id, call, plan.lose_write),
         Route::UnmanagedFees => unmanaged_fees(state, &call.query),
         Route::Transactions => {
             let mut faults = lock(&shared.faults);
@@ -700,8 +704,13 @@ fn check_idempotency_key(key: Option<&str>) -> Result<&str, ApiError> {
 }
 
 /// A fee amount on the wire, exactly as the document's pattern: 1 to 8
-/// digits, optionally a point and 1 or 2 digits; no sign, no spaces.
-fn is_amount_text(text: &str) -> bool {
+/// digits, optionally a point and 1 or 2 digits; no spaces, and a leading
+/// minus sign only where `signed` (a Genesis credit after an office refund).
+fn is_amount_text(text: &str, signed: bool) -> bool {
+    let text = match text.strip_prefix('-') {
+        Some(rest) if signed => rest,
+        _ => text,
+    };
     let (whole, fraction) = match text.split_once('.') {
         Some((whole, fraction)) => (whole, Some(fraction)),
         None => (text, None),
@@ -712,16 +721,28 @@ fn is_amount_text(text: &str) -> bool {
     digits(whole, 8) && fraction.is_none_or(|f| digits(f, 2))
 }
 
-fn check_amount_text(field: &str, value: Option<&serde_json::Value>) -> Result<(), ApiError> {
-    match value {
-        Some(serde_json::Value::String(text)) if !is_amount_text(text) => {
-            Err(ApiError::unprocessable(
-                "invalid_amount",
-                format!("{field} must be a decimal string with at most two places"),
-            ))
-        }
-        _ => Ok(()),
+/// Checks an amount's text and says exactly what is wrong with it.
+fn check_amount_text(
+    field: &str,
+    value: Option<&serde_json::Value>,
+    signed: bool,
+) -> Result<(), ApiError> {
+    let Some(serde_json::Value::String(text)) = value else {
+        return Ok(()); // a missing or non-string value fails decoding, with its own message
+    };
+    if is_amount_text(text, signed) {
+        return Ok(());
     }
+    let shown: String = text.chars().take(32).collect();
+    let expected = if signed {
+        "an optional minus sign, 1 to 8 digits, and at most two decimal places"
+    } else {
+        "1 to 8 digits and at most two decimal places, with no sign"
+    };
+    Err(ApiError::unprocessable(
+        "invalid_amount",
+        format!("{field} {shown:?} is not an amount: expected {expected}"),
+    ))
 }
 
 fn with_replay_marker(mut reply: Reply, replayed: bool) -> Reply {
@@ -734,12 +755,17 @@ fn with_replay_marker(mut reply: Reply, replayed: bool) -> Reply {
 
 /// `PUT /v1/fees/{id}`: same key and same body → the stored answer, marked
 /// as a replay; same key and another body → 409; otherwise upsert and store.
-fn upsert(state: &mut District, id: FeeId, call: &Call) -> Result<Reply, ApiError> {
+/// With `lose_write` (a fault) the answer says applied but nothing changes.
+fn upsert(
+    state: &mut District,
+    id: FeeId,
+    call: &Call,
+    lose_write: bool,
+) -> Result<Reply, ApiError> {
     let key = check_idempotency_key(header_text(&call.headers, "idempotency-key"))?;
     let value: serde_json::Value = parse_json(&call.body)?;
-    for field in ["amount", "genesis_credit"] {
-        check_amount_text(field, value.get(field))?;
-    }
+    check_amount_text("amount", value.get("amount"), false)?;
+    check_amount_text("genesis_credit", value.get("genesis_credit"), true)?;
     let push: FeePush = serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))?;
     if push.genesis_fee_id != id {
@@ -760,7 +786,11 @@ fn upsert(state: &mut District, id: FeeId, call: &Call) -> Result<Reply, ApiErro
         let reply = bytes_reply(stored.status, stored.body.clone().into_bytes());
         return Ok(with_replay_marker(reply, true));
     }
-    let outcome = state.upsert(push, now())?;
+    let outcome = if lose_write {
+        state.upsert_lost(&push)?
+    } else {
+        state.upsert(push, now())?
+    };
     let status = if outcome.created { 201 } else { 200 };
     let body = serde_json::to_string(&outcome)
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;

@@ -65,7 +65,6 @@ impl ApiError {
 pub struct ManagedFee {
     pub fee: VendorFee,
     pub push_status: FeeStatus,
-    pub guardian_ids: Vec<GuardianId>,
 }
 
 /// Which fee a vendor fee id or a payment belongs to.
@@ -118,7 +117,9 @@ pub struct District {
     transactions: Vec<VendorTxn>,
     transactions_by_student: HashMap<StudentId, Vec<i64>>,
     transactions_by_fee: HashMap<FeeId, Vec<i64>>,
-    guardian_students: HashMap<GuardianId, BTreeSet<StudentId>>,
+    /// Which students each guardian is linked to, and through how many
+    /// fees: exactly the links of the fees as last pushed.
+    guardian_students: HashMap<GuardianId, BTreeMap<StudentId, u32>>,
     payments: HashMap<VendorTxnId, PaymentLedger>,
     patrons: BTreeMap<String, PatronTotals>,
     idempotency: HashMap<String, IdempotentReply>,
@@ -187,12 +188,14 @@ fn vendor_status(fee: &VendorFee, pushed: FeeStatus) -> VendorFeeStatus {
     }
 }
 
-/// What a fee adds to its patron's balance: nothing once void.
-fn patron_share(fee: &VendorFee) -> Money {
-    if fee.status == VendorFeeStatus::Void {
-        Money::ZERO
-    } else {
-        fee.balance
+/// What a fee adds to its patron's balance: nothing once void, and nothing
+/// once Genesis waived it (a waived fee owes nothing, with or without a
+/// waiver transaction).
+fn patron_share(managed: &ManagedFee) -> Money {
+    match managed.push_status {
+        FeeStatus::Void | FeeStatus::Waived => Money::ZERO,
+        FeeStatus::Open if managed.fee.status == VendorFeeStatus::Void => Money::ZERO,
+        FeeStatus::Open => managed.fee.balance,
     }
 }
 
@@ -253,7 +256,15 @@ pub fn validate_push(push: &FeePush) -> Result<(), ApiError> {
         check_id("guardian_ids[]", guardian.0)?;
     }
     check_not_negative("amount", push.amount)?;
-    check_not_negative("genesis_credit", push.genesis_credit)?;
+    if push.genesis_credit.is_negative() && -push.genesis_credit > push.amount {
+        return Err(ApiError::unprocessable(
+            "invalid_amount",
+            format!(
+                "genesis_credit {} is a Genesis refund larger than the fee's amount {}",
+                push.genesis_credit, push.amount
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -305,12 +316,6 @@ impl District {
         } else {
             self.update_fee(&push, now)?;
         }
-        for guardian in &push.guardian_ids {
-            self.guardian_students
-                .entry(*guardian)
-                .or_default()
-                .insert(push.student_id);
-        }
         let fee = &self.fees[&id].fee;
         Ok(UpsertOutcome {
             genesis_fee_id: id,
@@ -319,6 +324,34 @@ impl District {
             amount: fee.amount,
             balance: fee.balance,
             status: fee.status,
+            revision: fee.revision,
+            replayed: false,
+        })
+    }
+
+    /// The answer an upsert would get, without changing anything (the
+    /// lost-write fault): validated like a real one, then dropped.
+    pub fn upsert_lost(&self, push: &FeePush) -> Result<UpsertOutcome, ApiError> {
+        validate_push(push)?;
+        let id = push.genesis_fee_id;
+        let existing = self.fees.get(&id).map(|managed| &managed.fee);
+        let balance = push.amount - push.genesis_credit;
+        Ok(UpsertOutcome {
+            genesis_fee_id: id,
+            vendor_fee_id: existing.map_or_else(
+                || format!("CPF{:010}", self.next_vendor_number + 1),
+                |fee| fee.vendor_fee_id.clone(),
+            ),
+            created: existing.is_none(),
+            amount: push.amount,
+            balance,
+            status: match push.status {
+                FeeStatus::Void => VendorFeeStatus::Void,
+                FeeStatus::Waived => VendorFeeStatus::Waived,
+                FeeStatus::Open if balance.is_positive() => VendorFeeStatus::Open,
+                FeeStatus::Open => VendorFeeStatus::Paid,
+            },
+            revision: existing.map_or(1, |fee| fee.revision + 1),
             replayed: false,
         })
     }
@@ -344,7 +377,10 @@ impl District {
             fee_date: push.fee_date,
             due_date: push.due_date,
             updated_at: now,
+            guardian_ids: push.guardian_ids.clone(),
+            revision: 0,
         };
+        self.link_guardians(&fee, 1);
         self.vendor_ids.insert(
             fee.vendor_fee_id.clone(),
             FeeKey::Managed(fee.genesis_fee_id),
@@ -354,10 +390,9 @@ impl District {
         let managed = ManagedFee {
             fee,
             push_status: push.status,
-            guardian_ids: push.guardian_ids.clone(),
         };
         self.fees.insert(push.genesis_fee_id, managed);
-        self.change_fee(push.genesis_fee_id, |_| {});
+        self.change_fee(push.genesis_fee_id, |managed| managed.fee.revision = 1);
     }
 
     fn update_fee(&mut self, push: &FeePush, now: NaiveDateTime) -> Result<(), ApiError> {
@@ -378,6 +413,7 @@ impl District {
             self.fees_by_student.insert((push.student_id, id));
         }
         self.move_patron_share(&old, &push.patron_id);
+        self.link_guardians(&old, -1);
         self.change_fee(id, |managed| {
             let fee = &mut managed.fee;
             fee.student_id = push.student_id;
@@ -389,16 +425,37 @@ impl District {
             fee.genesis_credit = push.genesis_credit;
             fee.fee_date = push.fee_date;
             fee.due_date = push.due_date;
+            fee.guardian_ids = push.guardian_ids.clone();
             managed.push_status = push.status;
-            managed.guardian_ids = push.guardian_ids.clone();
         });
         let managed = self.fees.get_mut(&id).expect("fee exists");
-        let mut unchanged = managed.fee.clone();
-        unchanged.updated_at = old.updated_at;
-        if unchanged != old {
+        if managed.fee.revision != old.revision {
             managed.fee.updated_at = now;
         }
+        let fee = managed.fee.clone();
+        self.link_guardians(&fee, 1);
         Ok(())
+    }
+
+    /// Adds (`delta` 1) or removes (-1) the guardian links one fee carries.
+    fn link_guardians(&mut self, fee: &VendorFee, delta: i32) {
+        for guardian in &fee.guardian_ids {
+            let students = self.guardian_students.entry(*guardian).or_default();
+            let count = students.entry(fee.student_id).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                students.remove(&fee.student_id);
+            }
+            if students.is_empty() {
+                self.guardian_students.remove(guardian);
+            }
+        }
+    }
+
+    fn guardian_linked(&self, guardian: GuardianId, student: StudentId) -> bool {
+        self.guardian_students
+            .get(&guardian)
+            .is_some_and(|students| students.contains_key(&student))
     }
 
     /// Moves a fee's patron share to a new patron before its fields change.
@@ -406,7 +463,7 @@ impl District {
         if old.patron_id == new_patron {
             return;
         }
-        let share = patron_share(old);
+        let share = patron_share(&self.fees[&old.genesis_fee_id]);
         self.patrons
             .entry(old.patron_id.clone())
             .or_default()
@@ -418,17 +475,22 @@ impl District {
     }
 
     /// The one way an integration fee changes: applies `edit`, re-derives
-    /// balance and status, and moves the difference into the patron total.
+    /// balance and status, moves the difference into the patron total, and
+    /// counts a new revision when anything changed.
     fn change_fee(&mut self, id: FeeId, edit: impl FnOnce(&mut ManagedFee)) {
         let managed = self
             .fees
             .get_mut(&id)
             .expect("caller checked the fee exists");
-        let before = patron_share(&managed.fee);
+        let before = patron_share(managed);
+        let (old_fee, old_status) = (managed.fee.clone(), managed.push_status);
         edit(managed);
         managed.fee.balance = balance_of(&managed.fee);
         managed.fee.status = vendor_status(&managed.fee, managed.push_status);
-        let after = patron_share(&managed.fee);
+        if managed.fee != old_fee || managed.push_status != old_status {
+            managed.fee.revision = old_fee.revision + 1;
+        }
+        let after = patron_share(managed);
         let patron = managed.fee.patron_id.clone();
         self.patrons.entry(patron).or_default().integration += after - before;
     }
@@ -898,11 +960,7 @@ impl District {
 
     fn scope_selects(&self, scope: Scope, sequence: i64) -> bool {
         let student = self.transaction(sequence).and_then(|txn| txn.student_id);
-        let linked = |guardian: GuardianId, student: StudentId| {
-            self.guardian_students
-                .get(&guardian)
-                .is_some_and(|set| set.contains(&student))
-        };
+        let linked = |guardian, student| self.guardian_linked(guardian, student);
         match (scope, student) {
             (Scope::All, _) => true,
             (_, None) => false,
@@ -924,15 +982,12 @@ impl District {
                 let students: Vec<StudentId> = self
                     .guardian_students
                     .get(&guardian)
-                    .map(|set| set.iter().copied().collect())
+                    .map(|set| set.keys().copied().collect())
                     .unwrap_or_default();
                 self.student_sequences(&students, after, limit)
             }
             Scope::StudentOfGuardian(student, guardian) => {
-                let linked = self
-                    .guardian_students
-                    .get(&guardian)
-                    .is_some_and(|set| set.contains(&student));
+                let linked = self.guardian_linked(guardian, student);
                 let students = if linked { vec![student] } else { Vec::new() };
                 self.student_sequences(&students, after, limit)
             }
@@ -1038,16 +1093,12 @@ impl District {
         self.patrons
             .entry(fee.patron_id.clone())
             .or_default()
-            .integration += patron_share(fee);
+            .integration += patron_share(&managed);
         self.vendor_ids
             .insert(fee.vendor_fee_id.clone(), FeeKey::Managed(id));
         self.fees_by_student.insert((fee.student_id, id));
-        for guardian in &managed.guardian_ids {
-            self.guardian_students
-                .entry(*guardian)
-                .or_default()
-                .insert(fee.student_id);
-        }
+        let linked = fee.clone();
+        self.link_guardians(&linked, 1);
         self.fees.insert(id, managed);
     }
 

@@ -346,6 +346,7 @@ fn read_genesis_fees(
         links: links::load_for(conn, ids)?,
         fees: fees.records,
         txns: txns.records,
+        parties: Vec::new(),
     };
     Ok((snapshot, rejected))
 }

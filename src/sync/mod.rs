@@ -4,9 +4,10 @@
 //! audit row per change.
 //!
 //! **Architecture invariant:** every write to Community Pass is an upsert keyed
-//! by the Genesis fee id with an idempotency key derived from its content and
-//! recorded before the call; every write to Genesis is keyed by the vendor's
-//! transaction id and refused by the database if it already exists.
+//! by the Genesis fee id with an idempotency key naming one intended write
+//! (the link's intent sequence and the body's digest), recorded before the
+//! call; every write to Genesis is keyed by the vendor's transaction id and
+//! refused by the database if it already exists.
 
 pub mod balances;
 pub mod incremental;
@@ -38,6 +39,31 @@ impl From<diesel::result::Error> for SyncError {
     fn from(error: diesel::result::Error) -> SyncError {
         SyncError::Db(DbError::Query(error))
     }
+}
+
+/// Students beyond which the guardian links are read whole rather than by
+/// student id.
+const PARTY_STUDENTS_BY_ID_MAX: usize = 5_000;
+
+/// Fills the snapshot's parties (patron and guardians of every student with
+/// fees in it, under the district's patron id rule), so the core compares
+/// them with what Community Pass holds.
+pub fn attach_parties(
+    conn: &mut crate::db::DbConnection,
+    setup: &crate::setup::SetupState,
+    genesis: &mut crate::reconcile::GenesisSnapshot,
+) -> Result<(), SyncError> {
+    let mut students: Vec<crate::domain::StudentId> =
+        genesis.fees.iter().map(|fee| fee.student_id).collect();
+    students.sort();
+    students.dedup();
+    let links = if students.len() > PARTY_STUDENTS_BY_ID_MAX {
+        crate::db::genesis::load_guardian_links(conn)?
+    } else {
+        crate::db::genesis::load_guardian_links_for(conn, &students)?
+    };
+    genesis.parties = setup.patron_id.parties(students, &links);
+    Ok(())
 }
 
 /// The clock, passed in so runs can be replayed in tests.

@@ -14,7 +14,7 @@ use diesel::Connection;
 use serde::Serialize;
 
 use super::incremental::{self, ChangeCounts, Decision};
-use super::push::{push_fees, PushOutcome};
+use super::push::{push_fees, PushMode, PushOutcome};
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::{self, Outcome};
@@ -128,6 +128,9 @@ pub struct NightlyResult {
     pub retries: RetryStats,
     /// Actions a re-read still plans after apply (concurrent activity, or failures).
     pub remaining_after_apply: Option<usize>,
+    /// The fees a re-read after apply still finds different, with the
+    /// kinds still found: each correction on them is `NotConverged`.
+    pub still_different: BTreeMap<FeeId, Vec<&'static str>>,
     pub coverage: RunCoverage,
 }
 
@@ -144,6 +147,17 @@ impl NightlyResult {
             .iter()
             .filter(|(o, _)| *o == Outcome::Failed)
             .count()
+    }
+
+    /// The discrepancies applied but not converged, with why.
+    pub fn not_converged(&self) -> Vec<(FeeId, String)> {
+        self.reconciliation
+            .discrepancies
+            .iter()
+            .zip(&self.outcomes)
+            .filter(|(_, (o, _))| *o == Outcome::NotConverged)
+            .filter_map(|(d, (_, why))| d.fee_id.map(|fee| (fee, why.clone().unwrap_or_default())))
+            .collect()
     }
 
     pub fn needs_review(&self) -> usize {
@@ -355,6 +369,7 @@ fn fetch_genesis(
             fees: fees.records,
             txns: txns.records,
             links,
+            parties: Vec::new(),
         },
         rejected,
     ))
@@ -385,6 +400,7 @@ pub fn run(
         txn_sequence,
         coverage,
     } = read(conn, portal, setup, options, clock)?;
+    super::attach_parties(conn, setup, &mut genesis)?;
     if !options.dry_run {
         adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
     }
@@ -394,7 +410,7 @@ pub fn run(
     check_accounting(&reconciliation.accounting)
         .map_err(|e| SyncError::Accounting(e.to_string()))?;
     timer.lap("reconcile");
-    let outcomes = if options.dry_run {
+    let mut outcomes = if options.dry_run {
         planned_outcomes(&reconciliation)
     } else {
         let results = apply(conn, portal, setup, &reconciliation, run_id, clock)?;
@@ -404,16 +420,12 @@ pub fn run(
     check_conservation(&reconciliation.totals, &vendor)
         .map_err(|e| SyncError::Conservation(e.to_string()))?;
     let mut remaining_after_apply = None;
+    let mut still_different = BTreeMap::new();
     if !options.dry_run {
         let touched = touched_fees(&reconciliation);
-        remaining_after_apply = Some(verify_touched(
-            conn,
-            portal,
-            &vendor,
-            &touched,
-            setup,
-            &options.scope,
-        )?);
+        still_different = verify_touched(conn, portal, &vendor, &touched, setup, &options.scope)?;
+        remaining_after_apply = Some(still_different.values().map(Vec::len).sum());
+        mark_not_converged(&reconciliation, &mut outcomes, &still_different);
         timer.lap("verify");
     }
     let start = match (vendor_as_of, outbox, options.dry_run) {
@@ -444,8 +456,32 @@ pub fn run(
         rejected_rows,
         retries: portal.retry_stats(),
         remaining_after_apply,
+        still_different,
         coverage,
     })
+}
+
+/// Corrections that were applied (as far as each call said) on a fee a
+/// re-read still finds different are `NotConverged`, never `Corrected`.
+fn mark_not_converged(
+    reconciliation: &Reconciliation,
+    outcomes: &mut [(Outcome, Option<String>)],
+    still_different: &BTreeMap<FeeId, Vec<&'static str>>,
+) {
+    for (discrepancy, outcome) in reconciliation.discrepancies.iter().zip(outcomes) {
+        let Some(kinds) = discrepancy.fee_id.and_then(|fee| still_different.get(&fee)) else {
+            continue;
+        };
+        if outcome.0 == Outcome::Corrected {
+            *outcome = (
+                Outcome::NotConverged,
+                Some(format!(
+                    "applied, but a re-read still finds {}",
+                    kinds.join(", ")
+                )),
+            );
+        }
+    }
 }
 
 /// Where a whole-district run started reading each side.
@@ -565,8 +601,9 @@ fn touched_fees(reconciliation: &Reconciliation) -> Vec<FeeId> {
 /// Re-reads what the plan touched, from both sides, and proves it: the
 /// Genesis rows from the database, each fee from Community Pass (its
 /// transactions are Community Pass's own and the plan never writes them);
-/// conservation must hold, and the actions still planned are returned (0
-/// unless a write failed or someone changed the fee meanwhile).
+/// conservation must hold, and the fees on which actions are still planned
+/// are returned with their kinds (none unless a write failed, Community
+/// Pass did not apply it, or someone changed the fee meanwhile).
 fn verify_touched(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
@@ -574,9 +611,9 @@ fn verify_touched(
     touched: &[FeeId],
     setup: &SetupState,
     scope: &Scope,
-) -> Result<usize, SyncError> {
+) -> Result<BTreeMap<FeeId, Vec<&'static str>>, SyncError> {
     if touched.is_empty() {
-        return Ok(0);
+        return Ok(BTreeMap::new());
     }
     let fees = genesis::load_fees_by_ids(conn, touched)?.records;
     let txns = genesis::load_txns_for_fees(conn, touched)?.records;
@@ -591,11 +628,28 @@ fn verify_touched(
             .cloned()
             .collect(),
     };
-    let genesis = GenesisSnapshot { fees, txns, links };
+    let mut genesis = GenesisSnapshot {
+        fees,
+        txns,
+        links,
+        parties: Vec::new(),
+    };
+    super::attach_parties(conn, setup, &mut genesis)?;
     let after = reconcile(&genesis, &vendor, &setup.policy(), scope);
     check_conservation(&after.totals, &vendor)
         .map_err(|e| SyncError::Conservation(e.to_string()))?;
-    Ok(after.plan().len())
+    let mut still: BTreeMap<FeeId, Vec<&'static str>> = BTreeMap::new();
+    for discrepancy in &after.discrepancies {
+        if let (Resolution::Planned(action), Some(_)) =
+            (&discrepancy.resolution, discrepancy.fee_id)
+        {
+            still
+                .entry(action.fee_id())
+                .or_default()
+                .push(discrepancy.kind.as_str());
+        }
+    }
+    Ok(still)
 }
 
 fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {
@@ -609,9 +663,19 @@ fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<Str
         .collect()
 }
 
+/// How one planned action went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ActionResult {
+    Done,
+    /// Refused for a reason a retry cannot fix (a handbook rule, or
+    /// Community Pass said no): held for a person, in words.
+    Held(String),
+    Failed(String),
+}
+
 fn outcomes_from(
     reconciliation: &Reconciliation,
-    results: &HashMap<ActionKey, Result<(), String>>,
+    results: &HashMap<ActionKey, ActionResult>,
 ) -> Vec<(Outcome, Option<String>)> {
     reconciliation
         .discrepancies
@@ -619,8 +683,9 @@ fn outcomes_from(
         .map(|d| match &d.resolution {
             Resolution::NeedsReview { .. } => (Outcome::NeedsReview, None),
             Resolution::Planned(action) => match results.get(&ActionKey::of(action)) {
-                Some(Ok(())) => (Outcome::Corrected, None),
-                Some(Err(error)) => (Outcome::Failed, Some(error.clone())),
+                Some(ActionResult::Done) => (Outcome::Corrected, None),
+                Some(ActionResult::Held(why)) => (Outcome::NeedsReview, Some(why.clone())),
+                Some(ActionResult::Failed(error)) => (Outcome::Failed, Some(error.clone())),
                 None => (Outcome::Failed, Some("not applied".to_string())),
             },
         })
@@ -636,7 +701,7 @@ fn apply(
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
-) -> Result<HashMap<ActionKey, Result<(), String>>, SyncError> {
+) -> Result<HashMap<ActionKey, ActionResult>, SyncError> {
     let plan = reconciliation.plan();
     let mut crash = CrashPoint::from_env();
     let mut results = HashMap::new();
@@ -651,7 +716,7 @@ fn apply(
         post_batch(conn, batch, run_id, clock)?;
         crash.wrote();
         for (fee_id, txn) in batch {
-            results.insert(ActionKey::Post(*fee_id, txn.id.clone()), Ok(()));
+            results.insert(ActionKey::Post(*fee_id, txn.id.clone()), ActionResult::Done);
         }
     }
     let locks: Vec<(FeeId, Option<VendorTxnId>)> = plan
@@ -665,7 +730,7 @@ fn apply(
         links::lock_amounts(conn, &locks, Some(run_id), clock())?;
         crash.wrote();
         for (fee_id, _) in &locks {
-            results.insert(ActionKey::Lock(*fee_id), Ok(()));
+            results.insert(ActionKey::Lock(*fee_id), ActionResult::Done);
         }
     }
     let pushes: Vec<FeeId> = plan
@@ -676,26 +741,21 @@ fn apply(
         })
         .collect();
     for batch in pushes.chunks(PUSH_BATCH_MAX) {
-        let (_, outcomes) = push_fees(conn, portal, setup, batch, true, run_id, clock)?;
+        let (_, outcomes) =
+            push_fees(conn, portal, setup, batch, PushMode::Correct, run_id, clock)?;
         crash.wrote();
         for (fee_id, outcome) in outcomes {
             let result = match &outcome {
-                PushOutcome::Pushed { .. } | PushOutcome::Unchanged => Ok(()),
-                other => Err(describe(other)),
+                PushOutcome::Pushed { .. } | PushOutcome::Unchanged => ActionResult::Done,
+                PushOutcome::Refused(_) | PushOutcome::Rejected(_) => {
+                    ActionResult::Held(outcome.describe())
+                }
+                other => ActionResult::Failed(other.describe()),
             };
             results.insert(ActionKey::Push(fee_id), result);
         }
     }
     Ok(results)
-}
-
-fn describe(outcome: &PushOutcome) -> String {
-    match outcome {
-        PushOutcome::Ineligible(why) => format!("not sent: {why}"),
-        PushOutcome::Refused(why) | PushOutcome::Failed(why) => why.clone(),
-        PushOutcome::Deleted => "the fee no longer exists in Genesis".to_string(),
-        PushOutcome::Pushed { .. } | PushOutcome::Unchanged => String::new(),
-    }
 }
 
 /// One bounded database transaction of postings, their audit rows and the

@@ -1,17 +1,20 @@
 //! Get Payments: pulls Community Pass transactions into Genesis, exactly once
 //! each, keyed by the vendor's transaction id. Three triggers: everything
 //! after the stored cursor (nightly), one student (their fee page is
-//! opened), one guardian (they log in). Transactions that cannot be applied
-//! are parked with the reason and retried by every later pull.
+//! opened), one guardian (they log in: the students Genesis links to that
+//! guardian with portal access, never the vendor's idea of the family).
+//! Transactions that cannot be applied are parked with the reason and
+//! retried by every later pull; transactions on fees that exist only in
+//! Community Pass (no Genesis fee id) are never synced and only counted.
 
 use std::collections::HashSet;
 
 use serde::Serialize;
 
 use super::{Clock, SyncError};
-use crate::db::{cursors, links, postings, DbConnection};
+use crate::db::{cursors, genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, GuardianId, StudentId, VendorTxn, VendorTxnId};
-use crate::portal::{transactions_after, CommunityPass, TxnScope};
+use crate::portal::{transactions_after, CommunityPass, PortalError, TxnBatch, TxnScope};
 
 /// Whose transactions to pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +23,8 @@ pub enum PullScope {
     Cursor,
     /// One student's transactions (from the start; the cursor is not moved).
     Student(StudentId),
-    /// All of one guardian's students' transactions.
+    /// The transactions of the students Genesis links to this guardian
+    /// with portal access.
     Guardian(GuardianId),
 }
 
@@ -34,6 +38,9 @@ pub struct PullReport {
     pub parked: u64,
     pub resolved_from_parked: u64,
     pub amounts_locked: u64,
+    /// Transactions on fees that exist only in Community Pass (no Genesis
+    /// fee id): never synced, so neither posted nor parked.
+    pub community_pass_only: u64,
     /// Records that broke the contract, parked for the office.
     pub rejected: u64,
     pub cursor_from: Option<i64>,
@@ -50,15 +57,17 @@ pub fn get_payments(
     run_id: i64,
     clock: Clock,
 ) -> Result<PullReport, SyncError> {
-    let (txn_scope, after) = match scope {
-        PullScope::Cursor => (
-            TxnScope::All,
-            cursors::position(conn, cursors::TRANSACTIONS)?,
-        ),
-        PullScope::Student(id) => (TxnScope::Student(id), 0),
-        PullScope::Guardian(id) => (TxnScope::Guardian(id), 0),
+    let (batch, after) = match scope {
+        PullScope::Cursor => {
+            let after = cursors::position(conn, cursors::TRANSACTIONS)?;
+            (transactions_after(portal, TxnScope::All, after)?, after)
+        }
+        PullScope::Student(id) => (transactions_after(portal, TxnScope::Student(id), 0)?, 0),
+        PullScope::Guardian(id) => {
+            let students = genesis::students_of_guardian(conn, id, true)?;
+            (transactions_of_students(portal, &students)?, 0)
+        }
     };
-    let batch = transactions_after(portal, txn_scope, after)?;
     let mut report = PullReport {
         fetched: (batch.items.len() + batch.rejected.len()) as u64,
         duplicates_dropped: batch.duplicates_dropped,
@@ -89,20 +98,44 @@ pub fn get_payments(
     Ok(report)
 }
 
+/// Every transaction of these students, each once, in sequence order.
+fn transactions_of_students(
+    portal: &dyn CommunityPass,
+    students: &[StudentId],
+) -> Result<TxnBatch, PortalError> {
+    let mut all = TxnBatch {
+        items: Vec::new(),
+        next_after: 0,
+        duplicates_dropped: 0,
+        rejected: Vec::new(),
+    };
+    let mut seen = HashSet::new();
+    for student in students {
+        let batch = transactions_after(portal, TxnScope::Student(*student), 0)?;
+        for txn in batch.items {
+            if seen.insert(txn.id.clone()) {
+                all.items.push(txn);
+            } else {
+                all.duplicates_dropped += 1;
+            }
+        }
+        all.duplicates_dropped += batch.duplicates_dropped;
+        all.next_after = all.next_after.max(batch.next_after);
+        all.rejected.extend(batch.rejected);
+    }
+    all.items.sort_by_key(|txn| txn.sequence);
+    Ok(all)
+}
+
 fn dedupe_by_id(txns: &mut Vec<&VendorTxn>) {
     let mut seen = HashSet::new();
     txns.retain(|t| seen.insert(t.id.clone()));
 }
 
 /// Why a transaction cannot be applied in Genesis, if it cannot.
-fn unapplicable(txn: &VendorTxn, existing_fees: &HashSet<FeeId>) -> Option<String> {
-    match txn.genesis_fee_id {
-        None => Some("the transaction names no Genesis fee".to_string()),
-        Some(fee) if !existing_fees.contains(&fee) => Some(format!(
-            "fee {fee} not found in Genesis (deleted, or never created there)"
-        )),
-        Some(_) => None,
-    }
+fn unapplicable(fee: FeeId, existing_fees: &HashSet<FeeId>) -> Option<String> {
+    (!existing_fees.contains(&fee))
+        .then(|| format!("fee {fee} not found in Genesis (deleted, or never created there)"))
 }
 
 /// What `post_and_lock` did.
@@ -153,13 +186,20 @@ pub fn apply(
     let existing = postings::existing_fees(conn, &fee_ids)?;
     let mut to_post: Vec<(FeeId, &VendorTxn)> = Vec::new();
     let mut to_park: Vec<(&VendorTxn, String)> = Vec::new();
+    let mut community_pass_only: Vec<VendorTxnId> = Vec::new();
     for txn in txns {
-        match (unapplicable(txn, &existing), txn.genesis_fee_id) {
-            (None, Some(fee)) => to_post.push((fee, txn)),
-            (Some(reason), _) => to_park.push((txn, reason)),
-            (None, None) => unreachable!("a transaction without a fee is unapplicable"),
+        let Some(fee) = txn.genesis_fee_id else {
+            community_pass_only.push(txn.id.clone()); // a fee Genesis never created
+            continue;
+        };
+        match unapplicable(fee, &existing) {
+            None => to_post.push((fee, txn)),
+            Some(reason) => to_park.push((txn, reason)),
         }
     }
+    report.community_pass_only += community_pass_only.len() as u64;
+    // Parked by an earlier version as "names no Genesis fee": not ours.
+    postings::resolve(conn, &community_pass_only, now)?;
     let applied = post_and_lock(conn, &to_post, run_id, now)?;
     report.posted += applied.posted as u64;
     report.already_posted += (to_post.len() - applied.posted) as u64;

@@ -2,6 +2,16 @@
 //! drain (`send-fees`, `watch`), by `send-fees --resend`, and by the nightly
 //! run's corrections. Only eligible fees are sent; a fee whose amount is
 //! locked by a Community Pass payment is never pushed with a new amount.
+//!
+//! Every push is one *intent*: the link's next sequence number, the digest
+//! of the whole body (every field Community Pass shows) and the idempotency
+//! key naming both, recorded before the call. A retry of an intent never
+//! acknowledged reuses its key (a replay if Community Pass applied it); any
+//! other push is a new intent, so returning a fee to an earlier state is
+//! applied. A push Community Pass refuses for a reason a retry cannot fix
+//! (409, 422, 404) is held with the vendor's reason: it leaves the retry
+//! queue and is sent again only when the fee changes or on `--resend`.
+//! An unpaid fee deleted in Genesis is voided in Community Pass.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -12,9 +22,15 @@ use serde::Serialize;
 
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
+use crate::db::links::{PushIntent, PushState};
 use crate::db::{genesis, links, outbox, DbConnection};
-use crate::domain::{FeeId, FeePush, FeeStatus, GenesisFee, GenesisTxn, GuardianLink, StudentId};
-use crate::portal::{idempotency_key, CommunityPass, PortalError, UpsertOutcome};
+use crate::domain::{
+    FeeId, FeePush, FeeStatus, GenesisFee, GenesisTxn, GuardianLink, StudentId, VendorFee,
+    VendorFeeStatus,
+};
+use crate::portal::{
+    fees_by_ids, intent_key, push_digest, CommunityPass, PortalError, UpsertOutcome,
+};
 use crate::reconcile::{fee_push, FeeLink};
 use crate::setup::SetupState;
 
@@ -23,22 +39,56 @@ pub const OUTBOX_BATCH_MAX: i64 = 500;
 /// How many batches one drain may take before returning (the next run goes on).
 pub const OUTBOX_BATCHES_MAX: usize = 10_000;
 
+/// Why fees are being pushed, which decides what is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushMode {
+    /// A change Genesis made (outbox, `watch`): a fee whose whole body was
+    /// acknowledged already is unchanged; a refused body stays held.
+    Drain,
+    /// A nightly correction: Community Pass was seen to differ, so the fee
+    /// is pushed even when the link says this body was acknowledged; a
+    /// refused body stays held.
+    Correct,
+    /// `send-fees --resend`: every eligible fee again, held ones included,
+    /// each as a new intent.
+    Resend,
+}
+
 /// What happened to one fee asked to be pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome", content = "detail")]
 pub enum PushOutcome {
     /// Community Pass created or updated the fee.
     Pushed { created: bool, replayed: bool },
-    /// What Community Pass holds already matches; nothing sent.
+    /// What Community Pass acknowledged last is this very body; nothing sent.
     Unchanged,
     /// Not eligible: before the cutoff, category not selected, school excluded.
     Ineligible(String),
-    /// Refused by a handbook rule (e.g. amount edited after a payment).
+    /// Refused by a handbook rule (e.g. amount edited after a payment); not sent.
     Refused(String),
-    /// The fee no longer exists in Genesis.
+    /// Community Pass refused this content for a reason a retry cannot fix
+    /// (now, or earlier with the same content): held for a person, not retried.
+    Rejected(String),
+    /// Deleted in Genesis, and not voided in Community Pass (it was paid
+    /// there, or Community Pass never had it): the nightly run reports it.
     Deleted,
     /// The call failed; the fee stays pending.
     Failed(String),
+}
+
+impl PushOutcome {
+    /// Words for a person, for summaries and the nightly's outcomes.
+    pub fn describe(&self) -> String {
+        match self {
+            PushOutcome::Pushed { .. } => "pushed".to_string(),
+            PushOutcome::Unchanged => "unchanged".to_string(),
+            PushOutcome::Ineligible(why) => format!("not sent: {why}"),
+            PushOutcome::Refused(why) => format!("not sent: {why}"),
+            PushOutcome::Rejected(why) => format!("held: {why}"),
+            PushOutcome::Deleted => "the fee no longer exists in Genesis".to_string(),
+            PushOutcome::Failed(why) => why.clone(),
+        }
+    }
 }
 
 /// Counts of a push pass.
@@ -47,12 +97,16 @@ pub struct PushReport {
     pub pushed: u64,
     pub created: u64,
     pub replayed: u64,
+    /// Unpaid fees deleted in Genesis, voided in Community Pass (among `pushed`).
+    pub voided_deleted: u64,
     pub unchanged: u64,
     pub ineligible: u64,
     pub refused: u64,
+    /// Held because Community Pass refused them (see `cpsync held-pushes`).
+    pub rejected: u64,
     pub deleted: u64,
     pub failed: u64,
-    /// Fees refused or failed, with why (for the run summary).
+    /// Fees refused, held or failed, with why (for the run summary).
     pub problems: BTreeMap<i64, String>,
 }
 
@@ -70,6 +124,10 @@ impl PushReport {
                 self.refused += 1;
                 self.problems.insert(fee_id.0, why.clone());
             }
+            PushOutcome::Rejected(why) => {
+                self.rejected += 1;
+                self.problems.insert(fee_id.0, why.clone());
+            }
             PushOutcome::Deleted => self.deleted += 1,
             PushOutcome::Failed(why) => {
                 self.failed += 1;
@@ -82,9 +140,11 @@ impl PushReport {
         self.pushed += other.pushed;
         self.created += other.created;
         self.replayed += other.replayed;
+        self.voided_deleted += other.voided_deleted;
         self.unchanged += other.unchanged;
         self.ineligible += other.ineligible;
         self.refused += other.refused;
+        self.rejected += other.rejected;
         self.deleted += other.deleted;
         self.failed += other.failed;
         self.problems.extend(other.problems);
@@ -96,6 +156,7 @@ struct PushContext {
     fees: HashMap<FeeId, GenesisFee>,
     txns: HashMap<FeeId, Vec<GenesisTxn>>,
     links: HashMap<FeeId, FeeLink>,
+    states: HashMap<FeeId, PushState>,
     guardians: Vec<GuardianLink>,
 }
 
@@ -105,7 +166,9 @@ fn load_context(conn: &mut DbConnection, fee_ids: &[FeeId]) -> Result<PushContex
     for rejected in fees.rejected.iter().chain(&txns.rejected) {
         tracing::warn!(row = %rejected, "skipping a Genesis row that breaks the contract");
     }
-    let students: Vec<StudentId> = fees.records.iter().map(|f| f.student_id).collect();
+    let mut students: Vec<StudentId> = fees.records.iter().map(|f| f.student_id).collect();
+    students.sort();
+    students.dedup();
     let mut txns_by_fee: HashMap<FeeId, Vec<GenesisTxn>> = HashMap::new();
     for txn in txns.records {
         txns_by_fee.entry(txn.fee_id).or_default().push(txn);
@@ -117,18 +180,22 @@ fn load_context(conn: &mut DbConnection, fee_ids: &[FeeId]) -> Result<PushContex
             .into_iter()
             .map(|l| (l.fee_id, l))
             .collect(),
+        states: links::push_states_for(conn, fee_ids)?
+            .into_iter()
+            .map(|state| (FeeId(state.fee_id), state))
+            .collect(),
         guardians: genesis::load_guardian_links_for(conn, &students)?,
     })
 }
 
-/// Decides whether a fee may be pushed and builds the push. Pure.
+/// Decides whether a fee may be pushed and builds the push: every field
+/// Community Pass shows, as Genesis says now. Pure.
 fn plan_push(
     fee: &GenesisFee,
     txns: &[GenesisTxn],
     link: Option<&FeeLink>,
     guardians: &[GuardianLink],
     setup: &SetupState,
-    force: bool,
 ) -> Result<FeePush, PushOutcome> {
     if let Err(why) = setup.policy().eligibility(fee) {
         return Err(PushOutcome::Ineligible(why.describe().to_string()));
@@ -147,39 +214,103 @@ fn plan_push(
             "voided in Genesis after a Community Pass payment; needs a refund decision".into(),
         ));
     }
-    let guardian_ids = guardians
-        .iter()
-        .filter(|g| g.student_id == fee.student_id)
-        .map(|g| g.guardian_id)
-        .collect();
-    let patron = setup.patron_id.patron_for(fee.student_id, guardians);
-    let push = fee_push(fee, txns.iter(), patron, guardian_ids);
-    let same_as_pushed = link.is_some_and(|l| {
-        l.was_sent()
-            && l.pushed_amount == Some(push.amount)
-            && l.pushed_status == Some(push.status)
-            && l.pushed_credit == Some(push.genesis_credit)
-    });
-    if same_as_pushed && !force {
+    let party = setup.patron_id.party_for(fee.student_id, guardians);
+    Ok(fee_push(
+        fee,
+        txns.iter(),
+        party.patron_id,
+        party.guardian_ids,
+    ))
+}
+
+/// Names the intent of a push, or says why it is not sent. Pure.
+///
+/// - held: Community Pass refused this very body before (not on resend);
+/// - unchanged: draining, and this very body was acknowledged with no
+///   other intent since;
+/// - a retry: an intent of this body was recorded and never acknowledged,
+///   so its key is reused (Community Pass replays it if it applied it);
+/// - otherwise a new intent, the link's next sequence number.
+fn name_intent(
+    push: &FeePush,
+    state: Option<&PushState>,
+    mode: PushMode,
+) -> Result<PushIntent, PushOutcome> {
+    let digest = push_digest(push);
+    let fee_id = push.genesis_fee_id;
+    let default = PushState::default();
+    let state = state.unwrap_or(&default);
+    let same = |recorded: &Option<String>| recorded.as_deref() == Some(digest.as_str());
+    if mode != PushMode::Resend && same(&state.refused_digest) {
+        let reason = state.refused_reason.clone().unwrap_or_default();
+        return Err(PushOutcome::Rejected(format!(
+            "Community Pass refused this content before ({reason}); held until the fee changes or is re-sent"
+        )));
+    }
+    if mode == PushMode::Drain && same(&state.pushed_digest) && !state.intent_pending() {
         return Err(PushOutcome::Unchanged);
     }
-    Ok(push)
+    if mode != PushMode::Resend && state.intent_pending() && same(&state.intent_digest) {
+        if let Some(key) = &state.last_idempotency_key {
+            return Ok(PushIntent {
+                fee_id,
+                seq: state.intent_seq,
+                digest,
+                key: key.clone(),
+            });
+        }
+    }
+    let seq = state.intent_seq + 1;
+    Ok(PushIntent {
+        fee_id,
+        seq,
+        key: intent_key(fee_id, seq, &digest),
+        digest,
+    })
+}
+
+/// The void of a fee deleted in Genesis: Community Pass's own record of
+/// it, status void. `None` when it must not be voided automatically (money
+/// moved on it) or is void already.
+fn void_of_deleted(vendor: &VendorFee, link: Option<&FeeLink>) -> Result<FeePush, PushOutcome> {
+    let money_moved = link.is_some_and(|l| l.amount_locked)
+        || vendor.paid.is_positive()
+        || vendor.refunded.is_positive()
+        || vendor.reversed.is_positive()
+        || vendor.waived.is_positive();
+    if money_moved {
+        return Err(PushOutcome::Deleted);
+    }
+    if vendor.status == VendorFeeStatus::Void {
+        return Err(PushOutcome::Unchanged);
+    }
+    Ok(FeePush {
+        genesis_fee_id: vendor.genesis_fee_id,
+        student_id: vendor.student_id,
+        patron_id: vendor.patron_id.clone(),
+        guardian_ids: vendor.guardian_ids.clone(),
+        category: vendor.category.clone(),
+        school: vendor.school.clone(),
+        description: vendor.description.clone(),
+        amount: vendor.amount,
+        genesis_credit: vendor.genesis_credit,
+        status: FeeStatus::Void,
+        fee_date: vendor.fee_date,
+        due_date: vendor.due_date,
+    })
 }
 
 /// How many pushes are in flight at once (HTTP-bound, not CPU-bound).
 pub const PUSH_CONCURRENCY: usize = 8;
 
-/// Records the intent (the idempotency key) of every push before any is sent,
-/// so a push cut off by a crash is retried with the same key.
+/// Records every intent before any is sent, so a push cut off by a crash
+/// is retried with the same key.
 fn record_intents(
     conn: &mut DbConnection,
-    pushes: &[(FeePush, String)],
+    pushes: &[(FeePush, PushIntent)],
     run_id: i64,
 ) -> Result<(), SyncError> {
-    let intents: Vec<(FeeId, &str)> = pushes
-        .iter()
-        .map(|(push, key)| (push.genesis_fee_id, key.as_str()))
-        .collect();
+    let intents: Vec<&PushIntent> = pushes.iter().map(|(_, intent)| intent).collect();
     conn.transaction(|conn| {
         links::record_push_intents(conn, &intents, run_id)?;
         Ok(())
@@ -189,7 +320,7 @@ fn record_intents(
 /// Sends the pushes, `PUSH_CONCURRENCY` at a time; results in input order.
 fn send_all(
     portal: &dyn CommunityPass,
-    pushes: &[(FeePush, String)],
+    pushes: &[(FeePush, PushIntent)],
 ) -> Vec<Result<UpsertOutcome, PortalError>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(PUSH_CONCURRENCY)
@@ -198,19 +329,31 @@ fn send_all(
     pool.install(|| {
         pushes
             .par_iter()
-            .map(|(push, key)| portal.upsert_fee(push, key))
+            .map(|(push, intent)| portal.upsert_fee(push, &intent.key))
             .collect()
     })
 }
 
-/// Records what Community Pass acknowledged, with one audit row per push.
+/// Whether Community Pass refused a push for a reason that sending the
+/// same content again cannot fix (a conflict, a validation error, an
+/// unknown student or fee) — as opposed to being unreachable or busy.
+fn is_refusal(error: &PortalError) -> bool {
+    match error {
+        PortalError::Conflict { code, .. } => code != "idempotency_conflict",
+        PortalError::Validation { .. } | PortalError::NotFound { .. } => true,
+        _ => false,
+    }
+}
+
+/// Records what Community Pass answered, with one audit row per push:
+/// acknowledgements on the links, refusals held with the vendor's reason.
 /// A fee whose link has a vendor id was acknowledged before; the first
 /// acknowledgement of any other is its creation, even when Community Pass
 /// answers "updated" (an earlier push created it and was cut off before its
 /// answer was recorded).
 fn record_outcomes(
     conn: &mut DbConnection,
-    sent: &[(FeePush, String)],
+    sent: &[(FeePush, PushIntent)],
     results: &[Result<UpsertOutcome, PortalError>],
     acknowledged: &HashSet<FeeId>,
     run_id: i64,
@@ -219,23 +362,42 @@ fn record_outcomes(
     conn.transaction(|conn| {
         let mut outcomes = Vec::with_capacity(sent.len());
         let mut entries = Vec::new();
-        let acknowledgements: Vec<(&FeePush, &UpsertOutcome)> = sent
+        let acknowledgements: Vec<(&FeePush, &str, &UpsertOutcome)> = sent
             .iter()
             .zip(results)
-            .filter_map(|((push, _), result)| result.as_ref().ok().map(|outcome| (push, outcome)))
+            .filter_map(|((push, intent), result)| {
+                result
+                    .as_ref()
+                    .ok()
+                    .map(|outcome| (push, intent.digest.as_str(), outcome))
+            })
             .collect();
         links::record_push_outcomes(conn, &acknowledgements, run_id, now)?;
-        for ((push, _), result) in sent.iter().zip(results) {
+        for ((push, intent), result) in sent.iter().zip(results) {
+            let fee_id = push.genesis_fee_id;
             match result {
                 Ok(outcome) => {
-                    let first = !acknowledged.contains(&push.genesis_fee_id);
-                    entries.push(push_audit(push, outcome, first, run_id, now));
+                    let first = !acknowledged.contains(&fee_id);
+                    entries.push(push_audit(push, intent, outcome, first, run_id, now));
                     outcomes.push(PushOutcome::Pushed {
                         created: outcome.created,
                         replayed: outcome.replayed,
                     });
                 }
-                Err(error) => outcomes.push(PushOutcome::Failed(error.to_string())),
+                Err(error) if is_refusal(error) => {
+                    let reason = error.to_string();
+                    links::record_refusal(conn, fee_id, &intent.digest, &reason, run_id, now)?;
+                    entries.push(refusal_audit(push, &reason, run_id, now));
+                    outcomes.push(PushOutcome::Rejected(reason));
+                }
+                Err(error) => {
+                    if matches!(error, PortalError::Conflict { .. }) {
+                        // The key met another body (a restored database):
+                        // the next push of this fee is a new intent.
+                        links::forget_intent(conn, fee_id)?;
+                    }
+                    outcomes.push(PushOutcome::Failed(error.to_string()));
+                }
             }
         }
         audit::record(conn, &entries)?;
@@ -245,29 +407,36 @@ fn record_outcomes(
 
 fn push_audit(
     push: &FeePush,
+    intent: &PushIntent,
     outcome: &UpsertOutcome,
     first_acknowledgement: bool,
     run_id: i64,
     now: NaiveDateTime,
 ) -> AuditEntry {
     let late = first_acknowledgement && !outcome.created;
+    let action = if outcome.created || late {
+        "created"
+    } else if push.status == FeeStatus::Void {
+        "voided"
+    } else {
+        "updated"
+    };
     AuditEntry {
         run_id: Some(run_id),
         at: now,
         side: AuditSide::CommunityPass,
         entity: "fee",
         entity_id: push.genesis_fee_id.to_string(),
-        action: if outcome.created || late {
-            "created"
-        } else {
-            "updated"
-        }
-        .to_string(),
+        action: action.to_string(),
         detail: Some(format!(
-            "amount ${}, Genesis credit ${}, status {}{}{}",
+            "amount ${}, Genesis credit ${}, status {}, student {}, patron {}; intent {}, revision {}{}{}",
             push.amount,
             push.genesis_credit,
             push.status,
+            push.student_id,
+            push.patron_id,
+            intent.seq,
+            outcome.revision,
             if outcome.replayed { " (replayed)" } else { "" },
             if late {
                 " (created by an earlier push whose answer was never recorded)"
@@ -278,33 +447,70 @@ fn push_audit(
     }
 }
 
-/// Pushes these fees (each decided on its own); `force` re-sends unchanged
-/// ones. Returns one outcome per fee id, in the order given.
+fn refusal_audit(push: &FeePush, reason: &str, run_id: i64, now: NaiveDateTime) -> AuditEntry {
+    AuditEntry {
+        run_id: Some(run_id),
+        at: now,
+        side: AuditSide::CommunityPass,
+        entity: "fee",
+        entity_id: push.genesis_fee_id.to_string(),
+        action: "refused".to_string(),
+        detail: Some(format!(
+            "{reason}; held until the fee changes or `send-fees --resend --fee {}`",
+            push.genesis_fee_id
+        )),
+    }
+}
+
+/// Pushes these fees, each decided on its own under `mode`. Returns one
+/// outcome per fee id, in the order given.
 pub fn push_fees(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     setup: &SetupState,
     fee_ids: &[FeeId],
-    force: bool,
+    mode: PushMode,
     run_id: i64,
     clock: Clock,
 ) -> Result<(PushReport, Vec<(FeeId, PushOutcome)>), SyncError> {
     let context = load_context(conn, fee_ids)?;
+    let deleted_ids: Vec<FeeId> = fee_ids
+        .iter()
+        .filter(|id| !context.fees.contains_key(id))
+        .filter(|id| context.links.get(id).is_some_and(FeeLink::was_sent))
+        .copied()
+        .collect();
+    let deleted_in_cp: HashMap<FeeId, VendorFee> = if deleted_ids.is_empty() {
+        HashMap::new()
+    } else {
+        fees_by_ids(portal, &deleted_ids)
+            .map_err(SyncError::Portal)?
+            .into_iter()
+            .map(|fee| (fee.genesis_fee_id, fee))
+            .collect()
+    };
     let mut decided: Vec<(FeeId, Option<PushOutcome>)> = Vec::with_capacity(fee_ids.len());
-    let mut to_send: Vec<(FeePush, String)> = Vec::new();
+    let mut to_send: Vec<(FeePush, PushIntent)> = Vec::new();
+    let mut voids = 0;
     for fee_id in fee_ids {
-        let decision = match context.fees.get(fee_id) {
-            None => Err(PushOutcome::Deleted),
+        let link = context.links.get(fee_id);
+        let planned = match context.fees.get(fee_id) {
+            None => match deleted_in_cp.get(fee_id) {
+                Some(vendor) => void_of_deleted(vendor, link),
+                None => Err(PushOutcome::Deleted),
+            },
             Some(fee) => {
                 let txns = context.txns.get(fee_id).map(Vec::as_slice).unwrap_or(&[]);
-                let link = context.links.get(fee_id);
-                plan_push(fee, txns, link, &context.guardians, setup, force)
+                plan_push(fee, txns, link, &context.guardians, setup)
             }
         };
+        let decision = planned.and_then(|push| {
+            name_intent(&push, context.states.get(fee_id), mode).map(|intent| (push, intent))
+        });
         match decision {
-            Ok(push) => {
-                let key = idempotency_key(&push);
-                to_send.push((push, key));
+            Ok((push, intent)) => {
+                voids += usize::from(!context.fees.contains_key(fee_id));
+                to_send.push((push, intent));
                 decided.push((*fee_id, None));
             }
             Err(outcome) => decided.push((*fee_id, Some(outcome))),
@@ -328,9 +534,13 @@ pub fn push_fees(
                 .next()
                 .expect("one sent outcome per push planned")
         });
+        if !context.fees.contains_key(&fee_id) && matches!(outcome, PushOutcome::Pushed { .. }) {
+            report.voided_deleted += 1;
+        }
         report.count(fee_id, &outcome);
         outcomes.push((fee_id, outcome));
     }
+    debug_assert!(report.voided_deleted as usize <= voids);
     Ok((report, outcomes))
 }
 
@@ -370,8 +580,15 @@ pub fn drain_outbox_until(
         let mut fee_ids: Vec<FeeId> = entries.iter().map(|e| FeeId(e.fee_id)).collect();
         fee_ids.sort();
         fee_ids.dedup();
-        let (batch_report, outcomes) =
-            push_fees(conn, portal, setup, &fee_ids, false, run_id, clock)?;
+        let (batch_report, outcomes) = push_fees(
+            conn,
+            portal,
+            setup,
+            &fee_ids,
+            PushMode::Drain,
+            run_id,
+            clock,
+        )?;
         complete_entries(conn, &entries, &outcomes, run_id, clock())?;
         let all_failed = batch_report.failed as usize == fee_ids.len();
         report.merge(batch_report);
@@ -401,9 +618,11 @@ fn complete_entries(
                 let note = match other {
                     PushOutcome::Ineligible(why) => Some(format!("not sent: {why}")),
                     PushOutcome::Refused(why) => Some(format!("refused: {why}")),
-                    PushOutcome::Deleted => {
-                        Some("fee deleted in Genesis; the nightly run reports it".to_string())
-                    }
+                    PushOutcome::Rejected(why) => Some(format!("held: {why}")),
+                    PushOutcome::Deleted => Some(
+                        "fee deleted in Genesis after money moved on it; the nightly run reports it"
+                            .to_string(),
+                    ),
                     _ => None,
                 };
                 outbox::complete(conn, &[entry.id], note.as_deref(), run_id, now)?;
@@ -412,6 +631,56 @@ fn complete_entries(
         }
     }
     Ok(())
+}
+
+/// What a change of the sending policy does to fees already sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyChange {
+    /// Sent fees the new policy no longer sends: frozen (never pushed
+    /// again; their payments still posted; a review item only when they
+    /// change or the sides disagree).
+    pub frozen: u64,
+    /// Sent fees frozen before that the new policy sends again (queued).
+    pub thawed: Vec<FeeId>,
+}
+
+/// Compares the old and new sending policy over the fees already sent.
+pub fn policy_change(
+    conn: &mut DbConnection,
+    old: &SetupState,
+    new: &SetupState,
+) -> Result<PolicyChange, SyncError> {
+    let sent: HashSet<FeeId> = links::load_all(conn)?
+        .into_iter()
+        .filter(FeeLink::was_sent)
+        .map(|link| link.fee_id)
+        .collect();
+    let (old_policy, new_policy) = (old.policy(), new.policy());
+    let mut change = PolicyChange::default();
+    for fee in genesis::load_fees(conn, None)?.records {
+        if !sent.contains(&fee.id) {
+            continue;
+        }
+        match (
+            old_policy.eligibility(&fee).is_ok(),
+            new_policy.eligibility(&fee).is_ok(),
+        ) {
+            (true, false) => change.frozen += 1,
+            (false, true) => change.thawed.push(fee.id),
+            _ => {}
+        }
+    }
+    Ok(change)
+}
+
+/// Every fee already sent (to re-push those a patron id rule change
+/// affects: the drain skips the ones whose body did not change).
+pub fn sent_fee_ids(conn: &mut DbConnection) -> Result<Vec<FeeId>, SyncError> {
+    Ok(links::load_all(conn)?
+        .into_iter()
+        .filter(FeeLink::was_sent)
+        .map(|link| link.fee_id)
+        .collect())
 }
 
 /// The ids of every fee eligible to be sent now (for the initial load when
@@ -484,7 +753,6 @@ mod tests {
             Some(&link(3_500, true)),
             &[],
             &setup(),
-            false,
         );
         assert!(
             matches!(outcome, Err(PushOutcome::Refused(_))),
@@ -496,7 +764,6 @@ mod tests {
             Some(&link(3_500, false)),
             &[],
             &setup(),
-            false,
         );
         assert_eq!(unlocked.unwrap().amount, Money::from_cents(4_000));
     }
@@ -522,44 +789,99 @@ mod tests {
             Some(&link(3_500, true)),
             &[],
             &setup(),
-            false,
         )
         .unwrap();
         assert_eq!(push.genesis_credit, Money::from_cents(500));
     }
 
     #[test]
-    fn unchanged_and_ineligible_fees_are_not_sent() {
-        let same = plan_push(
-            &fee(3_500, FeeStatus::Open),
-            &[],
-            Some(&link(3_500, false)),
-            &[],
-            &setup(),
-            false,
-        );
-        assert_eq!(same.unwrap_err(), PushOutcome::Unchanged);
-        let forced = plan_push(
-            &fee(3_500, FeeStatus::Open),
-            &[],
-            Some(&link(3_500, false)),
-            &[],
-            &setup(),
-            true,
-        );
-        assert!(forced.is_ok());
+    fn ineligible_fees_are_not_sent() {
         let late_setup = SetupState {
             cutoff: NaiveDate::from_ymd_opt(2026, 10, 1),
             ..setup()
         };
-        let early = plan_push(
-            &fee(3_500, FeeStatus::Open),
-            &[],
-            None,
-            &[],
-            &late_setup,
-            true,
-        );
+        let early = plan_push(&fee(3_500, FeeStatus::Open), &[], None, &[], &late_setup);
         assert!(matches!(early, Err(PushOutcome::Ineligible(_))));
+    }
+
+    fn acknowledged(push: &FeePush, seq: i64) -> PushState {
+        let digest = push_digest(push);
+        PushState {
+            fee_id: push.genesis_fee_id.0,
+            intent_seq: seq,
+            intent_digest: Some(digest.clone()),
+            last_idempotency_key: Some(intent_key(push.genesis_fee_id, seq, &digest)),
+            pushed_digest: Some(digest),
+            refused_digest: None,
+            refused_reason: None,
+        }
+    }
+
+    fn push_of(cents: i64, description: &str) -> FeePush {
+        let mut fee = fee(cents, FeeStatus::Open);
+        fee.description = description.into();
+        plan_push(&fee, &[], None, &[], &setup()).unwrap()
+    }
+
+    #[test]
+    fn unchanged_means_the_whole_body_was_acknowledged() {
+        let a = push_of(3_500, "Lab fee");
+        let state = acknowledged(&a, 1);
+        assert_eq!(
+            name_intent(&a, Some(&state), PushMode::Drain).unwrap_err(),
+            PushOutcome::Unchanged
+        );
+        let renamed = push_of(3_500, "Lab fee (chemistry)");
+        let intent = name_intent(&renamed, Some(&state), PushMode::Drain).unwrap();
+        assert_eq!(intent.seq, 2, "a description change is a new intent");
+        let corrected = name_intent(&a, Some(&state), PushMode::Correct).unwrap();
+        assert_eq!(
+            corrected.seq, 2,
+            "a correction is sent although acknowledged"
+        );
+    }
+
+    #[test]
+    fn returning_to_an_earlier_body_is_a_new_intent() {
+        let a = push_of(3_500, "Lab fee");
+        let b = push_of(4_000, "Lab fee");
+        let first = name_intent(&a, None, PushMode::Drain).unwrap();
+        let mut state = acknowledged(&a, first.seq);
+        let second = name_intent(&b, Some(&state), PushMode::Drain).unwrap();
+        state = acknowledged(&b, second.seq);
+        let third = name_intent(&a, Some(&state), PushMode::Drain).unwrap();
+        assert_eq!((first.seq, second.seq, third.seq), (1, 2, 3));
+        assert_ne!(
+            first.key, third.key,
+            "A -> B -> A must not replay A's answer"
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_is_retried_with_its_key_and_a_refusal_is_held() {
+        let a = push_of(3_500, "Lab fee");
+        let b = push_of(4_000, "Lab fee");
+        let mut state = acknowledged(&a, 1);
+        let pending = name_intent(&b, Some(&state), PushMode::Drain).unwrap();
+        state.intent_seq = pending.seq;
+        state.intent_digest = Some(pending.digest.clone());
+        state.last_idempotency_key = Some(pending.key.clone());
+        let retry = name_intent(&b, Some(&state), PushMode::Drain).unwrap();
+        assert_eq!(retry, pending, "same intent, same key");
+        let resent = name_intent(&b, Some(&state), PushMode::Resend).unwrap();
+        assert_eq!(
+            resent.seq,
+            pending.seq + 1,
+            "a resend is always a new intent"
+        );
+
+        state.refused_digest = Some(pending.digest.clone());
+        state.refused_reason = Some("409 amount_locked".into());
+        let held = name_intent(&b, Some(&state), PushMode::Drain).unwrap_err();
+        assert!(matches!(held, PushOutcome::Rejected(ref why) if why.contains("amount_locked")));
+        assert!(name_intent(&b, Some(&state), PushMode::Correct).is_err());
+        assert!(name_intent(&b, Some(&state), PushMode::Resend).is_ok());
+        let changed = push_of(4_000, "Lab fee, second term");
+        assert!(name_intent(&changed, Some(&state), PushMode::Drain).is_ok());
     }
 }

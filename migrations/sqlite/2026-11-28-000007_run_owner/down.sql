@@ -17,7 +17,7 @@ CREATE TABLE cp_runs_old (
 );
 INSERT INTO cp_runs_old (id, task, trigger, started_at, finished_at, status, dry_run, records_in, matched, corrected, needs_review, summary_json, error)
     SELECT id, task, trigger, started_at, finished_at,
-           CASE status WHEN 'interrupted' THEN 'failed' ELSE status END,
+           CASE WHEN status IN ('interrupted', 'not_converged') THEN 'failed' ELSE status END,
            dry_run, records_in, matched, corrected, needs_review, summary_json, error
     FROM cp_runs;
 DROP TABLE cp_runs;

@@ -1,6 +1,7 @@
 -- Who ran each run (pid and host), so a run whose process is gone can be
 -- marked 'interrupted' by the next command that looks, instead of staying
--- 'running' for ever. SQLite cannot alter a CHECK constraint: the table is
+-- 'running' for ever. The status check also admits 'not_converged' (a
+-- nightly whose corrections did not all hold), which the engine records. SQLite cannot alter a CHECK constraint: the table is
 -- rebuilt (the documented twelve steps), keeping every row and id.
 PRAGMA foreign_keys = OFF;
 BEGIN IMMEDIATE;
@@ -10,7 +11,7 @@ CREATE TABLE cp_runs_new (
     trigger TEXT NOT NULL,
     started_at TIMESTAMP NOT NULL,
     finished_at TIMESTAMP,
-    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'needs_review', 'failed', 'interrupted')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'needs_review', 'failed', 'not_converged', 'interrupted')),
     dry_run BOOLEAN NOT NULL,
     records_in BIGINT NOT NULL DEFAULT 0,
     matched BIGINT NOT NULL DEFAULT 0,

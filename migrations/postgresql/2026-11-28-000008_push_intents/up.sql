@@ -1,0 +1,42 @@
+-- A push names one intended write, not a body: each intent gets the next
+-- sequence number of its fee (`intent_seq`), its content digest is kept
+-- beside the digest of the last push Community Pass acknowledged, so
+-- "unchanged" compares every field Community Pass shows, and returning a fee
+-- to an earlier state is a new intent that is applied. A push Community Pass
+-- refused for a reason a retry cannot fix is held (`refused_*`) until the
+-- fee changes again or is re-sent.
+ALTER TABLE cp_fee_links ADD COLUMN intent_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE cp_fee_links ADD COLUMN intent_digest TEXT;
+ALTER TABLE cp_fee_links ADD COLUMN pushed_digest TEXT;
+ALTER TABLE cp_fee_links ADD COLUMN pushed_revision BIGINT;
+ALTER TABLE cp_fee_links ADD COLUMN refused_digest TEXT;
+ALTER TABLE cp_fee_links ADD COLUMN refused_reason TEXT;
+ALTER TABLE cp_fee_links ADD COLUMN refused_at TIMESTAMP;
+
+-- A guardian linked to or unlinked from a student in Genesis changes who
+-- sees the student's fees in Community Pass (and, under the billing
+-- guardian rule, the patron): every fee of that student is enqueued.
+CREATE FUNCTION cp_enqueue_guardian_change() RETURNS trigger AS $$
+DECLARE
+    fee RECORD;
+    old_student BIGINT;
+    new_student BIGINT;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM cp_settings WHERE key = 'cutoff' AND value <> 'null') THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN old_student := OLD.student_id; END IF;
+    IF TG_OP <> 'DELETE' THEN new_student := NEW.student_id; END IF;
+    FOR fee IN
+        SELECT id FROM student_fees WHERE student_id IN (old_student, new_student)
+    LOOP
+        INSERT INTO cp_outbox (fee_id, reason, enqueued_at)
+            VALUES (fee.id, 'guardian_link', now() AT TIME ZONE 'UTC');
+        PERFORM pg_notify('cp_outbox', fee.id::text);
+    END LOOP;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER cp_outbox_guardian_change AFTER INSERT OR UPDATE OR DELETE ON student_guardians
+    FOR EACH ROW EXECUTE FUNCTION cp_enqueue_guardian_change();

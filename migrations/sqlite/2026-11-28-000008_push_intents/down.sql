@@ -1,0 +1,10 @@
+DROP TRIGGER cp_outbox_guardian_insert;
+DROP TRIGGER cp_outbox_guardian_update;
+DROP TRIGGER cp_outbox_guardian_delete;
+ALTER TABLE cp_fee_links DROP COLUMN refused_at;
+ALTER TABLE cp_fee_links DROP COLUMN refused_reason;
+ALTER TABLE cp_fee_links DROP COLUMN refused_digest;
+ALTER TABLE cp_fee_links DROP COLUMN pushed_revision;
+ALTER TABLE cp_fee_links DROP COLUMN pushed_digest;
+ALTER TABLE cp_fee_links DROP COLUMN intent_digest;
+ALTER TABLE cp_fee_links DROP COLUMN intent_seq;
