@@ -43,9 +43,9 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         |conn, run_id| {
             let report = pull::get_payments(conn, &portal, scope, run_id, &utc_now)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                out!(
                 "get-payments: {} fetched, {} posted, {} already posted, {} on Community Pass-only fees (not synced), {} unprocessed (see cpsync unprocessed), {} malformed (parked), {} amounts locked{}",
                 report.fetched,
                 report.posted,
@@ -60,7 +60,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 }
             );
                 for problem in &report.problems {
-                    println!("  {problem}");
+                    out!("  {problem}");
                 }
             }
             let mut outcome = TaskOutcome::succeeded(&report, report.fetched);

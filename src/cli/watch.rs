@@ -240,7 +240,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         return match pass(context, &mut conn, &mut client, &stop)? {
             Pass::Drained { exit_code, .. } => Ok(exit_code),
             Pass::Idle => {
-                println!("watch: no fee changes waiting");
+                out!("watch: no fee changes waiting");
                 Ok(exit::OK)
             }
             Pass::Blocked => {

@@ -52,6 +52,7 @@ pub mod lock;
 pub mod marks;
 pub mod migrate;
 pub mod outbox;
+pub mod owner;
 pub mod postings;
 pub mod report_mail;
 pub mod runs;
@@ -62,6 +63,22 @@ pub mod tasks;
 
 /// How long a SQLite connection waits for another writer before failing.
 pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+/// libpq `connect_timeout` (seconds) unless the URL sets one: a server
+/// that accepts and never answers fails the connection after this long.
+pub const PG_CONNECT_TIMEOUT_SECS: u32 = 10;
+/// PostgreSQL `statement_timeout` (milliseconds) unless the URL sets
+/// `options`: no single statement runs longer (a nightly's largest read of
+/// a big district takes seconds).
+pub const PG_STATEMENT_TIMEOUT_MS: u32 = 600_000;
+/// TCP keepalive: idle seconds before the first probe, seconds between
+/// probes, and probes lost before the connection counts as dead — a
+/// server that vanished is noticed in about a minute and a half.
+pub const PG_KEEPALIVES_IDLE_SECS: u32 = 60;
+pub const PG_KEEPALIVES_INTERVAL_SECS: u32 = 10;
+pub const PG_KEEPALIVES_COUNT: u32 = 3;
+/// libpq `tcp_user_timeout` (milliseconds): data sent and not acknowledged
+/// for this long fails the connection.
+pub const PG_TCP_USER_TIMEOUT_MS: u32 = 90_000;
 
 /// Errors of the database layer. Messages name the cause in one line and
 /// never include a password from the URL.
@@ -275,10 +292,74 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
 }
 
 fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnection, DbError> {
-    diesel::PgConnection::establish(text).map_err(|e| DbError::PostgresConnect {
-        target: url.redacted(),
-        reason: one_line(&e.to_string()),
+    let with_deadlines = with_pg_deadlines(text);
+    diesel::PgConnection::establish(&with_deadlines).map_err(|e| {
+        let mut reason = one_line(&e.to_string());
+        if reason.contains("timeout expired") {
+            reason = format!(
+                "no answer within the connect timeout ({} s unless the URL sets connect_timeout): {reason}",
+                PG_CONNECT_TIMEOUT_SECS
+            );
+        }
+        DbError::PostgresConnect {
+            target: url.redacted(),
+            reason,
+        }
     })
+}
+
+/// The URL with the deadline parameters it does not set itself appended:
+/// `connect_timeout`, TCP keepalives, `tcp_user_timeout`, and
+/// `options=-c statement_timeout=...` (left alone when the URL has its own
+/// `options`). Values are percent-encoded (libpq does not read `+` as a
+/// space).
+pub fn with_pg_deadlines(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let present: Vec<String> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split('=').next())
+        .map(|key| key.to_ascii_lowercase())
+        .collect();
+    let defaults = [
+        ("connect_timeout", PG_CONNECT_TIMEOUT_SECS.to_string()),
+        ("keepalives", "1".to_string()),
+        ("keepalives_idle", PG_KEEPALIVES_IDLE_SECS.to_string()),
+        (
+            "keepalives_interval",
+            PG_KEEPALIVES_INTERVAL_SECS.to_string(),
+        ),
+        ("keepalives_count", PG_KEEPALIVES_COUNT.to_string()),
+        ("tcp_user_timeout", PG_TCP_USER_TIMEOUT_MS.to_string()),
+        (
+            "options",
+            format!("-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"),
+        ),
+    ];
+    let mut pairs: Vec<String> = query
+        .filter(|q| !q.is_empty())
+        .map(|q| vec![q.to_string()])
+        .unwrap_or_default();
+    for (key, value) in defaults {
+        if !present.iter().any(|p| p == key) {
+            pairs.push(format!("{key}={}", percent_encode(&value)));
+        }
+    }
+    format!("{base}?{}", pairs.join("&"))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// libpq's messages span lines; keep the first meaningful one.
@@ -327,6 +408,26 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("cp:***@db:5432/genesis"), "{shown}");
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn postgres_urls_get_deadlines_they_do_not_set() {
+        let url = with_pg_deadlines("postgres://u:p@h:5432/db");
+        assert!(
+            url.starts_with("postgres://u:p@h:5432/db?connect_timeout=10&keepalives=1"),
+            "{url}"
+        );
+        assert!(
+            url.contains("options=-c%20statement_timeout%3D600000"),
+            "{url}"
+        );
+        let own = with_pg_deadlines("postgres://h/db?connect_timeout=3&options=-c%20x%3D1");
+        assert!(
+            own.starts_with("postgres://h/db?connect_timeout=3&options=-c%20x%3D1&keepalives=1"),
+            "{own}"
+        );
+        assert_eq!(own.matches("connect_timeout").count(), 1, "{own}");
+        assert!(!own.contains("statement_timeout"), "{own}");
     }
 
     #[test]
