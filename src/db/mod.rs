@@ -236,23 +236,48 @@ where
     E: From<diesel::result::Error>,
 {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    let DbConnection::Sqlite(sqlite) = conn else {
-        return conn.transaction(body);
-    };
-    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
-    let result = body(conn);
-    let DbConnection::Sqlite(sqlite) = conn else {
-        unreachable!("the connection's backend does not change");
-    };
-    match result {
-        Ok(value) => {
-            AnsiTransactionManager::commit_transaction(sqlite)?;
-            Ok(value)
+    match conn {
+        DbConnection::Sqlite(sqlite) => {
+            AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?
         }
+        DbConnection::Pg(pg) => AnsiTransactionManager::begin_transaction(pg)?,
+    }
+    let result = body(conn);
+    // The first error is the one shown: SQLite rolls a transaction back by
+    // itself on some failures (a full disk), and "cannot rollback - no
+    // transaction is active" must not replace what went wrong.
+    match result {
+        Ok(value) => match commit(conn) {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                quiet_rollback(conn);
+                Err(error.into())
+            }
+        },
         Err(error) => {
-            AnsiTransactionManager::rollback_transaction(sqlite)?;
+            quiet_rollback(conn);
             Err(error)
         }
+    }
+}
+
+fn commit(conn: &mut DbConnection) -> diesel::QueryResult<()> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::commit_transaction(sqlite),
+        DbConnection::Pg(pg) => AnsiTransactionManager::commit_transaction(pg),
+    }
+}
+
+/// Rolls back after a failure, logging (not returning) a rollback error.
+fn quiet_rollback(conn: &mut DbConnection) {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let rolled_back = match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::rollback_transaction(sqlite),
+        DbConnection::Pg(pg) => AnsiTransactionManager::rollback_transaction(pg),
+    };
+    if let Err(error) = rolled_back {
+        tracing::debug!(%error, "rollback after a failed transaction");
     }
 }
 
