@@ -271,6 +271,12 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
             .iter()
             .map(|(fee, why)| json!({"fee_id": fee, "why": why}))
             .collect::<Vec<_>>(),
+        "changed_during_run": result
+            .still_different
+            .iter()
+            .filter(|(fee, _)| !result.not_applied.contains_key(fee))
+            .map(|(fee, kinds)| json!({"fee_id": fee, "kinds": kinds}))
+            .collect::<Vec<_>>(),
         "failures": failures,
     });
     TaskOutcome {
