@@ -739,6 +739,12 @@ fn outcomes_from(
         .collect()
 }
 
+/// How each planned action went, and what Community Pass acknowledged.
+type Applied = (
+    HashMap<ActionKey, ActionResult>,
+    BTreeMap<FeeId, Acknowledged>,
+);
+
 /// Carries out the plan: postings and locks into Genesis first (money
 /// received is never held back by a push), then pushes to Community Pass.
 fn apply(
@@ -748,13 +754,7 @@ fn apply(
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
-) -> Result<
-    (
-        HashMap<ActionKey, ActionResult>,
-        BTreeMap<FeeId, Acknowledged>,
-    ),
-    SyncError,
-> {
+) -> Result<Applied, SyncError> {
     let plan = reconciliation.plan();
     let mut crash = CrashPoint::from_env();
     let mut results = HashMap::new();
