@@ -124,6 +124,12 @@ impl<'a> Scenario<'a> {
     fn play(mut self) -> anyhow::Result<()> {
         self.world.setup()?;
         self.watch_available = self.world.engine.run(&["watch", "--help"])?.code == Some(0);
+        if !self.watch_available {
+            // A stage the campaign claims to run must run: no silent skip.
+            self.result
+                .violations
+                .push("`cpsync watch --help` failed, so watch could not be run".to_string());
+        }
         self.world.admin.set_faults(&self.faults)?;
         self.send_fees_under_kills()?;
         self.parents_and_drift()?;

@@ -129,9 +129,31 @@ impl Tally {
         }
     }
 
-    /// No invariant broken and no secret found.
+    /// No invariant broken, no secret found, and every stage it claims
+    /// ran: every bad input handled, transactions and fees actually checked.
     pub fn clean(&self) -> bool {
-        self.violations.is_empty() && self.secrets_found.is_empty()
+        self.violations.is_empty()
+            && self.secrets_found.is_empty()
+            && self.hollow_stages().is_empty()
+    }
+
+    /// Stages that ran without checking anything (a campaign that proves
+    /// nothing must not pass).
+    pub fn hollow_stages(&self) -> Vec<String> {
+        let mut hollow = Vec::new();
+        if self.bad_inputs_handled < self.bad_inputs_tried {
+            hollow.push(format!(
+                "only {} of {} bad inputs were handled",
+                self.bad_inputs_handled, self.bad_inputs_tried
+            ));
+        }
+        if self.scenarios > 0 && self.vendor_txns_checked == 0 {
+            hollow.push("no vendor transaction was checked".to_string());
+        }
+        if self.scenarios > 0 && self.fees_compared == 0 {
+            hollow.push("no fee was compared field by field".to_string());
+        }
+        hollow
     }
 
     /// Prints the campaign table.
@@ -216,6 +238,9 @@ impl Tally {
             format!("{:.1} s", self.slowest.as_secs_f64()),
         );
         row("wall time", format!("{:.1} s", wall.as_secs_f64()));
+        for hollow in self.hollow_stages() {
+            eprintln!("  FAILED: {hollow}");
+        }
         for line in self.violations.iter().chain(&self.secrets_found) {
             println!("  FAILED {line}");
         }
