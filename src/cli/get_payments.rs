@@ -18,6 +18,12 @@ pub struct Args {
     /// All of this guardian's students' transactions (the parent logged in).
     #[arg(long)]
     guardian: Option<GuardianId>,
+    /// Re-read the transaction cursor from this sequence instead of the
+    /// stored cursor (after Community Pass named a cursor it could not have
+    /// meant). Safe: nothing is posted twice. The stored cursor is then
+    /// moved only as far as actually read, never back.
+    #[arg(long, conflicts_with_all = ["student", "guardian"], value_parser = clap::value_parser!(i64).range(0..))]
+    from_sequence: Option<i64>,
     /// Print the run summary as JSON.
     #[arg(long)]
     json: bool,
@@ -41,7 +47,14 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         trigger,
         false,
         |conn, run_id| {
-            let report = pull::get_payments(conn, &portal, scope, run_id, &utc_now)?;
+            let report = pull::get_payments_from(
+                conn,
+                &portal,
+                scope,
+                args.from_sequence,
+                run_id,
+                &utc_now,
+            )?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -67,6 +80,11 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             outcome.counts.matched = report.already_posted as i64;
             outcome.counts.corrected = report.posted as i64;
             outcome.counts.needs_review = (report.parked + report.rejected) as i64;
+            if outcome.counts.needs_review > 0 || report.cursor_refused.is_some() {
+                // Held records (or a refused cursor) wait for a person.
+                outcome.status = crate::db::runs::RunStatus::NeedsReview;
+                outcome.exit_code = super::exit::NEEDS_REVIEW;
+            }
             Ok(outcome)
         },
     )

@@ -19,11 +19,12 @@ use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::{self, Outcome};
 use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
-use crate::db::{genesis, links, DbConnection};
+use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
     all_fees, fees_by_ids, transactions_after, CommunityPass, RetryStats, TxnScope,
 };
+use crate::reconcile::validate::{self, Verdict};
 use crate::reconcile::{
     check_accounting, check_conservation, reconcile, Action, GenesisSnapshot, Reconciliation,
     Resolution, Scope, VendorSnapshot,
@@ -413,7 +414,15 @@ pub fn run(
     let mut outcomes = if options.dry_run {
         planned_outcomes(&reconciliation)
     } else {
-        let results = apply(conn, portal, setup, &reconciliation, run_id, clock)?;
+        let results = apply(
+            conn,
+            portal,
+            setup,
+            &genesis,
+            &reconciliation,
+            run_id,
+            clock,
+        )?;
         timer.lap("apply");
         outcomes_from(&reconciliation, &results)
     };
@@ -698,6 +707,7 @@ fn apply(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     setup: &SetupState,
+    genesis: &GenesisSnapshot,
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
@@ -712,6 +722,22 @@ fn apply(
             _ => None,
         })
         .collect();
+    let (postings, held) = validate_postings(genesis, &postings, clock());
+    if !held.is_empty() {
+        let parked: Vec<(&VendorTxn, String)> = held
+            .iter()
+            .map(|(_, txn, reason)| (*txn, reason.clone()))
+            .collect();
+        conn.transaction(|conn| postings::park(conn, &parked, Some(run_id), clock()))?;
+        crash.wrote();
+        for (fee_id, txn, reason) in held {
+            let why = format!("held, not posted: {reason}");
+            results.insert(
+                ActionKey::Post(fee_id, txn.id.clone()),
+                ActionResult::Held(why),
+            );
+        }
+    }
     for batch in postings.chunks(APPLY_BATCH_MAX) {
         post_batch(conn, batch, run_id, clock)?;
         crash.wrote();
@@ -756,6 +782,37 @@ fn apply(
         }
     }
     Ok(results)
+}
+
+/// The planned postings that belong in Genesis (`validate::judge`, with the
+/// facts of the snapshot the plan came from), and the ones held with why.
+#[allow(clippy::type_complexity)]
+fn validate_postings<'t>(
+    genesis: &GenesisSnapshot,
+    planned: &[(FeeId, &'t VendorTxn)],
+    now: chrono::NaiveDateTime,
+) -> (
+    Vec<(FeeId, &'t VendorTxn)>,
+    Vec<(FeeId, &'t VendorTxn, String)>,
+) {
+    if planned.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let (fees, posted) = validate::facts_of(&genesis.fees, &genesis.links, &genesis.txns);
+    let txns: Vec<&VendorTxn> = planned.iter().map(|(_, t)| *t).collect();
+    let known = validate::Known {
+        fees: &fees,
+        posted: &posted,
+    };
+    let mut post = Vec::new();
+    let mut held = Vec::new();
+    for ((fee_id, txn), verdict) in planned.iter().zip(validate::judge(&txns, known, now)) {
+        match verdict {
+            Verdict::Hold(hold) => held.push((*fee_id, *txn, hold.describe())),
+            _ => post.push((*fee_id, *txn)),
+        }
+    }
+    (post, held)
 }
 
 /// One bounded database transaction of postings, their audit rows and the
