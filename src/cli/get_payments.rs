@@ -21,7 +21,7 @@ pub struct Args {
     /// Re-read the transaction cursor from this sequence instead of the
     /// stored cursor (after Community Pass named a cursor it could not have
     /// meant). Safe: nothing is posted twice. The stored cursor is then
-    /// moved only as far as actually read, never back.
+    /// set to what was actually read (backwards too).
     #[arg(long, conflicts_with_all = ["student", "guardian"], value_parser = clap::value_parser!(i64).range(0..))]
     from_sequence: Option<i64>,
     /// Print the run summary as JSON.

@@ -63,7 +63,7 @@
 //! | `txn_vendor_fee_id_mismatch` | its `vendor_fee_id` is not the one the link recorded |
 //! | `txn_amount_not_positive` | amount zero or negative |
 //! | `txn_in_the_future` | `occurred_at` more than `CLOCK_SKEW_MAX_MINUTES` (10) after now |
-//! | `txn_on_void_fee` | a payment or waiver on a fee void in Genesis |
+//! | `txn_on_void_fee` | a payment or waiver on a fee void in Genesis whose void Community Pass acknowledged (voided only after a payment: posted, and `fee_voided_after_payment` reviews the fee) |
 //! | `waiver_larger_than_fee` | a waiver above the fee's amount |
 //! | `reverses_unknown_payment` | a refund/reversal naming a payment neither posted nor in the batch |
 //! | `reverses_payment_of_another_fee` | … naming a payment on another fee |

@@ -11,8 +11,13 @@
 //! - its `vendor_fee_id` is the link's (when the link has one);
 //! - its amount is positive and `occurred_at` is at most `CLOCK_SKEW_MAX`
 //!   after now;
-//! - a payment or waiver is not on a fee void in Genesis, and a waiver is
-//!   not larger than the fee;
+//! - a payment or waiver is not on a fee void in Genesis whose void was
+//!   sent to Community Pass (the link's pushed status): nothing may be paid
+//!   on it there. A fee voided in Genesis only after Community Pass took a
+//!   payment (the void is then never sent) keeps the handbook's rule: the
+//!   payment is posted and the fee reviewed (`fee_voided_after_payment`);
+//!   money received is never held back for a decision about the fee;
+//! - a waiver is not larger than the fee;
 //! - a refund or reversal naming a payment (`reverses`) names one on the
 //!   same fee that Genesis holds or that this batch posts, for no more than
 //!   that payment nor what is still paid on the fee; one naming none stays
@@ -50,6 +55,8 @@ pub struct FeeFacts {
     /// The vendor fee id the link recorded, when Community Pass ever
     /// acknowledged a push of the fee.
     pub vendor_fee_id: Option<String>,
+    /// The last push Community Pass acknowledged said the fee is void.
+    pub void_sent: bool,
 }
 
 /// A Community Pass transaction Genesis already holds.
@@ -145,7 +152,9 @@ impl Hold {
             Hold::InTheFuture { occurred_at, now } => format!(
                 "dated {occurred_at}, more than {CLOCK_SKEW_MAX_MINUTES} minutes after now ({now}); posted once that time has come"
             ),
-            Hold::OnVoidFee(kind) => format!("a {kind} on a fee that is void in Genesis"),
+            Hold::OnVoidFee(kind) => format!(
+                "a {kind} on a fee that is void in Genesis and was sent to Community Pass as void"
+            ),
             Hold::WaiverLargerThanFee { amount, fee_amount } => {
                 format!("a waiver of {amount} on a fee of {fee_amount}")
             }
@@ -212,6 +221,11 @@ pub fn facts_of(
         .iter()
         .filter_map(|link| link.vendor_fee_id.as_ref().map(|v| (link.fee_id, v)))
         .collect();
+    let void_sent: std::collections::HashSet<FeeId> = links
+        .iter()
+        .filter(|link| link.was_sent() && link.pushed_status == Some(FeeStatus::Void))
+        .map(|link| link.fee_id)
+        .collect();
     let facts = fees
         .iter()
         .map(|fee| {
@@ -223,6 +237,7 @@ pub fn facts_of(
                     status: fee.status,
                     amount: fee.amount,
                     vendor_fee_id: vendor_ids.get(&fee.id).map(|v| (*v).clone()),
+                    void_sent: void_sent.contains(&fee.id),
                 },
             )
         })
@@ -372,7 +387,7 @@ fn one(
     }
     let paid = ledgers.get(&fee_id).map_or(Money::ZERO, |l| l.paid);
     match txn.kind {
-        TxnKind::Payment | TxnKind::Waiver if fee.status == FeeStatus::Void => {
+        TxnKind::Payment | TxnKind::Waiver if fee.status == FeeStatus::Void && fee.void_sent => {
             Err(Hold::OnVoidFee(txn.kind))
         }
         TxnKind::Waiver if txn.amount > fee.amount => Err(Hold::WaiverLargerThanFee {
@@ -439,6 +454,7 @@ mod tests {
                     status,
                     amount: Money::from_cents(9900),
                     vendor_fee_id: Some(format!("CPF{id}")),
+                    void_sent: status == FeeStatus::Void,
                 },
             );
         }
@@ -571,6 +587,7 @@ mod tests {
                 status: FeeStatus::Open,
                 amount: Money::from_cents(9900),
                 vendor_fee_id: None,
+                void_sent: false,
             },
         );
         let mut second = first.clone();

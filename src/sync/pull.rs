@@ -119,15 +119,14 @@ pub fn get_payments_from(
         apply(conn, &txns, run_id, clock, &mut report)?;
         if scope == PullScope::Cursor {
             report.cursor_from = Some(after);
+            report.cursor_to = Some(batch.next_after.max(after));
             if from_sequence.is_some() {
-                // Re-read from a chosen point: store no further than read,
-                // and never move the stored cursor back.
-                let stored = cursors::position(conn, cursors::TRANSACTIONS)?;
-                report.cursor_to = Some(stored.max(batch.next_after));
+                // Re-read from a chosen point: the cursor is what was read,
+                // even below a stored position Community Pass never meant.
+                cursors::set(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
             } else {
-                report.cursor_to = Some(batch.next_after.max(after));
+                cursors::advance(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
             }
-            cursors::advance(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
         }
         Ok::<_, SyncError>(())
     })?;
