@@ -465,3 +465,63 @@ fn cursor_jump(backend: Backend) {
 fn a_cursor_jump_is_refused_and_from_sequence_rereads() {
     each_backend(cursor_jump);
 }
+
+// ----- 5. a malformed Community Pass fee ---------------------------------------
+
+fn malformed_fee(backend: Backend) {
+    let world = World::new(backend, 40, 55);
+    let fees = unpaid_fees(&world);
+    let corrupt = |raw: Option<&str>| {
+        world
+            .admin
+            .act(vec![ParentAction::CorruptFee {
+                genesis_fee_id: fees[0].id,
+                field: "amount".to_string(),
+                raw: raw.map(str::to_string),
+            }])
+            .unwrap();
+    };
+    corrupt(Some("1e3"));
+    let honest = world.admin.pay(fees[1].id, None).unwrap();
+    let listing =
+        cpsync::portal::fees_where_keeping_rejected(&world.portal, cpsync::portal::FeeFilter::All)
+            .unwrap();
+    assert_eq!(listing.rejected.len(), 1, "{backend:?}");
+    assert_eq!(
+        cpsync::portal::rejected_fee_id(&listing.rejected[0]),
+        Some(fees[0].id)
+    );
+    assert!(listing.items.iter().all(|f| f.genesis_fee_id != fees[0].id));
+
+    let result = world.nightly(false);
+    assert!(
+        result
+            .incomplete
+            .iter()
+            .any(|gap| gap.contains(&format!("fee {}", fees[0].id)) && gap.contains("not judged")),
+        "{backend:?}: {:?}",
+        result.incomplete
+    );
+    assert!(
+        result
+            .reconciliation
+            .discrepancies
+            .iter()
+            .all(|d| d.fee_id != Some(fees[0].id)),
+        "{backend:?}: the unreadable fee's case is not judged"
+    );
+    assert!(
+        postings_in_genesis(&world).contains_key(&honest.id.0),
+        "{backend:?}: the run went on"
+    );
+    assert_eq!(result.failed(), 0);
+
+    corrupt(None);
+    let again = world.nightly(false);
+    assert!(again.incomplete.is_empty(), "{:?}", again.incomplete);
+}
+
+#[test]
+fn a_malformed_fee_is_set_aside_and_the_nightly_goes_on() {
+    each_backend(malformed_fee);
+}

@@ -151,10 +151,36 @@ impl RetryCounter {
 }
 
 /// One page of a cursor-paged listing; `next_cursor` is `None` on the last.
+/// Records that break the contract are set aside in `rejected`, so one bad
+/// fee or balance does not hide the rest of the page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+    #[serde(default)]
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// Every record of a listing, each once, and the records set aside (each
+/// once) because they break the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+impl<T> Listing<T> {
+    /// The items, or the first rejected record as an error (for the callers
+    /// that cannot go on without every record).
+    pub fn complete(self, listing: &str) -> Result<Vec<T>, PortalError> {
+        match self.rejected.into_iter().next() {
+            None => Ok(self.items),
+            Some(record) => Err(PortalError::protocol(
+                record.record,
+                format!("{} (in the {listing})", record.reason),
+            )),
+        }
+    }
 }
 
 /// One page of the monotonic transaction cursor. `next_after` is the
@@ -315,13 +341,29 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Reads every page of a cursor-paged listing, at most `PAGES_MAX` pages,
 /// keeping the first copy of each key: a record the server repeats is
 /// returned once. A cursor that repeats is a protocol error, not a loop.
-pub fn walk_pages<T, K, F, G>(listing: &str, mut fetch: F, key: G) -> Result<Vec<T>, PortalError>
+pub fn walk_pages<T, K, F, G>(listing: &str, fetch: F, key: G) -> Result<Vec<T>, PortalError>
+where
+    F: FnMut(Option<&str>) -> Result<Page<T>, PortalError>,
+    G: Fn(&T) -> K,
+    K: Eq + Hash,
+{
+    walk_pages_keeping_rejected(listing, fetch, key)?.complete(listing)
+}
+
+/// `walk_pages`, setting aside the records that break the contract
+/// instead of failing on the first.
+pub fn walk_pages_keeping_rejected<T, K, F, G>(
+    listing: &str,
+    mut fetch: F,
+    key: G,
+) -> Result<Listing<T>, PortalError>
 where
     F: FnMut(Option<&str>) -> Result<Page<T>, PortalError>,
     G: Fn(&T) -> K,
     K: Eq + Hash,
 {
     let mut items = Vec::new();
+    let mut rejected: Vec<RejectedRecord> = Vec::new();
     // Fx: the keys come from the authenticated vendor API; SipHash showed
     // in profiles of the 450,000-fee listing.
     let mut seen = FxHashSet::default();
@@ -334,8 +376,13 @@ where
                 items.push(item);
             }
         }
+        for record in page.rejected {
+            if !rejected.contains(&record) {
+                rejected.push(record);
+            }
+        }
         match page.next_cursor {
-            None => return Ok(items),
+            None => return Ok(Listing { items, rejected }),
             Some(next) if !cursors_seen.insert(next.clone()) => {
                 return Err(PortalError::protocol(
                     listing,
@@ -369,6 +416,40 @@ pub fn fees_where(
         |cursor| portal.fees_page(filter, cursor),
         |fee| fee.genesis_fee_id,
     )
+}
+
+/// Every integration fee the filter selects, each exactly once, and the fee
+/// records set aside because they break the contract (by id and reason).
+pub fn fees_where_keeping_rejected(
+    portal: &dyn CommunityPass,
+    filter: FeeFilter<'_>,
+) -> Result<Listing<VendorFee>, PortalError> {
+    walk_pages_keeping_rejected(
+        "fee listing",
+        |cursor| portal.fees_page(filter, cursor),
+        |fee| fee.genesis_fee_id,
+    )
+}
+
+/// Every patron balance, each exactly once, and the balance records set
+/// aside because they break the contract.
+pub fn all_balances_keeping_rejected(
+    portal: &dyn CommunityPass,
+) -> Result<Listing<PatronBalance>, PortalError> {
+    walk_pages_keeping_rejected(
+        "balance listing",
+        |cursor| portal.balances_page(cursor),
+        |balance| balance.patron_id.clone(),
+    )
+}
+
+/// The Genesis fee id a rejected fee record names, when readable.
+pub fn rejected_fee_id(record: &RejectedRecord) -> Option<FeeId> {
+    record
+        .id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .map(FeeId)
 }
 
 /// The fees Community Pass holds among `ids` (any number: asked for
@@ -663,10 +744,12 @@ mod tests {
             Page {
                 items: vec![1, 2],
                 next_cursor: Some("a".to_string()),
+                rejected: vec![],
             },
             Page {
                 items: vec![2, 3],
                 next_cursor: None,
+                rejected: vec![],
             },
         ];
         let mut index = 0;
@@ -687,6 +770,7 @@ mod tests {
                 Ok(Page {
                     items: vec![],
                     next_cursor: Some("same".to_string()),
+                    rejected: vec![],
                 })
             },
             |n| *n,

@@ -146,7 +146,8 @@ pub enum ParentAction {
         occurred_at: Option<NaiveDateTime>,
     },
     /// A returned e-check or chargeback: undoes what is left of a payment,
-    /// dated `days_later` days (default 5) after it.
+    /// dated `days_later` days (default 5) after it, but never after the
+    /// moment it is recorded.
     Reversal {
         payment_id: VendorTxnId,
         #[serde(default)]

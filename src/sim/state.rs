@@ -128,6 +128,10 @@ pub struct District {
     cursor_jump: Option<i64>,
     /// Injected: fees served with a field replaced by raw JSON text.
     corrupt_fees: BTreeMap<FeeId, (String, String)>,
+    /// The time of the action being applied: nothing is dated after the
+    /// moment it is recorded (a reversal "days later" that would fall in
+    /// the future is dated now), as a real vendor's log is.
+    recording_at: Option<NaiveDateTime>,
 }
 
 /// The page of the transaction log a query selected.
@@ -567,6 +571,7 @@ impl District {
         action: ParentAction,
         now: NaiveDateTime,
     ) -> Result<ActionOutcome, ApiError> {
+        self.recording_at = Some(now);
         match action {
             ParentAction::Payment {
                 fee,
@@ -789,6 +794,7 @@ impl District {
         reverses: Option<VendorTxnId>,
     ) -> VendorTxn {
         let sequence = self.transactions.len() as i64 + 1;
+        let at = self.recording_at.map_or(at, |now| at.min(now));
         let (genesis_fee_id, vendor_fee_id, student_id) = match key {
             FeeKey::Managed(id) => {
                 let fee = &self.fees[&id].fee;
@@ -1280,7 +1286,8 @@ mod tests {
             panic!("expected a transaction")
         };
         assert_eq!(reversed.amount, Money::from_cents(3_000));
-        assert_eq!(reversed.occurred_at, now() + Days::days(7));
+        // Seven days after the payment is in the future: dated now.
+        assert_eq!(reversed.occurred_at, now());
         let again = ParentAction::Reversal {
             payment_id: partial.id,
             days_later: None,

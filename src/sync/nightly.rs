@@ -22,7 +22,8 @@ use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
 use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
-    all_fees, fees_by_ids, transactions_after, CommunityPass, RetryStats, TxnScope,
+    fees_by_ids, fees_where_keeping_rejected, rejected_fee_id, transactions_after, CommunityPass,
+    FeeFilter, RetryStats, TxnScope,
 };
 use crate::reconcile::validate::{self, Verdict};
 use crate::reconcile::{
@@ -133,6 +134,10 @@ pub struct NightlyResult {
     /// kinds still found: each correction on them is `NotConverged`.
     pub still_different: BTreeMap<FeeId, Vec<&'static str>>,
     pub coverage: RunCoverage,
+    /// What the run could not read, so did not judge (a Community Pass fee
+    /// record that breaks the contract, a transaction cursor it could not
+    /// have meant): the verdict must say the run is incomplete.
+    pub incomplete: Vec<String>,
 }
 
 impl NightlyResult {
@@ -227,6 +232,10 @@ struct Reading {
     outbox: Option<OutboxPosition>,
     txn_sequence: i64,
     coverage: RunCoverage,
+    /// Fees Community Pass sent unreadable (by id when readable), and other
+    /// gaps in what was read, in words.
+    unjudged_fees: Vec<FeeId>,
+    incomplete: Vec<String>,
 }
 
 /// Reads both snapshots of the scope in full, as a full run does (for
@@ -260,7 +269,7 @@ fn fetch_snapshots(
     std::thread::scope(|threads| {
         let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
         let genesis = fetch_genesis(conn, scope);
-        let (vendor, vendor_rejected, txn_sequence) = vendor_reader
+        let (vendor, vendor_rejected, txn_sequence, gaps) = vendor_reader
             .join()
             .expect("the Community Pass reader does not panic")?;
         let (genesis, mut rejected) = genesis?;
@@ -272,6 +281,8 @@ fn fetch_snapshots(
             outbox,
             txn_sequence,
             coverage,
+            unjudged_fees: gaps.fees,
+            incomplete: gaps.words,
         })
     })
 }
@@ -304,6 +315,8 @@ fn read(
         rejected: changed.rejected,
         outbox: Some(changed.outbox),
         txn_sequence: changed.txn_sequence,
+        unjudged_fees: Vec::new(),
+        incomplete: Vec::new(),
         coverage: RunCoverage::Incremental {
             since_run: mark.run_id,
             full_run_id: mark.full_run_id,
@@ -313,36 +326,71 @@ fn read(
     })
 }
 
+/// What a run could not read from Community Pass.
+#[derive(Debug, Default)]
+struct Gaps {
+    /// Fees whose Community Pass record breaks the contract: not judged.
+    fees: Vec<FeeId>,
+    /// Every gap, in words, for the verdict.
+    words: Vec<String>,
+}
+
 /// The vendor's fees and transactions, and the log position reached;
 /// transactions that break the contract are left out and named (Get
-/// Payments parks them).
+/// Payments parks them); fee records that break it are left out, named,
+/// and their fees not judged.
 fn fetch_vendor(
     portal: &dyn CommunityPass,
     student: Option<crate::domain::StudentId>,
-) -> Result<(VendorSnapshot, Vec<String>, i64), SyncError> {
+) -> Result<(VendorSnapshot, Vec<String>, i64, Gaps), SyncError> {
     let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
+    let filter = student.map_or(FeeFilter::All, FeeFilter::Student);
     // The two listings are independent: read them at the same time.
     let (fees, batch) = std::thread::scope(|threads| {
         let txn_reader = threads.spawn(move || transactions_after(portal, txn_scope, 0));
-        let fees = all_fees(portal, student);
+        let fees = fees_where_keeping_rejected(portal, filter);
         let batch = txn_reader
             .join()
             .expect("the transaction reader does not panic");
         (fees, batch)
     });
     let (fees, batch) = (fees?, batch?);
-    let rejected = batch
+    let mut rejected: Vec<String> = batch
         .rejected
         .iter()
         .map(|r| format!("Community Pass {r}"))
         .collect();
+    let mut gaps = Gaps::default();
+    for record in &fees.rejected {
+        rejected.push(format!("Community Pass {record}"));
+        match rejected_fee_id(record) {
+            Some(fee) => {
+                gaps.fees.push(fee);
+                gaps.words.push(format!(
+                    "Community Pass sent fee {fee} unreadable ({}); the fee was not judged",
+                    record.reason
+                ));
+            }
+            None => gaps.words.push(format!(
+                "Community Pass sent an unreadable fee record without a readable id ({})",
+                record.reason
+            )),
+        }
+    }
+    if let Some(refused) = &batch.cursor_refused {
+        gaps.words.push(format!(
+            "the transaction log was read only to {}: {refused}",
+            batch.next_after
+        ));
+    }
     Ok((
         VendorSnapshot {
-            fees,
+            fees: fees.items,
             txns: batch.items,
         },
         rejected,
         batch.next_after,
+        gaps,
     ))
 }
 
@@ -400,7 +448,11 @@ pub fn run(
         outbox,
         txn_sequence,
         coverage,
+        unjudged_fees,
+        incomplete,
     } = read(conn, portal, setup, options, clock)?;
+    let mut vendor = vendor;
+    leave_out_fees(&mut genesis, &mut vendor, &unjudged_fees);
     super::attach_parties(conn, setup, &mut genesis)?;
     if !options.dry_run {
         adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
@@ -467,7 +519,25 @@ pub fn run(
         remaining_after_apply,
         still_different,
         coverage,
+        incomplete,
     })
+}
+
+/// Leaves these fees out of both snapshots (their Community Pass record
+/// could not be read): their cases are not judged, so nothing is planned on
+/// what could not be seen.
+fn leave_out_fees(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fees: &[FeeId]) {
+    if fees.is_empty() {
+        return;
+    }
+    let out: std::collections::HashSet<FeeId> = fees.iter().copied().collect();
+    genesis.fees.retain(|fee| !out.contains(&fee.id));
+    genesis.txns.retain(|txn| !out.contains(&txn.fee_id));
+    genesis.links.retain(|link| !out.contains(&link.fee_id));
+    vendor.fees.retain(|fee| !out.contains(&fee.genesis_fee_id));
+    vendor
+        .txns
+        .retain(|txn| txn.genesis_fee_id.is_none_or(|fee| !out.contains(&fee)));
 }
 
 /// Corrections that were applied (as far as each call said) on a fee a
@@ -808,7 +878,10 @@ fn validate_postings<'t>(
     let mut held = Vec::new();
     for ((fee_id, txn), verdict) in planned.iter().zip(validate::judge(&txns, known, now)) {
         match verdict {
-            Verdict::Hold(hold) => held.push((*fee_id, *txn, hold.describe())),
+            Verdict::Hold(hold) => {
+                tracing::warn!(fee = %fee_id, vendor_txn_id = %txn.id, reason = %hold.describe(), "a planned posting is held, not posted");
+                held.push((*fee_id, *txn, hold.describe()))
+            }
             _ => post.push((*fee_id, *txn)),
         }
     }
