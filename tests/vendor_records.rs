@@ -519,6 +519,39 @@ fn malformed_fee(backend: Backend) {
     corrupt(None);
     let again = world.nightly(false);
     assert!(again.incomplete.is_empty(), "{:?}", again.incomplete);
+
+    // An incremental run reading the fee (a new payment on it) sets it aside
+    // too, and marks nothing, so the next run judges it.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    corrupt(Some("1e3"));
+    world.admin.pay(fees[0].id, None).unwrap();
+    let incremental = world.incremental_nightly(false);
+    assert!(
+        matches!(
+            incremental.coverage,
+            cpsync::sync::nightly::RunCoverage::Incremental { .. }
+        ),
+        "{backend:?}: {:?}",
+        incremental.coverage
+    );
+    assert!(
+        incremental
+            .incomplete
+            .iter()
+            .any(|gap| gap.contains(&format!("fee {}", fees[0].id))),
+        "{backend:?}: {:?}",
+        incremental.incomplete
+    );
+    corrupt(None);
+    let next = world.incremental_nightly(false);
+    assert!(next.incomplete.is_empty(), "{:?}", next.incomplete);
+    assert!(
+        next.reconciliation
+            .discrepancies
+            .iter()
+            .any(|d| d.fee_id == Some(fees[0].id)),
+        "{backend:?}: the fee is judged once readable"
+    );
 }
 
 #[test]

@@ -443,6 +443,23 @@ pub fn all_balances_keeping_rejected(
     )
 }
 
+/// `fees_by_ids`, setting malformed fee records aside instead of failing.
+pub fn fees_by_ids_keeping_rejected(
+    portal: &dyn CommunityPass,
+    ids: &[FeeId],
+) -> Result<Listing<VendorFee>, PortalError> {
+    let mut all = Listing {
+        items: Vec::with_capacity(ids.len()),
+        rejected: Vec::new(),
+    };
+    for chunk in ids.chunks(FEE_IDS_PER_REQUEST_MAX) {
+        let listing = fees_where_keeping_rejected(portal, FeeFilter::Ids(chunk))?;
+        all.items.extend(listing.items);
+        all.rejected.extend(listing.rejected);
+    }
+    Ok(all)
+}
+
 /// The Genesis fee id a rejected fee record names, when readable.
 pub fn rejected_fee_id(record: &RejectedRecord) -> Option<FeeId> {
     record

@@ -315,8 +315,8 @@ fn read(
         rejected: changed.rejected,
         outbox: Some(changed.outbox),
         txn_sequence: changed.txn_sequence,
-        unjudged_fees: Vec::new(),
-        incomplete: Vec::new(),
+        unjudged_fees: changed.unjudged_fees,
+        incomplete: changed.incomplete,
         coverage: RunCoverage::Incremental {
             since_run: mark.run_id,
             full_run_id: mark.full_run_id,
@@ -489,7 +489,13 @@ pub fn run(
         mark_not_converged(&reconciliation, &mut outcomes, &still_different);
         timer.lap("verify");
     }
-    let start = match (vendor_as_of, outbox, options.dry_run) {
+    // An incomplete run marks nothing: the next incremental run starts
+    // from the last complete one, so what was not judged is judged then.
+    let start = match (
+        vendor_as_of,
+        outbox,
+        options.dry_run || !incomplete.is_empty(),
+    ) {
         (Some(vendor_as_of), Some(outbox), false) => Some(Start {
             outbox,
             vendor_as_of,
