@@ -1,7 +1,10 @@
 //! `cpsync get-payments`: posts Community Pass payments, refunds, waivers and
 //! reversals into Genesis, exactly once each. Without options: everything
 //! after the stored cursor (the nightly trigger). `--student ID`: the fee
-//! page is opened. `--guardian ID`: the parent logs in.
+//! page is opened. `--guardian ID`: the parent logs in. `--from-sequence N`:
+//! re-read the cursor from N (after Community Pass named a cursor it could
+//! not have meant). Exit code 3 when a record was held for a person (see
+//! `cpsync unprocessed`) or the cursor was refused.
 
 use super::task::{self, run_task, TaskOutcome};
 use super::Context;

@@ -284,7 +284,14 @@ pub fn judge(txns: &[&VendorTxn], known: Known<'_>, now: NaiveDateTime) -> Vec<V
         };
         let conflicting =
             indexes.len() > 1 || indexes.iter().any(|i| differs_from_posting(txns[*i]));
-        if conflicting {
+        let community_pass_only =
+            posted.is_empty() && indexes.iter().all(|i| txns[*i].genesis_fee_id.is_none());
+        if conflicting && community_pass_only {
+            // Never synced, whatever its copies say.
+            for i in indexes {
+                verdicts[*i] = Some(Verdict::CommunityPassOnly);
+            }
+        } else if conflicting {
             let mut described: Vec<String> = indexes
                 .iter()
                 .map(|i| format!("copy {}", txns[*i].describe()))
@@ -625,6 +632,19 @@ mod tests {
             "conflicting_copies"
         );
         assert_eq!(code(&judge(&[&first], known, at(12))[0]), "already");
+        // Copies on a fee that exists only in Community Pass are never synced.
+        let (mut only, mut other) = (first.clone(), second.clone());
+        only.genesis_fee_id = None;
+        other.genesis_fee_id = None;
+        let known = Known {
+            fees: &fees,
+            posted: &[],
+        };
+        let out = judge(&[&only, &other], known, at(12));
+        assert_eq!(
+            out,
+            vec![Verdict::CommunityPassOnly, Verdict::CommunityPassOnly]
+        );
     }
 
     /// One generated record: which id (few, so ids repeat), which fee, and
