@@ -81,12 +81,20 @@ pub struct CommunityPassConfig {
     pub api_key: SecretSource,
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// The whole-attempt deadline: from sending to the last body byte.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// The budget of one call, all its attempts and waits together.
+    #[serde(default = "default_call_budget_secs")]
+    pub call_budget_secs: u64,
 }
 
 fn default_connect_timeout_secs() -> u64 {
     5
+}
+
+fn default_call_budget_secs() -> u64 {
+    crate::portal::http::CALL_BUDGET_DEFAULT.as_secs()
 }
 
 fn default_request_timeout_secs() -> u64 {
@@ -233,7 +241,10 @@ impl Config {
                     "must start with https://",
                 ));
             }
-            if cp.request_timeout_secs == 0 || cp.connect_timeout_secs == 0 {
+            if cp.request_timeout_secs == 0
+                || cp.connect_timeout_secs == 0
+                || cp.call_budget_secs == 0
+            {
                 return Err(invalid(
                     "community_pass timeouts",
                     "must be at least 1 second",

@@ -11,6 +11,7 @@
 //! [--jobs J] [--database-url postgres://...] [--pg-every K] [--keep]`.
 
 mod checks;
+mod convergence;
 mod engine;
 mod hostile;
 mod scenario;

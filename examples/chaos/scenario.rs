@@ -208,6 +208,13 @@ impl<'a> Scenario<'a> {
             inject_genesis_drift(&mut conn, &self.sent, count, self.next_fee_id)?;
             self.next_fee_id += count as i64;
         }
+        // Fees the drift above left alone: its first `count` lend their
+        // student to new fees, its last `2 * count` are edited.
+        let untouched_end = self.sent.len().saturating_sub(2 * count);
+        if untouched_end > count {
+            let fees = self.sent[count..untouched_end].to_vec();
+            crate::convergence::inject(self.world, &mut self.rng, &fees, self.result)?;
+        }
         crate::hostile::genesis_rows(&mut conn, self.world, &mut self.rng, self.result)?;
         self.world.admin.set_faults(&self.faults)?;
         Ok(())

@@ -26,6 +26,12 @@ pub struct ScenarioResult {
     pub bytes_scanned: u64,
     pub vendor_txns_checked: u64,
     pub vendor_fees_checked: u64,
+    /// Office actions over a fee's life injected (`convergence.rs`).
+    pub office_actions: u64,
+    /// Fees compared field by field at the finish.
+    pub fees_compared: u64,
+    /// Fees made in Community Pass only by the office actions.
+    pub unmanaged_injected: u64,
     pub elapsed: Duration,
 }
 
@@ -48,6 +54,8 @@ pub struct Tally {
     pub bytes_scanned: u64,
     pub vendor_txns_checked: u64,
     pub vendor_fees_checked: u64,
+    pub office_actions: u64,
+    pub fees_compared: u64,
     pub slowest: Duration,
 }
 
@@ -91,6 +99,8 @@ impl Tally {
         self.bytes_scanned += result.bytes_scanned;
         self.vendor_txns_checked += result.vendor_txns_checked;
         self.vendor_fees_checked += result.vendor_fees_checked;
+        self.office_actions += result.office_actions;
+        self.fees_compared += result.fees_compared;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -164,6 +174,14 @@ impl Tally {
             self.vendor_txns_checked.to_string(),
         );
         row("vendor fees checked", self.vendor_fees_checked.to_string());
+        row(
+            "office actions over a fee's life",
+            self.office_actions.to_string(),
+        );
+        row(
+            "fees compared field by field",
+            self.fees_compared.to_string(),
+        );
         row(
             "bad inputs tried / handled",
             format!("{} / {}", self.bad_inputs_tried, self.bad_inputs_handled),

@@ -46,7 +46,7 @@ struct Step {
 
 impl Step {
     fn begin(number: usize, title: &str) -> Step {
-        println!("\n[{number:>2}/{STEPS}] {title}");
+        out!("\n[{number:>2}/{STEPS}] {title}");
         let _ = std::io::stdout().flush();
         Step {
             number,
@@ -55,7 +55,7 @@ impl Step {
     }
 
     fn end(self) {
-        println!(
+        out!(
             "        step {} done in {:.1} s",
             self.number,
             self.started.elapsed().as_secs_f64()
@@ -93,7 +93,7 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         sim.base_url(),
     ];
     let cpsync = |words: &[&str]| command(&globals, words);
-    println!(
+    out!(
         "        database {}, simulator {}",
         dir.join("demo.db").display(),
         sim.base_url()
@@ -169,9 +169,9 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         .and_hms_opt(8, 0, 0)
         .expect("valid");
     let activity = scenario::drive_parents(&sim.admin()?, &sent, args.seed, start)?;
-    println!("        parents: {}", serde_json::to_string(&activity)?);
+    out!("        parents: {}", serde_json::to_string(&activity)?);
     let drift = scenario::inject_genesis_drift(&mut conn, &sent, 3, 9_000_001)?;
-    println!("        Genesis drift: {}", serde_json::to_string(&drift)?);
+    out!("        Genesis drift: {}", serde_json::to_string(&drift)?);
     step.end();
 
     let step = Step::begin(
@@ -200,19 +200,19 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
     cpsync(&["export", "--to", &dir.join("export").display().to_string()])?;
     step.end();
 
-    println!(
+    out!(
         "\ncpsync demo finished in {:.1} s. Everything is under {}:",
         started.elapsed().as_secs_f64(),
         dir.display()
     );
-    println!("  database  {}", dir.join("demo.db").display());
-    println!(
+    out!("  database  {}", dir.join("demo.db").display());
+    out!(
         "  reports   {} (HTML report, exceptions CSV, summary JSON, email .eml)",
         dir.join("reports").display()
     );
-    println!("  preflight {}", dir.join("preflight").display());
-    println!("  export    {}", dir.join("export").display());
-    println!(
+    out!("  preflight {}", dir.join("preflight").display());
+    out!("  export    {}", dir.join("export").display());
+    out!(
         "  history   cpsync --database-url {} runs",
         dir.join("demo.db").display()
     );

@@ -63,7 +63,7 @@ enum DestinationSummary {
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
     if !tasks::is_enabled(&mut conn, TASK_NAME)? {
-        println!("the {TASK_NAME} task is switched off (cp_tasks); nothing was exported");
+        out!("the {TASK_NAME} task is switched off (cp_tasks); nothing was exported");
         return Ok(exit::OK);
     }
     let destination = destination(context, &args)?;
@@ -222,16 +222,19 @@ fn finish(conn: &mut DbConnection, run_id: i64, summary: &Summary) -> anyhow::Re
 }
 
 fn print_summary(run_id: i64, summary: &Summary) {
-    println!("export run {run_id}: OneRoster 1.1 CSV, bulk");
+    out!("export run {run_id}: OneRoster 1.1 CSV, bulk");
     for file in &summary.files {
-        println!(
+        out!(
             "  {:<17} {:>9} rows {:>12} bytes  sha256 {}",
-            file.name, file.rows, file.bytes, file.sha256
+            file.name,
+            file.rows,
+            file.bytes,
+            file.sha256
         );
     }
     match &summary.destination {
-        DestinationSummary::Folder { path } => println!("written to {path}"),
-        DestinationSummary::Sftp(report) => println!(
+        DestinationSummary::Folder { path } => out!("written to {path}"),
+        DestinationSummary::Sftp(report) => out!(
             "uploaded to {}:{}:{} ({} attempt{}), sizes and SHA-256 verified on the server",
             report.host,
             report.port,
@@ -240,24 +243,22 @@ fn print_summary(run_id: i64, summary: &Summary) {
             if report.attempts == 1 { "" } else { "s" }
         ),
         DestinationSummary::DryRun { would_send_to } => {
-            println!(
-                "dry run: files built and checked; nothing written; would send to {would_send_to}"
-            )
+            out!("dry run: files built and checked; nothing written; would send to {would_send_to}")
         }
     }
     if summary.omitted.guardians_without_students > 0 {
-        println!(
+        out!(
             "  {} guardian(s) linked to no student were left out",
             summary.omitted.guardians_without_students
         );
     }
     if summary.omitted.unresolved_links > 0 {
-        println!(
+        out!(
             "  needs review: {} link(s) name a missing student or guardian",
             summary.omitted.unresolved_links
         );
     }
     for rejected in &summary.rejected_rows {
-        println!("  needs review: rejected {rejected}");
+        out!("  needs review: rejected {rejected}");
     }
 }

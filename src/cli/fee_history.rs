@@ -330,13 +330,13 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             link: records.link.as_ref(),
             events: &events,
         };
-        println!("{}", serde_json::to_string_pretty(&history)?);
+        out!("{}", serde_json::to_string_pretty(&history)?);
         return Ok(exit::OK);
     }
     print_header(args.fee_id, &records, balance);
     for e in &events {
         let run = e.run_id.map(|r| format!("run {r}")).unwrap_or_default();
-        println!(
+        out!(
             "{}  {:<9} {:<9} {}",
             e.at.format("%Y-%m-%d %H:%M:%S"),
             run,
@@ -349,11 +349,15 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 
 fn print_header(fee_id: FeeId, records: &FeeRecords, balance: Option<Money>) {
     match (&records.fee, balance) {
-        (Some(fee), Some(balance)) => println!(
+        (Some(fee), Some(balance)) => out!(
             "fee {fee_id}: {} {:?}, student {}, ${} ({}), ${balance} owing",
-            fee.category, fee.description, fee.student_id, fee.amount, fee.status
+            fee.category,
+            fee.description,
+            fee.student_id,
+            fee.amount,
+            fee.status
         ),
-        _ => println!("fee {fee_id}: no longer in Genesis (deleted); its history follows"),
+        _ => out!("fee {fee_id}: no longer in Genesis (deleted); its history follows"),
     }
     let sent = records
         .link
@@ -366,8 +370,8 @@ fn print_header(fee_id: FeeId, records: &FeeRecords, balance: Option<Money>) {
     } else {
         ""
     };
-    println!("{sent}{locked}");
-    println!("times in UTC");
+    out!("{sent}{locked}");
+    out!("times in UTC");
 }
 
 #[cfg(test)]

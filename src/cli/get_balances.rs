@@ -23,14 +23,16 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         |conn, run_id| {
             let report = balances::get_balances(conn, &portal, run_id)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                out!(
                     "get-balances: {} patrons stored, {} with a balance, ${} outstanding in all",
-                    report.patrons, report.with_balance, report.total
+                    report.patrons,
+                    report.with_balance,
+                    report.total
                 );
                 for rejected in &report.rejected {
-                    println!("  not stored: {rejected}");
+                    out!("  not stored: {rejected}");
                 }
             }
             let records = report.patrons + report.rejected.len() as u64;

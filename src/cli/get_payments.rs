@@ -59,9 +59,9 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 &utc_now,
             )?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                out!(
                 "get-payments: {} fetched, {} posted, {} already posted, {} on Community Pass-only fees (not synced), {} unprocessed (see cpsync unprocessed), {} malformed (parked), {} amounts locked{}",
                 report.fetched,
                 report.posted,
@@ -76,7 +76,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 }
             );
                 for problem in &report.problems {
-                    println!("  {problem}");
+                    out!("  {problem}");
                 }
             }
             let mut outcome = TaskOutcome::succeeded(&report, report.fetched);

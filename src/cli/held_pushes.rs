@@ -25,7 +25,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
     let items = links::refused(&mut conn)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        out!("{}", serde_json::to_string_pretty(&items)?);
     } else {
         print_table(&items);
     }
@@ -38,12 +38,12 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 
 fn print_table(items: &[RefusedPush]) {
     if items.is_empty() {
-        println!("no held pushes: Community Pass accepted every fee it was sent");
+        out!("no held pushes: Community Pass accepted every fee it was sent");
         return;
     }
-    println!("{:>10} {:<17} {:>6} reason", "fee", "refused (UTC)", "run");
+    out!("{:>10} {:<17} {:>6} reason", "fee", "refused (UTC)", "run");
     for item in items {
-        println!(
+        out!(
             "{:>10} {:<17} {:>6} {}",
             item.fee_id,
             item.refused_at
@@ -55,7 +55,7 @@ fn print_table(items: &[RefusedPush]) {
             item.refused_reason.as_deref().unwrap_or("")
         );
     }
-    println!(
+    out!(
         "{} held; each is sent again when the fee changes, or with `cpsync send-fees --resend --fee ID`",
         items.len()
     );

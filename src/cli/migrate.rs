@@ -25,7 +25,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     if args.status {
         for state in migrate::status(&mut conn)? {
             let mark = if state.applied { "applied" } else { "pending" };
-            println!("{mark:8} {}", state.name);
+            out!("{mark:8} {}", state.name);
         }
         return Ok(exit::OK);
     }
@@ -34,17 +34,17 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             bail!("--revert-all drops every table in {target}; add --yes to confirm");
         }
         let reverted = migrate::revert_all(&mut conn)?;
-        println!("reverted {} migration(s) on {target}", reverted.len());
+        out!("reverted {} migration(s) on {target}", reverted.len());
         return Ok(exit::OK);
     }
     let applied = migrate::run_pending(&mut conn)?;
     if applied.is_empty() {
-        println!("{target}: schema is up to date");
+        out!("{target}: schema is up to date");
     } else {
         for name in &applied {
-            println!("applied {name}");
+            out!("applied {name}");
         }
-        println!("{target}: {} migration(s) applied", applied.len());
+        out!("{target}: {} migration(s) applied", applied.len());
     }
     Ok(exit::OK)
 }

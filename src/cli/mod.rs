@@ -1,12 +1,16 @@
 //! The command line: global options, one module per subcommand (each with
 //! its `Args` and `run`), logging set-up and the documented exit codes.
 
+#[macro_use]
+mod output;
+
 mod demo;
 mod export;
 mod fee_history;
 mod get_balances;
 mod get_payments;
 mod held_pushes;
+mod lock;
 mod migrate;
 mod nightly;
 mod nightly_report;
@@ -60,6 +64,9 @@ Examples:
   cpsync get-payments --guardian 5000001          a parent logs in: post their payments now
   cpsync portal-view --guardian 5000001           what that parent sees, locked out or not
   cpsync fee-history 1234                         one fee's whole life with run ids
+
+  cpsync lock status                              who holds the district lock, and is it alive
+  cpsync lock release --force                     clear a lock a dead or replaced process left
 
 Exit codes: 0 ok, 1 failure, 2 usage error, 3 completed with items needing review,
 4 another run holds the lock.";
@@ -140,6 +147,8 @@ pub enum Command {
     Preflight(preflight::Args),
     /// What a parent sees on the portal's fees page, and whether it is locked.
     PortalView(portal_view::Args),
+    /// Who holds the district lock (status), or clear one a gone process left (release --force).
+    Lock(lock::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -178,8 +187,15 @@ impl Context {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
+    install_panic_hook();
     match run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => match output::write_failure() {
+            Some(error) if code == exit::OK => {
+                eprintln!("cpsync: error: cannot write to standard output: {error}");
+                ExitCode::from(exit::FAILURE)
+            }
+            _ => ExitCode::from(code),
+        },
         Err(error) => {
             eprintln!("cpsync: error: {}", one_line_chain(&error));
             ExitCode::from(exit::FAILURE)
@@ -187,8 +203,29 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// After the default report, records the run in progress (if any) as
+/// failed, so a panic never leaves it "running".
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        task::record_panic(&format!("{message}{place}"));
+    }));
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let context = Context::from_cli(&cli)?;
+    task::set_database(&context.database_url);
     match cli.command {
         Command::Demo(args) => demo::run(&context, args),
         Command::Migrate(args) => migrate::run(&context, args),
@@ -207,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::FeeHistory(args) => fee_history::run(&context, args),
         Command::Preflight(args) => preflight::run(&context, args),
         Command::PortalView(args) => portal_view::run(&context, args),
+        Command::Lock(args) => lock::run(&context, args),
     }
 }
 

@@ -1,9 +1,11 @@
 //! `cpsync nightly`: the reconciliation run. Takes the district lock,
-//! validates both sides, applies what the rules allow (not with
-//! `--dry-run`), records every discrepancy and the run, and exits 0 (in
-//! agreement or corrected), 3 (items need review), 5 (not converged: a
-//! correction was applied but re-reading still finds the difference), 1
-//! (failed) or 4 (another run holds the lock).
+//! checks the email settings, validates both sides, applies what the rules
+//! allow (not with `--dry-run`), records every discrepancy, the report
+//! files and the run, releases the lock, and only then sends the email;
+//! exits 0 (in agreement or corrected), 3 (items need review), 5 (not
+//! converged: a correction was applied but re-reading still finds the
+//! difference), 1 (failed, or the email could not be sent) or 4 (another
+//! run holds the lock).
 
 use std::collections::BTreeMap;
 
@@ -65,12 +67,20 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         Ok(lock) => lock,
         Err(holder) => {
             eprintln!(
-                "cpsync: another run holds the district lock ({} since {} UTC); nothing was done",
-                holder.holder, holder.acquired_at
+                "cpsync: another run holds the district lock ({}); nothing was done{}",
+                holder.describe(),
+                if holder.releasable() {
+                    " (if no cpsync run is active, clear it with `cpsync lock release --force`)"
+                } else {
+                    ""
+                }
             );
             return Ok(exit::LOCKED);
         }
     };
+    if !args.no_report {
+        nightly_report::check_mail_settings(context)?;
+    }
     let setup = settings::load_setup(&mut conn)?;
     let portal = task::portal(context, &mut conn)?;
     let options = NightlyOptions {
@@ -89,7 +99,9 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     } else {
         "manual"
     };
-    run_task(
+    // Written under the lock, mailed after it is released.
+    let mut mail: Option<(nightly_report::Prepared, bool)> = None;
+    let ran = run_task(
         &mut conn,
         task::NIGHTLY_SYNC,
         trigger,
@@ -109,7 +121,8 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 Ok(result) => result,
                 Err(error) => {
                     if !args.no_report {
-                        report_failure(context, conn, &report_input(None, Some(error.to_string())));
+                        let input = report_input(None, Some(error.to_string()));
+                        mail = prepare_failure(context, conn, &input).map(|p| (p, false));
                     }
                     return Err(error.into());
                 }
@@ -118,59 +131,86 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             if !args.no_report {
                 let report_started = std::time::Instant::now();
                 let input = report_input(Some(&result), None);
-                let published = nightly_report::publish(context, conn, &input, args.resend_email);
-                record_report(&mut outcome, published, args.json);
+                let prepared = nightly_report::prepare(context, conn, &input);
+                mail = record_report(&mut outcome, prepared).map(|p| (p, true));
                 outcome.summary["report_ms"] = json!(report_started.elapsed().as_millis() as u64);
             }
             outcome.summary["elapsed_ms"] = json!(command_started.elapsed().as_millis() as u64);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&outcome.summary)?);
+                out!("{}", serde_json::to_string_pretty(&outcome.summary)?);
             } else {
                 print_human(&outcome.summary);
             }
             Ok(outcome)
         },
-    )
+    );
+    // The run and its corrections are recorded: free the district before
+    // talking to a mail server that may be slow.
+    drop(district_lock);
+    let Some((prepared, succeeded)) = mail else {
+        return ran;
+    };
+    let resend = succeeded && args.resend_email;
+    match nightly_report::deliver(context, &mut conn, &prepared, resend) {
+        Ok(delivery) => {
+            let line = nightly_report::describe(&prepared.files, &delivery);
+            if !succeeded {
+                eprintln!("{line}");
+            } else if !args.json {
+                out!("{line}");
+            }
+            ran
+        }
+        Err(error) => {
+            eprintln!(
+                "cpsync: the report was written but could not be sent: {}",
+                super::one_line_chain(&error)
+            );
+            ran.map(|_| exit::FAILURE)
+        }
+    }
 }
 
-type Published = (
-    crate::report::RunReport,
-    crate::report::ReportFiles,
-    crate::report::email::Delivery,
-);
-
 /// Adds the verdict, the difference and where the report went to the
-/// summary; a report or mail failure is reported but does not undo the run.
-fn record_report(outcome: &mut TaskOutcome, published: anyhow::Result<Published>, json: bool) {
-    match published {
-        Ok((report, files, delivery)) => {
+/// summary; a report failure is reported but does not undo the run.
+fn record_report(
+    outcome: &mut TaskOutcome,
+    prepared: anyhow::Result<nightly_report::Prepared>,
+) -> Option<nightly_report::Prepared> {
+    match prepared {
+        Ok(prepared) => {
+            let (report, files) = (&prepared.report, &prepared.files);
             outcome.summary["verdict"] = json!(report.verdict.as_str());
             outcome.summary["difference"] = json!(report.difference().to_string());
             outcome.summary["report"] = json!({
                 "html": files.html, "csv": files.csv, "json": files.json,
             });
-            if !json {
-                println!("{}", nightly_report::describe(&files, &delivery));
-            }
+            Some(prepared)
         }
         Err(error) => {
             let message = super::one_line_chain(&error);
-            eprintln!("cpsync: the report could not be written or sent: {message}");
+            eprintln!("cpsync: the report could not be written: {message}");
             outcome.summary["report_error"] = json!(message);
             outcome.exit_code = exit::FAILURE;
+            None
         }
     }
 }
 
-/// The short failure report and email; its own failure is only logged.
-fn report_failure(context: &Context, conn: &mut crate::db::DbConnection, input: &ReportInput) {
-    match nightly_report::publish(context, conn, input, false) {
-        Ok((_, files, delivery)) => eprintln!("{}", nightly_report::describe(&files, &delivery)),
-        Err(error) => eprintln!(
-            "cpsync: the failure report could not be sent: {}",
-            super::one_line_chain(&error)
-        ),
-    }
+/// The short failure report's files; its own failure is only logged.
+fn prepare_failure(
+    context: &Context,
+    conn: &mut crate::db::DbConnection,
+    input: &ReportInput,
+) -> Option<nightly_report::Prepared> {
+    nightly_report::prepare(context, conn, input)
+        .map_err(|error| {
+            eprintln!(
+                "cpsync: the failure report could not be written: {}",
+                super::one_line_chain(&error)
+            )
+        })
+        .ok()
 }
 
 fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -> TaskOutcome {
@@ -232,6 +272,12 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
             .iter()
             .map(|(fee, why)| json!({"fee_id": fee, "why": why}))
             .collect::<Vec<_>>(),
+        "changed_during_run": result
+            .still_different
+            .iter()
+            .filter(|(fee, _)| !result.not_applied.contains_key(fee))
+            .map(|(fee, kinds)| json!({"fee_id": fee, "kinds": kinds}))
+            .collect::<Vec<_>>(),
         "failures": failures,
     });
     TaskOutcome {
@@ -244,7 +290,7 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
 
 fn print_human(summary: &serde_json::Value) {
     let counts = &summary["counts"];
-    println!(
+    out!(
         "nightly run {}: {}{} — {} Genesis and {} Community Pass records: {} matched, {} corrected, {} need review",
         summary["run_id"],
         summary["status"].as_str().unwrap_or("?"),
@@ -256,18 +302,18 @@ fn print_human(summary: &serde_json::Value) {
         counts["needs_review"],
     );
     if let Some(coverage) = summary["coverage_text"].as_str() {
-        println!("  {coverage}");
+        out!("  {coverage}");
     }
     if let Some(fees) = summary["not_converged"]
         .as_array()
         .filter(|f| !f.is_empty())
     {
-        println!(
+        out!(
             "  NOT CONVERGED: {} correction(s) were applied but Community Pass still differs:",
             fees.len()
         );
         for fee in fees {
-            println!(
+            out!(
                 "    fee {}: {}",
                 fee["fee_id"],
                 fee["why"].as_str().unwrap_or("")
@@ -275,20 +321,20 @@ fn print_human(summary: &serde_json::Value) {
         }
     }
     if let Some(gaps) = summary["incomplete"].as_array().filter(|g| !g.is_empty()) {
-        println!("  INCOMPLETE: not everything could be read, so not everything was judged:");
+        out!("  INCOMPLETE: not everything could be read, so not everything was judged:");
         for gap in gaps {
-            println!("    {}", gap.as_str().unwrap_or(""));
+            out!("    {}", gap.as_str().unwrap_or(""));
         }
     }
     if let Some(kinds) = summary["discrepancies"].as_object() {
         for (kind, count) in kinds {
-            println!("  {count:>6}  {kind}");
+            out!("  {count:>6}  {kind}");
         }
     }
     let totals = &summary["totals"];
     for side in ["genesis", "community_pass"] {
         let t = &totals[side];
-        println!(
+        out!(
             "  {side:<15} billed ${} paid ${} refunded ${} waived ${} outstanding ${}",
             t["billed"].as_str().unwrap_or("?"),
             t["paid"].as_str().unwrap_or("?"),

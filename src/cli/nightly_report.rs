@@ -1,7 +1,10 @@
 //! The nightly run's report step: fills a `report::RunReport` from the run's
 //! result and the database (labels only for the students and fees the
-//! report names, the 30-run trend), writes the files (owner-only) and sends
-//! the email, or writes it as an `.eml` when no SMTP server is configured.
+//! report names, the 30-run trend) and writes the files (owner-only) while
+//! the run holds the district lock (`prepare`); sends the email, or writes
+//! it as an `.eml` when no SMTP server is configured, after the lock is
+//! released (`deliver`), so a slow mail server never holds up the next
+//! run. `check_mail_settings` runs before the nightly applies anything.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +15,7 @@ use crate::db::discrepancies::Outcome;
 use crate::db::{genesis, runs, DbConnection};
 use crate::domain::{FeeId, StudentId};
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
-use crate::report::email::{deliver_report, Delivery};
+use crate::report::email::{deliver_report, mailboxes, Delivery, SmtpSender};
 use crate::report::{
     self, describe_scope, named_ids, trend_from_runs, FailedCorrection, FeeLabel, Phase,
     ReportFiles, RunReport, StudentLabel, Verdict,
@@ -31,25 +34,54 @@ pub struct ReportInput<'a> {
     pub error: Option<String>,
 }
 
-/// Builds, writes and mails the report; returns where it went.
-pub fn publish(
+/// A report written to disk whose email is still to be sent.
+pub struct Prepared {
+    pub report: RunReport,
+    pub files: ReportFiles,
+}
+
+/// Checks the email settings without connecting: addresses parse, plain
+/// text only to a loopback host, the password is readable. Run before the
+/// nightly applies anything, so bad settings cost nothing but the run.
+pub fn check_mail_settings(context: &Context) -> anyhow::Result<()> {
+    if let Some(smtp) = context.config.smtp.as_ref() {
+        mailboxes(&smtp.from, &smtp.to)
+            .and_then(|_| SmtpSender::connect_settings(smtp).map(|_| ()))
+            .map_err(|e| {
+                anyhow::anyhow!("the [smtp] settings cannot work: {e}; nothing was done")
+            })?;
+    }
+    Ok(())
+}
+
+/// Builds the report and writes its files; the email waits for `deliver`.
+pub fn prepare(
     context: &Context,
     conn: &mut DbConnection,
     input: &ReportInput,
-    resend: bool,
-) -> anyhow::Result<(RunReport, ReportFiles, Delivery)> {
+) -> anyhow::Result<Prepared> {
     let report = build(context, conn, input)?;
     let files = report::write_report_files(&context.config.reports.dir, &report)?;
-    let delivery = deliver_report(
+    Ok(Prepared { report, files })
+}
+
+/// Sends the prepared report's email (or writes the `.eml`), recorded in
+/// `cp_report_mail`; returns where it went.
+pub fn deliver(
+    context: &Context,
+    conn: &mut DbConnection,
+    prepared: &Prepared,
+    resend: bool,
+) -> anyhow::Result<Delivery> {
+    Ok(deliver_report(
         conn,
-        &report,
-        &files,
+        &prepared.report,
+        &prepared.files,
         context.config.smtp.as_ref(),
         &context.config.reports,
         resend,
         utc_now(),
-    )?;
-    Ok((report, files, delivery))
+    )?)
 }
 
 fn build(

@@ -57,7 +57,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         today,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        out!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         print_view(&view, today);
     }
@@ -100,24 +100,26 @@ fn gather(
 }
 
 fn print_view(view: &PortalView, today: NaiveDate) {
-    println!(
+    out!(
         "Parent portal of guardian {} as of {today}",
         view.guardian_id
     );
     if let Some(message) = &view.payment_message {
-        println!("{message}");
+        out!("{message}");
     }
     for student in &view.students {
-        println!(
+        out!(
             "\n{} ({}): ${} owing",
-            student.name, student.student_id, student.balance
+            student.name,
+            student.student_id,
+            student.balance
         );
         for fee in &student.fees {
             let due = fee
                 .due_date
                 .map(|d| format!(", due {d}"))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "  fee {:<8} {:<32} ${} of ${}{due}{}",
                 fee.fee_id,
                 fee.description,
@@ -127,23 +129,23 @@ fn print_view(view: &PortalView, today: NaiveDate) {
             );
         }
     }
-    println!("\nGenesis balance: ${}", view.genesis_balance);
+    out!("\nGenesis balance: ${}", view.genesis_balance);
     if let Some(balance) = &view.community_pass_balance {
         let as_of = balance
             .as_of
             .map(|t| format!(" (as of {t} UTC)"))
             .unwrap_or_else(|| " (not pulled yet)".into());
-        println!("{}: ${}{as_of}", balance.message, balance.amount);
+        out!("{}: ${}{as_of}", balance.message, balance.amount);
     }
     if let Some(link) = &view.pay_link {
-        println!("{}: {}", link.text, link.url);
+        out!("{}: {}", link.text, link.url);
     }
     if view.locked_out {
-        println!("\nportal LOCKED OUT:");
+        out!("\nportal LOCKED OUT:");
         for reason in &view.lock_reasons {
-            println!("  - {reason}");
+            out!("  - {reason}");
         }
     } else {
-        println!("\nportal open");
+        out!("\nportal open");
     }
 }

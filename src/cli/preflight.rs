@@ -89,7 +89,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             csv: &csv_path,
             html: &html_path,
         };
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        out!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         print_summary(&findings, &csv_path, &html_path, to_send.len());
     }
@@ -116,20 +116,24 @@ fn would_be_sent(
 }
 
 fn print_summary(findings: &Findings, csv: &Path, html: &Path, checked: usize) {
-    println!(
+    out!(
         "preflight: {} unmanaged unpaid fee(s) in Community Pass, {} likely duplicate group(s) (checked against {checked} Genesis fee(s) that would be sent)",
         findings.unmanaged_unpaid.len(),
         findings.duplicates.len()
     );
     for fee in &findings.unmanaged_unpaid {
-        println!(
+        out!(
             "  unmanaged {} patron {} {:?} ${} (${} owing)",
-            fee.vendor_fee_id, fee.patron_id, fee.description, fee.amount, fee.balance
+            fee.vendor_fee_id,
+            fee.patron_id,
+            fee.description,
+            fee.amount,
+            fee.balance
         );
     }
     for group in &findings.duplicates {
         let genesis: Vec<String> = group.genesis.iter().map(|f| f.to_string()).collect();
-        println!(
+        out!(
             "  duplicate student {} {:?} ${}: Community Pass {} / Genesis {}",
             group.student_id,
             group.description,
@@ -142,11 +146,11 @@ fn print_summary(findings: &Findings, csv: &Path, html: &Path, checked: usize) {
             }
         );
     }
-    println!("written: {} and {}", csv.display(), html.display());
+    out!("written: {} and {}", csv.display(), html.display());
     if findings.clear_to_enable() {
-        println!("clear to enable");
+        out!("clear to enable");
     } else {
-        println!("not clear to enable: resolve these in Community Pass first");
+        out!("not clear to enable: resolve these in Community Pass first");
     }
 }
 

@@ -1,4 +1,5 @@
-//! `cpsync runs`: the run history, newest first, as a table or JSON.
+//! `cpsync runs`: the run history, newest first, as a table or JSON. Runs
+//! left `running` by a process that is gone are marked `interrupted` first.
 
 use super::{exit, Context};
 use crate::db::runs::{self, RunRecord};
@@ -21,11 +22,12 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
+    runs::mark_interrupted(&mut conn, crate::sync::utc_now())?;
     let records = runs::recent_runs(&mut conn, args.task.as_deref(), args.limit)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        out!("{}", serde_json::to_string_pretty(&records)?);
     } else if records.is_empty() {
-        println!("no runs recorded yet");
+        out!("no runs recorded yet");
     } else {
         print_table(&records);
     }
@@ -33,7 +35,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 }
 
 fn print_table(records: &[RunRecord]) {
-    println!(
+    out!(
         "{:>6}  {:<20} {:<10} {:<19}  {:>8}  {:<12} {:>9} {:>8} {:>9} {:>7}",
         "run",
         "task",
@@ -61,7 +63,7 @@ fn print_table(records: &[RunRecord]) {
         } else {
             r.status.clone()
         };
-        println!(
+        out!(
             "{:>6}  {:<20} {:<10} {:<19}  {:>8}  {:<12} {:>9} {:>8} {:>9} {:>7}",
             r.id,
             r.task,
@@ -75,7 +77,7 @@ fn print_table(records: &[RunRecord]) {
             r.needs_review
         );
         if let Some(error) = &r.error {
-            println!("        error: {error}");
+            out!("        error: {error}");
         }
     }
 }

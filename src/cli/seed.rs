@@ -57,7 +57,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         None,
         finished,
     )?;
-    println!(
+    out!(
         "seeded {}: {} schools, {} students, {} guardians, {} links, {} fees, {} transactions \
          (seed {}, generated in {} ms, total {:.1} s)",
         context.database_url,

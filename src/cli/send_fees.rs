@@ -86,19 +86,19 @@ pub(super) fn print_report(
     json: bool,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        out!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    println!(
+    out!(
         "{command}: {} pushed ({} new, {} replayed, {} deleted fees voided), {} unchanged, {} not eligible, {} refused, {} held (Community Pass refused), {} deleted, {} failed; {} change(s) still waiting",
         report.pushed, report.created, report.replayed, report.voided_deleted, report.unchanged,
         report.ineligible, report.refused, report.rejected, report.deleted, report.failed, waiting
     );
     if report.rejected > 0 {
-        println!("  see `cpsync held-pushes`; each is sent again when the fee changes, or with `send-fees --resend --fee ID`");
+        out!("  see `cpsync held-pushes`; each is sent again when the fee changes, or with `send-fees --resend --fee ID`");
     }
     for (fee, why) in &report.problems {
-        println!("  fee {fee}: {why}");
+        out!("  fee {fee}: {why}");
     }
     Ok(())
 }

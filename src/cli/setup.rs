@@ -146,7 +146,7 @@ fn patron_id(
     if changed {
         let sent = push::sent_fee_ids(conn)?;
         let queued = outbox::enqueue(conn, &sent, "patron_rule", utc_now())?;
-        println!(
+        out!(
             "{queued} sent fee(s) queued: the next send-fees (or watch) pushes those whose patron changed"
         );
     }
@@ -164,29 +164,29 @@ fn save_policy(
     let change = push::policy_change(conn, old, &state)?;
     let code = save(conn, state, what)?;
     if change.frozen > 0 {
-        println!(
+        out!(
             "{} sent fee(s) are now frozen: never pushed again, their Community Pass payments still posted; the nightly lists one only if it changes or the two sides disagree",
             change.frozen
         );
     }
     if !change.thawed.is_empty() {
         let queued = outbox::enqueue(conn, &change.thawed, "policy_change", utc_now())?;
-        println!("{queued} frozen fee(s) are sent again and were queued for Send Fees");
+        out!("{queued} frozen fee(s) are sent again and were queued for Send Fees");
     }
     Ok(code)
 }
 
 fn save(conn: &mut DbConnection, state: SetupState, what: &str) -> anyhow::Result<u8> {
     let changed = settings::save_setup(conn, &state, utc_now())?;
-    println!("{what}: saved ({changed} setting(s) changed)");
+    out!("{what}: saved ({changed} setting(s) changed)");
     print_next(&state);
     Ok(exit::OK)
 }
 
 fn print_next(state: &SetupState) {
     match state.next_step() {
-        Some(step) => println!("next setup step: {step}"),
-        None => println!(
+        Some(step) => out!("next setup step: {step}"),
+        None => out!(
             "setup is complete: fees are sent from {}",
             state.cutoff.map(|d| d.to_string()).unwrap_or_default()
         ),
@@ -206,14 +206,14 @@ fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Resu
     .collect::<anyhow::Result<_>>()?;
     if json {
         let value = serde_json::json!({ "setup": state, "tasks": task_states, "next_step": state.next_step() });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(exit::OK);
     }
     let when = |t: &Option<chrono::NaiveDateTime>| {
         t.map(|t| format!("succeeded {t} UTC"))
             .unwrap_or_else(|| "not yet".into())
     };
-    println!(
+    out!(
         "API key:          {}",
         state
             .api_key_fingerprint
@@ -221,7 +221,7 @@ fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Resu
             .map(|f| format!("set (fingerprint {f})"))
             .unwrap_or_else(|| "not set".into())
     );
-    println!(
+    out!(
         "categories:       {} {}",
         describe_categories(&state.categories),
         if state.categories_confirmed_at.is_some() {
@@ -230,7 +230,7 @@ fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Resu
             "(not confirmed)"
         }
     );
-    println!(
+    out!(
         "excluded schools: {}",
         if state.excluded_schools.is_empty() {
             "none".to_string()
@@ -243,22 +243,22 @@ fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Resu
                 .join(", ")
         }
     );
-    println!("patron id:        {}", state.patron_id.as_str());
-    println!("Test Pull:        {}", when(&state.test_pull_at));
-    println!("Test Push:        {}", when(&state.test_push_at));
-    println!(
+    out!("patron id:        {}", state.patron_id.as_str());
+    out!("Test Pull:        {}", when(&state.test_pull_at));
+    out!("Test Push:        {}", when(&state.test_push_at));
+    out!(
         "cutoff date:      {}",
         state
             .cutoff
             .map(|d| d.to_string())
             .unwrap_or_else(|| "not set".into())
     );
-    println!(
+    out!(
         "portal:           {}",
         serde_json::to_string(&state.portal)?
     );
     for (name, enabled) in task_states {
-        println!(
+        out!(
             "task {name:<19} {}",
             if enabled { "enabled" } else { "disabled" }
         );
@@ -294,7 +294,7 @@ fn read_key(file: Option<PathBuf>) -> anyhow::Result<Secret> {
 fn api_key(conn: &mut DbConnection, file: Option<PathBuf>) -> anyhow::Result<u8> {
     let key = read_key(file)?;
     let state = settings::store_api_key(conn, &key, utc_now())?;
-    println!(
+    out!(
         "API key stored (fingerprint {}); run Test Pull and Test Push again",
         settings::fingerprint(&key)
     );
@@ -311,7 +311,7 @@ fn categories(
     let known: BTreeSet<String> = genesis::load_category_codes(conn)?.into_iter().collect();
     if args.list {
         for code in &known {
-            println!(
+            out!(
                 "{} {code}",
                 if state.categories.includes(code) {
                     "[x]"
@@ -360,7 +360,7 @@ fn categories(
         CategorySelection::Only(selected)
     };
     state.categories_confirmed_at = Some(utc_now());
-    println!("categories: {}", describe_categories(&state.categories));
+    out!("categories: {}", describe_categories(&state.categories));
     save_policy(conn, &old, state, "categories")
 }
 
@@ -413,9 +413,10 @@ fn connection_test(
     } else {
         state.test_push_at = Some(now);
     }
-    println!(
+    out!(
         "{step:?} succeeded: Community Pass district {:?}, server time {}",
-        check.district, check.server_time
+        check.district,
+        check.server_time
     );
     save(conn, state, "connection test")
 }
@@ -428,9 +429,9 @@ fn cutoff(conn: &mut DbConnection, mut state: SetupState, date: NaiveDate) -> an
     settings::save_setup(conn, &state, utc_now())?;
     let eligible = push::eligible_fee_ids(conn, &state, None)?;
     let queued = outbox::enqueue(conn, &eligible, "cutoff_set", utc_now())?;
-    println!("cutoff date {date} saved; {queued} existing fee(s) dated on or after it are queued for Send Fees");
+    out!("cutoff date {date} saved; {queued} existing fee(s) dated on or after it are queued for Send Fees");
     if change.frozen > 0 {
-        println!(
+        out!(
             "{} sent fee(s) dated before it are now frozen: never pushed again, their Community Pass payments still posted; the nightly lists one only if it changes or the two sides disagree",
             change.frozen
         );
@@ -481,7 +482,7 @@ fn switch_task(conn: &mut DbConnection, switch: &str, name: &str) -> anyhow::Res
     }
     let enabled = switch == "enable";
     tasks::set_enabled(conn, name, enabled, utc_now())?;
-    println!(
+    out!(
         "task {name} {}",
         if enabled { "enabled" } else { "disabled" }
     );

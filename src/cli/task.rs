@@ -1,7 +1,10 @@
 //! What every task command shares: the task switch, run history (start,
-//! finish with counts and summary, failure recorded with its error), and the
-//! Community Pass client built from the config and the stored API key.
+//! finish with counts and summary, failure recorded with its error, runs
+//! abandoned by a gone process marked interrupted first, a panic recorded
+//! as a failure by the hook `cli::main` installs), and the Community Pass
+//! client built from the config and the stored API key.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -9,7 +12,7 @@ use serde::Serialize;
 
 use super::{exit, Context};
 use crate::db::runs::{self, RunCounts, RunStatus};
-use crate::db::{settings, tasks, DbConnection};
+use crate::db::{settings, tasks, DatabaseUrl, DbConnection, OpenMode};
 use crate::portal::http::{HttpPortal, HttpPortalConfig};
 use crate::sync::utc_now;
 
@@ -44,7 +47,76 @@ impl TaskOutcome {
     }
 }
 
-/// Runs `body` as one recorded run of `task`, unless the task is switched off.
+/// The run this process is in, for the panic hook: the database and run id.
+static CURRENT_RUN: Mutex<Option<(DatabaseUrl, i64)>> = Mutex::new(None);
+/// The database URL of this command, set by `cli::run` for the panic hook.
+static DATABASE: Mutex<Option<DatabaseUrl>> = Mutex::new(None);
+/// How long the panic hook waits for SQLite's write lock (the panicking
+/// thread may hold it); past this the next command marks the run
+/// interrupted instead.
+const PANIC_RECORD_BUSY_MS: u32 = 2_000;
+/// The most characters of a panic message stored as the run's error.
+const PANIC_MESSAGE_CHARS_MAX: usize = 300;
+
+/// Set in the environment, every task run panics right after it is
+/// recorded: the tests' way to prove the panic hook records the failure.
+pub const PANIC_TEST_ENV: &str = "CPSYNC_TEST_PANIC_IN_RUN";
+
+/// Remembers the command's database for the panic hook.
+pub fn set_database(url: &DatabaseUrl) {
+    *DATABASE.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
+}
+
+/// Called by the panic hook: records the current run, if any, as failed.
+pub fn record_panic(message: &str) {
+    let Some((url, run_id)) = CURRENT_RUN.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    let message: String = message.chars().take(PANIC_MESSAGE_CHARS_MAX).collect();
+    let error = format!("the process panicked: {message}");
+    let recorded = crate::db::connect(&url, OpenMode::MustExist).and_then(|mut conn| {
+        if let DbConnection::Sqlite(sqlite) = &mut conn {
+            use diesel::connection::SimpleConnection;
+            sqlite.batch_execute(&format!("PRAGMA busy_timeout = {PANIC_RECORD_BUSY_MS};"))?;
+        }
+        runs::finish_run(
+            &mut conn,
+            run_id,
+            RunStatus::Failed,
+            &RunCounts::default(),
+            None,
+            Some(&error),
+            utc_now(),
+        )
+    });
+    match recorded {
+        Ok(()) => eprintln!("cpsync: run {run_id} recorded as failed (panic)"),
+        Err(db_error) => eprintln!("cpsync: could not record run {run_id} as failed: {db_error}"),
+    }
+}
+
+/// Forgets the current run when `run_task` returns (normally or not).
+struct CurrentRun;
+
+impl CurrentRun {
+    fn enter(run_id: i64) -> CurrentRun {
+        let url = DATABASE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        *CURRENT_RUN.lock().unwrap_or_else(|e| e.into_inner()) = url.map(|url| (url, run_id));
+        CurrentRun
+    }
+}
+
+impl Drop for CurrentRun {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            *CURRENT_RUN.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+/// Runs `body` as one recorded run of `task`, unless the task is switched
+/// off. Runs left `running` by processes that are gone are marked
+/// interrupted first.
 pub fn run_task(
     conn: &mut DbConnection,
     task: &str,
@@ -56,7 +128,12 @@ pub fn run_task(
         eprintln!("cpsync: the {task} task is switched off (cpsync setup tasks enable {task}); nothing was done");
         return Ok(exit::OK);
     }
+    runs::mark_interrupted(conn, utc_now())?;
     let run_id = runs::start_run(conn, task, trigger, dry_run, utc_now())?;
+    let _current = CurrentRun::enter(run_id);
+    if std::env::var_os(PANIC_TEST_ENV).is_some() {
+        panic!("{PANIC_TEST_ENV} is set: panicking inside run {run_id}");
+    }
     match body(conn, run_id) {
         Ok(outcome) => {
             let summary = serde_json::to_string(&outcome.summary)?;
@@ -118,6 +195,7 @@ pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<Http
     if let Some(section) = section {
         config.connect_timeout = Duration::from_secs(section.connect_timeout_secs);
         config.request_timeout = Duration::from_secs(section.request_timeout_secs);
+        config.call_budget = Duration::from_secs(section.call_budget_secs);
     }
     HttpPortal::new(config).context("building the Community Pass client")
 }

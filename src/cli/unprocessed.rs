@@ -26,7 +26,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
     let items = postings::list_unprocessed(&mut conn, args.all)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        out!("{}", serde_json::to_string_pretty(&items)?);
     } else {
         print_table(&items, args.all);
     }
@@ -40,22 +40,28 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 
 fn print_table(items: &[Unprocessed], all: bool) {
     if items.is_empty() {
-        println!(
+        out!(
             "no {}pulled transactions waiting: every Community Pass transaction was applied",
             if all { "" } else { "unresolved " }
         );
         return;
     }
-    println!(
+    out!(
         "{:<18} {:<9} {:>10} {:>9} {:>9} {:<19} {:<19} reason",
-        "transaction", "kind", "amount", "fee", "student", "occurred (UTC)", "state"
+        "transaction",
+        "kind",
+        "amount",
+        "fee",
+        "student",
+        "occurred (UTC)",
+        "state"
     );
     for item in items {
         let state = match item.resolved_at {
             Some(at) => format!("resolved {}", at.format("%Y-%m-%d %H:%M")),
             None => format!("waiting since {}", item.first_seen_at.format("%Y-%m-%d")),
         };
-        println!(
+        out!(
             "{:<18} {:<9} {:>10} {:>9} {:>9} {:<19} {:<19} {}",
             item.vendor_txn_id,
             item.kind,
@@ -68,7 +74,7 @@ fn print_table(items: &[Unprocessed], all: bool) {
         );
     }
     let waiting = items.iter().filter(|i| i.resolved_at.is_none()).count();
-    println!("{} listed, {waiting} waiting", items.len());
+    out!("{} listed, {waiting} waiting", items.len());
 }
 
 fn optional(id: Option<i64>) -> String {

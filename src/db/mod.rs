@@ -52,6 +52,7 @@ pub mod lock;
 pub mod marks;
 pub mod migrate;
 pub mod outbox;
+pub mod owner;
 pub mod postings;
 pub mod report_mail;
 pub mod runs;
@@ -62,6 +63,22 @@ pub mod tasks;
 
 /// How long a SQLite connection waits for another writer before failing.
 pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+/// libpq `connect_timeout` (seconds) unless the URL sets one: a server
+/// that accepts and never answers fails the connection after this long.
+pub const PG_CONNECT_TIMEOUT_SECS: u32 = 10;
+/// PostgreSQL `statement_timeout` (milliseconds) unless the URL sets
+/// `options`: no single statement runs longer (a nightly's largest read of
+/// a big district takes seconds).
+pub const PG_STATEMENT_TIMEOUT_MS: u32 = 600_000;
+/// TCP keepalive: idle seconds before the first probe, seconds between
+/// probes, and probes lost before the connection counts as dead — a
+/// server that vanished is noticed in about a minute and a half.
+pub const PG_KEEPALIVES_IDLE_SECS: u32 = 60;
+pub const PG_KEEPALIVES_INTERVAL_SECS: u32 = 10;
+pub const PG_KEEPALIVES_COUNT: u32 = 3;
+/// libpq `tcp_user_timeout` (milliseconds): data sent and not acknowledged
+/// for this long fails the connection.
+pub const PG_TCP_USER_TIMEOUT_MS: u32 = 90_000;
 
 /// Errors of the database layer. Messages name the cause in one line and
 /// never include a password from the URL.
@@ -168,27 +185,82 @@ fn redact_postgres_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
     };
-    let shown_authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    // The user information ends at the last '@' before the query: a
+    // password may itself hold '/' or '@' (libpq reads it that way).
+    let (shown_user, host_and_path) = match before_query.rsplit_once('@') {
+        Some((userinfo, after)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{user}:***@{host}")
-            } else {
-                format!("{user}@{host}")
-            }
+            let user = user.split('/').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            (format!("{user}{hidden}@"), after)
         }
-        None => authority.to_string(),
+        None => (String::new(), before_query),
     };
     // Query parameters may carry a password too.
-    let shown_tail = match tail.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => tail.to_string(),
+    let shown_query = if query.is_some() { "?***" } else { "" };
+    format!("{scheme}://{shown_user}{host_and_path}{shown_query}")
+}
+
+/// The password a PostgreSQL URL carries (as written and percent-decoded),
+/// so libpq's own messages can be scrubbed of it.
+fn postgres_url_passwords(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
     };
-    format!("{scheme}://{shown_authority}{shown_tail}")
+    let before_query = rest.split('?').next().unwrap_or(rest);
+    let mut found = Vec::new();
+    if let Some((userinfo, _)) = before_query.rsplit_once('@') {
+        if let Some((_, password)) = userinfo.split_once(':') {
+            found.push(password.to_string());
+            if let Ok(decoded) = percent_decode(password) {
+                found.push(decoded);
+            }
+        }
+    }
+    for pair in rest.split_once('?').map_or("", |(_, q)| q).split('&') {
+        if let Some(("password", value)) = pair.split_once('=') {
+            found.push(value.to_string());
+        }
+    }
+    found.retain(|password| password.len() >= 2);
+    found
+}
+
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+/// `text` with every password of `url` replaced by `***`.
+fn scrub_postgres_passwords(text: &str, url: &str) -> String {
+    postgres_url_passwords(url)
+        .iter()
+        .fold(text.to_string(), |scrubbed, password| {
+            scrubbed.replace(password.as_str(), "***")
+        })
 }
 
 /// Whether opening may create a missing SQLite file (only `migrate` and the demo may).
@@ -219,23 +291,48 @@ where
     E: From<diesel::result::Error>,
 {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    let DbConnection::Sqlite(sqlite) = conn else {
-        return conn.transaction(body);
-    };
-    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
-    let result = body(conn);
-    let DbConnection::Sqlite(sqlite) = conn else {
-        unreachable!("the connection's backend does not change");
-    };
-    match result {
-        Ok(value) => {
-            AnsiTransactionManager::commit_transaction(sqlite)?;
-            Ok(value)
+    match conn {
+        DbConnection::Sqlite(sqlite) => {
+            AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?
         }
+        DbConnection::Pg(pg) => AnsiTransactionManager::begin_transaction(pg)?,
+    }
+    let result = body(conn);
+    // The first error is the one shown: SQLite rolls a transaction back by
+    // itself on some failures (a full disk), and "cannot rollback - no
+    // transaction is active" must not replace what went wrong.
+    match result {
+        Ok(value) => match commit(conn) {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                quiet_rollback(conn);
+                Err(error.into())
+            }
+        },
         Err(error) => {
-            AnsiTransactionManager::rollback_transaction(sqlite)?;
+            quiet_rollback(conn);
             Err(error)
         }
+    }
+}
+
+fn commit(conn: &mut DbConnection) -> diesel::QueryResult<()> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::commit_transaction(sqlite),
+        DbConnection::Pg(pg) => AnsiTransactionManager::commit_transaction(pg),
+    }
+}
+
+/// Rolls back after a failure, logging (not returning) a rollback error.
+fn quiet_rollback(conn: &mut DbConnection) {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let rolled_back = match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::rollback_transaction(sqlite),
+        DbConnection::Pg(pg) => AnsiTransactionManager::rollback_transaction(pg),
+    };
+    if let Err(error) = rolled_back {
+        tracing::debug!(%error, "rollback after a failed transaction");
     }
 }
 
@@ -275,10 +372,74 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
 }
 
 fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnection, DbError> {
-    diesel::PgConnection::establish(text).map_err(|e| DbError::PostgresConnect {
-        target: url.redacted(),
-        reason: one_line(&e.to_string()),
+    let with_deadlines = with_pg_deadlines(text);
+    diesel::PgConnection::establish(&with_deadlines).map_err(|e| {
+        let mut reason = scrub_postgres_passwords(&one_line(&e.to_string()), text);
+        if reason.contains("timeout expired") {
+            reason = format!(
+                "no answer within the connect timeout ({} s unless the URL sets connect_timeout): {reason}",
+                PG_CONNECT_TIMEOUT_SECS
+            );
+        }
+        DbError::PostgresConnect {
+            target: url.redacted(),
+            reason,
+        }
     })
+}
+
+/// The URL with the deadline parameters it does not set itself appended:
+/// `connect_timeout`, TCP keepalives, `tcp_user_timeout`, and
+/// `options=-c statement_timeout=...` (left alone when the URL has its own
+/// `options`). Values are percent-encoded (libpq does not read `+` as a
+/// space).
+pub fn with_pg_deadlines(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let present: Vec<String> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split('=').next())
+        .map(|key| key.to_ascii_lowercase())
+        .collect();
+    let defaults = [
+        ("connect_timeout", PG_CONNECT_TIMEOUT_SECS.to_string()),
+        ("keepalives", "1".to_string()),
+        ("keepalives_idle", PG_KEEPALIVES_IDLE_SECS.to_string()),
+        (
+            "keepalives_interval",
+            PG_KEEPALIVES_INTERVAL_SECS.to_string(),
+        ),
+        ("keepalives_count", PG_KEEPALIVES_COUNT.to_string()),
+        ("tcp_user_timeout", PG_TCP_USER_TIMEOUT_MS.to_string()),
+        (
+            "options",
+            format!("-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"),
+        ),
+    ];
+    let mut pairs: Vec<String> = query
+        .filter(|q| !q.is_empty())
+        .map(|q| vec![q.to_string()])
+        .unwrap_or_default();
+    for (key, value) in defaults {
+        if !present.iter().any(|p| p == key) {
+            pairs.push(format!("{key}={}", percent_encode(&value)));
+        }
+    }
+    format!("{base}?{}", pairs.join("&"))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// libpq's messages span lines; keep the first meaningful one.
@@ -321,12 +482,60 @@ mod tests {
     }
 
     #[test]
+    fn passwords_with_slashes_and_at_signs_are_redacted() {
+        let cases: [(&str, &[&str]); 4] = [
+            ("postgres://cp:pa/ss@db:5432/genesis", &["pa/ss", "ss@"]),
+            ("postgres://cp:p@ss@db/genesis", &["p@ss"]),
+            (
+                "postgres://cp:p%40ss%2Fw@db/genesis?sslmode=require",
+                &["p%40ss"],
+            ),
+            (
+                "postgresql://cp:a/b@c@db/genesis?password=xyz",
+                &["a/b@c", "xyz"],
+            ),
+        ];
+        for (url, secrets) in cases {
+            let shown = DatabaseUrl::parse(url).unwrap().to_string();
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{url} shown as {shown}");
+            }
+            assert!(shown.contains("cp:***@db"), "{url} shown as {shown}");
+        }
+        let scrubbed = scrub_postgres_passwords(
+            "FATAL: password p@ss/w rejected; also p%40ss%2Fw",
+            "postgres://cp:p%40ss%2Fw@db/genesis",
+        );
+        assert_eq!(scrubbed, "FATAL: password *** rejected; also ***");
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         let url = DatabaseUrl::parse("postgres://cp:hunter2@db:5432/genesis?password=x").unwrap();
         let shown = url.to_string();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("cp:***@db:5432/genesis"), "{shown}");
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn postgres_urls_get_deadlines_they_do_not_set() {
+        let url = with_pg_deadlines("postgres://u:p@h:5432/db");
+        assert!(
+            url.starts_with("postgres://u:p@h:5432/db?connect_timeout=10&keepalives=1"),
+            "{url}"
+        );
+        assert!(
+            url.contains("options=-c%20statement_timeout%3D600000"),
+            "{url}"
+        );
+        let own = with_pg_deadlines("postgres://h/db?connect_timeout=3&options=-c%20x%3D1");
+        assert!(
+            own.starts_with("postgres://h/db?connect_timeout=3&options=-c%20x%3D1&keepalives=1"),
+            "{own}"
+        );
+        assert_eq!(own.matches("connect_timeout").count(), 1, "{own}");
+        assert!(!own.contains("statement_timeout"), "{own}");
     }
 
     #[test]

@@ -1,12 +1,18 @@
-//! Run history (`cp_runs`): every task run is recorded when it starts and
-//! completed with its outcome, counts and summary when it ends.
+//! Run history (`cp_runs`): every task run is recorded when it starts (with
+//! the pid and host running it) and completed with its outcome, counts and
+//! summary when it ends. A run left `running` by a process that is gone is
+//! marked `interrupted` by the next command that looks (`mark_interrupted`).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::Serialize;
 
+use super::owner;
 use super::schema::cp_runs;
 use super::{DbConnection, DbError};
+
+/// The most abandoned runs one look marks interrupted (the rest next time).
+pub const INTERRUPTED_PER_LOOK_MAX: i64 = 1_000;
 
 /// The status a run ends with, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -18,6 +24,8 @@ pub enum RunStatus {
     Failed,
     /// Corrections were applied but a re-read still finds differences.
     NotConverged,
+    /// The process running it went away without finishing it.
+    Interrupted,
 }
 
 impl RunStatus {
@@ -28,6 +36,7 @@ impl RunStatus {
             RunStatus::NeedsReview => "needs_review",
             RunStatus::Failed => "failed",
             RunStatus::NotConverged => "not_converged",
+            RunStatus::Interrupted => "interrupted",
         }
     }
 }
@@ -40,6 +49,8 @@ struct NewRun<'a> {
     started_at: NaiveDateTime,
     status: &'a str,
     dry_run: bool,
+    pid: i64,
+    host: &'a str,
 }
 
 /// The counts a finished run stores beside its status.
@@ -68,6 +79,10 @@ pub struct RunRecord {
     pub needs_review: i64,
     pub summary_json: Option<String>,
     pub error: Option<String>,
+    /// The process that ran it (absent for runs recorded before 0.1's
+    /// run-owner migration).
+    pub pid: Option<i64>,
+    pub host: Option<String>,
 }
 
 /// Records that a run of `task` has started; returns its run id.
@@ -78,6 +93,7 @@ pub fn start_run(
     dry_run: bool,
     now: NaiveDateTime,
 ) -> Result<i64, DbError> {
+    let host = owner::host_name();
     let id = diesel::insert_into(cp_runs::table)
         .values(&NewRun {
             task,
@@ -85,6 +101,8 @@ pub fn start_run(
             started_at: now,
             status: RunStatus::Running.as_str(),
             dry_run,
+            pid: owner::own_pid(),
+            host: &host,
         })
         .returning(cp_runs::id)
         .get_result(conn)?;
@@ -131,4 +149,55 @@ pub fn recent_runs(
         query = query.filter(cp_runs::task.eq(task.to_string()));
     }
     Ok(query.load(conn)?)
+}
+
+/// Marks `interrupted` every run still `running` whose process on this
+/// host is gone (its pid free, or reused by a process started later);
+/// returns the ids marked. Runs of other hosts are left alone: this host
+/// cannot see their processes.
+pub fn mark_interrupted(conn: &mut DbConnection, now: NaiveDateTime) -> Result<Vec<i64>, DbError> {
+    let host = owner::host_name();
+    let running: Vec<(i64, i64, NaiveDateTime)> = cp_runs::table
+        .filter(cp_runs::status.eq(RunStatus::Running.as_str()))
+        .filter(cp_runs::host.eq(&host))
+        .filter(cp_runs::pid.is_not_null())
+        .select((
+            cp_runs::id,
+            cp_runs::pid.assume_not_null(),
+            cp_runs::started_at,
+        ))
+        .order(cp_runs::id)
+        .limit(INTERRUPTED_PER_LOOK_MAX)
+        .load(conn)?;
+    let mut marked = Vec::new();
+    for (id, pid, started_at) in running {
+        let found = owner::liveness(&host, pid, started_at);
+        if !found.gone() {
+            continue;
+        }
+        let error = format!(
+            "interrupted: the run never finished; {}",
+            found.describe(pid)
+        );
+        let updated = diesel::update(
+            cp_runs::table
+                .find(id)
+                .filter(cp_runs::status.eq(RunStatus::Running.as_str())),
+        )
+        .set((
+            cp_runs::status.eq(RunStatus::Interrupted.as_str()),
+            cp_runs::finished_at.eq(Some(now)),
+            cp_runs::error.eq(Some(error)),
+        ))
+        .execute(conn)?;
+        if updated == 1 {
+            tracing::warn!(
+                run_id = id,
+                pid,
+                "marked a run left running by a gone process as interrupted"
+            );
+            marked.push(id);
+        }
+    }
+    Ok(marked)
 }

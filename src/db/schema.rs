@@ -119,6 +119,8 @@ diesel::table! {
         needs_review -> BigInt,
         summary_json -> Nullable<Text>,
         error -> Nullable<Text>,
+        pid -> Nullable<BigInt>,
+        host -> Nullable<Text>,
     }
 }
 

@@ -1,14 +1,20 @@
 //! `HttpPortal`: the Community Pass client over HTTPS (reqwest, blocking).
 //! The only module that knows the vendor's URLs, headers and JSON. It
 //! verifies TLS (plain `http://` only for loopback hosts), bounds every
-//! attempt with connect and request timeouts, retries 5xx, 429, timeouts and
-//! dropped connections with capped exponential backoff and jitter (honouring
-//! `Retry-After`) at most `RETRIES_MAX` times, and turns every amount on the
-//! wire into `Money` or a `Protocol` error naming the record.
+//! attempt with a connect timeout and a whole-attempt deadline (from
+//! sending to the last body byte: reqwest's blocking timeout is per read,
+//! so the body is read on a watchdog thread a trickling server cannot
+//! stretch), bounds every call (all attempts and waits) with a budget,
+//! retries 5xx, 408, 429, timeouts and dropped connections with capped
+//! exponential backoff and jitter at most `RETRIES_MAX` times — a
+//! `Retry-After` longer than the call may still wait fails at once, and a
+//! rejected TLS certificate or another 4xx is never retried — and turns
+//! every amount on the wire into `Money` or a `Protocol` error naming the
+//! record.
 
 use std::net::IpAddr;
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -29,8 +35,18 @@ use crate::secret::Secret;
 
 /// The most retries of one request, whatever the policy says.
 pub const RETRIES_MAX: u32 = 10;
-/// The longest `Retry-After` the client honours; longer asks are capped.
+/// The longest `Retry-After` the client waits; a longer ask fails the call
+/// at once (so does one longer than what is left of the call's budget).
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// Connect timeout unless configured (`connect_timeout_secs`).
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Whole-attempt deadline unless configured (`request_timeout_secs`).
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Budget of one call — every attempt and every wait between them —
+/// unless configured (`call_budget_secs`).
+pub const CALL_BUDGET_DEFAULT: Duration = Duration::from_secs(120);
+/// Bytes asked of the socket per read while reading an answer's body.
+const BODY_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// The most bytes of a server's error message kept in an error.
 const ERROR_MESSAGE_CHARS_MAX: usize = 300;
 /// The header that marks an answer served from the idempotency store.
@@ -64,7 +80,8 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     /// The largest backoff between two attempts.
     pub backoff_max: Duration,
-    /// The longest `Retry-After` honoured; capped at `RETRY_AFTER_MAX`.
+    /// The longest `Retry-After` waited (capped at `RETRY_AFTER_MAX`); a
+    /// longer one fails the call at once.
     pub retry_after_max: Duration,
 }
 
@@ -88,6 +105,8 @@ pub struct HttpPortalConfig {
     pub connect_timeout: Duration,
     /// The bound of one attempt, from sending to the last body byte.
     pub request_timeout: Duration,
+    /// The bound of one call: all its attempts and the waits between them.
+    pub call_budget: Duration,
     pub page_size: u32,
     pub retry: RetryPolicy,
 }
@@ -97,8 +116,9 @@ impl HttpPortalConfig {
         HttpPortalConfig {
             base_url: base_url.into(),
             api_key,
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            call_budget: CALL_BUDGET_DEFAULT,
             page_size: PAGE_SIZE_DEFAULT,
             retry: RetryPolicy::default(),
         }
@@ -113,6 +133,8 @@ pub struct HttpPortal {
     api_key: Secret,
     page_size: u32,
     retry: RetryPolicy,
+    request_timeout: Duration,
+    call_budget: Duration,
     counter: RetryCounter,
 }
 
@@ -246,6 +268,8 @@ impl HttpPortal {
             api_key: config.api_key,
             page_size: config.page_size,
             retry: config.retry,
+            request_timeout: config.request_timeout,
+            call_budget: config.call_budget,
             counter: RetryCounter::default(),
         })
     }
@@ -270,8 +294,8 @@ impl HttpPortal {
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
-    /// Sends a request, retrying transient failures within the policy.
-    /// `record` names what is being fetched, for error messages.
+    /// Sends a request, retrying transient failures within the policy and
+    /// the call's budget. `record` names what is being fetched, for errors.
     fn execute(
         &self,
         record: &str,
@@ -279,20 +303,63 @@ impl HttpPortal {
     ) -> Result<Answer, PortalError> {
         self.counter.record_request();
         let retries = self.retry.retries.min(RETRIES_MAX);
+        let started = Instant::now();
+        let budget_end = started + self.call_budget;
         let mut attempt = 0;
         loop {
-            let Failure { error, cause } = match self.attempt(record, build()) {
+            let attempt_end = (Instant::now() + self.request_timeout).min(budget_end);
+            let Failure { error, cause } = match self.attempt(record, build(), attempt_end) {
                 Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
             let Some(cause) = cause else {
                 return Err(error);
             };
+            let spent = |why: &str| {
+                with_note(
+                    error.clone(),
+                    &format!(
+                        "gave up after {} attempt(s) in {:.1}s: {why}",
+                        attempt + 1,
+                        started.elapsed().as_secs_f64()
+                    ),
+                )
+            };
             if attempt >= retries {
-                return Err(error);
+                return Err(spent(&format!(
+                    "retries = {retries} (RETRIES_MAX = {RETRIES_MAX})"
+                )));
+            }
+            let remaining = budget_end.saturating_duration_since(Instant::now());
+            if let PortalError::RateLimited {
+                retry_after: Some(wait),
+                ..
+            } = &error
+            {
+                let longest = self
+                    .retry
+                    .retry_after_max
+                    .min(RETRY_AFTER_MAX)
+                    .min(remaining);
+                if *wait > longest {
+                    return Err(spent(&format!(
+                        "Retry-After asks for {}s, more than the {}s this call may still wait \
+                         (call_budget_secs = {}, RETRY_AFTER_MAX = {}s); not retried",
+                        wait.as_secs(),
+                        longest.as_secs(),
+                        self.call_budget.as_secs(),
+                        RETRY_AFTER_MAX.as_secs()
+                    )));
+                }
+            }
+            let delay = self.delay(attempt, &error);
+            if delay >= remaining {
+                return Err(spent(&format!(
+                    "the call's budget (call_budget_secs = {}) is spent",
+                    self.call_budget.as_secs()
+                )));
             }
             self.counter.record_retry(cause);
-            let delay = self.delay(attempt, &error);
             tracing::warn!(
                 record,
                 cause = ?cause,
@@ -306,17 +373,47 @@ impl HttpPortal {
         }
     }
 
-    fn attempt(&self, record: &str, request: RequestBuilder) -> Result<Answer, Failure> {
-        let response = request.send().map_err(|e| self.transport_error(&e))?;
+    /// One attempt, over by `deadline` whatever the server does: the send
+    /// (connect, request, headers) is bounded by reqwest's total timeout,
+    /// the body by a watchdog (`response_body`).
+    fn attempt(
+        &self,
+        record: &str,
+        request: RequestBuilder,
+        deadline: Instant,
+    ) -> Result<Answer, Failure> {
+        let allowed = deadline.saturating_duration_since(Instant::now());
+        if allowed.is_zero() {
+            return Err(self.deadline_passed(record));
+        }
+        let response = request
+            .timeout(allowed)
+            .send()
+            .map_err(|e| self.transport_error(&e, allowed))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = self.response_body(record, response)?;
+        let body = self.response_body(record, response, deadline)?;
         if status.is_success() {
             return Ok(Answer { headers, body });
         }
         let cause = status_retry_cause(status);
         let error = self.status_error(record, status, &headers, &body);
         Err(Failure { error, cause })
+    }
+
+    fn deadline_passed(&self, record: &str) -> Failure {
+        Failure {
+            error: PortalError::Timeout {
+                detail: format!(
+                    "{record}: the answer was not complete within the deadline \
+                     (request_timeout_secs = {}s for one attempt, call_budget_secs = {}s \
+                     for the call); a server sending slowly cannot stretch it",
+                    self.request_timeout.as_secs(),
+                    self.call_budget.as_secs()
+                ),
+            },
+            cause: Some(RetryCause::Timeout),
+        }
     }
 
     /// The wait before retry number `attempt + 1`: `Retry-After` when the
@@ -342,18 +439,40 @@ impl HttpPortal {
         half + Duration::from_millis(rand::thread_rng().gen_range(0..=spread))
     }
 
-    /// A failure below HTTP: a timeout, a refused or dropped connection, a
-    /// TLS failure (all retried), or a request that cannot be built (not).
-    fn transport_error(&self, error: &reqwest::Error) -> Failure {
+    /// A failure below HTTP: a timeout, a refused or dropped connection
+    /// (retried), a rejected TLS certificate or a request that cannot be
+    /// built (final: a retry cannot fix them).
+    fn transport_error(&self, error: &reqwest::Error, allowed: Duration) -> Failure {
         let detail = self.scrub(&error_chain(error));
         if error.is_timeout() {
+            let phase = if error.is_connect() {
+                "connecting"
+            } else {
+                "waiting for the answer"
+            };
             Failure {
-                error: PortalError::Timeout { detail },
+                error: PortalError::Timeout {
+                    detail: format!(
+                        "no answer within {:.1}s while {phase} (connect_timeout_secs, \
+                         request_timeout_secs): {detail}",
+                        allowed.as_secs_f64()
+                    ),
+                },
                 cause: Some(RetryCause::Timeout),
             }
         } else if error.is_builder() {
             Failure {
                 error: PortalError::Config { detail },
+                cause: None,
+            }
+        } else if is_certificate_error(error) {
+            Failure {
+                error: PortalError::Config {
+                    detail: format!(
+                        "the server's TLS certificate was rejected (not retried: a retry \
+                         cannot fix it; check base_url and the server's certificate): {detail}"
+                    ),
+                },
                 cause: None,
             }
         } else {
@@ -390,6 +509,9 @@ impl HttpPortal {
                 message,
             },
             409 => PortalError::Conflict { code, message },
+            408 => PortalError::Timeout {
+                detail: format!("408 {code}: {message}"),
+            },
             400 | 422 => PortalError::Validation {
                 status: status.as_u16(),
                 code,
@@ -476,11 +598,47 @@ impl HttpPortal {
     }
 }
 
+/// How reading a body ended, on the watchdog thread.
+enum BodyRead {
+    Complete(Vec<u8>),
+    TooLarge,
+    Failed(std::io::Error),
+}
+
+/// Reads at most `RESPONSE_BYTES_MAX` bytes of `response`. Each read waits
+/// at most the attempt's timeout (reqwest's per-read bound), so the thread
+/// doing this ends on its own even when the watchdog gave up on it.
+fn read_body(mut response: Response) -> BodyRead {
+    use std::io::Read;
+    let mut body = Vec::new();
+    let mut chunk = vec![0u8; BODY_READ_CHUNK_BYTES];
+    loop {
+        match response.read(&mut chunk) {
+            Ok(0) => return BodyRead::Complete(body),
+            Ok(n) => {
+                if (body.len() + n) as u64 > RESPONSE_BYTES_MAX {
+                    return BodyRead::TooLarge;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return BodyRead::Failed(error),
+        }
+    }
+}
+
 impl HttpPortal {
-    /// Reads the body, at most `RESPONSE_BYTES_MAX` bytes: a larger answer
-    /// is final (not retried); a connection cut mid-body is retried.
-    fn response_body(&self, record: &str, response: Response) -> Result<bytes::Bytes, Failure> {
-        use std::io::Read;
+    /// Reads the body by `deadline`, at most `RESPONSE_BYTES_MAX` bytes: a
+    /// larger answer is final (not retried); a connection cut mid-body or
+    /// a body not complete by the deadline is retried. The read runs on a
+    /// thread watched with the remaining time, because a blocking read
+    /// cannot be interrupted and reqwest bounds each read, not the whole.
+    fn response_body(
+        &self,
+        record: &str,
+        response: Response,
+        deadline: Instant,
+    ) -> Result<bytes::Bytes, Failure> {
         let too_large = || Failure {
             error: PortalError::protocol(
                 record,
@@ -496,36 +654,107 @@ impl HttpPortal {
         {
             return Err(too_large());
         }
-        let mut body = Vec::new();
-        let read = response.take(RESPONSE_BYTES_MAX + 1).read_to_end(&mut body);
-        if let Err(error) = read {
-            let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
-            let detail = self.scrub(&error.to_string());
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let reader = std::thread::Builder::new()
+            .name("cpsync-http-body".to_string())
+            .spawn(move || {
+                let _ = sender.send(read_body(response));
+            });
+        if let Err(error) = reader {
             return Err(Failure {
-                error: if timed_out {
-                    PortalError::Timeout { detail }
-                } else {
-                    PortalError::Unavailable {
-                        detail: format!("connection failed while reading the answer: {detail}"),
-                    }
+                error: PortalError::Unavailable {
+                    detail: format!("cannot start a thread to read the answer: {error}"),
                 },
-                cause: Some(if timed_out {
-                    RetryCause::Timeout
-                } else {
-                    RetryCause::Connection
-                }),
+                cause: Some(RetryCause::Connection),
             });
         }
-        if body.len() as u64 > RESPONSE_BYTES_MAX {
-            return Err(too_large());
+        let allowed = deadline.saturating_duration_since(Instant::now());
+        let read = match receiver.recv_timeout(allowed) {
+            Ok(read) => read,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(self.deadline_passed(record))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                BodyRead::Failed(std::io::Error::other("the reader thread ended"))
+            }
+        };
+        match read {
+            BodyRead::Complete(body) => Ok(bytes::Bytes::from(body)),
+            BodyRead::TooLarge => Err(too_large()),
+            BodyRead::Failed(error) => {
+                let timed_out = error.kind() == std::io::ErrorKind::TimedOut;
+                let detail = self.scrub(&error.to_string());
+                Err(Failure {
+                    error: if timed_out {
+                        PortalError::Timeout { detail }
+                    } else {
+                        PortalError::Unavailable {
+                            detail: format!("connection failed while reading the answer: {detail}"),
+                        }
+                    },
+                    cause: Some(if timed_out {
+                        RetryCause::Timeout
+                    } else {
+                        RetryCause::Connection
+                    }),
+                })
+            }
         }
-        Ok(bytes::Bytes::from(body))
     }
+}
+
+/// `error` with `note` added to its text (for the retryable kinds, the
+/// only ones a retry loop gives up on).
+fn with_note(error: PortalError, note: &str) -> PortalError {
+    match error {
+        PortalError::Timeout { detail } => PortalError::Timeout {
+            detail: format!("{detail} ({note})"),
+        },
+        PortalError::Unavailable { detail } => PortalError::Unavailable {
+            detail: format!("{detail} ({note})"),
+        },
+        PortalError::RateLimited {
+            retry_after,
+            message,
+        } => PortalError::RateLimited {
+            retry_after,
+            message: format!("{message} ({note})"),
+        },
+        other => other,
+    }
+}
+
+/// Whether a transport error is a rejected TLS certificate, which no retry
+/// can fix: a `rustls::Error` about certificates anywhere in the chain
+/// (rustls' error travels inside an `io::Error`), or its words.
+fn is_certificate_error(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = rustls_error {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::InvalidCertRevocationList(_)
+            );
+        }
+        source = cause.source();
+    }
+    error_chain(error)
+        .to_ascii_lowercase()
+        .contains("certificate")
 }
 
 /// Why an HTTP status is worth retrying, or `None` when it is final.
 fn status_retry_cause(status: StatusCode) -> Option<RetryCause> {
     match status.as_u16() {
+        408 => Some(RetryCause::Timeout),
         429 => Some(RetryCause::RateLimited),
         500..=599 => Some(RetryCause::ServerError),
         _ => None,

@@ -22,8 +22,11 @@
 //! | `fee_missing_in_cp` | eligible, not in CP, no CP payment ever (void/waived fees never sent are left alone) | push fee |
 //! | `paid_fee_missing_in_cp` | not in CP although CP applied a payment | review |
 //! | `fee_out_of_date` | amount differs (no payment applied) or status reopened | push fee |
+//! | `fee_details_out_of_date` | student (no payment applied), patron, guardians, category, school, description, fee or due date differ | push fee |
+//! | `fee_deleted_in_genesis` | gone from Genesis, created by the integration, no money moved in CP | push fee (status void, from CP's own record) |
+//! | `paid_fee_moved_to_another_student` | student changed in Genesis after a CP payment | review (the money sits on the first family), not pushed |
 //! | `fee_voided_in_genesis` | voided in Genesis, no payment applied | push fee (status void) |
-//! | `fee_waived_in_genesis` | waived in Genesis, CP not waived | push fee (status waived) |
+//! | `fee_waived_in_genesis` | waived in Genesis, CP not waived (a waived fee owes nothing, with or without a waiver row) | push fee (status waived) |
 //! | `genesis_credit_not_reflected` | Genesis manual payments/refunds differ from CP's `genesis_credit` | push fee |
 //! | `genesis_waiver_not_reflected` | as above, and the latest Genesis-recorded transaction is a waiver | push fee |
 //! | `cp_payment_missing_in_genesis` | CP payment ≥ fee amount not posted in Genesis | post txn |
@@ -37,14 +40,16 @@
 //! | `amount_edited_after_payment` | Genesis amount ≠ CP amount after a CP payment | review, never pushed |
 //! | `fee_voided_after_payment` | voided in Genesis after a CP payment | review (refund decision), not pushed |
 //! | `fee_deleted_after_payment` | gone from Genesis after a CP payment | review (refund decision) |
-//! | `cp_fee_without_genesis_fee` | CP fee whose Genesis fee does not exist (no payment) | review |
+//! | `cp_fee_without_genesis_fee` | CP fee whose Genesis fee does not exist, not created by the integration or with money moved but no payment | review |
 //! | `overpayment_credit` | balance once both sides agree is negative | review; the credit stays on both sides |
 //! | `duplicate_txn_genesis` | one vendor id posted more than once in Genesis | review |
 //! | `duplicate_txn_cp` | one vendor id delivered with different contents | review, nothing posted |
 //! | (none) | identical redelivery of a CP txn | deduplicated, counted matched |
 //! | `duplicate_fee` | one Genesis fee id twice on a side | review |
-//! | `sent_but_ineligible` | in CP (or sent) but now before cutoff / deselected category / excluded school | review, never pushed again; CP txns still posted |
-//! | `unprocessed_vendor_txn` | CP txn whose fee is not in Genesis: reason "fee not found in Genesis" | review |
+//! | `sent_but_ineligible` | sent, now before cutoff / deselected category / excluded school (frozen), and the sides disagree (what changed, what was paid) or CP lost it | review, never pushed again; CP txns still posted |
+//! | (none) | frozen fee both sides agree on | matched |
+//! | `unprocessed_vendor_txn` | CP txn naming a Genesis fee id Genesis does not have: reason "fee not found in Genesis" | review |
+//! | (none) | CP txn naming no Genesis fee (a fee that exists only in CP: never synced) | matched, not posted |
 //! | `conservation_violation` | CP fee's balance ≠ its identity, or its totals ≠ its transactions | review; fee not pushed |
 //!
 //! # Holds: what is never posted (`validate`)

@@ -123,6 +123,21 @@ fn show_date(date: Option<chrono::NaiveDate>) -> String {
     date.map_or_else(|| "none".to_string(), |d| d.to_string())
 }
 
+/// The same guardians, whatever the order Community Pass lists them in
+/// (Genesis's list is sorted and without repeats).
+fn same_guardians(
+    sorted: &[crate::domain::GuardianId],
+    shown: &[crate::domain::GuardianId],
+) -> bool {
+    if shown.windows(2).all(|pair| pair[0] < pair[1]) {
+        return sorted == shown;
+    }
+    let mut shown = shown.to_vec();
+    shown.sort();
+    shown.dedup();
+    sorted == shown.as_slice()
+}
+
 fn show_guardians(ids: &[crate::domain::GuardianId]) -> String {
     if ids.is_empty() {
         return "none".to_string();
@@ -514,10 +529,33 @@ impl<'c, 'a> Judge<'c, 'a> {
         }
     }
 
-    /// The fields other than money and status that differ: student, patron
-    /// and guardians (when Genesis's party of the student is known),
-    /// category, school, description, fee and due dates.
+    /// Whether every field other than money and status agrees; no
+    /// allocation (most fees agree, and this runs for every fee).
+    fn details_agree(&self, genesis: &GenesisFee, vendor: &VendorFee) -> bool {
+        let plain = genesis.student_id == vendor.student_id
+            && genesis.category == vendor.category
+            && genesis.school == vendor.school
+            && genesis.description == vendor.description
+            && genesis.fee_date == vendor.fee_date
+            && genesis.due_date == vendor.due_date;
+        plain
+            && self
+                .facts
+                .parties
+                .get(&genesis.student_id)
+                .is_none_or(|party| {
+                    party.patron_id == vendor.patron_id
+                        && same_guardians(&party.guardian_ids, &vendor.guardian_ids)
+                })
+    }
+
+    /// The fields other than money and status that differ, in words:
+    /// student, patron and guardians (when Genesis's party of the student
+    /// is known), category, school, description, fee and due dates.
     fn detail_differences(&self, genesis: &GenesisFee, vendor: &VendorFee) -> Vec<FieldDifference> {
+        if self.details_agree(genesis, vendor) {
+            return Vec::new();
+        }
         let mut differences = vec![
             FieldDifference::of(
                 "student",
@@ -589,7 +627,7 @@ impl<'c, 'a> Judge<'c, 'a> {
                 Some(DiscrepancyKind::GenesisCreditNotReflected)
             };
         }
-        if !self.detail_differences(genesis, vendor).is_empty() {
+        if !self.details_agree(genesis, vendor) {
             return Some(DiscrepancyKind::FeeDetailsOutOfDate);
         }
         None

@@ -346,6 +346,8 @@ fn run_record(id: i64, status: &str, summary: Option<&str>) -> RunRecord {
         needs_review: 1,
         summary_json: summary.map(str::to_string),
         error: None,
+        pid: None,
+        host: None,
     }
 }
 

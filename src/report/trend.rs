@@ -62,7 +62,8 @@ fn verdict_of_status(status: &str, corrected: i64) -> Option<Verdict> {
         "succeeded" if corrected > 0 => Some(Verdict::Corrected),
         "succeeded" => Some(Verdict::InAgreement),
         "needs_review" => Some(Verdict::NeedsReview),
-        "failed" => Some(Verdict::Failed),
+        "failed" | "interrupted" => Some(Verdict::Failed),
+        "not_converged" => Some(Verdict::NotConverged),
         _ => None,
     }
 }

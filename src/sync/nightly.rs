@@ -131,8 +131,12 @@ pub struct NightlyResult {
     /// Actions a re-read still plans after apply (concurrent activity, or failures).
     pub remaining_after_apply: Option<usize>,
     /// The fees a re-read after apply still finds different, with the
-    /// kinds still found: each correction on them is `NotConverged`.
+    /// kinds still found (a write that did not take effect, or a change
+    /// made on either side while the run was going).
     pub still_different: BTreeMap<FeeId, Vec<&'static str>>,
+    /// Pushes Community Pass acknowledged but does not show on re-reading,
+    /// with what it shows: their corrections are `NotConverged`.
+    pub not_applied: BTreeMap<FeeId, String>,
     pub coverage: RunCoverage,
     /// What the run could not read, so did not judge (a Community Pass fee
     /// record that breaks the contract, a transaction cursor it could not
@@ -463,6 +467,7 @@ pub fn run(
     check_accounting(&reconciliation.accounting)
         .map_err(|e| SyncError::Accounting(e.to_string()))?;
     timer.lap("reconcile");
+    let mut acknowledged_pushes = Vec::new();
     let mut outcomes = if options.dry_run {
         planned_outcomes(&reconciliation)
     } else {
@@ -476,17 +481,27 @@ pub fn run(
             clock,
         )?;
         timer.lap("apply");
+        acknowledged_pushes = results
+            .iter()
+            .filter_map(|(key, result)| match (key, result) {
+                (ActionKey::Push(fee), ActionResult::Done) => Some(*fee),
+                _ => None,
+            })
+            .collect();
         outcomes_from(&reconciliation, &results)
     };
     check_conservation(&reconciliation.totals, &vendor)
         .map_err(|e| SyncError::Conservation(e.to_string()))?;
     let mut remaining_after_apply = None;
     let mut still_different = BTreeMap::new();
+    let mut not_applied = BTreeMap::new();
     if !options.dry_run {
         let touched = touched_fees(&reconciliation);
-        still_different = verify_touched(conn, portal, &vendor, &touched, setup, &options.scope)?;
+        let verified = verify_touched(conn, portal, &vendor, &touched, setup, &options.scope)?;
+        still_different = verified.still_different;
         remaining_after_apply = Some(still_different.values().map(Vec::len).sum());
-        mark_not_converged(&reconciliation, &mut outcomes, &still_different);
+        not_applied = pushes_not_applied(conn, &acknowledged_pushes, &verified.vendor_fees)?;
+        mark_not_converged(&reconciliation, &mut outcomes, &not_applied);
         timer.lap("verify");
     }
     // An incomplete run marks nothing: the next incremental run starts
@@ -524,6 +539,7 @@ pub fn run(
         retries: portal.retry_stats(),
         remaining_after_apply,
         still_different,
+        not_applied,
         coverage,
         incomplete,
     })
@@ -546,25 +562,52 @@ fn leave_out_fees(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fe
         .retain(|txn| txn.genesis_fee_id.is_none_or(|fee| !out.contains(&fee)));
 }
 
-/// Corrections that were applied (as far as each call said) on a fee a
-/// re-read still finds different are `NotConverged`, never `Corrected`.
+/// The pushes Community Pass answered as applied whose fee, re-read, does
+/// not show the body acknowledged (every pushed field), with what it shows.
+fn pushes_not_applied(
+    conn: &mut DbConnection,
+    acknowledged: &[FeeId],
+    vendor_after: &[crate::domain::VendorFee],
+) -> Result<BTreeMap<FeeId, String>, SyncError> {
+    let shown: HashMap<FeeId, &crate::domain::VendorFee> = vendor_after
+        .iter()
+        .map(|fee| (fee.genesis_fee_id, fee))
+        .collect();
+    let mut not_applied = BTreeMap::new();
+    for state in links::push_states_for(conn, acknowledged)? {
+        let fee_id = FeeId(state.fee_id);
+        let Some(digest) = state.pushed_digest.as_deref() else {
+            continue;
+        };
+        let why = match shown.get(&fee_id) {
+            None => "Community Pass answered the push as applied but does not list the fee"
+                .to_string(),
+            Some(fee) if !super::push::shows_pushed(fee, digest) => format!(
+                "Community Pass answered the push as applied but still shows amount {}, status {}, credit {}, student {}, description {:?}",
+                fee.amount, fee.status, fee.genesis_credit, fee.student_id, fee.description
+            ),
+            Some(_) => continue,
+        };
+        not_applied.insert(fee_id, why);
+    }
+    Ok(not_applied)
+}
+
+/// Corrections on a fee whose push did not take effect are `NotConverged`,
+/// never `Corrected`. (A fee that differs again only because someone
+/// changed it while the run was going keeps its applied corrections; it is
+/// listed in `still_different` and the next run takes it up.)
 fn mark_not_converged(
     reconciliation: &Reconciliation,
     outcomes: &mut [(Outcome, Option<String>)],
-    still_different: &BTreeMap<FeeId, Vec<&'static str>>,
+    not_applied: &BTreeMap<FeeId, String>,
 ) {
     for (discrepancy, outcome) in reconciliation.discrepancies.iter().zip(outcomes) {
-        let Some(kinds) = discrepancy.fee_id.and_then(|fee| still_different.get(&fee)) else {
+        let Some(why) = discrepancy.fee_id.and_then(|fee| not_applied.get(&fee)) else {
             continue;
         };
         if outcome.0 == Outcome::Corrected {
-            *outcome = (
-                Outcome::NotConverged,
-                Some(format!(
-                    "applied, but a re-read still finds {}",
-                    kinds.join(", ")
-                )),
-            );
+            *outcome = (Outcome::NotConverged, Some(why.clone()));
         }
     }
 }
@@ -696,9 +739,9 @@ fn verify_touched(
     touched: &[FeeId],
     setup: &SetupState,
     scope: &Scope,
-) -> Result<BTreeMap<FeeId, Vec<&'static str>>, SyncError> {
+) -> Result<Verified, SyncError> {
     if touched.is_empty() {
-        return Ok(BTreeMap::new());
+        return Ok(Verified::default());
     }
     let fees = genesis::load_fees_by_ids(conn, touched)?.records;
     let txns = genesis::load_txns_for_fees(conn, touched)?.records;
@@ -734,7 +777,19 @@ fn verify_touched(
                 .push(discrepancy.kind.as_str());
         }
     }
-    Ok(still)
+    Ok(Verified {
+        still_different: still,
+        vendor_fees: vendor.fees,
+    })
+}
+
+/// What re-reading the touched fees found.
+#[derive(Debug, Default)]
+struct Verified {
+    /// Fees on which the core still plans something, with the kinds.
+    still_different: BTreeMap<FeeId, Vec<&'static str>>,
+    /// Community Pass's fees as re-read.
+    vendor_fees: Vec<crate::domain::VendorFee>,
 }
 
 fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {

@@ -1,8 +1,10 @@
 //! A tiny hostile Community Pass: a std `TcpListener` thread that answers
 //! every request with crafted bytes (malformed JSON, wrong types, bad
 //! amounts, oversized or truncated bodies), and the corpus of transaction
-//! pages the engine must survive. Shared by `tests/bad_input.rs` and the
-//! chaos driver (`examples/chaos`), which includes this file by path.
+//! pages the engine must survive; and raw peers that trickle, stall or
+//! never answer (`start_raw`, `trickle`), for the deadline tests. Shared
+//! by `tests/bad_input.rs`, `tests/deadlines.rs` and the chaos driver
+//! (`examples/chaos`), which includes this file by path.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -56,6 +58,58 @@ impl HostileServer {
     }
 }
 
+/// What a raw hostile server does with one accepted connection (after the
+/// request head is read): trickle, stall, answer oddly.
+pub type Behaviour = dyn Fn(TcpStream) + Send + Sync;
+
+impl HostileServer {
+    /// Serves every connection on its own thread with `behaviour`, which
+    /// gets the stream after the request head has been read: for peers
+    /// that trickle, stall or never answer.
+    pub fn start_raw(behaviour: Box<Behaviour>) -> HostileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let base_url = format!("http://{}", listener.local_addr().expect("address"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (stopping, counting) = (Arc::clone(&stop), Arc::clone(&requests));
+        let behaviour: Arc<Behaviour> = Arc::from(behaviour);
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        counting.fetch_add(1, Ordering::SeqCst);
+                        let behaviour = Arc::clone(&behaviour);
+                        std::thread::spawn(move || {
+                            if read_head(&mut stream).is_ok() {
+                                behaviour(stream);
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        HostileServer {
+            base_url,
+            requests,
+            stop,
+        }
+    }
+}
+
+/// Sends `bytes` one at a time, `pause` apart, until done or the peer goes.
+pub fn trickle(stream: &mut TcpStream, bytes: &[u8], pause: Duration) {
+    for byte in bytes {
+        if stream.write_all(&[*byte]).is_err() || stream.flush().is_err() {
+            return;
+        }
+        std::thread::sleep(pause);
+    }
+}
+
 impl Drop for HostileServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -63,6 +117,13 @@ impl Drop for HostileServer {
 }
 
 fn serve(mut stream: TcpStream, answer: &Answer) -> std::io::Result<()> {
+    let target = read_head(&mut stream)?;
+    stream.write_all(&answer(&target))?;
+    stream.flush()
+}
+
+/// Reads a request head; returns its target (path and query).
+fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut head = Vec::new();
@@ -74,9 +135,7 @@ fn serve(mut stream: TcpStream, answer: &Answer) -> std::io::Result<()> {
         head.push(byte[0]);
     }
     let text = String::from_utf8_lossy(&head);
-    let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-    stream.write_all(&answer(&target))?;
-    stream.flush()
+    Ok(text.split_whitespace().nth(1).unwrap_or("/").to_string())
 }
 
 /// A complete HTTP/1.1 answer with a JSON body.
