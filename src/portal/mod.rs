@@ -551,18 +551,22 @@ impl TxnBatch {
     /// Adds another read's records (of another scope) to this one; the
     /// caller sorts.
     pub fn merge(&mut self, other: TxnBatch) {
-        let mut kept = std::mem::take(&mut self.items);
-        for txn in other.items {
-            if kept.iter().any(|k| k.same_record(&txn)) {
-                self.duplicates_dropped += 1;
-            } else {
-                if kept.iter().any(|k| k.id == txn.id) {
-                    self.conflicting_copies += 1;
-                }
-                kept.push(txn);
-            }
+        let mut by_id: FxHashMap<VendorTxnId, Vec<usize>> = FxHashMap::default();
+        for (i, txn) in self.items.iter().enumerate() {
+            by_id.entry(txn.id.clone()).or_default().push(i);
         }
-        self.items = kept;
+        for txn in other.items {
+            let copies = by_id.entry(txn.id.clone()).or_default();
+            if copies.iter().any(|i| self.items[*i].same_record(&txn)) {
+                self.duplicates_dropped += 1;
+                continue;
+            }
+            if !copies.is_empty() {
+                self.conflicting_copies += 1;
+            }
+            copies.push(self.items.len());
+            self.items.push(txn);
+        }
         self.next_after = self.next_after.max(other.next_after);
         self.duplicates_dropped += other.duplicates_dropped;
         self.conflicting_copies += other.conflicting_copies;
@@ -861,6 +865,24 @@ mod tests {
         assert_eq!(batch.items, vec![txn(1), other]);
         assert_eq!(batch.conflicting_copies, 1);
         assert_eq!(batch.duplicates_dropped, 1);
+    }
+
+    #[test]
+    fn merging_batches_keeps_differing_copies_once_each() {
+        let mut all = TxnBatch::empty(0);
+        let mut first = TxnBatch::empty(0);
+        first.items = vec![txn(1), txn(2)];
+        first.next_after = 2;
+        let mut second = TxnBatch::empty(0);
+        let mut other = txn(2);
+        other.amount = Money::from_cents(999);
+        second.items = vec![txn(2), other.clone(), txn(3)];
+        second.next_after = 3;
+        all.merge(first);
+        all.merge(second);
+        assert_eq!(all.items, vec![txn(1), txn(2), other, txn(3)]);
+        assert_eq!((all.duplicates_dropped, all.conflicting_copies), (1, 1));
+        assert_eq!(all.next_after, 3);
     }
 
     #[test]
