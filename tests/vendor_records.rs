@@ -22,7 +22,7 @@ use cpsync::db::discrepancies::Outcome;
 use cpsync::db::{cursors, genesis, links, postings};
 use cpsync::domain::{FeeId, FeeStatus, GenesisFee, StudentId, TxnKind, VendorTxn, VendorTxnId};
 use cpsync::money::Money;
-use cpsync::reconcile::DiscrepancyKind;
+use cpsync::reconcile::{DiscrepancyKind, Resolution};
 use cpsync::sim::{ActionOutcome, ParentAction};
 use cpsync::sync::pull::{self, PullReport, PullScope};
 use cpsync::sync::utc_now;
@@ -157,7 +157,8 @@ fn reason_of(world: &World, id: &VendorTxnId) -> String {
         .unwrap_or_else(|| panic!("{id} is not held: {:?}", held(world)))
 }
 
-/// The nightly's outcome and note for the discrepancy about this vendor id.
+/// The nightly's outcome and reason (or note) for the discrepancies about
+/// this vendor id.
 fn nightly_item(
     result: &cpsync::sync::nightly::NightlyResult,
     id: &VendorTxnId,
@@ -168,7 +169,13 @@ fn nightly_item(
         .iter()
         .zip(&result.outcomes)
         .filter(|(d, _)| d.vendor_txn_id.as_ref() == Some(id))
-        .map(|(d, (outcome, note))| (d.kind, *outcome, note.clone()))
+        .map(|(d, (outcome, note))| {
+            let reason = match &d.resolution {
+                Resolution::NeedsReview { reason, .. } => Some(reason.clone()),
+                Resolution::Planned(_) => note.clone(),
+            };
+            (d.kind, *outcome, reason)
+        })
         .collect()
 }
 

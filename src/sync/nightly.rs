@@ -463,7 +463,8 @@ pub fn run(
     }
     timer.lap("fetch");
     let policy = setup.policy();
-    let reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    let mut reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    let held_postings = hold_what_does_not_belong(&genesis, &mut reconciliation, clock());
     check_accounting(&reconciliation.accounting)
         .map_err(|e| SyncError::Accounting(e.to_string()))?;
     timer.lap("reconcile");
@@ -475,7 +476,7 @@ pub fn run(
             conn,
             portal,
             setup,
-            &genesis,
+            &held_postings,
             &reconciliation,
             run_id,
             clock,
@@ -838,7 +839,7 @@ fn apply(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     setup: &SetupState,
-    genesis: &GenesisSnapshot,
+    held_postings: &[(VendorTxn, String)],
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
@@ -853,21 +854,15 @@ fn apply(
             _ => None,
         })
         .collect();
-    let (postings, held) = validate_postings(genesis, &postings, clock());
-    if !held.is_empty() {
-        let parked: Vec<(&VendorTxn, String)> = held
+    if !held_postings.is_empty() {
+        // Held, never dropped: listed by `cpsync unprocessed`, retried by
+        // every pull, posted once they belong.
+        let parked: Vec<(&VendorTxn, String)> = held_postings
             .iter()
-            .map(|(_, txn, reason)| (*txn, reason.clone()))
+            .map(|(txn, reason)| (txn, reason.clone()))
             .collect();
         conn.transaction(|conn| postings::park(conn, &parked, Some(run_id), clock()))?;
         crash.wrote();
-        for (fee_id, txn, reason) in held {
-            let why = format!("held, not posted: {reason}");
-            results.insert(
-                ActionKey::Post(fee_id, txn.id.clone()),
-                ActionResult::Held(why),
-            );
-        }
     }
     for batch in postings.chunks(APPLY_BATCH_MAX) {
         post_batch(conn, batch, run_id, clock)?;
@@ -915,19 +910,28 @@ fn apply(
     Ok(results)
 }
 
-/// The planned postings that belong in Genesis (`validate::judge`, with the
-/// facts of the snapshot the plan came from), and the ones held with why.
-#[allow(clippy::type_complexity)]
-fn validate_postings<'t>(
+/// Turns each planned posting that does not belong in Genesis
+/// (`validate::judge`, with the facts of the snapshot the plan came from)
+/// into a review item with the reason, in place, and moves its record from
+/// corrected to needs review in the accounting: the run, its report and its
+/// verdict then say what a person must look at. Returns the held records
+/// with their reasons, to park.
+fn hold_what_does_not_belong(
     genesis: &GenesisSnapshot,
-    planned: &[(FeeId, &'t VendorTxn)],
+    reconciliation: &mut Reconciliation,
     now: chrono::NaiveDateTime,
-) -> (
-    Vec<(FeeId, &'t VendorTxn)>,
-    Vec<(FeeId, &'t VendorTxn, String)>,
-) {
+) -> Vec<(VendorTxn, String)> {
+    let planned: Vec<(usize, &VendorTxn)> = reconciliation
+        .discrepancies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match &d.resolution {
+            Resolution::Planned(Action::PostVendorTxn { txn, .. }) => Some((i, txn)),
+            _ => None,
+        })
+        .collect();
     if planned.is_empty() {
-        return (Vec::new(), Vec::new());
+        return Vec::new();
     }
     let (fees, posted) = validate::facts_of(&genesis.fees, &genesis.links, &genesis.txns);
     let txns: Vec<&VendorTxn> = planned.iter().map(|(_, t)| *t).collect();
@@ -935,18 +939,35 @@ fn validate_postings<'t>(
         fees: &fees,
         posted: &posted,
     };
-    let mut post = Vec::new();
-    let mut held = Vec::new();
-    for ((fee_id, txn), verdict) in planned.iter().zip(validate::judge(&txns, known, now)) {
-        match verdict {
-            Verdict::Hold(hold) => {
-                tracing::warn!(fee = %fee_id, vendor_txn_id = %txn.id, reason = %hold.describe(), "a planned posting is held, not posted");
-                held.push((*fee_id, *txn, hold.describe()))
-            }
-            _ => post.push((*fee_id, *txn)),
+    // One verdict per vendor id (a repeated identical action is judged once).
+    let mut holds: HashMap<VendorTxnId, String> = HashMap::new();
+    for (txn, verdict) in txns.iter().zip(validate::judge(&txns, known, now)) {
+        if let Verdict::Hold(hold) = verdict {
+            holds.insert(txn.id.clone(), hold.describe());
         }
     }
-    (post, held)
+    let held: Vec<(usize, VendorTxn, String)> = planned
+        .iter()
+        .filter_map(|(i, txn)| holds.get(&txn.id).map(|r| (*i, (*txn).clone(), r.clone())))
+        .collect();
+    let mut parked = Vec::new();
+    for (index, txn, reason) in held {
+        tracing::warn!(vendor_txn_id = %txn.id, %reason, "a planned posting is held, not posted");
+        reconciliation.discrepancies[index].resolution = Resolution::review(
+            format!("held, not posted: {reason}"),
+            "confirm the record with Community Pass; the next pull posts it once it belongs, or post it by hand",
+        );
+        let side = &mut reconciliation.accounting.community_pass;
+        side.corrected = side.corrected.saturating_sub(1);
+        side.needs_review += 1;
+        if !parked
+            .iter()
+            .any(|(t, _): &(VendorTxn, String)| t.id == txn.id)
+        {
+            parked.push((txn, reason));
+        }
+    }
+    parked
 }
 
 /// One bounded database transaction of postings, their audit rows and the
