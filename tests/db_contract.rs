@@ -473,3 +473,39 @@ fn a_failed_write_transaction_reports_its_own_error() {
         assert_eq!(again.unwrap(), 1, "{backend:?}");
     }
 }
+
+/// `migrate` under the usual umask 022 still creates the SQLite file (and
+/// its WAL files) owner-only: it holds student data.
+#[test]
+fn migrate_creates_an_owner_only_sqlite_file_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cpsync.db");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022 && exec '{}' --database-url 'sqlite://{}' migrate",
+            env!("CARGO_BIN_EXE_cpsync"),
+            path.display()
+        ))
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut checked = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("cpsync.db{suffix}"));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}

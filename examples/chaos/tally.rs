@@ -32,6 +32,10 @@ pub struct ScenarioResult {
     pub fees_compared: u64,
     /// Fees made in Community Pass only by the office actions.
     pub unmanaged_injected: u64,
+    /// Commands run with their standard output closed.
+    pub closed_pipe_runs: u64,
+    /// Stale lock rows planted (a dead process's, another host's).
+    pub stale_locks_tried: u64,
     pub elapsed: Duration,
 }
 
@@ -56,6 +60,8 @@ pub struct Tally {
     pub vendor_fees_checked: u64,
     pub office_actions: u64,
     pub fees_compared: u64,
+    pub closed_pipe_runs: u64,
+    pub stale_locks_tried: u64,
     pub slowest: Duration,
 }
 
@@ -101,6 +107,8 @@ impl Tally {
         self.vendor_fees_checked += result.vendor_fees_checked;
         self.office_actions += result.office_actions;
         self.fees_compared += result.fees_compared;
+        self.closed_pipe_runs += result.closed_pipe_runs;
+        self.stale_locks_tried += result.stale_locks_tried;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -181,6 +189,14 @@ impl Tally {
         row(
             "fees compared field by field",
             self.fees_compared.to_string(),
+        );
+        row(
+            "commands run with stdout closed",
+            self.closed_pipe_runs.to_string(),
+        );
+        row(
+            "stale lock rows planted",
+            self.stale_locks_tried.to_string(),
         );
         row(
             "bad inputs tried / handled",

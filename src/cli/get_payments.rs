@@ -6,6 +6,8 @@
 //! not have meant). Exit code 3 when a record was held for a person (see
 //! `cpsync unprocessed`) or the cursor was refused.
 
+use anyhow::Context as _;
+
 use super::task::{self, run_task, TaskOutcome};
 use super::Context;
 use crate::db::{genesis, DbConnection};
@@ -38,7 +40,12 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         eprintln!("cpsync: {unknown}; nothing was pulled");
         return Ok(super::exit::FAILURE);
     }
-    let portal = task::portal(context, &mut conn)?;
+    let interactive = args.student.is_some() || args.guardian.is_some();
+    let portal = if interactive {
+        task::interactive_portal(context, &mut conn)?
+    } else {
+        task::portal(context, &mut conn)?
+    };
     let (scope, trigger) = match (args.student, args.guardian) {
         (Some(student), _) => (PullScope::Student(student), "fee_page"),
         (None, Some(guardian)) => (PullScope::Guardian(guardian), "parent_login"),
@@ -57,7 +64,17 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 args.from_sequence,
                 run_id,
                 &utc_now,
-            )?;
+            )
+            .with_context(|| {
+                if interactive {
+                    format!(
+                        "a parent's pull waits at most {} s per Community Pass call; nothing was posted, and the next cursor pull (nightly) fetches these payments",
+                        task::INTERACTIVE_CALL_BUDGET.as_secs()
+                    )
+                } else {
+                    "nothing was posted and the cursor did not move; the next run retries".to_string()
+                }
+            })?;
             if args.json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -359,6 +359,9 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
     let path_text = path
         .to_str()
         .ok_or_else(|| open_error("path is not valid UTF-8".to_string()))?;
+    if mode == OpenMode::CreateIfMissing && !path.exists() {
+        create_private_file(path).map_err(|e| open_error(e.to_string()))?;
+    }
     let mut conn = diesel::SqliteConnection::establish(path_text)
         .map_err(|e| open_error(one_line(&e.to_string())))?;
     conn.batch_execute(&format!(
@@ -369,6 +372,19 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
     ))
     .map_err(|e| open_error(one_line(&e.to_string())))?;
     Ok(conn)
+}
+
+/// Creates an empty SQLite file readable by its owner only (it holds
+/// student data), whatever the umask: SQLite opens an empty file as an
+/// empty database and gives its `-wal` and `-shm` files the same mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
 fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnection, DbError> {

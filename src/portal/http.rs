@@ -156,6 +156,12 @@ pub fn check_base_url(text: &str) -> Result<Url, PortalError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(config("base URL must not carry credentials".to_string()));
     }
+    if url.path().trim_end_matches('/').ends_with("/v1") {
+        return Err(config(format!(
+            "base URL {url} ends in /v1: give the server's root (e.g. https://{}/); the client adds /v1/... itself",
+            url.host_str().unwrap_or("instantsync.example")
+        )));
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
@@ -494,9 +500,15 @@ impl HttpPortal {
     ) -> PortalError {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(parsed) => (parsed.code, parsed.message),
+            // Not an error of the API itself: most often a base URL that
+            // points somewhere else (e.g. one ending in /v1). Name it.
             Err(_) => (
                 status.as_str().to_string(),
-                status.canonical_reason().unwrap_or("").to_string(),
+                format!(
+                    "{} (not an answer of the Community Pass API: is the base URL {} right?)",
+                    status.canonical_reason().unwrap_or(""),
+                    self.base
+                ),
             ),
         };
         let code = self.scrub(&truncate(&code));
@@ -1067,6 +1079,19 @@ impl CommunityPass for HttpPortal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_url_ending_in_v1_is_refused_with_the_fix() {
+        let error = check_base_url("https://cp.example/v1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ends in /v1") && error.contains("https://cp.example/"),
+            "{error}"
+        );
+        assert!(check_base_url("https://cp.example/").is_ok());
+        assert!(check_base_url("https://cp.example/district/v10").is_ok());
+    }
 
     #[test]
     fn plain_http_only_on_loopback() {

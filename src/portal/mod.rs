@@ -34,6 +34,32 @@ pub const FEE_IDS_PER_REQUEST_MAX: usize = 500;
 /// The most pages one full walk reads before it gives up: ten million
 /// records at the largest page size, far above any district.
 pub const PAGES_MAX: usize = 10_000;
+/// The most items one page may carry: twice the largest page the API
+/// serves (room for redelivered copies). A server that ignores `limit` is
+/// an error naming this bound, not a slow death by memory.
+pub const PAGE_ITEMS_MAX: usize = 2 * PAGE_SIZE_MAX as usize;
+/// The most records one listing (fees, transactions, balances) may hold:
+/// ten times the largest district seen (450,000 fees), about 2.5 GB at
+/// most in memory.
+pub const LISTING_RECORDS_MAX: usize = 5_000_000;
+
+/// Checks one page against `PAGE_ITEMS_MAX` and the listing so far against
+/// `LISTING_RECORDS_MAX`.
+fn check_bounds(listing: &str, page_items: usize, so_far: usize) -> Result<(), PortalError> {
+    if page_items > PAGE_ITEMS_MAX {
+        return Err(PortalError::protocol(
+            listing,
+            format!("a page of {page_items} items exceeds PAGE_ITEMS_MAX = {PAGE_ITEMS_MAX} (the server ignores the page limit)"),
+        ));
+    }
+    if so_far + page_items > LISTING_RECORDS_MAX {
+        return Err(PortalError::protocol(
+            listing,
+            format!("more than LISTING_RECORDS_MAX = {LISTING_RECORDS_MAX} records"),
+        ));
+    }
+    Ok(())
+}
 
 /// Why a Community Pass call failed. No variant ever carries the API key:
 /// messages from the server are scrubbed of it before they land here.
@@ -371,6 +397,11 @@ where
     let mut cursor: Option<String> = None;
     for _ in 0..PAGES_MAX {
         let page = fetch(cursor.as_deref())?;
+        check_bounds(
+            listing,
+            page.items.len() + page.rejected.len(),
+            items.len() + rejected.len(),
+        )?;
         for item in page.items {
             if seen.insert(key(&item)) {
                 items.push(item);
@@ -594,6 +625,8 @@ pub fn transactions_after(
     let mut collector = TxnCollector::new(after);
     for _ in 0..PAGES_MAX {
         let page = portal.transactions_page(scope, collector.next_after)?;
+        let page_items = page.items.len() + page.rejected.len();
+        check_bounds("transaction cursor", page_items, collector.items.len())?;
         if !collector.accept(page)? {
             return Ok(collector.finish());
         }
@@ -757,6 +790,30 @@ mod tests {
         let first = intent_key(FeeId(1), 1, &a);
         assert_eq!(first, format!("fee-1-1-{}", &a[..16]));
         assert_ne!(first, intent_key(FeeId(1), 3, &a), "same body, new intent");
+    }
+
+    #[test]
+    fn a_server_that_ignores_the_page_limit_is_an_error_naming_the_bound() {
+        let mut served = 0u32;
+        let endless = walk_pages::<u32, u32, _, _>(
+            "fee listing",
+            |_| {
+                served += 1;
+                Ok(Page {
+                    items: (0..60_000).collect(),
+                    next_cursor: Some(format!("c{served}")),
+                    rejected: vec![],
+                })
+            },
+            |n| *n,
+        );
+        let error = endless.unwrap_err().to_string();
+        assert!(error.contains("PAGE_ITEMS_MAX = 2000"), "{error}");
+        assert_eq!(served, 1, "stopped at the first oversized page");
+        assert!(check_bounds("x", 10, LISTING_RECORDS_MAX - 5)
+            .unwrap_err()
+            .to_string()
+            .contains("LISTING_RECORDS_MAX"));
     }
 
     #[test]

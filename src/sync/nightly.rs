@@ -14,7 +14,7 @@ use diesel::Connection;
 use serde::Serialize;
 
 use super::incremental::{self, ChangeCounts, Decision};
-use super::push::{push_fees, PushMode, PushOutcome};
+use super::push::{push_fees, Acknowledged, PushMode, PushOutcome};
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::{self, Outcome};
@@ -468,11 +468,11 @@ pub fn run(
     check_accounting(&reconciliation.accounting)
         .map_err(|e| SyncError::Accounting(e.to_string()))?;
     timer.lap("reconcile");
-    let mut acknowledged_pushes = Vec::new();
+    let mut acknowledged_pushes = BTreeMap::new();
     let mut outcomes = if options.dry_run {
         planned_outcomes(&reconciliation)
     } else {
-        let results = apply(
+        let (results, acknowledged) = apply(
             conn,
             portal,
             setup,
@@ -482,13 +482,7 @@ pub fn run(
             clock,
         )?;
         timer.lap("apply");
-        acknowledged_pushes = results
-            .iter()
-            .filter_map(|(key, result)| match (key, result) {
-                (ActionKey::Push(fee), ActionResult::Done) => Some(*fee),
-                _ => None,
-            })
-            .collect();
+        acknowledged_pushes = acknowledged;
         outcomes_from(&reconciliation, &results)
     };
     check_conservation(&reconciliation.totals, &vendor)
@@ -501,7 +495,7 @@ pub fn run(
         let verified = verify_touched(conn, portal, &vendor, &touched, setup, &options.scope)?;
         still_different = verified.still_different;
         remaining_after_apply = Some(still_different.values().map(Vec::len).sum());
-        not_applied = pushes_not_applied(conn, &acknowledged_pushes, &verified.vendor_fees)?;
+        not_applied = pushes_not_applied(&acknowledged_pushes, &verified.vendor_fees);
         mark_not_converged(&reconciliation, &mut outcomes, &not_applied);
         timer.lap("verify");
     }
@@ -565,33 +559,31 @@ fn leave_out_fees(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fe
 
 /// The pushes Community Pass answered as applied whose fee, re-read, does
 /// not show the body acknowledged (every pushed field), with what it shows.
+/// A fee whose revision moved past the one the push answered was changed
+/// by someone else since (another run's push): not a lost write.
 fn pushes_not_applied(
-    conn: &mut DbConnection,
-    acknowledged: &[FeeId],
+    acknowledged: &BTreeMap<FeeId, Acknowledged>,
     vendor_after: &[crate::domain::VendorFee],
-) -> Result<BTreeMap<FeeId, String>, SyncError> {
+) -> BTreeMap<FeeId, String> {
     let shown: HashMap<FeeId, &crate::domain::VendorFee> = vendor_after
         .iter()
         .map(|fee| (fee.genesis_fee_id, fee))
         .collect();
     let mut not_applied = BTreeMap::new();
-    for state in links::push_states_for(conn, acknowledged)? {
-        let fee_id = FeeId(state.fee_id);
-        let Some(digest) = state.pushed_digest.as_deref() else {
-            continue;
-        };
-        let why = match shown.get(&fee_id) {
+    for (fee_id, ack) in acknowledged {
+        let why = match shown.get(fee_id) {
             None => "Community Pass answered the push as applied but does not list the fee"
                 .to_string(),
-            Some(fee) if !super::push::shows_pushed(fee, digest) => format!(
-                "Community Pass answered the push as applied but still shows amount {}, status {}, credit {}, student {}, description {:?}",
-                fee.amount, fee.status, fee.genesis_credit, fee.student_id, fee.description
+            Some(fee) if fee.revision > ack.revision => continue,
+            Some(fee) if !super::push::shows_pushed(fee, &ack.digest) => format!(
+                "Community Pass answered the push as applied (revision {}) but still shows amount {}, status {}, credit {}, student {}, description {:?} (revision {})",
+                ack.revision, fee.amount, fee.status, fee.genesis_credit, fee.student_id, fee.description, fee.revision
             ),
             Some(_) => continue,
         };
-        not_applied.insert(fee_id, why);
+        not_applied.insert(*fee_id, why);
     }
-    Ok(not_applied)
+    not_applied
 }
 
 /// Corrections on a fee whose push did not take effect are `NotConverged`,
@@ -833,6 +825,12 @@ fn outcomes_from(
         .collect()
 }
 
+/// How each planned action went, and what Community Pass acknowledged.
+type Applied = (
+    HashMap<ActionKey, ActionResult>,
+    BTreeMap<FeeId, Acknowledged>,
+);
+
 /// Carries out the plan: postings and locks into Genesis first (money
 /// received is never held back by a push), then pushes to Community Pass.
 fn apply(
@@ -843,7 +841,7 @@ fn apply(
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
-) -> Result<HashMap<ActionKey, ActionResult>, SyncError> {
+) -> Result<Applied, SyncError> {
     let plan = reconciliation.plan();
     let mut crash = CrashPoint::from_env();
     let mut results = HashMap::new();
@@ -892,9 +890,11 @@ fn apply(
             _ => None,
         })
         .collect();
+    let mut acknowledged = BTreeMap::new();
     for batch in pushes.chunks(PUSH_BATCH_MAX) {
-        let (_, outcomes) =
+        let (report, outcomes) =
             push_fees(conn, portal, setup, batch, PushMode::Correct, run_id, clock)?;
+        acknowledged.extend(report.acknowledged);
         crash.wrote();
         for (fee_id, outcome) in outcomes {
             let result = match &outcome {
@@ -907,7 +907,7 @@ fn apply(
             results.insert(ActionKey::Push(fee_id), result);
         }
     }
-    Ok(results)
+    Ok((results, acknowledged))
 }
 
 /// Turns each planned posting that does not belong in Genesis

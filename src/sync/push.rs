@@ -108,6 +108,17 @@ pub struct PushReport {
     pub failed: u64,
     /// Fees refused, held or failed, with why (for the run summary).
     pub problems: BTreeMap<i64, String>,
+    /// What Community Pass acknowledged for each fee pushed: the body's
+    /// digest and the revision it answered (for the nightly's re-read).
+    #[serde(skip)]
+    pub acknowledged: BTreeMap<FeeId, Acknowledged>,
+}
+
+/// One push Community Pass answered as applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    pub digest: String,
+    pub revision: i64,
 }
 
 impl PushReport {
@@ -148,6 +159,7 @@ impl PushReport {
         self.deleted += other.deleted;
         self.failed += other.failed;
         self.problems.extend(other.problems);
+        self.acknowledged.extend(other.acknowledged);
     }
 }
 
@@ -550,6 +562,17 @@ pub fn push_fees(
     let mut sent_outcomes =
         record_outcomes(conn, &to_send, &results, &acknowledged, run_id, clock())?.into_iter();
     let mut report = PushReport::default();
+    for ((push, intent), result) in to_send.iter().zip(&results) {
+        if let Ok(outcome) = result {
+            report.acknowledged.insert(
+                push.genesis_fee_id,
+                Acknowledged {
+                    digest: intent.digest.clone(),
+                    revision: outcome.revision,
+                },
+            );
+        }
+    }
     let mut outcomes = Vec::with_capacity(decided.len());
     for (fee_id, outcome) in decided {
         let outcome = outcome.unwrap_or_else(|| {

@@ -15,6 +15,7 @@ use diesel::prelude::*;
 
 use super::common::Backend;
 use super::Env;
+use std::process::Command;
 
 /// Rounds of new payments, each followed by the three pulls at once.
 const ROUNDS: usize = 3;
@@ -167,4 +168,40 @@ fn sqlite_three_payment_paths_at_once_post_each_transaction_once() {
 #[test]
 fn postgres_three_payment_paths_at_once_post_each_transaction_once() {
     each_payment_posted_once(Backend::Postgres);
+}
+
+/// A parent's page cannot wait minutes: `get-payments --student` against a
+/// Community Pass that accepts connections and never answers gives up
+/// within its interactive budget, says so, posts nothing, and exits 1.
+#[test]
+fn a_parent_pull_has_a_short_budget_against_a_silent_server() {
+    let env = Env::new(Backend::Sqlite);
+    env.seed(10);
+    env.set_up();
+    let student = env.fees()[0].student_id;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream); // accept, never answer
+        }
+    });
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .args(["--database-url", &env.db.url_text, "--cp-url", &silent_url])
+        .args(["get-payments", "--student", &student.to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .env_remove("CPSYNC_CP_URL")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("waits at most 5 s"), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "took {took:?} for a 5 s budget"
+    );
 }
