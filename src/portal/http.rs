@@ -589,13 +589,15 @@ impl HttpPortal {
             return Ok(Page {
                 items: page.items,
                 next_cursor: page.next_cursor,
+                rejected: Vec::new(),
             });
         }
         let raw: RawPage = decode(listing, &body)?;
-        let items = decode_items(raw.items, kind, id_field)?;
+        let (items, rejected) = decode_each(raw.items, kind, id_field);
         Ok(Page {
             items,
             next_cursor: raw.next_cursor,
+            rejected,
         })
     }
 
@@ -813,6 +815,37 @@ fn decode_items<T: DeserializeOwned>(
             })
         })
         .collect()
+}
+
+/// Decodes each record of a fee or balance page on its own; a bad one is
+/// set aside with its id (when readable) and reason, and the rest go on.
+fn decode_each<T: DeserializeOwned>(
+    items: Vec<Box<RawValue>>,
+    kind: &str,
+    id_field: &str,
+) -> (Vec<T>, Vec<RejectedRecord>) {
+    let mut good = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for item in items {
+        match serde_json::from_str::<T>(item.get()) {
+            Ok(record) => good.push(record),
+            Err(error) => {
+                let tree: Value = serde_json::from_str(item.get()).unwrap_or(Value::Null);
+                let id = match tree.get(id_field) {
+                    Some(Value::String(text)) if valid_id(text) => Some(text.clone()),
+                    Some(Value::Number(number)) => Some(number.to_string()),
+                    _ => None,
+                };
+                rejected.push(RejectedRecord {
+                    record: format!("{kind} {}", record_id(&tree, id_field)),
+                    id,
+                    reason: error.to_string(),
+                    raw: item.get().chars().take(RAW_RECORD_CHARS_MAX).collect(),
+                });
+            }
+        }
+    }
+    (good, rejected)
 }
 
 /// Decodes each transaction on its own and checks it against the contract;

@@ -19,11 +19,13 @@ use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::{self, Outcome};
 use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
-use crate::db::{genesis, links, DbConnection};
+use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
-    all_fees, fees_by_ids, transactions_after, CommunityPass, RetryStats, TxnScope,
+    fees_by_ids, fees_where_keeping_rejected, rejected_fee_id, transactions_after, CommunityPass,
+    FeeFilter, RetryStats, TxnScope,
 };
+use crate::reconcile::validate::{self, Verdict};
 use crate::reconcile::{
     check_accounting, check_conservation, reconcile, Action, GenesisSnapshot, Reconciliation,
     Resolution, Scope, VendorSnapshot,
@@ -136,6 +138,10 @@ pub struct NightlyResult {
     /// with what it shows: their corrections are `NotConverged`.
     pub not_applied: BTreeMap<FeeId, String>,
     pub coverage: RunCoverage,
+    /// What the run could not read, so did not judge (a Community Pass fee
+    /// record that breaks the contract, a transaction cursor it could not
+    /// have meant): the verdict must say the run is incomplete.
+    pub incomplete: Vec<String>,
 }
 
 impl NightlyResult {
@@ -230,6 +236,10 @@ struct Reading {
     outbox: Option<OutboxPosition>,
     txn_sequence: i64,
     coverage: RunCoverage,
+    /// Fees Community Pass sent unreadable (by id when readable), and other
+    /// gaps in what was read, in words.
+    unjudged_fees: Vec<FeeId>,
+    incomplete: Vec<String>,
 }
 
 /// Reads both snapshots of the scope in full, as a full run does (for
@@ -263,7 +273,7 @@ fn fetch_snapshots(
     std::thread::scope(|threads| {
         let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
         let genesis = fetch_genesis(conn, scope);
-        let (vendor, vendor_rejected, txn_sequence) = vendor_reader
+        let (vendor, vendor_rejected, txn_sequence, gaps) = vendor_reader
             .join()
             .expect("the Community Pass reader does not panic")?;
         let (genesis, mut rejected) = genesis?;
@@ -275,6 +285,8 @@ fn fetch_snapshots(
             outbox,
             txn_sequence,
             coverage,
+            unjudged_fees: gaps.fees,
+            incomplete: gaps.words,
         })
     })
 }
@@ -307,6 +319,8 @@ fn read(
         rejected: changed.rejected,
         outbox: Some(changed.outbox),
         txn_sequence: changed.txn_sequence,
+        unjudged_fees: changed.unjudged_fees,
+        incomplete: changed.incomplete,
         coverage: RunCoverage::Incremental {
             since_run: mark.run_id,
             full_run_id: mark.full_run_id,
@@ -316,36 +330,71 @@ fn read(
     })
 }
 
+/// What a run could not read from Community Pass.
+#[derive(Debug, Default)]
+struct Gaps {
+    /// Fees whose Community Pass record breaks the contract: not judged.
+    fees: Vec<FeeId>,
+    /// Every gap, in words, for the verdict.
+    words: Vec<String>,
+}
+
 /// The vendor's fees and transactions, and the log position reached;
 /// transactions that break the contract are left out and named (Get
-/// Payments parks them).
+/// Payments parks them); fee records that break it are left out, named,
+/// and their fees not judged.
 fn fetch_vendor(
     portal: &dyn CommunityPass,
     student: Option<crate::domain::StudentId>,
-) -> Result<(VendorSnapshot, Vec<String>, i64), SyncError> {
+) -> Result<(VendorSnapshot, Vec<String>, i64, Gaps), SyncError> {
     let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
+    let filter = student.map_or(FeeFilter::All, FeeFilter::Student);
     // The two listings are independent: read them at the same time.
     let (fees, batch) = std::thread::scope(|threads| {
         let txn_reader = threads.spawn(move || transactions_after(portal, txn_scope, 0));
-        let fees = all_fees(portal, student);
+        let fees = fees_where_keeping_rejected(portal, filter);
         let batch = txn_reader
             .join()
             .expect("the transaction reader does not panic");
         (fees, batch)
     });
     let (fees, batch) = (fees?, batch?);
-    let rejected = batch
+    let mut rejected: Vec<String> = batch
         .rejected
         .iter()
         .map(|r| format!("Community Pass {r}"))
         .collect();
+    let mut gaps = Gaps::default();
+    for record in &fees.rejected {
+        rejected.push(format!("Community Pass {record}"));
+        match rejected_fee_id(record) {
+            Some(fee) => {
+                gaps.fees.push(fee);
+                gaps.words.push(format!(
+                    "Community Pass sent fee {fee} unreadable ({}); the fee was not judged",
+                    record.reason
+                ));
+            }
+            None => gaps.words.push(format!(
+                "Community Pass sent an unreadable fee record without a readable id ({})",
+                record.reason
+            )),
+        }
+    }
+    if let Some(refused) = &batch.cursor_refused {
+        gaps.words.push(format!(
+            "the transaction log was read only to {}: {refused}",
+            batch.next_after
+        ));
+    }
     Ok((
         VendorSnapshot {
-            fees,
+            fees: fees.items,
             txns: batch.items,
         },
         rejected,
         batch.next_after,
+        gaps,
     ))
 }
 
@@ -403,14 +452,19 @@ pub fn run(
         outbox,
         txn_sequence,
         coverage,
+        unjudged_fees,
+        incomplete,
     } = read(conn, portal, setup, options, clock)?;
+    let mut vendor = vendor;
+    leave_out_fees(&mut genesis, &mut vendor, &unjudged_fees);
     super::attach_parties(conn, setup, &mut genesis)?;
     if !options.dry_run {
         adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
     }
     timer.lap("fetch");
     let policy = setup.policy();
-    let reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    let mut reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    let held_postings = hold_what_does_not_belong(&genesis, &mut reconciliation, clock());
     check_accounting(&reconciliation.accounting)
         .map_err(|e| SyncError::Accounting(e.to_string()))?;
     timer.lap("reconcile");
@@ -418,7 +472,15 @@ pub fn run(
     let mut outcomes = if options.dry_run {
         planned_outcomes(&reconciliation)
     } else {
-        let (results, acknowledged) = apply(conn, portal, setup, &reconciliation, run_id, clock)?;
+        let (results, acknowledged) = apply(
+            conn,
+            portal,
+            setup,
+            &held_postings,
+            &reconciliation,
+            run_id,
+            clock,
+        )?;
         timer.lap("apply");
         acknowledged_pushes = acknowledged;
         outcomes_from(&reconciliation, &results)
@@ -437,7 +499,13 @@ pub fn run(
         mark_not_converged(&reconciliation, &mut outcomes, &not_applied);
         timer.lap("verify");
     }
-    let start = match (vendor_as_of, outbox, options.dry_run) {
+    // An incomplete run marks nothing: the next incremental run starts
+    // from the last complete one, so what was not judged is judged then.
+    let start = match (
+        vendor_as_of,
+        outbox,
+        options.dry_run || !incomplete.is_empty(),
+    ) {
         (Some(vendor_as_of), Some(outbox), false) => Some(Start {
             outbox,
             vendor_as_of,
@@ -468,7 +536,25 @@ pub fn run(
         still_different,
         not_applied,
         coverage,
+        incomplete,
     })
+}
+
+/// Leaves these fees out of both snapshots (their Community Pass record
+/// could not be read): their cases are not judged, so nothing is planned on
+/// what could not be seen.
+fn leave_out_fees(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fees: &[FeeId]) {
+    if fees.is_empty() {
+        return;
+    }
+    let out: std::collections::HashSet<FeeId> = fees.iter().copied().collect();
+    genesis.fees.retain(|fee| !out.contains(&fee.id));
+    genesis.txns.retain(|txn| !out.contains(&txn.fee_id));
+    genesis.links.retain(|link| !out.contains(&link.fee_id));
+    vendor.fees.retain(|fee| !out.contains(&fee.genesis_fee_id));
+    vendor
+        .txns
+        .retain(|txn| txn.genesis_fee_id.is_none_or(|fee| !out.contains(&fee)));
 }
 
 /// The pushes Community Pass answered as applied whose fee, re-read, does
@@ -751,6 +837,7 @@ fn apply(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     setup: &SetupState,
+    held_postings: &[(VendorTxn, String)],
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
@@ -765,6 +852,16 @@ fn apply(
             _ => None,
         })
         .collect();
+    if !held_postings.is_empty() {
+        // Held, never dropped: listed by `cpsync unprocessed`, retried by
+        // every pull, posted once they belong.
+        let parked: Vec<(&VendorTxn, String)> = held_postings
+            .iter()
+            .map(|(txn, reason)| (txn, reason.clone()))
+            .collect();
+        conn.transaction(|conn| postings::park(conn, &parked, Some(run_id), clock()))?;
+        crash.wrote();
+    }
     for batch in postings.chunks(APPLY_BATCH_MAX) {
         post_batch(conn, batch, run_id, clock)?;
         crash.wrote();
@@ -811,6 +908,66 @@ fn apply(
         }
     }
     Ok((results, acknowledged))
+}
+
+/// Turns each planned posting that does not belong in Genesis
+/// (`validate::judge`, with the facts of the snapshot the plan came from)
+/// into a review item with the reason, in place, and moves its record from
+/// corrected to needs review in the accounting: the run, its report and its
+/// verdict then say what a person must look at. Returns the held records
+/// with their reasons, to park.
+fn hold_what_does_not_belong(
+    genesis: &GenesisSnapshot,
+    reconciliation: &mut Reconciliation,
+    now: chrono::NaiveDateTime,
+) -> Vec<(VendorTxn, String)> {
+    let planned: Vec<(usize, &VendorTxn)> = reconciliation
+        .discrepancies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match &d.resolution {
+            Resolution::Planned(Action::PostVendorTxn { txn, .. }) => Some((i, txn)),
+            _ => None,
+        })
+        .collect();
+    if planned.is_empty() {
+        return Vec::new();
+    }
+    let (fees, posted) = validate::facts_of(&genesis.fees, &genesis.links, &genesis.txns);
+    let txns: Vec<&VendorTxn> = planned.iter().map(|(_, t)| *t).collect();
+    let known = validate::Known {
+        fees: &fees,
+        posted: &posted,
+    };
+    // One verdict per vendor id (a repeated identical action is judged once).
+    let mut holds: HashMap<VendorTxnId, String> = HashMap::new();
+    for (txn, verdict) in txns.iter().zip(validate::judge(&txns, known, now)) {
+        if let Verdict::Hold(hold) = verdict {
+            holds.insert(txn.id.clone(), hold.describe());
+        }
+    }
+    let held: Vec<(usize, VendorTxn, String)> = planned
+        .iter()
+        .filter_map(|(i, txn)| holds.get(&txn.id).map(|r| (*i, (*txn).clone(), r.clone())))
+        .collect();
+    let mut parked = Vec::new();
+    for (index, txn, reason) in held {
+        tracing::warn!(vendor_txn_id = %txn.id, %reason, "a planned posting is held, not posted");
+        reconciliation.discrepancies[index].resolution = Resolution::review(
+            format!("held, not posted: {reason}"),
+            "confirm the record with Community Pass; the next pull posts it once it belongs, or post it by hand",
+        );
+        let side = &mut reconciliation.accounting.community_pass;
+        side.corrected = side.corrected.saturating_sub(1);
+        side.needs_review += 1;
+        if !parked
+            .iter()
+            .any(|(t, _): &(VendorTxn, String)| t.id == txn.id)
+        {
+            parked.push((txn, reason));
+        }
+    }
+    parked
 }
 
 /// One bounded database transaction of postings, their audit rows and the
