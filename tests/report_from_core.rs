@@ -173,6 +173,7 @@ fn report_of(reconciliation: Reconciliation, run_id: i64) -> RunReport {
             })
             .collect(),
         error: None,
+        queue: Default::default(),
     }
 }
 

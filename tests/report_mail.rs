@@ -79,6 +79,7 @@ fn reports_config(dir: &Path, attach_html: bool) -> ReportsConfig {
     ReportsConfig {
         dir: dir.to_path_buf(),
         attach_html,
+        ..ReportsConfig::default()
     }
 }
 

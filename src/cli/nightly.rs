@@ -92,6 +92,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         },
         incremental: args.incremental,
         full_run_every: chrono::Duration::days(i64::from(args.full_every_days)),
+        credit_review_after_days: i64::from(context.config.reports.credit_review_after_days),
         ..NightlyOptions::default()
     };
     let trigger = if args.student.is_some() || args.from.is_some() || args.to.is_some() {

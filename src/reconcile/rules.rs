@@ -161,6 +161,7 @@ impl<'c, 'a> Judge<'c, 'a> {
     ) {
         let outcome = Outcome::of(&resolution);
         self.mark(records, outcome);
+        let at_stake = self.at_stake(kind, vendor_txn_id.as_ref());
         self.report.discrepancies.push(Discrepancy {
             kind,
             fee_id: self.case.fee_id,
@@ -169,7 +170,47 @@ impl<'c, 'a> Judge<'c, 'a> {
             genesis_value: values.0,
             cp_value: values.1,
             resolution,
+            at_stake,
         });
+    }
+
+    /// The dollars one discrepancy is about (never negative): the named
+    /// transaction's amount, an overpayment's credit, else how far the two
+    /// sides' balances are apart (or the only side's balance).
+    fn at_stake(&self, kind: DiscrepancyKind, vendor_txn_id: Option<&VendorTxnId>) -> Money {
+        if let Some(id) = vendor_txn_id {
+            let vendor = self.case.vendor_txns.iter().map(|(_, t)| t);
+            if let Some(txn) = vendor.filter(|t| &t.id == id).map(|t| t.amount).next() {
+                return txn.abs();
+            }
+            let genesis = self.case.genesis_txns.iter().map(|(_, t)| t);
+            if let Some(amount) = genesis
+                .filter(|t| t.vendor_txn_id.as_ref() == Some(id))
+                .map(|t| t.amount)
+                .next()
+            {
+                return amount.abs();
+            }
+        }
+        if kind == DiscrepancyKind::OverpaymentCredit {
+            return self
+                .projected_balance()
+                .map(|balance| (-balance).max(Money::ZERO))
+                .unwrap_or(Money::ZERO);
+        }
+        let genesis = self.case.genesis_fee().map(|fee| {
+            crate::reconcile::genesis_balance(
+                fee.amount,
+                self.case.genesis_txns.iter().map(|(_, t)| *t),
+            )
+        });
+        let vendor = self.case.vendor_fee().map(|fee| fee.balance);
+        match (genesis, vendor) {
+            (Some(g), Some(v)) if g != v => (g - v).abs(),
+            (Some(g), Some(_)) => g.abs(),
+            (Some(one), None) | (None, Some(one)) => one.abs(),
+            (None, None) => Money::ZERO,
+        }
     }
 
     fn mark(&mut self, records: &[RecordRef], outcome: Outcome) {

@@ -9,7 +9,11 @@ use super::view::{review_rows, ReviewRow};
 use super::{ReportError, RunReport};
 
 /// The CSV's header row.
-pub const REVIEW_CSV_HEADER: [&str; 12] = [
+pub const REVIEW_CSV_HEADER: [&str; 16] = [
+    "Review item",
+    "State",
+    "Age (days)",
+    "At stake",
     "Student ID",
     "Student",
     "School",
@@ -37,11 +41,16 @@ pub fn neutralise_cell(cell: &str) -> Cow<'_, str> {
     }
 }
 
-/// The needs-review items as CSV bytes (UTF-8, header first).
+/// The byte order mark that makes Excel read a CSV as UTF-8.
+pub const UTF8_BOM: &str = "\u{feff}";
+
+/// The needs-review items as CSV bytes (UTF-8 with a byte order mark, so
+/// Excel shows accents right; header first; the dollars at stake and the
+/// age as plain numbers), most urgent first.
 pub fn review_csv(report: &RunReport) -> Result<Vec<u8>, ReportError> {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new());
+        .from_writer(UTF8_BOM.as_bytes().to_vec());
     let failed = |e: csv::Error| ReportError::Csv(e.to_string());
     writer.write_record(REVIEW_CSV_HEADER).map_err(failed)?;
     for row in review_rows(report) {
@@ -53,7 +62,14 @@ pub fn review_csv(report: &RunReport) -> Result<Vec<u8>, ReportError> {
 }
 
 fn csv_cells(row: &ReviewRow) -> Vec<String> {
-    [
+    let age = row.age_days.to_string();
+    let numbers = [
+        row.item_id.clone(),
+        row.state_text.clone(),
+        age,
+        row.at_stake_number.clone(),
+    ];
+    let texts = [
         row.student_id.as_str(),
         &row.student,
         &row.school,
@@ -66,8 +82,11 @@ fn csv_cells(row: &ReviewRow) -> Vec<String> {
         &row.reason,
         &row.suggested_action,
         &row.vendor_txn_id,
-    ]
-    .iter()
-    .map(|cell| neutralise_cell(cell).into_owned())
-    .collect()
+    ];
+    // The numbers are never negative, so a spreadsheet reads them as
+    // numbers; every text cell is neutralised.
+    numbers
+        .into_iter()
+        .chain(texts.iter().map(|cell| neutralise_cell(cell).into_owned()))
+        .collect()
 }

@@ -416,7 +416,7 @@ mod tests {
     fn subjects_name_district_date_and_verdict() {
         assert_eq!(
             subject(&sample_report()),
-            "[cpsync] Springfield Public Schools — 2026-11-26 — Needs review (6)"
+            "[cpsync] Springfield Public Schools — 2026-11-26 — Needs review (5)"
         );
         assert_eq!(
             subject(&sample_failed_report()),

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{FeeId, GenesisFee, StudentId};
 use crate::money::Money;
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
+pub use crate::review::ItemState as ReviewState;
 
 pub use csv_export::{neutralise_cell, review_csv};
 pub use files::{report_file_stem, write_private_file, write_report_files, ReportFiles};
@@ -106,11 +107,25 @@ impl Verdict {
         failed_corrections: usize,
         not_converged: usize,
     ) -> Verdict {
+        let reviews = reconciliation.reviews().count();
+        let others = reconciliation.discrepancies.len();
+        Verdict::decide(reviews, failed_corrections, not_converged, others)
+    }
+
+    /// The verdict from the counts: `needs_review` discrepancies (credits
+    /// on account not among them), failed and not-converged corrections,
+    /// and the `discrepancies` found at all (credits not among them).
+    pub fn decide(
+        needs_review: usize,
+        failed_corrections: usize,
+        not_converged: usize,
+        discrepancies: usize,
+    ) -> Verdict {
         if not_converged > 0 {
             Verdict::NotConverged
-        } else if reconciliation.reviews().next().is_some() || failed_corrections > 0 {
+        } else if needs_review > 0 || failed_corrections > 0 {
             Verdict::NeedsReview
-        } else if reconciliation.discrepancies.is_empty() {
+        } else if discrepancies == 0 {
             Verdict::InAgreement
         } else {
             Verdict::Corrected
@@ -230,6 +245,50 @@ pub struct RunReport {
     pub fees: BTreeMap<FeeId, FeeLabel>,
     /// Why the run failed (for `Verdict::Failed`), one line, without secrets.
     pub error: Option<String>,
+    /// The review queue behind the items and the credits on account.
+    pub queue: QueueReport,
+}
+
+/// The review queue as the report shows it (DESIGN.md §6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueReport {
+    /// Credits on account (overpayments both systems agree on), not
+    /// discrepancies unless older than `credit_review_after_days`.
+    pub credits: Vec<CreditOnAccount>,
+    pub credit_review_after_days: u32,
+    /// The queue item behind each discrepancy needing a person, by item key
+    /// (`review::item_key`); none for an item never stored.
+    pub entries: BTreeMap<String, QueueEntry>,
+    /// Items this run resolved automatically (their cause went away).
+    pub resolved_by_run: usize,
+}
+
+/// One stored review item as a row shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub id: i64,
+    pub state: ReviewState,
+    pub first_seen_run: i64,
+    pub age_days: i64,
+}
+
+/// A family's credit on account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditOnAccount {
+    pub discrepancy: Discrepancy,
+    /// The review item's id, when stored.
+    pub item_id: Option<i64>,
+    pub age_days: i64,
+    /// The guardian to contact (billing contact first), when Genesis has one.
+    pub guardian: Option<ContactLabel>,
+}
+
+/// A guardian as the credits section names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactLabel {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
 }
 
 impl RunReport {
@@ -241,9 +300,39 @@ impl RunReport {
         net(&totals.genesis) - net(&totals.community_pass)
     }
 
-    /// The items a person has to look at: review discrepancies.
+    /// The items a person has to look at: review discrepancies, except
+    /// the credits on account.
     pub fn review_items(&self) -> impl Iterator<Item = &Discrepancy> {
-        self.reconciliation.reviews()
+        self.reconciliation
+            .reviews()
+            .filter(move |d| !self.is_credit(d))
+    }
+
+    /// Whether a discrepancy is one of the credits on account.
+    pub fn is_credit(&self, discrepancy: &Discrepancy) -> bool {
+        self.queue
+            .credits
+            .iter()
+            .any(|credit| credit.discrepancy.sort_key() == discrepancy.sort_key())
+    }
+
+    /// The queue entry behind a discrepancy, if stored.
+    pub fn queue_entry(&self, discrepancy: &Discrepancy) -> Option<&QueueEntry> {
+        let key = crate::review::item_key(
+            discrepancy.fee_id,
+            discrepancy.kind.as_str(),
+            discrepancy.vendor_txn_id.as_ref(),
+        );
+        self.queue.entries.get(&key)
+    }
+
+    /// The total of the credits on account.
+    pub fn credit_total(&self) -> Money {
+        self.queue
+            .credits
+            .iter()
+            .map(|c| c.discrepancy.at_stake)
+            .sum()
     }
 
     /// How many discrepancies had a planned correction.

@@ -110,8 +110,17 @@ fn closing(text: &mut String, view: &ReportView) {
     if view.review_count > 0 {
         let _ = writeln!(
             text,
-            "The {} item(s) to review are in the attached CSV.",
-            view.review_count
+            "The {} item(s) to review ({} new tonight, {} acknowledged; {} at stake) are in the attached CSV.",
+            view.review_count, view.new_count, view.acknowledged_count, view.review_at_stake
+        );
+    }
+    if !view.credits.is_empty() {
+        let _ = writeln!(
+            text,
+            "{} {} a credit on account ({} in all); both systems agree, so credits are listed in the report, not counted as discrepancies.",
+            view.credits.len(),
+            if view.credits.len() == 1 { "family holds" } else { "families hold" },
+            view.credit_total
         );
     }
     for row in &view.accounting {

@@ -50,6 +50,14 @@ pub struct ReportView {
     pub reviews: Vec<ReviewRow>,
     pub reviews_more: usize,
     pub review_count: usize,
+    /// Acknowledged items: counted, not listed in the HTML (the CSV has them).
+    pub acknowledged_count: usize,
+    pub new_count: usize,
+    pub review_at_stake: String,
+    pub credits: Vec<CreditRow>,
+    pub credit_total: String,
+    pub credit_review_after_days: u32,
+    pub resolved_by_run: usize,
     pub trend: TrendChart,
     pub phases: Vec<PhaseRow>,
     pub accounting: Vec<AccountingRow>,
@@ -85,6 +93,8 @@ pub struct KindRow {
     pub count: usize,
     pub corrected: usize,
     pub review: usize,
+    /// Dollars at stake over the kind's discrepancies.
+    pub at_stake: String,
     /// Bar segment lengths in percent of the largest kind's count.
     pub corrected_pct: u64,
     pub review_pct: u64,
@@ -104,6 +114,35 @@ pub struct ReviewRow {
     pub reason: String,
     pub suggested_action: String,
     pub vendor_txn_id: String,
+    /// The review queue item's id (empty when never stored: a scoped or
+    /// dry run's new item).
+    pub item_id: String,
+    /// `new`, `open`, `acknowledged` or `failed` (a correction that failed).
+    pub state: &'static str,
+    /// "new tonight", "open 12 days", "acknowledged", "correction failed".
+    pub state_text: String,
+    pub age_days: i64,
+    /// Dollars at stake, e.g. `$35.00`.
+    pub at_stake: String,
+    /// The same as a plain number for spreadsheets, e.g. `35.00`.
+    pub at_stake_number: String,
+    #[serde(skip)]
+    at_stake_cents: i64,
+}
+
+/// A family's credit on account, as the report shows it.
+#[derive(Debug, Serialize)]
+pub struct CreditRow {
+    pub item_id: String,
+    pub student: String,
+    pub student_id: String,
+    pub school: String,
+    pub fee: String,
+    pub fee_id: String,
+    pub guardian: String,
+    pub contact: String,
+    pub amount: String,
+    pub age_days: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,6 +183,16 @@ pub struct AccountingRow {
 pub fn report_view(report: &RunReport) -> ReportView {
     let reviews = review_rows(report);
     let review_count = reviews.len();
+    let acknowledged_count = reviews.iter().filter(|r| r.state == "acknowledged").count();
+    let new_count = reviews.iter().filter(|r| r.state == "new").count();
+    let review_at_stake = format_money(Money::from_cents(
+        reviews.iter().map(|r| r.at_stake_cents).sum(),
+    ));
+    let listed: Vec<ReviewRow> = reviews
+        .into_iter()
+        .filter(|r| r.state != "acknowledged")
+        .collect();
+    let listed_count = listed.len();
     let failed = failed_rows(report);
     let (corrected, corrected_more) = corrected_rows(report);
     ReportView {
@@ -161,16 +210,30 @@ pub fn report_view(report: &RunReport) -> ReportView {
         difference: format_money(report.difference().abs()),
         difference_sentence: difference_sentence(report.difference()),
         totals: totals_rows(report),
-        kinds: kind_rows(&report.reconciliation.discrepancies),
-        discrepancy_count: format_count(report.reconciliation.discrepancies.len() as u64),
+        kinds: kind_rows(report),
+        discrepancy_count: format_count(
+            report
+                .reconciliation
+                .discrepancies
+                .iter()
+                .filter(|d| !report.is_credit(d))
+                .count() as u64,
+        ),
         corrected,
         corrected_more,
         corrected_count: format_count(corrected_count(report) as u64),
         corrected_heading: corrected_heading(report),
         failed,
-        reviews: reviews.into_iter().take(REVIEW_ROWS_HTML_MAX).collect(),
-        reviews_more: review_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
+        reviews: listed.into_iter().take(REVIEW_ROWS_HTML_MAX).collect(),
+        reviews_more: listed_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
         review_count,
+        acknowledged_count,
+        new_count,
+        review_at_stake,
+        credits: credit_rows(report),
+        credit_total: format_money(report.credit_total()),
+        credit_review_after_days: report.queue.credit_review_after_days,
+        resolved_by_run: report.queue.resolved_by_run,
         trend: trend_chart(report),
         phases: phase_rows(report),
         accounting: accounting_rows(report),
@@ -341,7 +404,16 @@ fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
         .collect()
 }
 
-fn kind_rows(discrepancies: &[Discrepancy]) -> Vec<KindRow> {
+/// Discrepancies by kind (credits on account are not discrepancies).
+fn kind_rows(report: &RunReport) -> Vec<KindRow> {
+    let discrepancies: Vec<Discrepancy> = report
+        .reconciliation
+        .discrepancies
+        .iter()
+        .filter(|d| !report.is_credit(d))
+        .cloned()
+        .collect();
+    let discrepancies = discrepancies.as_slice();
     let mut rows: Vec<KindRow> = DiscrepancyKind::ALL
         .iter()
         .map(|kind| kind_row(*kind, discrepancies))
@@ -360,7 +432,9 @@ fn kind_row(kind: DiscrepancyKind, discrepancies: &[Discrepancy]) -> KindRow {
     let of_kind = || discrepancies.iter().filter(move |d| d.kind == kind);
     let review = of_kind().filter(|d| d.resolution.is_review()).count();
     let count = of_kind().count();
+    let at_stake: Money = of_kind().map(|d| d.at_stake).sum();
     KindRow {
+        at_stake: format_money(at_stake),
         code: kind.as_str(),
         label: kind_label(kind),
         count,
@@ -414,14 +488,58 @@ fn text_or_dash(value: &Option<String>) -> String {
     value.clone().unwrap_or_else(|| NO_VALUE.to_string())
 }
 
-/// Every needs-review row (review discrepancies, then failed corrections).
+/// Every needs-review row, most urgent first: failed corrections, items
+/// new tonight, then open items oldest first, then acknowledged ones; the
+/// larger sum at stake first within each.
 pub fn review_rows(report: &RunReport) -> Vec<ReviewRow> {
     let reviews = report.review_items().map(|d| review_row(report, d, None));
     let failed = report
         .failed_corrections
         .iter()
         .map(|f| review_row(report, &f.discrepancy, Some(&f.error)));
-    reviews.chain(failed).collect()
+    let mut rows: Vec<ReviewRow> = reviews.chain(failed).collect();
+    let rank = |state: &str| match state {
+        "failed" => 0,
+        "new" => 1,
+        "open" => 2,
+        _ => 3,
+    };
+    rows.sort_by_key(|row| (rank(row.state), -row.age_days, -row.at_stake_cents));
+    rows
+}
+
+/// The credits on account, oldest first.
+pub fn credit_rows(report: &RunReport) -> Vec<CreditRow> {
+    let mut credits: Vec<&super::CreditOnAccount> = report.queue.credits.iter().collect();
+    credits.sort_by_key(|c| (-c.age_days, -c.discrepancy.at_stake.cents()));
+    credits
+        .into_iter()
+        .map(|credit| {
+            let d = &credit.discrepancy;
+            let (guardian, contact) = match &credit.guardian {
+                Some(g) => {
+                    let ways: Vec<&str> = [g.email.as_deref(), g.phone.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    (g.name.clone(), ways.join(" · "))
+                }
+                None => (NO_VALUE.to_string(), String::new()),
+            };
+            CreditRow {
+                item_id: credit.item_id.map(|id| id.to_string()).unwrap_or_default(),
+                student: student_name(report, d.student_id),
+                student_id: d.student_id.map(|s| s.to_string()).unwrap_or_default(),
+                school: school_text(report, d.student_id),
+                fee: fee_description(report, d.fee_id),
+                fee_id: d.fee_id.map(|f| f.to_string()).unwrap_or_default(),
+                guardian,
+                contact,
+                amount: format_money(d.at_stake),
+                age_days: credit.age_days,
+            }
+        })
+        .collect()
 }
 
 fn review_row(report: &RunReport, discrepancy: &Discrepancy, error: Option<&str>) -> ReviewRow {
@@ -439,7 +557,35 @@ fn review_row(report: &RunReport, discrepancy: &Discrepancy, error: Option<&str>
         ) => (reason.clone(), suggested_action.clone()),
         (Resolution::Planned(action), None) => (String::new(), action_label(action)),
     };
+    let entry = report.queue_entry(discrepancy);
+    let (state, state_text, age_days) = match (error, entry) {
+        (Some(_), _) => ("failed", "correction failed".to_string(), 0),
+        (None, None) => ("new", "new tonight".to_string(), 0),
+        (None, Some(entry)) => match entry.state {
+            super::ReviewState::New => ("new", "new tonight".to_string(), entry.age_days),
+            super::ReviewState::Acknowledged => (
+                "acknowledged",
+                format!(
+                    "acknowledged, {}",
+                    plural(entry.age_days as u64, "day", "days")
+                ),
+                entry.age_days,
+            ),
+            _ => (
+                "open",
+                format!("open {}", plural(entry.age_days as u64, "day", "days")),
+                entry.age_days,
+            ),
+        },
+    };
     ReviewRow {
+        item_id: entry.map(|e| e.id.to_string()).unwrap_or_default(),
+        state,
+        state_text,
+        age_days,
+        at_stake: format_money(discrepancy.at_stake),
+        at_stake_number: discrepancy.at_stake.to_string(),
+        at_stake_cents: discrepancy.at_stake.cents(),
         student_id: discrepancy
             .student_id
             .map(|id| id.to_string())
