@@ -150,6 +150,7 @@ fn report_of(reconciliation: Reconciliation, run_id: i64) -> RunReport {
         dry_run: false,
         verdict: Verdict::from_reconciliation(&reconciliation, 0),
         scope_text: describe_scope(&Scope::everything()),
+        scope: Scope::everything(),
         reconciliation,
         corrected,
         failed_corrections: Vec::new(),

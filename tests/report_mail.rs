@@ -184,7 +184,7 @@ fn the_report_email_arrives(backend: Backend) {
     let raw = delivered(&maildir, &message_id);
     let message = MessageParser::default().parse(raw.as_slice()).unwrap();
     let subject = format!(
-        "[cpsync] {} — 2026-11-26 — Needs review (6)",
+        "[cpsync] {} — 2026-11-26 — Needs review (5)",
         report.district
     );
     assert_eq!(message.subject(), Some(subject.as_str()));

@@ -54,6 +54,10 @@ pub struct Args {
     /// Email the report even if this run's report was already sent.
     #[arg(long)]
     resend_email: bool,
+    /// Email the report of a dry or scoped run too (by default only a
+    /// whole-district run that applies its corrections mails the office).
+    #[arg(long)]
+    email: bool,
     /// Skip the report files and the email.
     #[arg(long)]
     no_report: bool,
@@ -62,6 +66,10 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let command_started = std::time::Instant::now();
     let mut conn = context.connect()?;
+    if let Some(refusal) = refuse_scope(&mut conn, &args)? {
+        eprintln!("cpsync: {refusal}; nothing was done");
+        return Ok(exit::USAGE);
+    }
     let held = lock::try_acquire(&context.database_url, DISTRICT_LOCK, None, utc_now())?;
     let mut district_lock = match held {
         Ok(lock) => lock,
@@ -95,11 +103,11 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         credit_review_after_days: i64::from(context.config.reports.credit_review_after_days),
         ..NightlyOptions::default()
     };
-    let trigger = if args.student.is_some() || args.from.is_some() || args.to.is_some() {
-        "scoped"
-    } else {
-        "manual"
-    };
+    let scoped = options.scope != Scope::everything();
+    let trigger = if scoped { "scoped" } else { "manual" };
+    // The office gets the whole-district run that applied its corrections;
+    // a dry or scoped run is mailed only when asked.
+    let mail_office = args.email || (!args.dry_run && !scoped);
     // Written under the lock, mailed after it is released.
     let mut mail: Option<(nightly_report::Prepared, bool)> = None;
     let ran = run_task(
@@ -151,6 +159,17 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let Some((prepared, succeeded)) = mail else {
         return ran;
     };
+    if !mail_office {
+        if !args.json {
+            out!(
+                "report {}\n  exceptions CSV {}\n  summary {}\n  not emailed: a dry or scoped run is mailed only with --email",
+                prepared.files.html.display(),
+                prepared.files.csv.display(),
+                prepared.files.json.display()
+            );
+        }
+        return ran;
+    }
     let resend = succeeded && args.resend_email;
     match nightly_report::deliver(context, &mut conn, &prepared, resend) {
         Ok(delivery) => {
@@ -169,6 +188,37 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             );
             ran.map(|_| exit::FAILURE)
         }
+    }
+}
+
+/// Why the asked scope cannot run (checked before the lock is taken):
+/// a reversed date range, or a student Genesis does not have.
+fn refuse_scope(conn: &mut crate::db::DbConnection, args: &Args) -> anyhow::Result<Option<String>> {
+    if let (Some(from), Some(to)) = (args.from, args.to) {
+        if from > to {
+            return Ok(Some(format!(
+                "the date range is reversed: --from {from} is after --to {to}"
+            )));
+        }
+    }
+    if let Some(student) = args.student {
+        let found = crate::db::genesis::load_students_by_ids(conn, &[student])?;
+        if found.records.is_empty() {
+            return Ok(Some(format!("Genesis has no student {student}")));
+        }
+    }
+    Ok(None)
+}
+
+/// One sentence on what the run examined; a scoped run never says "Full run".
+fn coverage_text(options: &NightlyOptions, result: &NightlyResult) -> String {
+    if options.scope == Scope::everything() {
+        result.coverage.describe()
+    } else {
+        format!(
+            "Scoped run ({}): every managed fee in that scope was examined; fees outside it were not.",
+            crate::report::describe_scope(&options.scope)
+        )
     }
 }
 
@@ -252,7 +302,7 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "dry_run": options.dry_run,
         "scope": {"from": options.scope.from, "to": options.scope.to, "student": options.scope.student},
         "coverage": result.coverage,
-        "coverage_text": result.coverage.describe(),
+        "coverage_text": coverage_text(options, result),
         "counts": {
             "genesis_records": accounting.genesis.records_in,
             "cp_records": accounting.community_pass.records_in,

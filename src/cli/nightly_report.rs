@@ -121,6 +121,7 @@ fn build(
         dry_run: input.dry_run,
         verdict,
         scope_text: scope_text(input),
+        scope: input.scope.clone(),
         phases: input
             .result
             .map(|r| {

@@ -198,17 +198,21 @@ impl<'c, 'a> Judge<'c, 'a> {
                 .map(|balance| (-balance).max(Money::ZERO))
                 .unwrap_or(Money::ZERO);
         }
-        let genesis = self.case.genesis_fee().map(|fee| {
-            crate::reconcile::genesis_balance(
-                fee.amount,
-                self.case.genesis_txns.iter().map(|(_, t)| *t),
-            )
-        });
-        let vendor = self.case.vendor_fee().map(|fee| fee.balance);
+        // The balance both sides will show once Community Pass's money is
+        // posted, against what Community Pass shows; equal balances put
+        // the money that moved (or the fee's amount) at stake.
+        let genesis = self.case.genesis_fee().and(self.projected_balance());
+        let vendor = self.case.vendor_fee();
+        let moved = vendor
+            .map(|fee| fee.paid - fee.refunded)
+            .filter(|m| *m > Money::ZERO);
         match (genesis, vendor) {
-            (Some(g), Some(v)) if g != v => (g - v).abs(),
-            (Some(g), Some(_)) => g.abs(),
-            (Some(one), None) | (None, Some(one)) => one.abs(),
+            (Some(g), Some(v)) if g != v.balance => (g - v.balance).abs(),
+            (_, Some(v)) => moved.unwrap_or(v.amount).abs(),
+            (Some(_), None) => self
+                .case
+                .genesis_fee()
+                .map_or(Money::ZERO, |f| f.amount.abs()),
             (None, None) => Money::ZERO,
         }
     }

@@ -231,6 +231,8 @@ pub struct RunReport {
     pub verdict: Verdict,
     /// What the run covered, e.g. "whole district, all dates" (`describe_scope`).
     pub scope_text: String,
+    /// The run's scope itself (a scoped run says so in the email subject).
+    pub scope: Scope,
     /// The core's answer, as found before corrections.
     pub reconciliation: Reconciliation,
     /// The planned discrepancies whose correction was applied.
@@ -360,6 +362,25 @@ impl RunReport {
             difference: self.difference(),
         }
     }
+}
+
+/// What the email subject adds for a run that is not the whole-district
+/// nightly: "dry run", "student 100052", "2026-09-01 to 2026-09-30".
+pub fn run_marks(dry_run: bool, scope: &Scope) -> Vec<String> {
+    let mut marks = Vec::new();
+    if dry_run {
+        marks.push("dry run".to_string());
+    }
+    if let Some(student) = scope.student {
+        marks.push(format!("student {student}"));
+    }
+    match (scope.from, scope.to) {
+        (None, None) => {}
+        (Some(from), Some(to)) => marks.push(format!("{from} to {to}")),
+        (Some(from), None) => marks.push(format!("from {from}")),
+        (None, Some(to)) => marks.push(format!("up to {to}")),
+    }
+    marks
 }
 
 /// A one-line description of a run's scope for `RunReport::scope_text`.

@@ -9,8 +9,8 @@ use chrono::{NaiveDate, NaiveDateTime};
 use crate::domain::{FeeId, StudentId, TxnKind, VendorTxn, VendorTxnId};
 use crate::money::Money;
 use crate::reconcile::{
-    Accounting, Action, Discrepancy, DiscrepancyKind, Reconciliation, Resolution, SideAccounting,
-    SideTotals, Totals,
+    Accounting, Action, Discrepancy, DiscrepancyKind, Reconciliation, Resolution, Scope,
+    SideAccounting, SideTotals, Totals,
 };
 
 use super::{
@@ -436,6 +436,7 @@ pub fn sample_report() -> RunReport {
         dry_run: false,
         verdict: Verdict::NeedsReview,
         scope_text: "whole district, all fee dates".to_string(),
+        scope: Scope::everything(),
         reconciliation: Reconciliation {
             discrepancies,
             accounting: accounting(),
