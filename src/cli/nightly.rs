@@ -21,6 +21,7 @@ use crate::db::runs::{RunCounts, RunStatus};
 use crate::db::settings;
 use crate::domain::StudentId;
 use crate::reconcile::Scope;
+use crate::report::ItemCounts;
 use crate::sync::nightly::{self, NightlyOptions, NightlyResult};
 use crate::sync::utc_now;
 
@@ -264,14 +265,40 @@ fn prepare_failure(
         .ok()
 }
 
+/// The run's counts in items (`report::ItemCounts`), from its outcomes:
+/// the same numbers the report counts from the same outcomes.
+pub fn item_counts(result: &NightlyResult) -> ItemCounts {
+    let mut counts = ItemCounts::default();
+    for (discrepancy, (outcome, _)) in result
+        .reconciliation
+        .discrepancies
+        .iter()
+        .zip(&result.outcomes)
+    {
+        match outcome {
+            Outcome::Corrected | Outcome::Planned => counts.corrected += 1,
+            Outcome::NeedsReview if !discrepancy.resolution.is_review() => counts.held += 1,
+            Outcome::NeedsReview | Outcome::Failed | Outcome::NotConverged => {
+                counts.needs_review += 1
+            }
+            Outcome::CreditOnAccount => counts.credits_on_account += 1,
+        }
+    }
+    counts.discrepancies = result.reconciliation.discrepancies.len() - counts.credits_on_account;
+    counts
+}
+
 fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -> TaskOutcome {
     let accounting = &result.reconciliation.accounting;
     let sides = [&accounting.genesis, &accounting.community_pass];
+    let items = item_counts(result);
+    // History keeps records in and matched (records), and the items
+    // corrected and needing review (held ones included: a person acts).
     let counts = RunCounts {
         records_in: sides.iter().map(|s| s.records_in as i64).sum(),
         matched: sides.iter().map(|s| s.matched as i64).sum(),
-        corrected: sides.iter().map(|s| s.corrected as i64).sum(),
-        needs_review: sides.iter().map(|s| s.needs_review as i64).sum(),
+        corrected: items.corrected as i64,
+        needs_review: (items.needs_review + items.held) as i64,
     };
     let not_converged = result.not_converged();
     let (status, exit_code) = if result.failed() > 0 {
@@ -303,13 +330,12 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "scope": {"from": options.scope.from, "to": options.scope.to, "student": options.scope.student},
         "coverage": result.coverage,
         "coverage_text": coverage_text(options, result),
-        "counts": {
-            "genesis_records": accounting.genesis.records_in,
-            "cp_records": accounting.community_pass.records_in,
+        "counts": items,
+        "failed_corrections": result.failed() + not_converged.len(),
+        "records": {
+            "genesis": accounting.genesis.records_in,
+            "community_pass": accounting.community_pass.records_in,
             "matched": counts.matched,
-            "corrected": counts.corrected,
-            "needs_review": counts.needs_review,
-            "actions_failed": result.failed(),
         },
         "accounting": accounting,
         "discrepancies": nightly::counts_by_kind(&result.reconciliation),
@@ -334,16 +360,25 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
 
 fn print_human(summary: &serde_json::Value) {
     let counts = &summary["counts"];
+    let records = &summary["records"];
+    let dry = summary["dry_run"] == true;
     out!(
-        "nightly run {}: {}{} — {} Genesis and {} Community Pass records: {} matched, {} corrected, {} need review",
+        "nightly run {}: {}{} — {} discrepancies: {} {}, {} need review, {} held; {} credits on account",
         summary["run_id"],
         summary["status"].as_str().unwrap_or("?"),
-        if summary["dry_run"] == true { " (dry run: nothing changed)" } else { "" },
-        counts["genesis_records"],
-        counts["cp_records"],
-        counts["matched"],
+        if dry { " (dry run: nothing changed)" } else { "" },
+        counts["discrepancies"],
         counts["corrected"],
+        if dry { "would be corrected" } else { "corrected" },
         counts["needs_review"],
+        counts["held"],
+        counts["credits_on_account"],
+    );
+    out!(
+        "  records read: {} Genesis and {} Community Pass, {} matched",
+        records["genesis"],
+        records["community_pass"],
+        records["matched"],
     );
     if let Some(coverage) = summary["coverage_text"].as_str() {
         out!("  {coverage}");

@@ -96,21 +96,22 @@ fn build(
         .result
         .map(|r| r.reconciliation.clone())
         .unwrap_or_else(empty_reconciliation);
-    let (corrected, failed) = outcomes(input.result);
+    let (corrected, failed, held) = outcomes(input.result);
     let not_converged = input.result.map_or(0, |r| r.not_converged().len());
     let verdict = match (&input.error, input.result) {
         (Some(_), _) | (None, None) => Verdict::Failed,
         (None, Some(result)) => Verdict::decide(
-            result.needs_review(),
-            failed.len(),
+            result.needs_review() - held.len(),
+            failed.len() + held.len(),
             not_converged,
             reconciliation.discrepancies.len() - result.credits(),
         ),
     };
-    let queue = match input.result {
+    let mut queue = match input.result {
         Some(result) => queue_report(context, conn, result)?,
-        None => Default::default(),
+        None => QueueReport::default(),
     };
+    queue.held = held;
     let (student_ids, fee_ids) = named_ids(&reconciliation.discrepancies);
     let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), 31)?);
     Ok(RunReport {
@@ -198,6 +199,7 @@ fn queue_report(
         credit_review_after_days: context.config.reports.credit_review_after_days,
         entries,
         resolved_by_run: result.queue.resolved_by_run,
+        held: Vec::new(),
     })
 }
 
@@ -253,12 +255,20 @@ fn empty_reconciliation() -> Reconciliation {
     }
 }
 
-fn outcomes(result: Option<&NightlyResult>) -> (Vec<Discrepancy>, Vec<FailedCorrection>) {
+/// The run's corrections made, failed (or not converged) and held.
+type Outcomes = (
+    Vec<Discrepancy>,
+    Vec<FailedCorrection>,
+    Vec<FailedCorrection>,
+);
+
+fn outcomes(result: Option<&NightlyResult>) -> Outcomes {
     let Some(result) = result else {
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), Vec::new());
     };
     let mut corrected = Vec::new();
     let mut failed = Vec::new();
+    let mut held = Vec::new();
     for (discrepancy, (outcome, error)) in result
         .reconciliation
         .discrepancies
@@ -271,10 +281,16 @@ fn outcomes(result: Option<&NightlyResult>) -> (Vec<Discrepancy>, Vec<FailedCorr
                 discrepancy: discrepancy.clone(),
                 error: error.clone().unwrap_or_default(),
             }),
+            Outcome::NeedsReview if !discrepancy.resolution.is_review() => {
+                held.push(FailedCorrection {
+                    discrepancy: discrepancy.clone(),
+                    error: error.clone().unwrap_or_default(),
+                })
+            }
             Outcome::NeedsReview | Outcome::Planned | Outcome::CreditOnAccount => {}
         }
     }
-    (corrected, failed)
+    (corrected, failed, held)
 }
 
 fn student_labels(

@@ -90,7 +90,8 @@ pub enum Delivery {
 /// The subject: `[cpsync] Springfield SD — 2026-11-26 — Needs review (3)`.
 pub fn subject(report: &RunReport) -> String {
     let label = verdict_label(report.verdict, report.dry_run);
-    let items = report.review_items().count() + report.failed_corrections.len();
+    let counts = report.item_counts();
+    let items = counts.needs_review + counts.held;
     let count = match report.verdict {
         Verdict::NeedsReview | Verdict::NotConverged => format!(" ({items})"),
         _ => String::new(),

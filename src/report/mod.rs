@@ -263,6 +263,24 @@ pub struct QueueReport {
     pub entries: BTreeMap<String, QueueEntry>,
     /// Items this run resolved automatically (their cause went away).
     pub resolved_by_run: usize,
+    /// Corrections held for a person: refused for a reason a retry cannot
+    /// fix (a handbook rule, or Community Pass said no), with why.
+    pub held: Vec<FailedCorrection>,
+}
+
+/// The counts people see, in items (discrepancies), under one name each
+/// everywhere (CLI, JSON, report, CSV, email, run history): corrected
+/// (in a dry run: would be), needing review (review items and failed or
+/// unconverged corrections), held; credits on account apart. Records
+/// appear only in the accounting identity, labelled as records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemCounts {
+    /// Every discrepancy found, credits on account not among them.
+    pub discrepancies: usize,
+    pub corrected: usize,
+    pub needs_review: usize,
+    pub held: usize,
+    pub credits_on_account: usize,
 }
 
 /// One stored review item as a row shows it.
@@ -328,6 +346,22 @@ impl RunReport {
         self.queue.entries.get(&key)
     }
 
+    /// The run's counts in items (`ItemCounts`).
+    pub fn item_counts(&self) -> ItemCounts {
+        let credits = self.queue.credits.len();
+        ItemCounts {
+            discrepancies: self
+                .reconciliation
+                .discrepancies
+                .len()
+                .saturating_sub(credits),
+            corrected: view::corrected_count(self),
+            needs_review: self.review_items().count() + self.failed_corrections.len(),
+            held: self.queue.held.len(),
+            credits_on_account: credits,
+        }
+    }
+
     /// The total of the credits on account.
     pub fn credit_total(&self) -> Money {
         self.queue
@@ -357,7 +391,10 @@ impl RunReport {
             run_id: self.run_id,
             date: self.date(),
             verdict: self.verdict,
-            needs_review: (self.review_items().count() + self.failed_corrections.len()) as u64,
+            needs_review: {
+                let counts = self.item_counts();
+                (counts.needs_review + counts.held) as u64
+            },
             corrected: self.corrected.len() as u64,
             difference: self.difference(),
         }

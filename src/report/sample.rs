@@ -129,6 +129,7 @@ fn queue(discrepancies: &[Discrepancy]) -> QueueReport {
         credit_review_after_days: 30,
         entries,
         resolved_by_run: 2,
+        held: Vec::new(),
     }
 }
 

@@ -57,8 +57,9 @@ fn failure_body(text: &mut String, view: &ReportView) {
 fn totals(text: &mut String, view: &ReportView) {
     let _ = writeln!(
         text,
-        "Need review: {}   {}: {}   Difference in balances due: {}",
+        "Need review: {}   Held: {}   {}: {}   Difference in balances due: {}",
         view.review_count,
+        view.held_count,
         if view.dry_run {
             "Would be corrected"
         } else {

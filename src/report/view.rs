@@ -50,6 +50,8 @@ pub struct ReportView {
     pub reviews: Vec<ReviewRow>,
     pub reviews_more: usize,
     pub review_count: usize,
+    /// Corrections held for a person (listed with the review items).
+    pub held_count: usize,
     /// Acknowledged items: counted, not listed in the HTML (the CSV has them).
     pub acknowledged_count: usize,
     pub new_count: usize,
@@ -182,7 +184,9 @@ pub struct AccountingRow {
 /// Builds the whole view of a report.
 pub fn report_view(report: &RunReport) -> ReportView {
     let reviews = review_rows(report);
-    let review_count = reviews.len();
+    let counts = report.item_counts();
+    let review_count = counts.needs_review;
+    let held_count = counts.held;
     let acknowledged_count = reviews.iter().filter(|r| r.state == "acknowledged").count();
     let new_count = reviews.iter().filter(|r| r.state == "new").count();
     let review_at_stake = format_money(Money::from_cents(
@@ -227,6 +231,7 @@ pub fn report_view(report: &RunReport) -> ReportView {
         reviews: listed.into_iter().take(REVIEW_ROWS_HTML_MAX).collect(),
         reviews_more: listed_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
         review_count,
+        held_count,
         acknowledged_count,
         new_count,
         review_at_stake,
@@ -497,9 +502,16 @@ pub fn review_rows(report: &RunReport) -> Vec<ReviewRow> {
         .failed_corrections
         .iter()
         .map(|f| review_row(report, &f.discrepancy, Some(&f.error)));
-    let mut rows: Vec<ReviewRow> = reviews.chain(failed).collect();
+    let held = report.queue.held.iter().map(|h| {
+        let mut row = review_row(report, &h.discrepancy, None);
+        row.state = "held";
+        row.state_text = "held".to_string();
+        row.reason = format!("Held: {}", h.error);
+        row
+    });
+    let mut rows: Vec<ReviewRow> = reviews.chain(failed).chain(held).collect();
     let rank = |state: &str| match state {
-        "failed" => 0,
+        "failed" | "held" => 0,
         "new" => 1,
         "open" => 2,
         _ => 3,
