@@ -87,6 +87,11 @@ fn counts_agree(backend: Backend) {
     assert_eq!(counts["credits_on_account"], 1, "{counts}");
     assert!(counts["corrected"].as_u64().unwrap() >= 2, "{counts}");
 
+    // The headline is the state after the run's corrections: only the
+    // $9.00 edited after a payment is left between the sides.
+    assert_eq!(cli["difference"], "9.00", "{backend:?}");
+    assert_ne!(cli["difference_before_corrections"], "9.00");
+
     // -summary.json: the same numbers under the same names.
     let summary_path = file_ending(reports.path(), "-summary.json");
     let summary: serde_json::Value =

@@ -151,6 +151,7 @@ fn report_of(reconciliation: Reconciliation, run_id: i64) -> RunReport {
         verdict: Verdict::from_reconciliation(&reconciliation, 0),
         scope_text: describe_scope(&Scope::everything()),
         scope: Scope::everything(),
+        totals_after: None,
         reconciliation,
         corrected,
         failed_corrections: Vec::new(),

@@ -224,7 +224,10 @@ fn the_report_email_arrives(backend: Backend) {
         "{text}"
     );
     let html = body("text/html");
-    assert!(html.contains("Needs review") && html.contains("$25.00"));
+    assert!(
+        html.contains("Needs review") && html.contains("$20.00"),
+        "the difference after corrections"
+    );
     assert!(
         !html.contains("Haddad, Omar"),
         "the email body names no student"

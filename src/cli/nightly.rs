@@ -234,6 +234,8 @@ fn record_report(
             let (report, files) = (&prepared.report, &prepared.files);
             outcome.summary["verdict"] = json!(report.verdict.as_str());
             outcome.summary["difference"] = json!(report.difference().to_string());
+            outcome.summary["difference_before_corrections"] =
+                json!(report.difference_before().to_string());
             outcome.summary["report"] = json!({
                 "html": files.html, "csv": files.csv, "json": files.json,
             });

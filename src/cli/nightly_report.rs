@@ -123,6 +123,7 @@ fn build(
         verdict,
         scope_text: scope_text(input),
         scope: input.scope.clone(),
+        totals_after: input.result.map(|r| r.totals_after),
         phases: input
             .result
             .map(|r| {

@@ -235,6 +235,9 @@ pub struct RunReport {
     pub scope: Scope,
     /// The core's answer, as found before corrections.
     pub reconciliation: Reconciliation,
+    /// Each side's totals after this run's own corrections (a dry run: as
+    /// they would be); the headline and the totals table show these.
+    pub totals_after: Option<crate::reconcile::Totals>,
     /// The planned discrepancies whose correction was applied.
     pub corrected: Vec<Discrepancy>,
     pub failed_corrections: Vec<FailedCorrection>,
@@ -313,11 +316,26 @@ pub struct ContactLabel {
 
 impl RunReport {
     /// The net balance due (outstanding − credit) in Genesis minus the same
-    /// in Community Pass, as found.
+    /// in Community Pass, after this run's corrections (as found when the
+    /// run has no totals after).
     pub fn difference(&self) -> Money {
-        let totals = &self.reconciliation.totals;
-        let net = |side: &crate::reconcile::SideTotals| side.outstanding - side.credit;
-        net(&totals.genesis) - net(&totals.community_pass)
+        net_difference(
+            self.totals_after
+                .as_ref()
+                .unwrap_or(&self.reconciliation.totals),
+        )
+    }
+
+    /// The same difference as found, before corrections.
+    pub fn difference_before(&self) -> Money {
+        net_difference(&self.reconciliation.totals)
+    }
+
+    /// The totals the headline and the totals table show: after corrections.
+    pub fn totals_shown(&self) -> &crate::reconcile::Totals {
+        self.totals_after
+            .as_ref()
+            .unwrap_or(&self.reconciliation.totals)
     }
 
     /// The items a person has to look at: review discrepancies, except
@@ -418,6 +436,11 @@ pub fn run_marks(dry_run: bool, scope: &Scope) -> Vec<String> {
         (None, Some(to)) => marks.push(format!("up to {to}")),
     }
     marks
+}
+
+fn net_difference(totals: &crate::reconcile::Totals) -> Money {
+    let net = |side: &crate::reconcile::SideTotals| side.outstanding - side.credit;
+    net(&totals.genesis) - net(&totals.community_pass)
 }
 
 /// A one-line description of a run's scope for `RunReport::scope_text`.

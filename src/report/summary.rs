@@ -23,6 +23,7 @@ pub fn summary_json(report: &RunReport) -> Value {
         "scope": report.scope_text,
         "verdict": report.verdict.as_str(),
         "difference": report.difference().to_string(),
+        "difference_before_corrections": report.difference_before().to_string(),
         "counts": report.item_counts(),
         "failed_corrections": report.failed_corrections.len(),
         "by_kind": counts_by_kind(report),

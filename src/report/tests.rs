@@ -96,11 +96,11 @@ fn the_report_shows_the_dollar_totals_and_the_difference() {
     let html = render_html(&sample_report()).unwrap();
     for shown in [
         "$48,215.00",
-        "$48,160.00",
-        "+$55.00",
-        "$30,137.50",
-        "-$35.00",
-        "Genesis shows $25.00 more due than Community Pass.",
+        "$8,462.50",
+        "-$20.00",
+        "after this run's corrections",
+        "Community Pass shows $20.00 more due than Genesis.",
+        "Before this run&#x27;s corrections: +$25.00",
         "Needs review",
         "Online payment not posted in Genesis",
         "Rivera, Ana",
@@ -293,7 +293,8 @@ fn files_are_private_and_named_by_date_and_run() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&files.json).unwrap()).unwrap();
     assert_eq!(json["verdict"], "needs_review");
-    assert_eq!(json["difference"], "25.00");
+    assert_eq!(json["difference"], "-20.00", "after corrections");
+    assert_eq!(json["difference_before_corrections"], "25.00");
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
         3,
@@ -380,7 +381,11 @@ fn the_trend_comes_from_run_history_newest_thirty() {
     assert_eq!(trend.first().unwrap().run_id, 11);
     let newest = trend.last().unwrap();
     assert_eq!((newest.run_id, newest.verdict), (40, Verdict::NeedsReview));
-    assert_eq!(newest.difference, crate::money::Money::from_cents(2500));
+    assert_eq!(
+        newest.difference,
+        crate::money::Money::from_cents(-2000),
+        "the difference after the run's corrections"
+    );
     assert_eq!(trend[0].verdict, Verdict::Corrected);
 }
 

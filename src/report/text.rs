@@ -71,7 +71,12 @@ fn totals(text: &mut String, view: &ReportView) {
     let _ = writeln!(text);
     let _ = writeln!(
         text,
-        "Totals (as found, before corrections; {})",
+        "Totals ({}; {})",
+        if view.totals_after {
+            "after this run's corrections"
+        } else {
+            "as found, before corrections"
+        },
         view.scope
     );
     let _ = writeln!(
@@ -87,6 +92,9 @@ fn totals(text: &mut String, view: &ReportView) {
         );
     }
     let _ = writeln!(text, "  {}", view.difference_sentence);
+    if !view.difference_before_sentence.is_empty() {
+        let _ = writeln!(text, "  {}", view.difference_before_sentence);
+    }
     let _ = writeln!(text);
 }
 

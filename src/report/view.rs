@@ -39,6 +39,11 @@ pub struct ReportView {
     pub verdict: VerdictView,
     pub difference: String,
     pub difference_sentence: String,
+    /// Whether the totals are after the run's corrections (else as found).
+    pub totals_after: bool,
+    pub difference_before: String,
+    /// The difference as found, and what the run's corrections made of it.
+    pub difference_before_sentence: String,
     pub totals: Vec<TotalsRow>,
     pub kinds: Vec<KindRow>,
     pub discrepancy_count: String,
@@ -213,6 +218,9 @@ pub fn report_view(report: &RunReport) -> ReportView {
         verdict: verdict_view(report),
         difference: format_money(report.difference().abs()),
         difference_sentence: difference_sentence(report.difference()),
+        totals_after: report.totals_after.is_some(),
+        difference_before: format_signed_money(report.difference_before()),
+        difference_before_sentence: difference_before_sentence(report),
         totals: totals_rows(report),
         kinds: kind_rows(report),
         discrepancy_count: format_count(
@@ -353,6 +361,28 @@ fn needs_review_sentence(reviews: u64, failed: u64, corrected: u64, dry_run: boo
 }
 
 /// How the net balance difference reads.
+/// The secondary line: the difference as found, before corrections.
+pub fn difference_before_sentence(report: &RunReport) -> String {
+    if report.totals_after.is_none() {
+        return String::new();
+    }
+    let before = report.difference_before();
+    let after = report.difference();
+    if before == after {
+        return "Before corrections the difference was the same.".to_string();
+    }
+    format!(
+        "Before {} corrections: {} (Genesis − Community Pass); the corrections moved it by {}.",
+        if report.dry_run {
+            "the planned"
+        } else {
+            "this run's"
+        },
+        format_signed_money(before),
+        format_signed_money(after - before)
+    )
+}
+
 pub fn difference_sentence(difference: Money) -> String {
     if difference.is_zero() {
         "The balances due agree to the cent.".to_string()
@@ -370,8 +400,8 @@ pub fn difference_sentence(difference: Money) -> String {
 }
 
 fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
-    let genesis = &report.reconciliation.totals.genesis;
-    let cp = &report.reconciliation.totals.community_pass;
+    let genesis = &report.totals_shown().genesis;
+    let cp = &report.totals_shown().community_pass;
     type Pick = fn(&SideTotals) -> Money;
     let rows: [(&str, &str, Pick); 9] = [
         ("Billed", "fee amounts", |s| s.billed),

@@ -137,6 +137,9 @@ pub struct NightlyResult {
     /// kinds still found: each correction on them is `NotConverged`.
     pub still_different: BTreeMap<FeeId, Vec<&'static str>>,
     pub coverage: RunCoverage,
+    /// Each side's totals after the run's own corrections (a dry run: as
+    /// they would be); `reconciliation.totals` are as found.
+    pub totals_after: crate::reconcile::Totals,
     /// The review queue as this run left it (or, for a scoped or dry run,
     /// as it found it).
     pub queue: QueueView,
@@ -152,6 +155,34 @@ pub struct QueueView {
     pub resolved_by_run: usize,
     /// Whether this run changed the queue (whole district, not dry).
     pub updated: bool,
+}
+
+/// Each side's totals once the run's own corrections are in: the ones
+/// applied (a dry run: the ones planned), modelled with the pure
+/// `apply_plan` over the snapshots the run read.
+fn totals_after(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    reconciliation: &Reconciliation,
+    outcomes: &[(Outcome, Option<String>)],
+    policy: &crate::reconcile::Policy,
+    scope: &Scope,
+) -> crate::reconcile::Totals {
+    let applied: Vec<Action> = reconciliation
+        .discrepancies
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, (o, _))| matches!(o, Outcome::Corrected | Outcome::Planned))
+        .filter_map(|(d, _)| match &d.resolution {
+            Resolution::Planned(action) => Some(action.clone()),
+            Resolution::NeedsReview { .. } => None,
+        })
+        .collect();
+    if applied.is_empty() {
+        return reconciliation.totals;
+    }
+    let (genesis, vendor) = crate::reconcile::apply_plan(genesis, vendor, &applied);
+    reconcile(&genesis, &vendor, policy, scope).totals
 }
 
 impl NightlyResult {
@@ -457,6 +488,14 @@ pub fn run(
         timer.lap("verify");
     }
     classify_credits(&reconciliation, &mut outcomes);
+    let totals_after = totals_after(
+        &genesis,
+        &vendor,
+        &reconciliation,
+        &outcomes,
+        &policy,
+        &options.scope,
+    );
     let reach = match (
         &coverage,
         options.scope == Scope::everything(),
@@ -507,6 +546,7 @@ pub fn run(
         remaining_after_apply,
         still_different,
         coverage,
+        totals_after,
         queue,
     })
 }
