@@ -16,6 +16,8 @@ use super::{RunReport, Verdict};
 
 /// At most this many needs-review rows in the HTML report; the CSV has all.
 pub const REVIEW_ROWS_HTML_MAX: usize = 500;
+/// At most this many rows of one kind in the HTML report; the CSV has all.
+pub const REVIEW_ROWS_PER_KIND_HTML: usize = 10;
 /// At most this many corrected rows in the HTML report.
 pub const CORRECTED_ROWS_HTML_MAX: usize = 200;
 
@@ -52,7 +54,8 @@ pub struct ReportView {
     pub corrected_count: String,
     pub corrected_heading: String,
     pub failed: Vec<FailedRow>,
-    pub reviews: Vec<ReviewRow>,
+    /// The listed review rows (acknowledged ones only counted), by kind.
+    pub review_groups: Vec<ReviewGroup>,
     pub reviews_more: usize,
     pub review_count: usize,
     /// Corrections held for a person (listed with the review items).
@@ -135,6 +138,62 @@ pub struct ReviewRow {
     pub at_stake_number: String,
     #[serde(skip)]
     at_stake_cents: i64,
+}
+
+/// The needs-review rows of one kind: a heading with the count and the
+/// dollars at stake, the first rows, and how many more are in the CSV.
+#[derive(Debug, Serialize)]
+pub struct ReviewGroup {
+    pub kind: &'static str,
+    pub kind_label: &'static str,
+    pub count: usize,
+    pub at_stake: String,
+    pub rows: Vec<ReviewRow>,
+    pub more: usize,
+}
+
+/// The listed rows grouped by kind: the kinds with the most urgent item
+/// first (failed or held, new, open), then the most dollars at stake; the
+/// rows inside in the order `review_rows` gives them.
+fn review_groups(rows: Vec<ReviewRow>) -> Vec<ReviewGroup> {
+    let mut by_kind: Vec<(&'static str, Vec<ReviewRow>)> = Vec::new();
+    for row in rows {
+        match by_kind.iter_mut().find(|(kind, _)| *kind == row.kind) {
+            Some((_, group)) => group.push(row),
+            None => by_kind.push((row.kind, vec![row])),
+        }
+    }
+    // `review_rows` sorted by urgency, so each group's first row is its most
+    // urgent and the groups arrive in urgency order; dollars break ties.
+    let urgency = |group: &[ReviewRow]| state_rank(group[0].state);
+    let cents = |group: &[ReviewRow]| group.iter().map(|r| r.at_stake_cents).sum::<i64>();
+    by_kind.sort_by_key(|(_, group)| (urgency(group), -cents(group)));
+    by_kind
+        .into_iter()
+        .map(|(kind, mut rows)| {
+            let count = rows.len();
+            let at_stake = format_money(Money::from_cents(cents(&rows)));
+            let kind_label = rows[0].kind_label;
+            rows.truncate(REVIEW_ROWS_PER_KIND_HTML);
+            ReviewGroup {
+                kind,
+                kind_label,
+                count,
+                at_stake,
+                more: count - rows.len(),
+                rows,
+            }
+        })
+        .collect()
+}
+
+fn state_rank(state: &str) -> u8 {
+    match state {
+        "failed" | "held" => 0,
+        "new" => 1,
+        "open" => 2,
+        _ => 3,
+    }
 }
 
 /// A family's credit on account, as the report shows it.
@@ -236,8 +295,8 @@ pub fn report_view(report: &RunReport) -> ReportView {
         corrected_count: format_count(corrected_count(report) as u64),
         corrected_heading: corrected_heading(report),
         failed,
-        reviews: listed.into_iter().take(REVIEW_ROWS_HTML_MAX).collect(),
         reviews_more: listed_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
+        review_groups: review_groups(listed.into_iter().take(REVIEW_ROWS_HTML_MAX).collect()),
         review_count,
         held_count,
         acknowledged_count,
@@ -540,13 +599,7 @@ pub fn review_rows(report: &RunReport) -> Vec<ReviewRow> {
         row
     });
     let mut rows: Vec<ReviewRow> = reviews.chain(failed).chain(held).collect();
-    let rank = |state: &str| match state {
-        "failed" | "held" => 0,
-        "new" => 1,
-        "open" => 2,
-        _ => 3,
-    };
-    rows.sort_by_key(|row| (rank(row.state), -row.age_days, -row.at_stake_cents));
+    rows.sort_by_key(|row| (state_rank(row.state), -row.age_days, -row.at_stake_cents));
     rows
 }
 
