@@ -115,9 +115,18 @@ fn counts_agree(backend: Backend) {
     assert_eq!(&stored["counts"], counts);
 
     // The CSV: one row per item needing a person (held ones included).
-    let csv = std::fs::read_to_string(file_ending(reports.path(), ".csv")).unwrap();
+    let csv = std::fs::read_to_string(file_ending(reports.path(), "-needs-review.csv")).unwrap();
     assert!(csv.starts_with('\u{feff}'), "a byte order mark for Excel");
     assert_eq!(csv.lines().count() as u64 - 1, waiting, "{csv}");
+
+    // The corrections CSV: one row per item corrected.
+    let corrections =
+        std::fs::read_to_string(file_ending(reports.path(), "-corrections.csv")).unwrap();
+    assert_eq!(
+        corrections.lines().count() as u64 - 1,
+        counts["corrected"].as_u64().unwrap(),
+        "{corrections}"
+    );
 
     // The email subject.
     let eml = std::fs::read_to_string(file_ending(reports.path(), ".eml")).unwrap();

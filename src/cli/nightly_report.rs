@@ -339,9 +339,10 @@ pub fn describe(files: &ReportFiles, delivery: &Delivery) -> String {
         }
     };
     format!(
-        "report {}\n  exceptions CSV {}\n  summary {}\n  {mail}",
+        "report {}\n  exceptions CSV {}\n  corrections CSV {}\n  summary {}\n  {mail}",
         files.html.display(),
         files.csv.display(),
+        files.corrections_csv.display(),
         files.json.display()
     )
 }

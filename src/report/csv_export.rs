@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::view::{review_rows, ReviewRow};
+use super::view::{all_corrected_rows, review_rows, ReviewRow};
 use super::{ReportError, RunReport};
 
 /// The CSV's header row.
@@ -55,6 +55,54 @@ pub fn review_csv(report: &RunReport) -> Result<Vec<u8>, ReportError> {
     writer.write_record(REVIEW_CSV_HEADER).map_err(failed)?;
     for row in review_rows(report) {
         writer.write_record(csv_cells(&row)).map_err(failed)?;
+    }
+    writer
+        .into_inner()
+        .map_err(|e| ReportError::Csv(e.error().to_string()))
+}
+
+/// The corrections CSV's header row.
+pub const CORRECTIONS_CSV_HEADER: [&str; 11] = [
+    "At stake",
+    "Student ID",
+    "Student",
+    "Fee ID",
+    "Fee",
+    "Issue",
+    "Issue code",
+    "Side changed",
+    "Before",
+    "After",
+    "What cpsync did",
+];
+
+/// Every correction made (a dry run: planned) as CSV bytes, with the
+/// values before → after; UTF-8 with a byte order mark, amounts as numbers.
+pub fn corrections_csv(report: &RunReport) -> Result<Vec<u8>, ReportError> {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(UTF8_BOM.as_bytes().to_vec());
+    let failed = |e: csv::Error| ReportError::Csv(e.to_string());
+    writer
+        .write_record(CORRECTIONS_CSV_HEADER)
+        .map_err(failed)?;
+    for row in all_corrected_rows(report) {
+        let texts = [
+            row.student_id.as_str(),
+            &row.student,
+            &row.fee_id,
+            &row.fee,
+            row.kind_label,
+            row.kind,
+            row.side,
+            &row.before,
+            &row.after,
+            &row.action,
+        ];
+        let cells: Vec<String> = std::iter::once(row.at_stake_number.clone())
+            .chain(texts.iter().map(|cell| neutralise_cell(cell).into_owned()))
+            .collect();
+        writer.write_record(cells).map_err(failed)?;
     }
     writer
         .into_inner()

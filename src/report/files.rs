@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{render_html, review_csv, summary_json, ReportError, RunReport};
+use super::{corrections_csv, render_html, review_csv, summary_json, ReportError, RunReport};
 
 /// File mode of every report file: owner read/write only.
 pub const FILE_MODE: u32 = 0o600;
@@ -21,6 +21,8 @@ pub struct ReportFiles {
     pub html: PathBuf,
     pub csv: PathBuf,
     pub json: PathBuf,
+    /// Every correction, values before → after.
+    pub corrections_csv: PathBuf,
 }
 
 impl ReportFiles {
@@ -43,9 +45,11 @@ pub fn write_report_files(dir: &Path, report: &RunReport) -> Result<ReportFiles,
         html: dir.join(format!("{stem}.html")),
         csv: dir.join(format!("{stem}-needs-review.csv")),
         json: dir.join(format!("{stem}-summary.json")),
+        corrections_csv: dir.join(format!("{stem}-corrections.csv")),
     };
     write_private_file(&files.html, render_html(report)?.as_bytes())?;
     write_private_file(&files.csv, &review_csv(report)?)?;
+    write_private_file(&files.corrections_csv, &corrections_csv(report)?)?;
     let summary = serde_json::to_vec_pretty(&summary_json(report))
         .map_err(|e| write_error(&files.json, &e))?;
     write_private_file(&files.json, &summary)?;

@@ -51,7 +51,7 @@ use crate::money::Money;
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
 pub use crate::review::ItemState as ReviewState;
 
-pub use csv_export::{neutralise_cell, review_csv};
+pub use csv_export::{corrections_csv, neutralise_cell, review_csv};
 pub use files::{report_file_stem, write_private_file, write_report_files, ReportFiles};
 pub use format::{format_duration_ms, format_money};
 pub use html::{render_email_html, render_html};

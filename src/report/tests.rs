@@ -282,7 +282,7 @@ fn files_are_private_and_named_by_date_and_run() {
     let files = write_report_files(&dir, &sample_report()).unwrap();
     let mode = |path: &std::path::Path| path.metadata().unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for path in [&files.html, &files.csv, &files.json] {
+    for path in [&files.html, &files.csv, &files.json, &files.corrections_csv] {
         assert_eq!(mode(path), 0o600, "{}", path.display());
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(
@@ -297,13 +297,19 @@ fn files_are_private_and_named_by_date_and_run() {
     assert_eq!(json["difference_before_corrections"], "25.00");
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        3,
+        4,
         "no temporary files left"
+    );
+    let corrections = std::fs::read_to_string(&files.corrections_csv).unwrap();
+    assert!(corrections.starts_with('\u{feff}'));
+    assert!(
+        corrections.contains("Community Pass,—,amount 45.00") || corrections.contains("Genesis,"),
+        "{corrections}"
     );
     write_report_files(&dir, &sample_report()).unwrap();
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        3,
+        4,
         "a rerun replaces"
     );
 }

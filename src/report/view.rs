@@ -214,9 +214,18 @@ pub struct CreditRow {
 #[derive(Debug, Serialize)]
 pub struct CorrectedRow {
     pub student: String,
+    pub student_id: String,
     pub fee: String,
+    pub fee_id: String,
+    pub kind: &'static str,
     pub kind_label: &'static str,
     pub action: String,
+    /// Which side the correction changed.
+    pub side: &'static str,
+    pub before: String,
+    pub after: String,
+    pub at_stake: String,
+    pub at_stake_number: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -720,6 +729,15 @@ fn fee_description(report: &RunReport, fee: Option<FeeId>) -> String {
 }
 
 fn corrected_rows(report: &RunReport) -> (Vec<CorrectedRow>, usize) {
+    let mut rows = all_corrected_rows(report);
+    let more = rows.len().saturating_sub(CORRECTED_ROWS_HTML_MAX);
+    rows.truncate(CORRECTED_ROWS_HTML_MAX);
+    (rows, more)
+}
+
+/// Every correction made (a dry run: planned), with the side it changed
+/// and the values before → after; the corrections CSV has them all.
+pub fn all_corrected_rows(report: &RunReport) -> Vec<CorrectedRow> {
     let source: Vec<&Discrepancy> = if report.dry_run {
         report
             .reconciliation
@@ -730,18 +748,49 @@ fn corrected_rows(report: &RunReport) -> (Vec<CorrectedRow>, usize) {
     } else {
         report.corrected.iter().collect()
     };
-    let more = source.len().saturating_sub(CORRECTED_ROWS_HTML_MAX);
-    let rows = source
+    source
         .into_iter()
-        .take(CORRECTED_ROWS_HTML_MAX)
-        .map(|d| CorrectedRow {
-            student: student_text(report, d.student_id),
-            fee: fee_text(report, d.fee_id),
-            kind_label: kind_label(d.kind),
-            action: resolution_text(&d.resolution),
+        .map(|d| {
+            let (side, before, after) = correction_change(d);
+            CorrectedRow {
+                student: student_text(report, d.student_id),
+                student_id: d.student_id.map(|s| s.to_string()).unwrap_or_default(),
+                fee: fee_text(report, d.fee_id),
+                fee_id: d.fee_id.map(|f| f.to_string()).unwrap_or_default(),
+                kind: d.kind.as_str(),
+                kind_label: kind_label(d.kind),
+                action: resolution_text(&d.resolution),
+                side,
+                before,
+                after,
+                at_stake: format_money(d.at_stake),
+                at_stake_number: d.at_stake.to_string(),
+            }
         })
-        .collect();
-    (rows, more)
+        .collect()
+}
+
+/// The side a correction changes and its values before → after: a push
+/// makes Community Pass show what Genesis holds, a posting puts Community
+/// Pass's transaction into Genesis, a lock makes the amount read-only.
+fn correction_change(d: &Discrepancy) -> (&'static str, String, String) {
+    let value = |v: &Option<String>| v.clone().unwrap_or_else(|| NO_VALUE.to_string());
+    match &d.resolution {
+        Resolution::Planned(crate::reconcile::Action::PushFee { .. }) => (
+            "Community Pass",
+            value(&d.cp_value),
+            value(&d.genesis_value),
+        ),
+        Resolution::Planned(crate::reconcile::Action::PostVendorTxn { .. }) => {
+            ("Genesis", value(&d.genesis_value), value(&d.cp_value))
+        }
+        Resolution::Planned(crate::reconcile::Action::LockAmount { .. }) => (
+            "Genesis",
+            "amount editable".to_string(),
+            "amount locked".to_string(),
+        ),
+        Resolution::NeedsReview { .. } => ("", value(&d.genesis_value), value(&d.cp_value)),
+    }
 }
 
 /// Corrections made (or, in a dry run, planned).
