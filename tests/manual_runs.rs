@@ -3,7 +3,8 @@
 //! (aiosmtpd): a dry run and a `--student` run write their report but send
 //! no mail unless `--email` is given; a reversed date range or an unknown
 //! student is refused (exit 2) before anything runs; a scoped run never
-//! says "Full run".
+//! says "Full run"; a report or email that fails is recorded on the run
+//! ("report failed: …", "mail failed: …").
 
 mod common;
 
@@ -130,4 +131,68 @@ fn sqlite_manual_runs_do_not_mail_the_office() {
 #[test]
 fn postgres_manual_runs_do_not_mail_the_office() {
     manual_runs_do_not_mail_the_office(Backend::Postgres);
+}
+
+fn config_with(reports: &std::path::Path, smtp_port: u16) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "district = \"Failures SD\"\n[reports]\ndir = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\nfrom = \"cpsync@failures.example\"\nto = [\"office@failures.example\"]\ntimeout_secs = 5",
+        reports.display()
+    )
+    .unwrap();
+    file
+}
+
+fn latest_nightly(world: &World) -> runs::RunRecord {
+    runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 1).unwrap()[0].clone()
+}
+
+fn report_and_mail_failures_are_recorded(backend: Backend) {
+    let world = World::new(backend, 12, 9);
+    // A mail server that is not there.
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let reports = tempfile::tempdir().unwrap();
+    let config = config_with(reports.path(), closed_port);
+    let (code, _, err) = nightly(&world, config.path(), &[]);
+    assert_eq!(code, 1, "{backend:?}: {err}");
+    let run = latest_nightly(&world);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("mail failed: "),
+        "{backend:?}: {run:?}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(run.summary_json.as_deref().unwrap()).unwrap();
+    assert_eq!(summary["report_failure"]["stage"], "mail");
+
+    // A report folder that cannot be created (a file is in the way).
+    let blocked = reports.path().join("not-a-folder");
+    std::fs::write(&blocked, b"x").unwrap();
+    let config = config_with(&blocked.join("reports"), closed_port);
+    let (code, _, err) = nightly(&world, config.path(), &[]);
+    assert_eq!(code, 1, "{backend:?}: {err}");
+    let run = latest_nightly(&world);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("report failed: "),
+        "{backend:?}: {run:?}"
+    );
+}
+
+#[test]
+fn sqlite_report_and_mail_failures_are_recorded_on_the_run() {
+    report_and_mail_failures_are_recorded(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_report_and_mail_failures_are_recorded_on_the_run() {
+    report_and_mail_failures_are_recorded(Backend::Postgres);
 }

@@ -17,7 +17,7 @@ use super::task::{self, run_task, TaskOutcome};
 use super::{exit, Context};
 use crate::db::discrepancies::Outcome;
 use crate::db::lock::{self, DISTRICT_LOCK};
-use crate::db::runs::{RunCounts, RunStatus};
+use crate::db::runs::{self, RunCounts, RunStatus};
 use crate::db::settings;
 use crate::domain::StudentId;
 use crate::reconcile::Scope;
@@ -111,6 +111,8 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mail_office = args.email || (!args.dry_run && !scoped);
     // Written under the lock, mailed after it is released.
     let mut mail: Option<(nightly_report::Prepared, bool)> = None;
+    // A report that could not be written: recorded on the run once it is.
+    let mut report_failed: Option<(i64, String)> = None;
     let ran = run_task(
         &mut conn,
         task::NIGHTLY_SYNC,
@@ -142,6 +144,9 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 let report_started = std::time::Instant::now();
                 let input = report_input(Some(&result), None);
                 let prepared = nightly_report::prepare(context, conn, &input);
+                if let Err(error) = &prepared {
+                    report_failed = Some((run_id, super::one_line_chain(error)));
+                }
                 mail = record_report(&mut outcome, prepared).map(|p| (p, true));
                 outcome.summary["report_ms"] = json!(report_started.elapsed().as_millis() as u64);
             }
@@ -157,6 +162,11 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     // The run and its corrections are recorded: free the district before
     // talking to a mail server that may be slow.
     drop(district_lock);
+    if let Some((run_id, reason)) = &report_failed {
+        if let Err(error) = runs::note_report_failure(&mut conn, *run_id, "report", reason) {
+            eprintln!("cpsync: could not record the report failure on run {run_id}: {error}");
+        }
+    }
     let Some((prepared, succeeded)) = mail else {
         return ran;
     };
@@ -183,10 +193,12 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             ran
         }
         Err(error) => {
-            eprintln!(
-                "cpsync: the report was written but could not be sent: {}",
-                super::one_line_chain(&error)
-            );
+            let reason = super::one_line_chain(&error);
+            eprintln!("cpsync: the report was written but could not be sent: {reason}");
+            let run_id = prepared.report.run_id;
+            if let Err(error) = runs::note_report_failure(&mut conn, run_id, "mail", &reason) {
+                eprintln!("cpsync: could not record the mail failure on run {run_id}: {error}");
+            }
             ran.map(|_| exit::FAILURE)
         }
     }
