@@ -156,8 +156,8 @@ fn report_and_mail_failures_are_recorded(backend: Backend) {
         listener.local_addr().unwrap().port()
     };
     let reports = tempfile::tempdir().unwrap();
-    let config = config_with(reports.path(), closed_port);
-    let (code, _, err) = nightly(&world, config.path(), &[]);
+    let failing = config_with(reports.path(), closed_port);
+    let (code, _, err) = nightly(&world, failing.path(), &[]);
     assert_eq!(code, 1, "{backend:?}: {err}");
     let run = latest_nightly(&world);
     assert!(
@@ -171,11 +171,35 @@ fn report_and_mail_failures_are_recorded(backend: Backend) {
         serde_json::from_str(run.summary_json.as_deref().unwrap()).unwrap();
     assert_eq!(summary["report_failure"]["stage"], "mail");
 
+    // Once the mail server is back, `report --run` rebuilds and sends it.
+    let domain = format!("rebuilt-{}-{backend:?}.example", std::process::id()).to_lowercase();
+    let working = config(reports.path(), &domain);
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(working.path())
+        .args(["--database-url", &world.db.url_text])
+        .args(["report", "--run", &run.id.to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{backend:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        messages_from(&domain),
+        1,
+        "{backend:?}: the report was sent"
+    );
+
     // A report folder that cannot be created (a file is in the way).
     let blocked = reports.path().join("not-a-folder");
     std::fs::write(&blocked, b"x").unwrap();
-    let config = config_with(&blocked.join("reports"), closed_port);
-    let (code, _, err) = nightly(&world, config.path(), &[]);
+    let blocked_config = config_with(&blocked.join("reports"), closed_port);
+    let (code, _, err) = nightly(&world, blocked_config.path(), &[]);
     assert_eq!(code, 1, "{backend:?}: {err}");
     let run = latest_nightly(&world);
     assert!(

@@ -16,6 +16,7 @@ mod nightly;
 mod nightly_report;
 mod portal_view;
 mod preflight;
+mod report;
 mod review;
 mod runs;
 mod seed;
@@ -154,6 +155,8 @@ pub enum Command {
     Lock(lock::Args),
     /// The review queue: list, show, acknowledge or resolve items needing a person.
     Review(review::Args),
+    /// Rebuild a nightly run's report files and send its email (again with --resend).
+    Report(report::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -251,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::PortalView(args) => portal_view::run(&context, args),
         Command::Lock(args) => lock::run(&context, args),
         Command::Review(args) => review::run(&context, args),
+        Command::Report(args) => report::run(&context, args),
     }
 }
 

@@ -52,7 +52,9 @@ use crate::reconcile::{Discrepancy, Reconciliation, Scope};
 pub use crate::review::ItemState as ReviewState;
 
 pub use csv_export::{corrections_csv, neutralise_cell, review_csv};
-pub use files::{report_file_stem, write_private_file, write_report_files, ReportFiles};
+pub use files::{
+    report_file_stem, stored_report, write_private_file, write_report_files, ReportFiles,
+};
 pub use format::{format_duration_ms, format_money};
 pub use html::{render_email_html, render_html};
 pub use labels::{action_label, kind_label};
@@ -220,8 +222,9 @@ pub struct TrendPoint {
 }
 
 /// Everything one report shows. Plain data: the shell fills it, the
-/// renderers only read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// renderers only read it. Stored beside the report (`-report.json`), so
+/// `cpsync report --run ID` can rebuild and resend it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunReport {
     pub district: String,
     pub run_id: i64,
@@ -255,7 +258,7 @@ pub struct RunReport {
 }
 
 /// The review queue as the report shows it (DESIGN.md §6).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueReport {
     /// Credits on account (overpayments both systems agree on), not
     /// discrepancies unless older than `credit_review_after_days`.

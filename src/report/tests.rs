@@ -282,7 +282,13 @@ fn files_are_private_and_named_by_date_and_run() {
     let files = write_report_files(&dir, &sample_report()).unwrap();
     let mode = |path: &std::path::Path| path.metadata().unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for path in [&files.html, &files.csv, &files.json, &files.corrections_csv] {
+    for path in [
+        &files.html,
+        &files.csv,
+        &files.json,
+        &files.corrections_csv,
+        &files.report_json,
+    ] {
         assert_eq!(mode(path), 0o600, "{}", path.display());
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(
@@ -297,7 +303,7 @@ fn files_are_private_and_named_by_date_and_run() {
     assert_eq!(json["difference_before_corrections"], "25.00");
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        4,
+        5,
         "no temporary files left"
     );
     let corrections = std::fs::read_to_string(&files.corrections_csv).unwrap();
@@ -306,10 +312,16 @@ fn files_are_private_and_named_by_date_and_run() {
         corrections.contains("Community Pass,—,amount 45.00") || corrections.contains("Genesis,"),
         "{corrections}"
     );
+    assert_eq!(
+        stored_report(&dir, 42).unwrap(),
+        Some(sample_report()),
+        "the stored report reads back whole"
+    );
+    assert_eq!(stored_report(&dir, 43).unwrap(), None);
     write_report_files(&dir, &sample_report()).unwrap();
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        4,
+        5,
         "a rerun replaces"
     );
 }
