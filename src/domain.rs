@@ -292,6 +292,46 @@ pub struct VendorTxn {
     pub reverses: Option<VendorTxnId>,
 }
 
+impl VendorTxn {
+    /// Whether two deliveries are the same record: everything but their
+    /// position on the cursor agrees. Two copies of one id that are not the
+    /// same record are conflicting copies, kept as evidence and never posted.
+    pub fn same_record(&self, other: &VendorTxn) -> bool {
+        self.id == other.id
+            && self.genesis_fee_id == other.genesis_fee_id
+            && self.vendor_fee_id == other.vendor_fee_id
+            && self.student_id == other.student_id
+            && self.kind == other.kind
+            && self.amount == other.amount
+            && self.method == other.method
+            && self.occurred_at == other.occurred_at
+            && self.reverses == other.reverses
+    }
+
+    /// The record in words, for a person comparing copies.
+    pub fn describe(&self) -> String {
+        let fee = self
+            .genesis_fee_id
+            .map_or_else(|| "no Genesis fee".to_string(), |fee| format!("fee {fee}"));
+        let student = self
+            .student_id
+            .map_or_else(|| "no student".to_string(), |s| format!("student {s}"));
+        let reverses = self
+            .reverses
+            .as_ref()
+            .map_or_else(String::new, |r| format!(", reverses {r}"));
+        format!(
+            "{} {} on {fee} ({}) for {student} at {} by {} (sequence {}{reverses})",
+            self.kind,
+            self.amount,
+            self.vendor_fee_id,
+            self.occurred_at,
+            self.method,
+            self.sequence
+        )
+    }
+}
+
 /// What the engine pushes for one Genesis fee (the body of a fee upsert).
 ///
 /// `genesis_credit` is what Genesis recorded itself: manual payments and

@@ -119,9 +119,10 @@ fn fee_lines(inputs: &PortalInputs, student: StudentId) -> Vec<FeeLine> {
         .collect()
 }
 
-/// A fine with no due date is due at once.
+/// Past its due date; a fee with no due date is never overdue (nearly
+/// every family has a cafeteria charge without one).
 fn is_past_due(due_date: Option<NaiveDate>, today: NaiveDate) -> bool {
-    due_date.is_none_or(|due| due < today)
+    due_date.is_some_and(|due| due < today)
 }
 
 /// Applies the portal rules.
@@ -178,7 +179,7 @@ fn lock_reasons(students: &[StudentView], cp_other: Money, options: &PortalOptio
                     _ => String::new(),
                 };
                 reasons.push(format!(
-                    "{}: {} has ${} outstanding{when}",
+                    "Genesis fine: {}: {} has ${} outstanding{when}",
                     student.name, fee.description, fee.balance
                 ));
             }
@@ -186,7 +187,7 @@ fn lock_reasons(students: &[StudentView], cp_other: Money, options: &PortalOptio
     }
     if options.lock_out_on_balance && cp_other.is_positive() {
         reasons.push(format!(
-            "Community Pass balance of ${cp_other} for fees not in Genesis"
+            "Community Pass balance of ${cp_other} for fees not in Genesis (lock_out_on_balance is on)"
         ));
     }
     reasons
@@ -318,9 +319,16 @@ mod tests {
             locked: true,
             ..base()
         });
-        // No due date: due at once.
+        // No due date: never overdue, so grace keeps the portal open...
         check(Case {
             fees: open(None),
+            locked: false,
+            ..base()
+        });
+        // ...and without grace it locks like any outstanding fine.
+        check(Case {
+            fees: open(None),
+            grace: false,
             locked: true,
             ..base()
         });

@@ -137,6 +137,7 @@ fn tally(report: &mut ActivityReport, fees: &[SentFee], outcomes: &[ActionOutcom
         match outcome {
             ActionOutcome::Transaction(txn) => count_txn(report, fees, txn),
             ActionOutcome::UnmanagedFee(_) => report.unmanaged_fees += 1,
+            ActionOutcome::FaultSet => {}
         }
     }
 }
@@ -183,7 +184,7 @@ pub fn drive_parents(
         .iter()
         .filter_map(|o| match o {
             ActionOutcome::Transaction(t) => Some(t.clone()),
-            ActionOutcome::UnmanagedFee(_) => None,
+            ActionOutcome::UnmanagedFee(_) | ActionOutcome::FaultSet => None,
         })
         .collect();
     let second = act_in_chunks(admin, second_wave(&payments, &mut rng))?;

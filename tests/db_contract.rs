@@ -439,3 +439,73 @@ fn sqlite_links_record_pushes_and_locks() {
 fn postgres_links_record_pushes_and_locks() {
     links_record_pushes_and_locks(Backend::Postgres);
 }
+
+/// The first error is the one shown: when the database already rolled the
+/// transaction back by itself (SQLite does on a full disk), the failed
+/// rollback that follows must not replace what went wrong.
+#[test]
+fn a_failed_write_transaction_reports_its_own_error() {
+    use diesel::connection::SimpleConnection;
+    for backend in BACKENDS {
+        let test_db = TestDb::migrated(backend);
+        let mut conn = test_db.connect();
+        let result: Result<(), cpsync::db::DbError> =
+            cpsync::db::write_transaction(&mut conn, |conn| {
+                conn.batch_execute("ROLLBACK").unwrap();
+                Err(cpsync::db::DbError::InvalidRow {
+                    table: "fee_transactions",
+                    key: "T1".to_string(),
+                    reason: "database or disk is full".to_string(),
+                })
+            });
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("database or disk is full"),
+            "{backend:?}: {message}"
+        );
+        // The connection is usable afterwards, transactions included.
+        conn.batch_execute("SELECT 1").unwrap();
+        let again: Result<i32, cpsync::db::DbError> =
+            cpsync::db::write_transaction(&mut conn, |conn| {
+                conn.batch_execute("SELECT 1")?;
+                Ok(1)
+            });
+        assert_eq!(again.unwrap(), 1, "{backend:?}");
+    }
+}
+
+/// `migrate` under the usual umask 022 still creates the SQLite file (and
+/// its WAL files) owner-only: it holds student data.
+#[test]
+fn migrate_creates_an_owner_only_sqlite_file_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cpsync.db");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 022 && exec '{}' --database-url 'sqlite://{}' migrate",
+            env!("CARGO_BIN_EXE_cpsync"),
+            path.display()
+        ))
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut checked = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("cpsync.db{suffix}"));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}

@@ -106,3 +106,57 @@ fn smtp_settings_that_cannot_work_stop_the_nightly_before_it_applies_anything() 
         assert!(!lock::status(&world.db.url, DISTRICT_LOCK).unwrap().held());
     }
 }
+
+/// A mail server that trickles its greeting, a byte every 400 ms, for ever:
+/// lettre's timeout is per read, so without a whole-send deadline the
+/// conversation would never end. The nightly gives up after
+/// `SEND_DEADLINE_READS` × `smtp.timeout_secs`, says so in words, and
+/// exits 1 (the run itself is recorded).
+#[test]
+fn a_trickling_mail_server_cannot_stretch_the_send() {
+    use std::io::Read;
+    let world = World::new(Backend::Sqlite, 12, 6);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, on_accept) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = accepted.send(std::time::Instant::now());
+            std::thread::spawn(move || {
+                let greeting = b"220 slow.example ESMTP ".iter().cycle();
+                for byte in greeting.take(10_000) {
+                    if stream.write_all(&[*byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(400));
+                    let _ = stream.set_nonblocking(true);
+                    let _ = stream.read(&mut [0u8; 64]);
+                    let _ = stream.set_nonblocking(false);
+                }
+            });
+        }
+    });
+    let reports = tempfile::tempdir().unwrap();
+    let config = config(reports.path(), "127.0.0.1", port);
+    let text = std::fs::read_to_string(config.path())
+        .unwrap()
+        .replace("timeout_secs = 30", "timeout_secs = 1");
+    std::fs::write(config.path(), text).unwrap();
+    let child = nightly(&world, config.path()).spawn().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let mail_started = on_accept.try_recv().expect("the nightly reached the email");
+    let mail_took = mail_started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not finish within 4 s"),
+        "the deadline is named: {stderr}"
+    );
+    assert!(
+        mail_took < Duration::from_secs(20),
+        "the send took {mail_took:?} (deadline 4 s)"
+    );
+    let recorded = nightly_runs(&world);
+    assert_ne!(recorded[0].status, "running");
+}

@@ -465,11 +465,23 @@ fn fees_agree_field_by_field(
         .map(|fee| (fee.genesis_fee_id.0, fee))
         .collect();
     let genesis_ids: HashSet<i64> = fees.iter().map(|fee| fee.id).collect();
+    // Fees the sending policy no longer covers are frozen: never pushed
+    // again, so they may rightly differ (a review item says so).
+    let policy = cpsync::db::settings::load_setup(&mut conn)?.policy();
+    let frozen: HashSet<i64> = cpsync::db::genesis::load_fees(&mut conn, None)?
+        .records
+        .iter()
+        .filter(|fee| policy.eligibility(fee).is_err())
+        .map(|fee| fee.id.0)
+        .collect();
     let mut compared = 0;
     for fee in &fees {
         let Some(link) = links.get(&fee.id).filter(|l| l.vendor_fee_id.is_some()) else {
             continue;
         };
+        if frozen.contains(&fee.id) {
+            continue;
+        }
         let Some(shown) = vendor.get(&fee.id) else {
             found.push(format!(
                 "fee {}: sent, but Community Pass does not list it",

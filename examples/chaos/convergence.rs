@@ -4,8 +4,9 @@
 //! date, an unpaid or paid fee deleted, a fee waived without a waiver row,
 //! an office refund (a Genesis credit below zero), an amount edited after a
 //! Community Pass payment (Community Pass refuses the push: it is held),
-//! guardian links added and removed, and a payment on a fee that exists
-//! only in Community Pass. Half the time the pushes of these changes are
+//! guardian links added and removed, a payment on a fee that exists
+//! only in Community Pass, and (a quarter of the time) the cutoff moved
+//! later, freezing the sent fees dated before it. Half the time the pushes of these changes are
 //! lost, so the nightly must find them. The finish then requires both sides
 //! to agree fee by fee in every field (`checks::fees_agree_field_by_field`).
 
@@ -22,6 +23,8 @@ use crate::world::World;
 
 /// The office actions injected into one scenario, at most one per fee.
 const ACTIONS_MAX: usize = 8;
+/// How often a scenario also moves the cutoff (freezing sent fees).
+const POLICY_CHANGE_CHANCE: f64 = 0.25;
 
 /// One office action on one fee (or its student).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,24 @@ pub fn inject(
             }
         };
         conn.batch_execute(&sql)?;
+        result.office_actions += 1;
+    }
+    if rng.gen_bool(POLICY_CHANGE_CHANCE) {
+        // The district moves its cutoff later: fees already sent
+        // and now before it are frozen, never pushed again; the nightly
+        // must stay quiet about those both sides agree on.
+        let cutoff = if rng.gen_bool(0.5) {
+            "2026-10-15"
+        } else {
+            "2026-09-15"
+        };
+        let ended = world.engine.run(&["setup", "cutoff", cutoff])?;
+        if !ended.succeeded() {
+            result.violations.push(format!(
+                "setup cutoff {cutoff} exited {:?}: {}",
+                ended.code, ended.stderr
+            ));
+        }
         result.office_actions += 1;
     }
     if rng.gen_bool(0.5) {

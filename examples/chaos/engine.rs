@@ -138,6 +138,38 @@ impl Engine {
     pub fn run(&self, args: &[&str]) -> anyhow::Result<Ended> {
         self.spawn(args, &[])?.wait(None)
     }
+
+    /// Runs `cpsync GLOBALS ARGS` whose reader of standard output has gone
+    /// away before it writes (`cpsync runs --json | head -0`): the writes
+    /// meet a closed pipe. Its stdout is not kept.
+    pub fn run_with_closed_stdout(&self, args: &[&str]) -> anyhow::Result<Ended> {
+        let number = self.runs.fetch_add(1, Ordering::SeqCst);
+        let label = format!("{number:03} cpsync {} | (closed)", args.join(" "));
+        let err = self.log_dir.join(format!("{number:03}-closed-pipe.err"));
+        let mut command = Command::new(&self.bin);
+        command
+            .args(&self.globals)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("CPSYNC_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&err)?);
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn()?;
+        drop(child.stdout.take()); // the reader is gone
+        Running {
+            child,
+            label,
+            started: Instant::now(),
+            out: self.log_dir.join(format!("{number:03}-closed-pipe.out")),
+            err,
+        }
+        .wait(None)
+    }
 }
 
 impl Running {

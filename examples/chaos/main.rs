@@ -63,6 +63,11 @@ pub struct Args {
     /// Keep every scenario folder (by default only failing ones are kept).
     #[arg(long)]
     keep: bool,
+    /// Run every scenario on SQLite: without it, a campaign with no
+    /// PostgreSQL server (`--database-url` or `CPSYNC_TEST_PG_URL`) is
+    /// refused rather than silently covering one backend.
+    #[arg(long, conflicts_with = "database_url")]
+    sqlite_only: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +83,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        args.database_url.is_some() || args.sqlite_only,
+        "no PostgreSQL server for the campaign: give --database-url (or CPSYNC_TEST_PG_URL), or --sqlite-only to run every scenario on SQLite"
+    );
     anyhow::ensure!(
         (1..=SCENARIOS_MAX).contains(&args.scenarios),
         "--scenarios must be 1..={SCENARIOS_MAX}"

@@ -124,6 +124,12 @@ impl<'a> Scenario<'a> {
     fn play(mut self) -> anyhow::Result<()> {
         self.world.setup()?;
         self.watch_available = self.world.engine.run(&["watch", "--help"])?.code == Some(0);
+        if !self.watch_available {
+            // A stage the campaign claims to run must run: no silent skip.
+            self.result
+                .violations
+                .push("`cpsync watch --help` failed, so watch could not be run".to_string());
+        }
         self.world.admin.set_faults(&self.faults)?;
         self.send_fees_under_kills()?;
         self.parents_and_drift()?;
@@ -139,6 +145,8 @@ impl<'a> Scenario<'a> {
         crate::hostile::check_handled(self.world, &final_run, self.result)?;
         crate::checks::all(self.world, final_run, self.result)?;
         self.lock_refuses_a_second_nightly()?;
+        self.closed_pipes_end_quietly()?;
+        self.stale_lock_rows_are_handled()?;
         crate::secrets::scan(self.world, self.result)?;
         Ok(())
     }
@@ -395,6 +403,100 @@ impl<'a> Scenario<'a> {
             ));
         }
         Ok(further)
+    }
+
+    /// Commands whose standard output is closed before they write (a
+    /// pipe into `head`) end with their normal code, never a panic, and
+    /// leave no run "running".
+    fn closed_pipes_end_quietly(&mut self) -> anyhow::Result<()> {
+        for args in [
+            &["runs", "--json"][..],
+            &["nightly", "--dry-run", "--json", "--no-report"][..],
+            &["unprocessed", "--json"][..],
+        ] {
+            let ended = self.world.engine.run_with_closed_stdout(args)?;
+            if let Some(crash) = ended.crashed(false) {
+                self.result.violations.push(crash);
+            } else if !ended.succeeded() {
+                self.result.violations.push(format!(
+                    "{} with its output closed exited {:?}: {}",
+                    ended.label,
+                    ended.code,
+                    tail(&ended.stderr)
+                ));
+            }
+        }
+        let mut conn = self.world.connect()?;
+        let running: i64 = {
+            use cpsync::db::schema::cp_runs::dsl::*;
+            cp_runs
+                .filter(status.eq("running"))
+                .count()
+                .get_result(&mut conn)?
+        };
+        if running > 0 {
+            self.result.violations.push(format!(
+                "{running} run(s) left \"running\" after commands whose output was closed"
+            ));
+        }
+        self.result.closed_pipe_runs += 3;
+        Ok(())
+    }
+
+    /// A lock row left by a process that is gone is taken over by the next
+    /// nightly; one from another host is refused (exit 4) until `lock
+    /// release --force`, after which the nightly runs.
+    fn stale_lock_rows_are_handled(&mut self) -> anyhow::Result<()> {
+        use cpsync::db::schema::cp_locks::dsl::*;
+        use diesel::connection::SimpleConnection;
+        let host = cpsync::db::owner::host_name();
+        let dead_pid = 4_194_303; // above any pid_max in use
+        let mut conn = self.world.connect()?;
+        let stale = |conn: &mut cpsync::db::DbConnection, who: &str, id: i64| {
+            conn.batch_execute("DELETE FROM cp_locks WHERE name = 'district'")?;
+            diesel::insert_into(cp_locks)
+                .values((
+                    name.eq("district"),
+                    holder.eq(who),
+                    pid.eq(id),
+                    acquired_at.eq(chrono::NaiveDate::from_ymd_opt(2026, 11, 1)
+                        .and_then(|d| d.and_hms_opt(2, 0, 0))
+                        .expect("a valid time")),
+                ))
+                .execute(conn)?;
+            anyhow::Ok(())
+        };
+        stale(&mut conn, &format!("{host}:{dead_pid}"), dead_pid)?;
+        let ended = self.world.engine.run(&["nightly", "--no-report"])?;
+        if !ended.succeeded() {
+            self.result.violations.push(format!(
+                "a nightly after a dead process's lock row exited {:?}: {}",
+                ended.code,
+                tail(&ended.stderr)
+            ));
+        }
+        stale(&mut conn, "another-host.example:4242", 4242)?;
+        let refused = self.world.engine.run(&["nightly", "--no-report"])?;
+        let released = self.world.engine.run(&["lock", "release", "--force"])?;
+        let after = self.world.engine.run(&["nightly", "--no-report"])?;
+        // On PostgreSQL the advisory lock is the truth (the server frees it
+        // when its session dies): a row without it is taken over at once.
+        let expected_first = if self.result.backend == "PostgreSQL" {
+            refused.succeeded()
+        } else {
+            refused.code == Some(4)
+        };
+        if !expected_first || released.code != Some(0) || !after.succeeded() {
+            self.result.violations.push(format!(
+                "another host's lock row: nightly exited {:?} (want 4 on SQLite, 0 or 3 on PostgreSQL), lock release --force {:?} (want 0), then nightly {:?}: {}",
+                refused.code,
+                released.code,
+                after.code,
+                tail(&refused.stderr)
+            ));
+        }
+        self.result.stale_locks_tried += 2;
+        Ok(())
     }
 
     /// Holds the district lock in this process; a nightly must exit 4.

@@ -32,6 +32,10 @@ pub struct ScenarioResult {
     pub fees_compared: u64,
     /// Fees made in Community Pass only by the office actions.
     pub unmanaged_injected: u64,
+    /// Commands run with their standard output closed.
+    pub closed_pipe_runs: u64,
+    /// Stale lock rows planted (a dead process's, another host's).
+    pub stale_locks_tried: u64,
     pub elapsed: Duration,
 }
 
@@ -56,6 +60,8 @@ pub struct Tally {
     pub vendor_fees_checked: u64,
     pub office_actions: u64,
     pub fees_compared: u64,
+    pub closed_pipe_runs: u64,
+    pub stale_locks_tried: u64,
     pub slowest: Duration,
 }
 
@@ -101,6 +107,8 @@ impl Tally {
         self.vendor_fees_checked += result.vendor_fees_checked;
         self.office_actions += result.office_actions;
         self.fees_compared += result.fees_compared;
+        self.closed_pipe_runs += result.closed_pipe_runs;
+        self.stale_locks_tried += result.stale_locks_tried;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -121,9 +129,31 @@ impl Tally {
         }
     }
 
-    /// No invariant broken and no secret found.
+    /// No invariant broken, no secret found, and every stage it claims
+    /// ran: every bad input handled, transactions and fees actually checked.
     pub fn clean(&self) -> bool {
-        self.violations.is_empty() && self.secrets_found.is_empty()
+        self.violations.is_empty()
+            && self.secrets_found.is_empty()
+            && self.hollow_stages().is_empty()
+    }
+
+    /// Stages that ran without checking anything (a campaign that proves
+    /// nothing must not pass).
+    pub fn hollow_stages(&self) -> Vec<String> {
+        let mut hollow = Vec::new();
+        if self.bad_inputs_handled < self.bad_inputs_tried {
+            hollow.push(format!(
+                "only {} of {} bad inputs were handled",
+                self.bad_inputs_handled, self.bad_inputs_tried
+            ));
+        }
+        if self.scenarios > 0 && self.vendor_txns_checked == 0 {
+            hollow.push("no vendor transaction was checked".to_string());
+        }
+        if self.scenarios > 0 && self.fees_compared == 0 {
+            hollow.push("no fee was compared field by field".to_string());
+        }
+        hollow
     }
 
     /// Prints the campaign table.
@@ -183,6 +213,14 @@ impl Tally {
             self.fees_compared.to_string(),
         );
         row(
+            "commands run with stdout closed",
+            self.closed_pipe_runs.to_string(),
+        );
+        row(
+            "stale lock rows planted",
+            self.stale_locks_tried.to_string(),
+        );
+        row(
             "bad inputs tried / handled",
             format!("{} / {}", self.bad_inputs_tried, self.bad_inputs_handled),
         );
@@ -200,6 +238,9 @@ impl Tally {
             format!("{:.1} s", self.slowest.as_secs_f64()),
         );
         row("wall time", format!("{:.1} s", wall.as_secs_f64()));
+        for hollow in self.hollow_stages() {
+            eprintln!("  FAILED: {hollow}");
+        }
         for line in self.violations.iter().chain(&self.secrets_found) {
             println!("  FAILED {line}");
         }

@@ -31,8 +31,19 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                     report.with_balance,
                     report.total
                 );
+                for rejected in &report.rejected {
+                    out!("  not stored: {rejected}");
+                }
             }
-            Ok(TaskOutcome::succeeded(&report, report.patrons))
+            let records = report.patrons + report.rejected.len() as u64;
+            let mut outcome = TaskOutcome::succeeded(&report, records);
+            if !report.rejected.is_empty() {
+                outcome.counts.corrected = report.patrons as i64;
+                outcome.counts.needs_review = report.rejected.len() as i64;
+                outcome.status = crate::db::runs::RunStatus::NeedsReview;
+                outcome.exit_code = super::exit::NEEDS_REVIEW;
+            }
+            Ok(outcome)
         },
     )
 }

@@ -1,7 +1,12 @@
 //! `cpsync get-payments`: posts Community Pass payments, refunds, waivers and
 //! reversals into Genesis, exactly once each. Without options: everything
 //! after the stored cursor (the nightly trigger). `--student ID`: the fee
-//! page is opened. `--guardian ID`: the parent logs in.
+//! page is opened. `--guardian ID`: the parent logs in. `--from-sequence N`:
+//! re-read the cursor from N (after Community Pass named a cursor it could
+//! not have meant). Exit code 3 when a record was held for a person (see
+//! `cpsync unprocessed`) or the cursor was refused.
+
+use anyhow::Context as _;
 
 use super::task::{self, run_task, TaskOutcome};
 use super::Context;
@@ -18,6 +23,12 @@ pub struct Args {
     /// All of this guardian's students' transactions (the parent logged in).
     #[arg(long)]
     guardian: Option<GuardianId>,
+    /// Re-read the transaction cursor from this sequence instead of the
+    /// stored cursor (after Community Pass named a cursor it could not have
+    /// meant). Safe: nothing is posted twice. The stored cursor is then
+    /// set to what was actually read (backwards too).
+    #[arg(long, conflicts_with_all = ["student", "guardian"], value_parser = clap::value_parser!(i64).range(0..))]
+    from_sequence: Option<i64>,
     /// Print the run summary as JSON.
     #[arg(long)]
     json: bool,
@@ -29,7 +40,12 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         eprintln!("cpsync: {unknown}; nothing was pulled");
         return Ok(super::exit::FAILURE);
     }
-    let portal = task::portal(context, &mut conn)?;
+    let interactive = args.student.is_some() || args.guardian.is_some();
+    let portal = if interactive {
+        task::interactive_portal(context, &mut conn)?
+    } else {
+        task::portal(context, &mut conn)?
+    };
     let (scope, trigger) = match (args.student, args.guardian) {
         (Some(student), _) => (PullScope::Student(student), "fee_page"),
         (None, Some(guardian)) => (PullScope::Guardian(guardian), "parent_login"),
@@ -41,7 +57,24 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         trigger,
         false,
         |conn, run_id| {
-            let report = pull::get_payments(conn, &portal, scope, run_id, &utc_now)?;
+            let report = pull::get_payments_from(
+                conn,
+                &portal,
+                scope,
+                args.from_sequence,
+                run_id,
+                &utc_now,
+            )
+            .with_context(|| {
+                if interactive {
+                    format!(
+                        "a parent's pull waits at most {} s per Community Pass call; nothing was posted, and the next cursor pull (nightly) fetches these payments",
+                        task::INTERACTIVE_CALL_BUDGET.as_secs()
+                    )
+                } else {
+                    "nothing was posted and the cursor did not move; the next run retries".to_string()
+                }
+            })?;
             if args.json {
                 out!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -67,6 +100,11 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             outcome.counts.matched = report.already_posted as i64;
             outcome.counts.corrected = report.posted as i64;
             outcome.counts.needs_review = (report.parked + report.rejected) as i64;
+            if outcome.counts.needs_review > 0 || report.cursor_refused.is_some() {
+                // Held records (or a refused cursor) wait for a person.
+                outcome.status = crate::db::runs::RunStatus::NeedsReview;
+                outcome.exit_code = super::exit::NEEDS_REVIEW;
+            }
             Ok(outcome)
         },
     )

@@ -267,16 +267,26 @@ pub(crate) fn one_line_chain(error: &anyhow::Error) -> String {
         .join(": ")
 }
 
+/// Colours only for a person at a terminal, never with `NO_COLOR` set
+/// (journald and log files would store the escape codes as bytes).
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat, verbose: u8) {
+    // -v: cpsync's own records (phases, counts, timings); -vv: everything.
     let default_level = match verbose {
         0 => "warn",
-        1 => "info",
+        1 => "warn,cpsync=info",
+        2 => "info,cpsync=debug",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colours())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

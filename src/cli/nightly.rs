@@ -319,7 +319,7 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         (RunStatus::Failed, exit::FAILURE)
     } else if !not_converged.is_empty() {
         (RunStatus::NotConverged, exit::NOT_CONVERGED)
-    } else if result.needs_review() > 0 {
+    } else if result.needs_review() > 0 || !result.incomplete.is_empty() {
         (RunStatus::NeedsReview, exit::NEEDS_REVIEW)
     } else {
         (RunStatus::Succeeded, exit::OK)
@@ -357,10 +357,17 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "phases": phases,
         "retries": result.retries,
         "rejected_rows": result.rejected_rows,
+        "incomplete": result.incomplete,
         "remaining_after_apply": result.remaining_after_apply,
         "not_converged": not_converged
             .iter()
             .map(|(fee, why)| json!({"fee_id": fee, "why": why}))
+            .collect::<Vec<_>>(),
+        "changed_during_run": result
+            .still_different
+            .iter()
+            .filter(|(fee, _)| !result.not_applied.contains_key(fee))
+            .map(|(fee, kinds)| json!({"fee_id": fee, "kinds": kinds}))
             .collect::<Vec<_>>(),
         "failures": failures,
     });
@@ -411,6 +418,12 @@ fn print_human(summary: &serde_json::Value) {
                 fee["fee_id"],
                 fee["why"].as_str().unwrap_or("")
             );
+        }
+    }
+    if let Some(gaps) = summary["incomplete"].as_array().filter(|g| !g.is_empty()) {
+        out!("  INCOMPLETE: not everything could be read, so not everything was judged:");
+        for gap in gaps {
+            out!("    {}", gap.as_str().unwrap_or(""));
         }
     }
     if let Some(kinds) = summary["discrepancies"].as_object() {

@@ -100,8 +100,10 @@ fn build(
     let not_converged = input.result.map_or(0, |r| r.not_converged().len());
     let verdict = match (&input.error, input.result) {
         (Some(_), _) | (None, None) => Verdict::Failed,
+        // A run that could not read everything did not verify it: never
+        // "in agreement" (the exit code says needs review too).
         (None, Some(result)) => Verdict::decide(
-            result.needs_review() - held.len(),
+            result.needs_review() - held.len() + result.incomplete.len(),
             failed.len() + held.len(),
             not_converged,
             reconciliation.discrepancies.len() - result.credits(),

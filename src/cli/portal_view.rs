@@ -36,6 +36,13 @@ struct Gathered {
 
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
+    if !genesis::guardian_exists(&mut conn, args.guardian)? {
+        eprintln!(
+            "cpsync: guardian {} is not in Genesis; nothing to show",
+            args.guardian
+        );
+        return Ok(super::exit::FAILURE);
+    }
     let setup = settings::load_setup(&mut conn)?;
     let gathered = gather(&mut conn, args.guardian, &setup.patron_id)?;
     if gathered.students.is_empty() {

@@ -9,7 +9,9 @@ const RUNS_LIMIT_MAX: i64 = 10_000;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only runs of this task (e.g. nightly_sync, send_fees, seed).
+    /// Only runs of this task, as `runs` prints it (nightly_sync, send_fees,
+    /// get_payments, get_balances, demographic_export, seed) or as its
+    /// command (nightly, send-fees, ...).
     #[arg(long)]
     task: Option<String>,
     /// How many runs to show.
@@ -20,10 +22,42 @@ pub struct Args {
     json: bool,
 }
 
+/// The task names `runs` prints (and `--task` accepts), with the short
+/// names people type for them.
+const TASK_NAMES: [(&str, &str); 6] = [
+    ("send_fees", "send-fees"),
+    ("get_payments", "get-payments"),
+    ("get_balances", "get-balances"),
+    ("nightly_sync", "nightly"),
+    ("demographic_export", "export"),
+    ("seed", "seed"),
+];
+
+/// The stored task name for what was typed: a stored name, or the command
+/// that runs it (`nightly` for `nightly_sync`).
+fn task_name(typed: &str) -> Option<&'static str> {
+    TASK_NAMES
+        .iter()
+        .find(|(stored, command)| *stored == typed || *command == typed)
+        .map(|(stored, _)| *stored)
+}
+
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
+    let task = match args.task.as_deref().map(|typed| (typed, task_name(typed))) {
+        Some((typed, None)) => {
+            let names: Vec<&str> = TASK_NAMES.iter().map(|(stored, _)| *stored).collect();
+            eprintln!(
+                "cpsync: no task {typed:?}; the tasks are {} (or the command names: nightly, send-fees, ...)",
+                names.join(", ")
+            );
+            return Ok(exit::FAILURE);
+        }
+        Some((_, Some(stored))) => Some(stored),
+        None => None,
+    };
     let mut conn = context.connect()?;
     runs::mark_interrupted(&mut conn, crate::sync::utc_now())?;
-    let records = runs::recent_runs(&mut conn, args.task.as_deref(), args.limit)?;
+    let records = runs::recent_runs(&mut conn, task, args.limit)?;
     if args.json {
         out!("{}", serde_json::to_string_pretty(&records)?);
     } else if records.is_empty() {

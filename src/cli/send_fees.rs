@@ -29,6 +29,10 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
     let setup = settings::load_setup(&mut conn)?;
     setup.ready_to_send()?;
+    if let Some(unknown) = unknown_id(&mut conn, &args)? {
+        eprintln!("cpsync: {unknown}; nothing was sent");
+        return Ok(exit::FAILURE);
+    }
     let portal = task::portal(context, &mut conn)?;
     let trigger = if args.resend { "resend" } else { "manual" };
     run_task(
@@ -52,6 +56,27 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             Ok(outcome_of(&report))
         },
     )
+}
+
+/// A fee neither Genesis nor the integration knows, or a student Genesis
+/// does not know, named the way every command names it.
+fn unknown_id(conn: &mut crate::db::DbConnection, args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(fee) = args.fee {
+        let in_genesis = !crate::db::genesis::load_fees_by_ids(conn, &[fee])?
+            .records
+            .is_empty();
+        let linked = !crate::db::links::load_for(conn, &[fee])?.is_empty();
+        if !in_genesis && !linked {
+            return Ok(Some(format!("fee {fee} is not in Genesis")));
+        }
+    }
+    if let Some(student) = args.student {
+        let found = crate::db::genesis::load_students_by_ids(conn, &[student])?;
+        if found.records.is_empty() && found.rejected.is_empty() {
+            return Ok(Some(format!("student {student} is not in Genesis")));
+        }
+    }
+    Ok(None)
 }
 
 /// The run outcome of a push pass: failed pushes fail the run (they stay

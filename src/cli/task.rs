@@ -170,6 +170,33 @@ pub fn run_task(
 /// The Community Pass client: base URL from `--cp-url`/`CPSYNC_CP_URL` or the
 /// config file; the API key stored by `setup api-key`, else the config's.
 pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<HttpPortal> {
+    HttpPortal::new(portal_config(context, conn)?).context("building the Community Pass client")
+}
+
+/// The whole budget of one Community Pass call made while a parent waits
+/// (`get-payments --student` or `--guardian`).
+pub const INTERACTIVE_CALL_BUDGET: Duration = Duration::from_secs(5);
+/// The bound of one attempt of such a call.
+pub const INTERACTIVE_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client for pulls a parent waits on: the configured one, held to
+/// `INTERACTIVE_CALL_BUDGET` per call (a few seconds, not minutes).
+pub fn interactive_portal(
+    context: &Context,
+    conn: &mut DbConnection,
+) -> anyhow::Result<HttpPortal> {
+    let mut config = portal_config(context, conn)?;
+    config.page_size = crate::portal::PAGE_SIZE_DEFAULT;
+    config.call_budget = config.call_budget.min(INTERACTIVE_CALL_BUDGET);
+    config.request_timeout = config.request_timeout.min(INTERACTIVE_REQUEST_TIMEOUT);
+    config.connect_timeout = config.connect_timeout.min(INTERACTIVE_REQUEST_TIMEOUT);
+    HttpPortal::new(config).context("building the Community Pass client")
+}
+
+fn portal_config(
+    context: &Context,
+    conn: &mut DbConnection,
+) -> anyhow::Result<crate::portal::http::HttpPortalConfig> {
     let section = context.config.community_pass.as_ref();
     let base_url = context
         .cp_url
@@ -197,5 +224,5 @@ pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<Http
         config.request_timeout = Duration::from_secs(section.request_timeout_secs);
         config.call_budget = Duration::from_secs(section.call_budget_secs);
     }
-    HttpPortal::new(config).context("building the Community Pass client")
+    Ok(config)
 }

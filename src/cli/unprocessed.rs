@@ -1,7 +1,10 @@
 //! `cpsync unprocessed`: Community Pass transactions that Get Payments
-//! pulled but could not apply in Genesis (the fee is gone, the transaction
-//! names no fee, ...), each with the reason. They are retried by every
-//! cursor pull and marked resolved once posted; nothing is dropped.
+//! pulled but did not post in Genesis (the fee is gone, the record names
+//! another student or a vendor fee id the link does not know, a refund
+//! naming no payment we hold, a date in the future, conflicting copies of
+//! one id: see the holds table in `reconcile`), each with the reason. They
+//! are retried by every cursor pull and marked resolved once posted
+//! (conflicting copies wait for a person); nothing is dropped.
 
 use super::{exit, Context};
 use crate::db::postings::{self, Unprocessed};

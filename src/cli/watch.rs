@@ -12,6 +12,12 @@
 //! trigger `watch`; idle passes are not recorded. When Community Pass fails
 //! every push of a pass, the loop backs off (doubling up to
 //! `BACKOFF_MAX`) instead of filling run history with failures.
+//!
+//! A lost database connection (a PostgreSQL restart, a network cut) is
+//! re-established after every failed pass, with the same backoff, and the
+//! LISTEN is issued again on the new connection. When the database stays
+//! unreachable for `--db-unreachable-max-secs`, the loop exits 1 so the
+//! service manager restarts it and the operator sees the failure.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +51,9 @@ const SLEEP_SLICE_MAX: Duration = Duration::from_millis(100);
 /// incomplete, task switched off): doubled each time, within these bounds.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long the database may stay unreachable before `watch` gives up
+/// (exit 1) so the service manager restarts it, unless given.
+const DB_UNREACHABLE_MAX_SECS_DEFAULT: u64 = 300;
 /// Exit status when a second signal interrupts the graceful shutdown.
 const FORCED_EXIT_STATUS: i32 = 1;
 
@@ -65,6 +74,11 @@ pub struct Args {
     #[arg(long, value_name = "MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(POLL_MS_MIN..=POLL_MS_MAX))]
     poll_ms: u64,
+    /// Exit 1 when the database has been unreachable this long (the service
+    /// manager then restarts watch); reconnects with backoff until then.
+    #[arg(long, value_name = "N", default_value_t = DB_UNREACHABLE_MAX_SECS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    db_unreachable_max_secs: u64,
 }
 
 /// Set by SIGTERM/SIGINT; checked between batches and while waiting.
@@ -254,10 +268,13 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         waker.describe()
     );
     let mut backoff = BACKOFF_MIN;
+    let unreachable_max = Duration::from_secs(args.db_unreachable_max_secs);
+    let mut unreachable_since: Option<Instant> = None;
     while !stop.requested() {
         match pass(context, &mut conn, &mut client, &stop) {
             Ok(Pass::Idle) => {
                 backoff = BACKOFF_MIN;
+                unreachable_since = None;
                 waker.wait(&stop);
             }
             Ok(Pass::Drained { progress: true, .. }) => backoff = BACKOFF_MIN,
@@ -278,6 +295,29 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 );
                 stop.sleep(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                // The connection may be what failed (a database restart):
+                // a fresh one for the next pass, or a deadline to give up.
+                match context.connect() {
+                    Ok(fresh) => {
+                        conn = fresh;
+                        unreachable_since = None;
+                    }
+                    Err(error) => {
+                        let since = *unreachable_since.get_or_insert_with(Instant::now);
+                        eprintln!(
+                            "cpsync watch: the database is unreachable ({} s so far): {}",
+                            since.elapsed().as_secs(),
+                            super::one_line_chain(&error)
+                        );
+                        if since.elapsed() >= unreachable_max {
+                            eprintln!(
+                                "cpsync watch: no database for {} s (--db-unreachable-max-secs); exiting so the service manager restarts watch",
+                                unreachable_max.as_secs()
+                            );
+                            return Ok(exit::FAILURE);
+                        }
+                    }
+                }
             }
         }
     }

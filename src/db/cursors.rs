@@ -44,3 +44,18 @@ pub fn advance(
     .execute(conn)?;
     Ok(())
 }
+
+/// Sets the cursor to `to`, backwards too: only for a re-read from a chosen
+/// point (`get-payments --from-sequence`), which stores what it actually read.
+pub fn set(
+    conn: &mut DbConnection,
+    name: &str,
+    to: i64,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    advance(conn, name, to, now)?;
+    diesel::update(cp_cursors::table.find(name))
+        .set((cp_cursors::position.eq(to), cp_cursors::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(())
+}

@@ -592,6 +592,12 @@ pub fn load_guardian_links_for(
     Ok(links)
 }
 
+/// Whether Genesis has this guardian (contact) at all.
+pub fn guardian_exists(conn: &mut DbConnection, guardian: GuardianId) -> Result<bool, DbError> {
+    use diesel::dsl::{exists, select};
+    Ok(select(exists(guardians::table.find(guardian.0))).get_result(conn)?)
+}
+
 /// The students a guardian is linked to, with or without portal access.
 pub fn students_of_guardian(
     conn: &mut DbConnection,

@@ -186,27 +186,82 @@ fn redact_postgres_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
     };
-    let shown_authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    // The user information ends at the last '@' before the query: a
+    // password may itself hold '/' or '@' (libpq reads it that way).
+    let (shown_user, host_and_path) = match before_query.rsplit_once('@') {
+        Some((userinfo, after)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{user}:***@{host}")
-            } else {
-                format!("{user}@{host}")
-            }
+            let user = user.split('/').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            (format!("{user}{hidden}@"), after)
         }
-        None => authority.to_string(),
+        None => (String::new(), before_query),
     };
     // Query parameters may carry a password too.
-    let shown_tail = match tail.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => tail.to_string(),
+    let shown_query = if query.is_some() { "?***" } else { "" };
+    format!("{scheme}://{shown_user}{host_and_path}{shown_query}")
+}
+
+/// The password a PostgreSQL URL carries (as written and percent-decoded),
+/// so libpq's own messages can be scrubbed of it.
+fn postgres_url_passwords(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
     };
-    format!("{scheme}://{shown_authority}{shown_tail}")
+    let before_query = rest.split('?').next().unwrap_or(rest);
+    let mut found = Vec::new();
+    if let Some((userinfo, _)) = before_query.rsplit_once('@') {
+        if let Some((_, password)) = userinfo.split_once(':') {
+            found.push(password.to_string());
+            if let Ok(decoded) = percent_decode(password) {
+                found.push(decoded);
+            }
+        }
+    }
+    for pair in rest.split_once('?').map_or("", |(_, q)| q).split('&') {
+        if let Some(("password", value)) = pair.split_once('=') {
+            found.push(value.to_string());
+        }
+    }
+    found.retain(|password| password.len() >= 2);
+    found
+}
+
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+/// `text` with every password of `url` replaced by `***`.
+fn scrub_postgres_passwords(text: &str, url: &str) -> String {
+    postgres_url_passwords(url)
+        .iter()
+        .fold(text.to_string(), |scrubbed, password| {
+            scrubbed.replace(password.as_str(), "***")
+        })
 }
 
 /// Whether opening may create a missing SQLite file (only `migrate` and the demo may).
@@ -237,23 +292,48 @@ where
     E: From<diesel::result::Error>,
 {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    let DbConnection::Sqlite(sqlite) = conn else {
-        return conn.transaction(body);
-    };
-    AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
-    let result = body(conn);
-    let DbConnection::Sqlite(sqlite) = conn else {
-        unreachable!("the connection's backend does not change");
-    };
-    match result {
-        Ok(value) => {
-            AnsiTransactionManager::commit_transaction(sqlite)?;
-            Ok(value)
+    match conn {
+        DbConnection::Sqlite(sqlite) => {
+            AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?
         }
+        DbConnection::Pg(pg) => AnsiTransactionManager::begin_transaction(pg)?,
+    }
+    let result = body(conn);
+    // The first error is the one shown: SQLite rolls a transaction back by
+    // itself on some failures (a full disk), and "cannot rollback - no
+    // transaction is active" must not replace what went wrong.
+    match result {
+        Ok(value) => match commit(conn) {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                quiet_rollback(conn);
+                Err(error.into())
+            }
+        },
         Err(error) => {
-            AnsiTransactionManager::rollback_transaction(sqlite)?;
+            quiet_rollback(conn);
             Err(error)
         }
+    }
+}
+
+fn commit(conn: &mut DbConnection) -> diesel::QueryResult<()> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::commit_transaction(sqlite),
+        DbConnection::Pg(pg) => AnsiTransactionManager::commit_transaction(pg),
+    }
+}
+
+/// Rolls back after a failure, logging (not returning) a rollback error.
+fn quiet_rollback(conn: &mut DbConnection) {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let rolled_back = match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::rollback_transaction(sqlite),
+        DbConnection::Pg(pg) => AnsiTransactionManager::rollback_transaction(pg),
+    };
+    if let Err(error) = rolled_back {
+        tracing::debug!(%error, "rollback after a failed transaction");
     }
 }
 
@@ -280,6 +360,9 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
     let path_text = path
         .to_str()
         .ok_or_else(|| open_error("path is not valid UTF-8".to_string()))?;
+    if mode == OpenMode::CreateIfMissing && !path.exists() {
+        create_private_file(path).map_err(|e| open_error(e.to_string()))?;
+    }
     let mut conn = diesel::SqliteConnection::establish(path_text)
         .map_err(|e| open_error(one_line(&e.to_string())))?;
     conn.batch_execute(&format!(
@@ -292,10 +375,23 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
     Ok(conn)
 }
 
+/// Creates an empty SQLite file readable by its owner only (it holds
+/// student data), whatever the umask: SQLite opens an empty file as an
+/// empty database and gives its `-wal` and `-shm` files the same mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
 fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnection, DbError> {
     let with_deadlines = with_pg_deadlines(text);
     diesel::PgConnection::establish(&with_deadlines).map_err(|e| {
-        let mut reason = one_line(&e.to_string());
+        let mut reason = scrub_postgres_passwords(&one_line(&e.to_string()), text);
         if reason.contains("timeout expired") {
             reason = format!(
                 "no answer within the connect timeout ({} s unless the URL sets connect_timeout): {reason}",
@@ -400,6 +496,34 @@ mod tests {
             Err(DbError::UnknownScheme { .. })
         ));
         assert!(matches!(DatabaseUrl::parse("  "), Err(DbError::EmptyUrl)));
+    }
+
+    #[test]
+    fn passwords_with_slashes_and_at_signs_are_redacted() {
+        let cases: [(&str, &[&str]); 4] = [
+            ("postgres://cp:pa/ss@db:5432/genesis", &["pa/ss", "ss@"]),
+            ("postgres://cp:p@ss@db/genesis", &["p@ss"]),
+            (
+                "postgres://cp:p%40ss%2Fw@db/genesis?sslmode=require",
+                &["p%40ss"],
+            ),
+            (
+                "postgresql://cp:a/b@c@db/genesis?password=xyz",
+                &["a/b@c", "xyz"],
+            ),
+        ];
+        for (url, secrets) in cases {
+            let shown = DatabaseUrl::parse(url).unwrap().to_string();
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{url} shown as {shown}");
+            }
+            assert!(shown.contains("cp:***@db"), "{url} shown as {shown}");
+        }
+        let scrubbed = scrub_postgres_passwords(
+            "FATAL: password p@ss/w rejected; also p%40ss%2Fw",
+            "postgres://cp:p%40ss%2Fw@db/genesis",
+        );
+        assert_eq!(scrubbed, "FATAL: password *** rejected; also ***");
     }
 
     #[test]

@@ -276,6 +276,84 @@ pub fn park_malformed(
     Ok(())
 }
 
+/// The `kind` of a parked vendor id whose copies conflict: its payload is
+/// the JSON array of every copy seen. Never retried as a posting: a person
+/// decides.
+pub const CONFLICTING_KIND: &str = "conflicting";
+
+/// Parks every copy of one vendor id whose copies conflict, as one row
+/// (kind `CONFLICTING_KIND`, the copies as the payload, the reason naming
+/// each), replacing an earlier parked row of the id.
+pub fn park_conflicting(
+    conn: &mut DbConnection,
+    copies: &[&VendorTxn],
+    reason: &str,
+    run_id: Option<i64>,
+    now: NaiveDateTime,
+) -> Result<(), DbError> {
+    let Some(first) = copies.first() else {
+        return Ok(());
+    };
+    let payload = serde_json::to_string(copies).expect("VendorTxns serialise");
+    let refreshed = diesel::update(cp_unprocessed::table.find(&first.id.0))
+        .set((
+            cp_unprocessed::kind.eq(CONFLICTING_KIND),
+            cp_unprocessed::payload.eq(&payload),
+            cp_unprocessed::reason.eq(reason),
+            cp_unprocessed::last_seen_at.eq(now),
+            cp_unprocessed::run_id.eq(run_id),
+            cp_unprocessed::resolved_at.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)?;
+    if refreshed > 0 {
+        return Ok(());
+    }
+    crate::with_backend!(conn, |c| diesel::insert_into(cp_unprocessed::table)
+        .values((
+            cp_unprocessed::vendor_txn_id.eq(&first.id.0),
+            cp_unprocessed::fee_id.eq(first.genesis_fee_id.map(|f| f.0)),
+            cp_unprocessed::student_id.eq(first.student_id.map(|s| s.0)),
+            cp_unprocessed::kind.eq(CONFLICTING_KIND),
+            cp_unprocessed::amount_cents.eq(first.amount.cents()),
+            cp_unprocessed::occurred_at.eq(first.occurred_at),
+            cp_unprocessed::reason.eq(reason),
+            cp_unprocessed::payload.eq(&payload),
+            cp_unprocessed::first_seen_at.eq(now),
+            cp_unprocessed::last_seen_at.eq(now),
+            cp_unprocessed::run_id.eq(run_id),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    Ok(())
+}
+
+/// The copies kept of those of these vendor ids parked as conflicting
+/// (unresolved): evidence that a new copy joins.
+pub fn conflicting_copies(
+    conn: &mut DbConnection,
+    ids: &[&VendorTxnId],
+) -> Result<Vec<VendorTxn>, DbError> {
+    let mut copies = Vec::new();
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let texts: Vec<&str> = chunk.iter().map(|id| id.0.as_str()).collect();
+        let payloads: Vec<(String, String)> = cp_unprocessed::table
+            .filter(cp_unprocessed::vendor_txn_id.eq_any(texts))
+            .filter(cp_unprocessed::kind.eq(CONFLICTING_KIND))
+            .filter(cp_unprocessed::resolved_at.is_null())
+            .select((cp_unprocessed::vendor_txn_id, cp_unprocessed::payload))
+            .load(conn)?;
+        for (id, payload) in payloads {
+            match serde_json::from_str::<Vec<VendorTxn>>(&payload) {
+                Ok(kept) => copies.extend(kept),
+                Err(error) => {
+                    tracing::warn!(vendor_txn_id = %id, %error, "conflicting copies no longer read; left for the office")
+                }
+            }
+        }
+    }
+    Ok(copies)
+}
+
 /// Marks parked transactions resolved (they have now been posted).
 pub fn resolve(
     conn: &mut DbConnection,
@@ -337,6 +415,7 @@ pub fn parked_txns(conn: &mut DbConnection) -> Result<Vec<VendorTxn>, DbError> {
     let payloads: Vec<(String, String)> = cp_unprocessed::table
         .filter(cp_unprocessed::resolved_at.is_null())
         .filter(cp_unprocessed::kind.ne(MALFORMED_KIND))
+        .filter(cp_unprocessed::kind.ne(CONFLICTING_KIND))
         .order(cp_unprocessed::first_seen_at)
         .limit(PARKED_RETRY_MAX)
         .select((cp_unprocessed::vendor_txn_id, cp_unprocessed::payload))

@@ -44,17 +44,34 @@ pub fn write_bundle(parent: &Path, folder: &str, bundle: &Bundle) -> Result<Path
         .mode(DIR_MODE)
         .create(&dir)
         .map_err(|e| error(&dir, e))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| error(&dir, e))?;
+    let written = fill_folder(&dir, bundle);
+    if written.is_err() {
+        // A failed export leaves nothing behind: the folder is this run's
+        // own, so no half-written bundle is ever mistaken for a good one.
+        if let Err(cleanup) = fs::remove_dir_all(&dir) {
+            tracing::warn!(folder = %dir.display(), %cleanup, "could not remove a failed export");
+        }
+    }
+    written?;
+    std::path::absolute(&dir).map_err(|e| error(&dir, e))
+}
+
+/// Writes each file under a temporary name, then renames it; syncs the folder.
+fn fill_folder(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
+    let error = |path: &Path, e: std::io::Error| ExportError::Local {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| error(dir, e))?;
     for file in &bundle.files {
         let path = dir.join(file.name);
         let part = dir.join(format!(".{}{PART_SUFFIX}", file.name));
         write_private(&part, &file.bytes).map_err(|e| error(&part, e))?;
         fs::rename(&part, &path).map_err(|e| error(&path, e))?;
     }
-    fs::File::open(&dir)
+    fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| error(&dir, e))?;
-    std::path::absolute(&dir).map_err(|e| error(&dir, e))
+        .map_err(|e| error(dir, e))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -66,4 +83,45 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::ExportFile;
+
+    fn file(name: &'static str) -> ExportFile {
+        ExportFile {
+            name,
+            bytes: b"sourcedId\r\n".to_vec(),
+            rows: 0,
+            sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_failed_export_leaves_no_partial_files() {
+        let parent = tempfile::tempdir().unwrap();
+        let bundle = Bundle {
+            // The second file cannot be written (its folder does not exist),
+            // as a full disk would stop it half way.
+            files: vec![file("orgs.csv"), file("missing/users.csv")],
+            omitted: Default::default(),
+        };
+        let error = write_bundle(parent.path(), "oneroster-test", &bundle).unwrap_err();
+        assert!(error.to_string().contains("users.csv"), "{error}");
+        assert!(
+            !parent.path().join("oneroster-test").exists(),
+            "the failed bundle's folder is removed"
+        );
+        let good = Bundle {
+            files: vec![file("orgs.csv")],
+            omitted: Default::default(),
+        };
+        let dir = write_bundle(parent.path(), "oneroster-test", &good).unwrap();
+        assert!(
+            dir.join("orgs.csv").exists(),
+            "a later export is not blocked"
+        );
+    }
 }

@@ -408,6 +408,29 @@ fn key_type_name(key_type: HostKeyType) -> &'static str {
 }
 
 /// Key authentication first; the account password, if configured, after.
+/// The base64 of `openssh-key-v1\0` followed by the cipher name `none`:
+/// how every OpenSSH private key without a passphrase begins.
+const OPENSSH_KEY_PREFIX: &str = "b3BlbnNzaC1rZXktdjEA";
+const OPENSSH_UNENCRYPTED_PREFIX: &str = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU";
+
+/// Whether a private key file is protected by a passphrase (an OpenSSH key
+/// whose cipher is not `none`, or a PEM key marked `ENCRYPTED`): libssh2
+/// then only says "Unsupported private key format".
+fn key_needs_passphrase(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    if text.contains("ENCRYPTED") {
+        return true;
+    }
+    let body: String = text
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    body.starts_with(OPENSSH_KEY_PREFIX) && !body.starts_with(OPENSSH_UNENCRYPTED_PREFIX)
+}
+
 fn authenticate(session: &Session, target: &SftpTarget) -> Result<(), SftpError> {
     let auth_error = |reason: String| SftpError::Auth {
         target: target.label(),
@@ -418,6 +441,11 @@ fn authenticate(session: &Session, target: &SftpTarget) -> Result<(), SftpError>
     if let Some(key) = &target.private_key_file {
         if !key.is_file() {
             reasons.push(format!("private key file {} does not exist", key.display()));
+        } else if key_needs_passphrase(key) {
+            reasons.push(format!(
+                "key {} is protected by a passphrase, which cpsync does not support: use a key without one, readable only by the cpsync user (chmod 600)",
+                key.display()
+            ));
         } else if let Err(e) = session.userauth_pubkey_file(&target.username, None, key, None) {
             reasons.push(format!("key {}: {}", key.display(), e.message()));
         }
@@ -663,6 +691,35 @@ fn base64_unpadded(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passphrase_protected_keys_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |name: &str, cipher: &[u8]| {
+            let mut blob = b"openssh-key-v1\0".to_vec();
+            blob.extend_from_slice(&(cipher.len() as u32).to_be_bytes());
+            blob.extend_from_slice(cipher);
+            blob.extend_from_slice(&[0, 0, 0, 4]);
+            blob.extend_from_slice(b"none rest of the key");
+            let text = format!(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+                base64_unpadded(&blob)
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        assert!(!key_needs_passphrase(&key("plain", b"none")));
+        assert!(key_needs_passphrase(&key("encrypted", b"aes256-ctr")));
+        let pem = dir.path().join("pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nabc\n",
+        )
+        .unwrap();
+        assert!(key_needs_passphrase(&pem));
+        assert!(!key_needs_passphrase(&dir.path().join("absent")));
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet() {

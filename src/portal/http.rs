@@ -156,6 +156,12 @@ pub fn check_base_url(text: &str) -> Result<Url, PortalError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(config("base URL must not carry credentials".to_string()));
     }
+    if url.path().trim_end_matches('/').ends_with("/v1") {
+        return Err(config(format!(
+            "base URL {url} ends in /v1: give the server's root (e.g. https://{}/); the client adds /v1/... itself",
+            url.host_str().unwrap_or("instantsync.example")
+        )));
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
@@ -494,9 +500,15 @@ impl HttpPortal {
     ) -> PortalError {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(parsed) => (parsed.code, parsed.message),
+            // Not an error of the API itself: most often a base URL that
+            // points somewhere else (e.g. one ending in /v1). Name it.
             Err(_) => (
                 status.as_str().to_string(),
-                status.canonical_reason().unwrap_or("").to_string(),
+                format!(
+                    "{} (not an answer of the Community Pass API: is the base URL {} right?)",
+                    status.canonical_reason().unwrap_or(""),
+                    self.base
+                ),
             ),
         };
         let code = self.scrub(&truncate(&code));
@@ -577,13 +589,15 @@ impl HttpPortal {
             return Ok(Page {
                 items: page.items,
                 next_cursor: page.next_cursor,
+                rejected: Vec::new(),
             });
         }
         let raw: RawPage = decode(listing, &body)?;
-        let items = decode_items(raw.items, kind, id_field)?;
+        let (items, rejected) = decode_each(raw.items, kind, id_field);
         Ok(Page {
             items,
             next_cursor: raw.next_cursor,
+            rejected,
         })
     }
 
@@ -801,6 +815,37 @@ fn decode_items<T: DeserializeOwned>(
             })
         })
         .collect()
+}
+
+/// Decodes each record of a fee or balance page on its own; a bad one is
+/// set aside with its id (when readable) and reason, and the rest go on.
+fn decode_each<T: DeserializeOwned>(
+    items: Vec<Box<RawValue>>,
+    kind: &str,
+    id_field: &str,
+) -> (Vec<T>, Vec<RejectedRecord>) {
+    let mut good = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for item in items {
+        match serde_json::from_str::<T>(item.get()) {
+            Ok(record) => good.push(record),
+            Err(error) => {
+                let tree: Value = serde_json::from_str(item.get()).unwrap_or(Value::Null);
+                let id = match tree.get(id_field) {
+                    Some(Value::String(text)) if valid_id(text) => Some(text.clone()),
+                    Some(Value::Number(number)) => Some(number.to_string()),
+                    _ => None,
+                };
+                rejected.push(RejectedRecord {
+                    record: format!("{kind} {}", record_id(&tree, id_field)),
+                    id,
+                    reason: error.to_string(),
+                    raw: item.get().chars().take(RAW_RECORD_CHARS_MAX).collect(),
+                });
+            }
+        }
+    }
+    (good, rejected)
 }
 
 /// Decodes each transaction on its own and checks it against the contract;
@@ -1034,6 +1079,19 @@ impl CommunityPass for HttpPortal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_url_ending_in_v1_is_refused_with_the_fix() {
+        let error = check_base_url("https://cp.example/v1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ends in /v1") && error.contains("https://cp.example/"),
+            "{error}"
+        );
+        assert!(check_base_url("https://cp.example/").is_ok());
+        assert!(check_base_url("https://cp.example/district/v10").is_ok());
+    }
 
     #[test]
     fn plain_http_only_on_loopback() {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -34,6 +34,32 @@ pub const FEE_IDS_PER_REQUEST_MAX: usize = 500;
 /// The most pages one full walk reads before it gives up: ten million
 /// records at the largest page size, far above any district.
 pub const PAGES_MAX: usize = 10_000;
+/// The most items one page may carry: twice the largest page the API
+/// serves (room for redelivered copies). A server that ignores `limit` is
+/// an error naming this bound, not a slow death by memory.
+pub const PAGE_ITEMS_MAX: usize = 2 * PAGE_SIZE_MAX as usize;
+/// The most records one listing (fees, transactions, balances) may hold:
+/// ten times the largest district seen (450,000 fees), about 2.5 GB at
+/// most in memory.
+pub const LISTING_RECORDS_MAX: usize = 5_000_000;
+
+/// Checks one page against `PAGE_ITEMS_MAX` and the listing so far against
+/// `LISTING_RECORDS_MAX`.
+fn check_bounds(listing: &str, page_items: usize, so_far: usize) -> Result<(), PortalError> {
+    if page_items > PAGE_ITEMS_MAX {
+        return Err(PortalError::protocol(
+            listing,
+            format!("a page of {page_items} items exceeds PAGE_ITEMS_MAX = {PAGE_ITEMS_MAX} (the server ignores the page limit)"),
+        ));
+    }
+    if so_far + page_items > LISTING_RECORDS_MAX {
+        return Err(PortalError::protocol(
+            listing,
+            format!("more than LISTING_RECORDS_MAX = {LISTING_RECORDS_MAX} records"),
+        ));
+    }
+    Ok(())
+}
 
 /// Why a Community Pass call failed. No variant ever carries the API key:
 /// messages from the server are scrubbed of it before they land here.
@@ -151,10 +177,36 @@ impl RetryCounter {
 }
 
 /// One page of a cursor-paged listing; `next_cursor` is `None` on the last.
+/// Records that break the contract are set aside in `rejected`, so one bad
+/// fee or balance does not hide the rest of the page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+    #[serde(default)]
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// Every record of a listing, each once, and the records set aside (each
+/// once) because they break the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+impl<T> Listing<T> {
+    /// The items, or the first rejected record as an error (for the callers
+    /// that cannot go on without every record).
+    pub fn complete(self, listing: &str) -> Result<Vec<T>, PortalError> {
+        match self.rejected.into_iter().next() {
+            None => Ok(self.items),
+            Some(record) => Err(PortalError::protocol(
+                record.record,
+                format!("{} (in the {listing})", record.reason),
+            )),
+        }
+    }
 }
 
 /// One page of the monotonic transaction cursor. `next_after` is the
@@ -315,13 +367,29 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Reads every page of a cursor-paged listing, at most `PAGES_MAX` pages,
 /// keeping the first copy of each key: a record the server repeats is
 /// returned once. A cursor that repeats is a protocol error, not a loop.
-pub fn walk_pages<T, K, F, G>(listing: &str, mut fetch: F, key: G) -> Result<Vec<T>, PortalError>
+pub fn walk_pages<T, K, F, G>(listing: &str, fetch: F, key: G) -> Result<Vec<T>, PortalError>
+where
+    F: FnMut(Option<&str>) -> Result<Page<T>, PortalError>,
+    G: Fn(&T) -> K,
+    K: Eq + Hash,
+{
+    walk_pages_keeping_rejected(listing, fetch, key)?.complete(listing)
+}
+
+/// `walk_pages`, setting aside the records that break the contract
+/// instead of failing on the first.
+pub fn walk_pages_keeping_rejected<T, K, F, G>(
+    listing: &str,
+    mut fetch: F,
+    key: G,
+) -> Result<Listing<T>, PortalError>
 where
     F: FnMut(Option<&str>) -> Result<Page<T>, PortalError>,
     G: Fn(&T) -> K,
     K: Eq + Hash,
 {
     let mut items = Vec::new();
+    let mut rejected: Vec<RejectedRecord> = Vec::new();
     // Fx: the keys come from the authenticated vendor API; SipHash showed
     // in profiles of the 450,000-fee listing.
     let mut seen = FxHashSet::default();
@@ -329,13 +397,23 @@ where
     let mut cursor: Option<String> = None;
     for _ in 0..PAGES_MAX {
         let page = fetch(cursor.as_deref())?;
+        check_bounds(
+            listing,
+            page.items.len() + page.rejected.len(),
+            items.len() + rejected.len(),
+        )?;
         for item in page.items {
             if seen.insert(key(&item)) {
                 items.push(item);
             }
         }
+        for record in page.rejected {
+            if !rejected.contains(&record) {
+                rejected.push(record);
+            }
+        }
         match page.next_cursor {
-            None => return Ok(items),
+            None => return Ok(Listing { items, rejected }),
             Some(next) if !cursors_seen.insert(next.clone()) => {
                 return Err(PortalError::protocol(
                     listing,
@@ -371,6 +449,57 @@ pub fn fees_where(
     )
 }
 
+/// Every integration fee the filter selects, each exactly once, and the fee
+/// records set aside because they break the contract (by id and reason).
+pub fn fees_where_keeping_rejected(
+    portal: &dyn CommunityPass,
+    filter: FeeFilter<'_>,
+) -> Result<Listing<VendorFee>, PortalError> {
+    walk_pages_keeping_rejected(
+        "fee listing",
+        |cursor| portal.fees_page(filter, cursor),
+        |fee| fee.genesis_fee_id,
+    )
+}
+
+/// Every patron balance, each exactly once, and the balance records set
+/// aside because they break the contract.
+pub fn all_balances_keeping_rejected(
+    portal: &dyn CommunityPass,
+) -> Result<Listing<PatronBalance>, PortalError> {
+    walk_pages_keeping_rejected(
+        "balance listing",
+        |cursor| portal.balances_page(cursor),
+        |balance| balance.patron_id.clone(),
+    )
+}
+
+/// `fees_by_ids`, setting malformed fee records aside instead of failing.
+pub fn fees_by_ids_keeping_rejected(
+    portal: &dyn CommunityPass,
+    ids: &[FeeId],
+) -> Result<Listing<VendorFee>, PortalError> {
+    let mut all = Listing {
+        items: Vec::with_capacity(ids.len()),
+        rejected: Vec::new(),
+    };
+    for chunk in ids.chunks(FEE_IDS_PER_REQUEST_MAX) {
+        let listing = fees_where_keeping_rejected(portal, FeeFilter::Ids(chunk))?;
+        all.items.extend(listing.items);
+        all.rejected.extend(listing.rejected);
+    }
+    Ok(all)
+}
+
+/// The Genesis fee id a rejected fee record names, when readable.
+pub fn rejected_fee_id(record: &RejectedRecord) -> Option<FeeId> {
+    record
+        .id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .map(FeeId)
+}
+
 /// The fees Community Pass holds among `ids` (any number: asked for
 /// `FEE_IDS_PER_REQUEST_MAX` at a time), each exactly once.
 pub fn fees_by_ids(
@@ -390,18 +519,9 @@ pub fn transactions_of_fees(
     portal: &dyn CommunityPass,
     ids: &[FeeId],
 ) -> Result<TxnBatch, PortalError> {
-    let mut all = TxnBatch {
-        items: Vec::new(),
-        next_after: 0,
-        duplicates_dropped: 0,
-        rejected: Vec::new(),
-    };
+    let mut all = TxnBatch::empty(0);
     for chunk in ids.chunks(FEE_IDS_PER_REQUEST_MAX) {
-        let batch = transactions_after(portal, TxnScope::Fees(chunk), 0)?;
-        all.items.extend(batch.items);
-        all.next_after = all.next_after.max(batch.next_after);
-        all.duplicates_dropped += batch.duplicates_dropped;
-        all.rejected.extend(batch.rejected);
+        all.merge(transactions_after(portal, TxnScope::Fees(chunk), 0)?);
     }
     all.items.sort_by_key(|txn| txn.sequence);
     Ok(all)
@@ -425,21 +545,78 @@ pub fn all_balances(portal: &dyn CommunityPass) -> Result<Vec<PatronBalance>, Po
     )
 }
 
-/// The transactions read from the cursor: each exactly once, in sequence
-/// order, and the cursor to store for the next read.
+/// The transactions read from the cursor: each record once, in sequence
+/// order, and the cursor to store for the next read. Identical copies of
+/// one vendor id are kept once; copies that differ are all kept (conflicting
+/// copies: evidence for a person, never posted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnBatch {
     pub items: Vec<VendorTxn>,
     pub next_after: i64,
-    /// Copies the server delivered again (duplicates and redeliveries).
+    /// Identical copies the server delivered again (duplicates and redeliveries).
     pub duplicates_dropped: u64,
+    /// Copies of an id already read that differ from it (all kept in `items`).
+    pub conflicting_copies: u64,
     /// Records that break the contract, each once.
     pub rejected: Vec<RejectedRecord>,
+    /// Why reading stopped early: the server named a cursor it could not
+    /// have meant (a jump past what it sent, or backwards). `next_after`
+    /// is then the last position actually read, and the page that named
+    /// it was not taken.
+    pub cursor_refused: Option<String>,
+}
+
+impl TxnBatch {
+    /// Nothing read yet, at `after`.
+    pub fn empty(after: i64) -> TxnBatch {
+        TxnBatch {
+            items: Vec::new(),
+            next_after: after,
+            duplicates_dropped: 0,
+            conflicting_copies: 0,
+            rejected: Vec::new(),
+            cursor_refused: None,
+        }
+    }
+
+    /// Adds another read's records (of another scope) to this one; the
+    /// caller sorts.
+    pub fn merge(&mut self, other: TxnBatch) {
+        let mut by_id: FxHashMap<VendorTxnId, Vec<usize>> = FxHashMap::default();
+        for (i, txn) in self.items.iter().enumerate() {
+            by_id.entry(txn.id.clone()).or_default().push(i);
+        }
+        for txn in other.items {
+            let copies = by_id.entry(txn.id.clone()).or_default();
+            if copies.iter().any(|i| self.items[*i].same_record(&txn)) {
+                self.duplicates_dropped += 1;
+                continue;
+            }
+            if !copies.is_empty() {
+                self.conflicting_copies += 1;
+            }
+            copies.push(self.items.len());
+            self.items.push(txn);
+        }
+        self.next_after = self.next_after.max(other.next_after);
+        self.duplicates_dropped += other.duplicates_dropped;
+        self.conflicting_copies += other.conflicting_copies;
+        for record in other.rejected {
+            if !self.rejected.contains(&record) {
+                self.rejected.push(record);
+            }
+        }
+        if self.cursor_refused.is_none() {
+            self.cursor_refused = other.cursor_refused;
+        }
+    }
 }
 
 /// Reads every transaction after `after` exactly once, whatever the server
 /// repeats or reorders: items at or before the cursor are redeliveries,
-/// items already seen are duplicates, and the result is sorted by sequence.
+/// identical copies are duplicates, and the result is sorted by sequence.
+/// A cursor the server could not have meant stops the read there (see
+/// `TxnBatch::cursor_refused`); what was read before it is returned.
 pub fn transactions_after(
     portal: &dyn CommunityPass,
     scope: TxnScope<'_>,
@@ -448,6 +625,8 @@ pub fn transactions_after(
     let mut collector = TxnCollector::new(after);
     for _ in 0..PAGES_MAX {
         let page = portal.transactions_page(scope, collector.next_after)?;
+        let page_items = page.items.len() + page.rejected.len();
+        check_bounds("transaction cursor", page_items, collector.items.len())?;
         if !collector.accept(page)? {
             return Ok(collector.finish());
         }
@@ -462,9 +641,12 @@ pub fn transactions_after(
 struct TxnCollector {
     next_after: i64,
     items: Vec<VendorTxn>,
-    ids_seen: FxHashSet<VendorTxnId>,
+    /// Where each id's copies are in `items`.
+    ids_seen: FxHashMap<VendorTxnId, Vec<usize>>,
     duplicates_dropped: u64,
+    conflicting_copies: u64,
     rejected: Vec<RejectedRecord>,
+    cursor_refused: Option<String>,
 }
 
 impl TxnCollector {
@@ -472,16 +654,49 @@ impl TxnCollector {
         TxnCollector {
             next_after: after,
             items: Vec::new(),
-            ids_seen: FxHashSet::default(),
+            ids_seen: FxHashMap::default(),
             duplicates_dropped: 0,
+            conflicting_copies: 0,
             rejected: Vec::new(),
+            cursor_refused: None,
         }
     }
 
-    /// Takes one page; returns whether another page should be read.
+    /// The furthest `next_after` a page could mean: the highest sequence it
+    /// carries; for a page without items (or with records whose sequence
+    /// could not be read), what was asked plus the largest page.
+    fn cursor_bound(after: i64, page: &TxnPage) -> i64 {
+        let highest = page.items.iter().map(|txn| txn.sequence).max();
+        match highest {
+            Some(highest) if page.rejected.is_empty() => highest.max(after),
+            highest => highest
+                .unwrap_or(after)
+                .max(after)
+                .saturating_add(i64::from(PAGE_SIZE_MAX)),
+        }
+    }
+
+    /// Takes one page; returns whether another page should be read. A
+    /// cursor beyond what the page could mean, or backwards, refuses the
+    /// page: reading stops, and the cursor stays where it was.
     fn accept(&mut self, page: TxnPage) -> Result<bool, PortalError> {
         let after = self.next_after;
-        if page.next_after < after || (page.has_more && page.next_after == after) {
+        let bound = TxnCollector::cursor_bound(after, &page);
+        if page.next_after < after || page.next_after > bound {
+            let direction = if page.next_after < after {
+                "backwards".to_string()
+            } else {
+                format!("past the highest sequence the page could mean ({bound})")
+            };
+            let message = format!(
+                "Community Pass named cursor {} after {after}, {direction}; the page was not taken and the cursor stays at {after} (re-read with get-payments --from-sequence once Community Pass is corrected)",
+                page.next_after
+            );
+            tracing::warn!(%message, "transaction cursor refused");
+            self.cursor_refused = Some(message);
+            return Ok(false);
+        }
+        if page.has_more && page.next_after == after {
             return Err(PortalError::protocol(
                 "transaction cursor",
                 format!(
@@ -490,12 +705,7 @@ impl TxnCollector {
                 ),
             ));
         }
-        for record in page.rejected {
-            if !self.rejected.contains(&record) {
-                self.rejected.push(record);
-            }
-        }
-        for txn in page.items {
+        for txn in &page.items {
             if txn.sequence > page.next_after {
                 return Err(PortalError::protocol(
                     format!("transaction {}", txn.id),
@@ -505,10 +715,26 @@ impl TxnCollector {
                     ),
                 ));
             }
-            if txn.sequence <= after || !self.ids_seen.insert(txn.id.clone()) {
+        }
+        for record in page.rejected {
+            if !self.rejected.contains(&record) {
+                self.rejected.push(record);
+            }
+        }
+        for txn in page.items {
+            if txn.sequence <= after {
+                self.duplicates_dropped += 1; // a redelivery before the cursor
+                continue;
+            }
+            let copies = self.ids_seen.entry(txn.id.clone()).or_default();
+            if copies.iter().any(|i| self.items[*i].same_record(&txn)) {
                 self.duplicates_dropped += 1;
                 continue;
             }
+            if !copies.is_empty() {
+                self.conflicting_copies += 1;
+            }
+            copies.push(self.items.len());
             self.items.push(txn);
         }
         self.next_after = page.next_after;
@@ -521,7 +747,9 @@ impl TxnCollector {
             items: self.items,
             next_after: self.next_after,
             duplicates_dropped: self.duplicates_dropped,
+            conflicting_copies: self.conflicting_copies,
             rejected: self.rejected,
+            cursor_refused: self.cursor_refused,
         }
     }
 }
@@ -565,15 +793,41 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_ignores_the_page_limit_is_an_error_naming_the_bound() {
+        let mut served = 0u32;
+        let endless = walk_pages::<u32, u32, _, _>(
+            "fee listing",
+            |_| {
+                served += 1;
+                Ok(Page {
+                    items: (0..60_000).collect(),
+                    next_cursor: Some(format!("c{served}")),
+                    rejected: vec![],
+                })
+            },
+            |n| *n,
+        );
+        let error = endless.unwrap_err().to_string();
+        assert!(error.contains("PAGE_ITEMS_MAX = 2000"), "{error}");
+        assert_eq!(served, 1, "stopped at the first oversized page");
+        assert!(check_bounds("x", 10, LISTING_RECORDS_MAX - 5)
+            .unwrap_err()
+            .to_string()
+            .contains("LISTING_RECORDS_MAX"));
+    }
+
+    #[test]
     fn walk_pages_dedupes_and_stops_on_repeated_cursor() {
         let pages = [
             Page {
                 items: vec![1, 2],
                 next_cursor: Some("a".to_string()),
+                rejected: vec![],
             },
             Page {
                 items: vec![2, 3],
                 next_cursor: None,
+                rejected: vec![],
             },
         ];
         let mut index = 0;
@@ -594,6 +848,7 @@ mod tests {
                 Ok(Page {
                     items: vec![],
                     next_cursor: Some("same".to_string()),
+                    rejected: vec![],
                 })
             },
             |n| *n,
@@ -645,6 +900,101 @@ mod tests {
         assert_eq!(sequences, vec![3, 4, 5]);
         assert_eq!(batch.duplicates_dropped, 3);
         assert_eq!(batch.next_after, 5);
+    }
+
+    #[test]
+    fn collector_keeps_conflicting_copies_and_drops_identical_ones() {
+        let mut collector = TxnCollector::new(0);
+        let mut other = txn(2);
+        other.id = VendorTxnId("T1".into());
+        other.amount = Money::from_cents(325);
+        let mut same = txn(1);
+        same.sequence = 3; // an identical redelivery at another position
+        collector
+            .accept(TxnPage {
+                items: vec![txn(1), other.clone(), same],
+                next_after: 3,
+                has_more: false,
+                rejected: vec![],
+            })
+            .unwrap();
+        let batch = collector.finish();
+        assert_eq!(batch.items, vec![txn(1), other]);
+        assert_eq!(batch.conflicting_copies, 1);
+        assert_eq!(batch.duplicates_dropped, 1);
+    }
+
+    #[test]
+    fn merging_batches_keeps_differing_copies_once_each() {
+        let mut all = TxnBatch::empty(0);
+        let mut first = TxnBatch::empty(0);
+        first.items = vec![txn(1), txn(2)];
+        first.next_after = 2;
+        let mut second = TxnBatch::empty(0);
+        let mut other = txn(2);
+        other.amount = Money::from_cents(999);
+        second.items = vec![txn(2), other.clone(), txn(3)];
+        second.next_after = 3;
+        all.merge(first);
+        all.merge(second);
+        assert_eq!(all.items, vec![txn(1), txn(2), other, txn(3)]);
+        assert_eq!((all.duplicates_dropped, all.conflicting_copies), (1, 1));
+        assert_eq!(all.next_after, 3);
+    }
+
+    #[test]
+    fn collector_refuses_a_cursor_jump_and_keeps_what_was_read() {
+        let mut collector = TxnCollector::new(0);
+        assert!(collector
+            .accept(TxnPage {
+                items: vec![txn(1), txn(2)],
+                next_after: 2,
+                has_more: true,
+                rejected: vec![],
+            })
+            .unwrap());
+        let more = collector
+            .accept(TxnPage {
+                items: vec![txn(3)],
+                next_after: i64::MAX,
+                has_more: false,
+                rejected: vec![],
+            })
+            .unwrap();
+        assert!(!more);
+        let batch = collector.finish();
+        assert_eq!(
+            batch.next_after, 2,
+            "the cursor stays at the last good page"
+        );
+        assert_eq!(batch.items.len(), 2, "the refused page is not taken");
+        assert!(batch
+            .cursor_refused
+            .unwrap()
+            .contains("9223372036854775807"));
+        // An empty last page may move at most one page past what was asked.
+        let mut collector = TxnCollector::new(5);
+        collector
+            .accept(TxnPage {
+                items: vec![],
+                next_after: 5 + i64::from(PAGE_SIZE_MAX) + 1,
+                has_more: false,
+                rejected: vec![],
+            })
+            .unwrap();
+        assert!(collector.finish().cursor_refused.is_some());
+        let mut collector = TxnCollector::new(5);
+        collector
+            .accept(TxnPage {
+                items: vec![],
+                next_after: 4,
+                has_more: false,
+                rejected: vec![],
+            })
+            .unwrap();
+        let backwards = collector.finish();
+        assert!(backwards.cursor_refused.unwrap().contains("backwards"));
+        assert_eq!(backwards.next_after, 5);
     }
 
     #[test]

@@ -219,15 +219,7 @@ impl<'a> GlobalFacts<'a> {
 /// Two deliveries of one transaction are the same when everything but their
 /// position on the cursor agrees.
 pub(crate) fn same_delivery(left: &VendorTxn, right: &VendorTxn) -> bool {
-    left.id == right.id
-        && left.genesis_fee_id == right.genesis_fee_id
-        && left.vendor_fee_id == right.vendor_fee_id
-        && left.student_id == right.student_id
-        && left.kind == right.kind
-        && left.amount == right.amount
-        && left.method == right.method
-        && left.occurred_at == right.occurred_at
-        && left.reverses == right.reverses
+    left.same_record(right)
 }
 
 /// Every record of both snapshots (in scope), sorted by fee id and, within

@@ -52,6 +52,30 @@
 //! | (none) | CP txn naming no Genesis fee (a fee that exists only in CP: never synced) | matched, not posted |
 //! | `conservation_violation` | CP fee's balance ≠ its identity, or its totals ≠ its transactions | review; fee not pushed |
 //!
+//! # Holds: what is never posted (`validate`)
+//!
+//! Between the portal and posting (Get Payments, and the nightly's
+//! `PostVendorTxn` actions), `validate::judge` holds a record instead of
+//! posting it; a held record is parked in `cp_unprocessed` with the reason
+//! in words, listed by `cpsync unprocessed`, counted as needing review, and
+//! retried by every later pull (posted once valid). In the nightly the
+//! planned posting becomes a review item with the same reason.
+//!
+//! | hold | when |
+//! |---|---|
+//! | `fee_not_in_genesis` | the transaction's Genesis fee does not exist |
+//! | `txn_student_mismatch` | its `student_id` is not the Genesis fee's student |
+//! | `txn_vendor_fee_id_mismatch` | its `vendor_fee_id` is not the one the link recorded |
+//! | `txn_amount_not_positive` | amount zero or negative |
+//! | `txn_in_the_future` | `occurred_at` more than `CLOCK_SKEW_MAX_MINUTES` (10) after now |
+//! | `txn_on_void_fee` | a payment or waiver on a fee void in Genesis whose void Community Pass acknowledged (voided only after a payment: posted, and `fee_voided_after_payment` reviews the fee) |
+//! | `waiver_larger_than_fee` | a waiver above the fee's amount |
+//! | `reverses_unknown_payment` | a refund/reversal naming a payment neither posted nor in the batch |
+//! | `reverses_payment_of_another_fee` | … naming a payment on another fee |
+//! | `undoes_more_than_the_payment` | … for more than the payment it names |
+//! | `undoes_more_than_paid` | … for more than is still paid through Community Pass on the fee |
+//! | `conflicting_copies` | copies of one vendor id differ (or differ from Genesis's posting): all kept, none posted; the nightly's `duplicate_txn_cp` |
+//!
 //! Community Pass payments, refunds, waivers and reversals are posted to
 //! Genesis even while the fee itself is under review: money received is
 //! never dropped. Each Community Pass transaction is matched to at most one
@@ -65,6 +89,7 @@ mod input;
 mod output;
 mod rules;
 mod totals;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -289,7 +289,15 @@ pub struct SmtpSender {
     host: String,
     port: u16,
     password: Option<Secret>,
+    /// lettre's timeout is per read; this bounds the whole conversation.
+    read_timeout: Duration,
+    deadline: Duration,
 }
+
+/// The whole SMTP conversation (connect, greeting, TLS, authentication,
+/// the message) may take this many times `smtp.timeout_secs`: a server
+/// that trickles its answers cannot stretch a send beyond it.
+pub const SEND_DEADLINE_READS: u32 = 4;
 
 impl SmtpSender {
     /// Validates the settings (plain text only to loopback), loads the
@@ -326,19 +334,39 @@ impl SmtpSender {
             host: smtp.host.clone(),
             port: smtp.port,
             password,
+            read_timeout: timeout,
+            deadline: timeout * SEND_DEADLINE_READS,
         })
     }
 
-    /// Sends one message; the error names the server, never the password.
+    /// Sends one message within the whole-send deadline; the error names
+    /// the server and says what happened in words, never the password.
     pub fn send(&self, message: &Message) -> Result<(), MailError> {
-        self.transport
-            .send(message)
-            .map(|_| ())
-            .map_err(|e| MailError::Send {
-                host: self.host.clone(),
-                port: self.port,
-                reason: self.scrub(&error_chain(&e)),
-            })
+        let (sent, outcome) = std::sync::mpsc::channel();
+        let (transport, message) = (self.transport.clone(), message.clone());
+        // The conversation runs on its own thread so the deadline holds
+        // whatever the server does; a thread left behind ends at its next
+        // read timeout, or with the process.
+        std::thread::spawn(move || {
+            let _ = sent.send(transport.send(&message).map(|_| ()));
+        });
+        let failed = |reason: String| MailError::Send {
+            host: self.host.clone(),
+            port: self.port,
+            reason: self.scrub(&reason),
+        };
+        match outcome.recv_timeout(self.deadline) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) if error.is_timeout() || is_would_block(&error) => Err(failed(format!(
+                "the server did not answer within {} s (smtp.timeout_secs)",
+                self.read_timeout.as_secs()
+            ))),
+            Ok(Err(error)) => Err(failed(error_chain(&error))),
+            Err(_) => Err(failed(format!(
+                "the conversation did not finish within {} s ({SEND_DEADLINE_READS} × smtp.timeout_secs): the server is too slow or stalled",
+                self.deadline.as_secs()
+            ))),
+        }
     }
 
     fn scrub(&self, text: &str) -> String {
@@ -347,6 +375,24 @@ impl SmtpSender {
             _ => text.to_string(),
         }
     }
+}
+
+/// A read that timed out shows as "Resource temporarily unavailable" (an
+/// `EAGAIN` from a socket with a read timeout): the same thing in words.
+fn is_would_block(error: &lettre::transport::smtp::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn tls_mode(smtp: &SmtpConfig, extra_roots_pem: &[&[u8]]) -> Result<Tls, MailError> {

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 pub use admin::AdminClient;
-pub use model::{FaultConfig, GenerateSpec, ParentAction, SimStats};
+pub use model::{ActionOutcome, FaultConfig, GenerateSpec, ParentAction, SimStats};
 
 use crate::secret::Secret;
 use faults::FaultInjector;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{FeeId, StudentId, UnmanagedFee, VendorTxn, VendorTxnId};
+use crate::domain::{FeeId, StudentId, TxnKind, UnmanagedFee, VendorTxn, VendorTxnId};
 use crate::money::Money;
 
 /// Faults injected into the vendor API (never into `/_sim`). Rates are
@@ -146,7 +146,8 @@ pub enum ParentAction {
         occurred_at: Option<NaiveDateTime>,
     },
     /// A returned e-check or chargeback: undoes what is left of a payment,
-    /// dated `days_later` days (default 5) after it.
+    /// dated `days_later` days (default 5) after it, but never after the
+    /// moment it is recorded.
     Reversal {
         payment_id: VendorTxnId,
         #[serde(default)]
@@ -165,6 +166,41 @@ pub enum ParentAction {
     /// An unmanaged copy of an integration fee (same student, amount and
     /// description): the duplicate a preflight must find.
     DuplicateFee { genesis_fee_id: FeeId },
+    /// Fault injection: appends a record to the transaction log as given,
+    /// whether or not it makes sense (a conflicting copy of an existing id,
+    /// another student, an unknown vendor fee id, a refund naming no
+    /// payment, a reversal larger than the fee, a payment on a void fee, a
+    /// date in the future). Unset fields come from the fee; a new id is
+    /// applied to the fee's totals, a repeated one (a conflicting copy) is not.
+    InjectTransaction {
+        #[serde(default)]
+        id: Option<VendorTxnId>,
+        genesis_fee_id: FeeId,
+        #[serde(default)]
+        vendor_fee_id: Option<String>,
+        #[serde(default)]
+        student_id: Option<StudentId>,
+        kind: TxnKind,
+        amount: Money,
+        #[serde(default)]
+        occurred_at: Option<NaiveDateTime>,
+        #[serde(default)]
+        reverses: Option<VendorTxnId>,
+    },
+    /// Fault injection: the last page of every transaction listing names
+    /// this `next_after` (a cursor jump) until set again to none.
+    CursorJump {
+        #[serde(default)]
+        next_after: Option<i64>,
+    },
+    /// Fault injection: the fee is served with this raw JSON text in place
+    /// of `field` (e.g. `amount` as `"1e3"`) until set again to none.
+    CorruptFee {
+        genesis_fee_id: FeeId,
+        field: String,
+        #[serde(default)]
+        raw: Option<String>,
+    },
 }
 
 /// What one action produced.
@@ -173,6 +209,8 @@ pub enum ParentAction {
 pub enum ActionOutcome {
     Transaction(VendorTxn),
     UnmanagedFee(UnmanagedFee),
+    /// A fault was set (or cleared).
+    FaultSet,
 }
 
 /// A batch of parent actions, applied in order.

@@ -25,7 +25,7 @@ use super::model::{ActionBatch, ActionResults, ErrorBody, FaultConfig, GenerateS
 use super::state::{
     ApiError, District, DistrictSnapshot, FeeQuery, IdempotentReply, Scope, ID_MAX,
 };
-use crate::domain::{FeeId, FeePush, GuardianId, StudentId, VendorTxn};
+use crate::domain::{FeeId, FeePush, GuardianId, StudentId, VendorFee, VendorTxn};
 use crate::portal::{
     canonical_body, hex, ConnectionCheck, FEE_IDS_PER_REQUEST_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
 };
@@ -411,7 +411,7 @@ fn serve_vendor(
         Route::TestPush => test_push(district, &call.body),
         Route::Fees => fees(state, &call.query),
         Route::Fee(id) => match state.fee(id) {
-            Some(fee) => Ok(json_reply(200, fee)),
+            Some(fee) => Ok(json_reply(200, &served_fee(state, fee))),
             None => Err(ApiError::not_found("fee_not_found", format!("no fee {id}"))),
         },
         Route::UpsertFee(id) => upsert(state, id, call, plan.lose_write),
@@ -562,11 +562,25 @@ fn fees(state: &District, query: &BTreeMap<String, String>) -> Result<Reply, Api
     };
     let after = integer_cursor(query)?.map(FeeId);
     let (items, next) = state.fees_page(&selection, after, limit);
+    let items: Vec<serde_json::Value> = items.iter().map(|f| served_fee(state, f)).collect();
     let body = PageBody {
         items,
         next_cursor: next.map(|id| id.to_string()),
     };
     Ok(json_reply(200, &body))
+}
+
+/// A fee as served: with an injected corrupt field (`CorruptFee`), its raw
+/// text in place of the field's value.
+fn served_fee(state: &District, fee: &VendorFee) -> serde_json::Value {
+    let mut value = serde_json::to_value(fee).unwrap_or(serde_json::Value::Null);
+    if let (Some((field, raw)), Some(object)) = (
+        state.corrupt_field(fee.genesis_fee_id),
+        value.as_object_mut(),
+    ) {
+        object.insert(field.clone(), serde_json::Value::String(raw.clone()));
+    }
+    value
 }
 
 fn unmanaged_fees(state: &District, query: &BTreeMap<String, String>) -> Result<Reply, ApiError> {
@@ -646,9 +660,13 @@ fn transactions(
     if plan.reorder {
         faults.reorder(&mut items);
     }
+    let next_after = match state.cursor_jump() {
+        Some(jump) if !selection.has_more => jump, // an injected fault
+        _ => selection.next_after,
+    };
     let body = TxnPageBody {
         items,
-        next_after: selection.next_after,
+        next_after,
         has_more: selection.has_more,
     };
     Ok(json_reply(200, &body))

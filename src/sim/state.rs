@@ -124,6 +124,14 @@ pub struct District {
     patrons: BTreeMap<String, PatronTotals>,
     idempotency: HashMap<String, IdempotentReply>,
     next_vendor_number: u64,
+    /// Injected: the `next_after` the last page of a listing names.
+    cursor_jump: Option<i64>,
+    /// Injected: fees served with a field replaced by raw JSON text.
+    corrupt_fees: BTreeMap<FeeId, (String, String)>,
+    /// The time of the action being applied: nothing is dated after the
+    /// moment it is recorded (a reversal "days later" that would fall in
+    /// the future is dated now), as a real vendor's log is.
+    recording_at: Option<NaiveDateTime>,
 }
 
 /// The page of the transaction log a query selected.
@@ -563,6 +571,7 @@ impl District {
         action: ParentAction,
         now: NaiveDateTime,
     ) -> Result<ActionOutcome, ApiError> {
+        self.recording_at = Some(now);
         match action {
             ParentAction::Payment {
                 fee,
@@ -614,7 +623,73 @@ impl District {
                 created_at.unwrap_or(now),
             ),
             ParentAction::DuplicateFee { genesis_fee_id } => self.duplicate(genesis_fee_id, now),
+            ParentAction::InjectTransaction {
+                id,
+                genesis_fee_id,
+                vendor_fee_id,
+                student_id,
+                kind,
+                amount,
+                occurred_at,
+                reverses,
+            } => {
+                let managed = self.fees.get(&genesis_fee_id).map(|m| &m.fee);
+                let sequence = self.transactions.len() as i64 + 1;
+                let txn = VendorTxn {
+                    id: id.unwrap_or_else(|| VendorTxnId(format!("TXN{sequence:010}"))),
+                    sequence,
+                    genesis_fee_id: Some(genesis_fee_id),
+                    vendor_fee_id: vendor_fee_id
+                        .or_else(|| managed.map(|f| f.vendor_fee_id.clone()))
+                        .unwrap_or_else(|| format!("CPF-UNKNOWN-{genesis_fee_id}")),
+                    student_id: student_id.or_else(|| managed.map(|f| f.student_id)),
+                    kind,
+                    amount,
+                    method: "injected".to_string(),
+                    occurred_at: occurred_at.unwrap_or(now),
+                    reverses,
+                };
+                Ok(ActionOutcome::Transaction(self.inject(txn)))
+            }
+            ParentAction::CursorJump { next_after } => {
+                self.cursor_jump = next_after;
+                Ok(ActionOutcome::FaultSet)
+            }
+            ParentAction::CorruptFee {
+                genesis_fee_id,
+                field,
+                raw,
+            } => {
+                match raw {
+                    Some(raw) => self.corrupt_fees.insert(genesis_fee_id, (field, raw)),
+                    None => self.corrupt_fees.remove(&genesis_fee_id),
+                };
+                Ok(ActionOutcome::FaultSet)
+            }
         }
+    }
+
+    /// Appends an injected record to the log; a new id is applied to its
+    /// managed fee's totals (a conflicting copy of an id is not).
+    fn inject(&mut self, txn: VendorTxn) -> VendorTxn {
+        let repeated = self.transactions.iter().any(|t| t.id == txn.id);
+        let fee = txn.genesis_fee_id.filter(|id| self.fees.contains_key(id));
+        if let (false, Some(fee)) = (repeated, fee) {
+            self.apply_to_fee(FeeKey::Managed(fee), txn.kind, txn.amount);
+        }
+        self.index_transaction(&txn);
+        self.transactions.push(txn.clone());
+        txn
+    }
+
+    /// The injected cursor jump, if any.
+    pub fn cursor_jump(&self) -> Option<i64> {
+        self.cursor_jump
+    }
+
+    /// The injected raw replacement of a fee's field, if any.
+    pub fn corrupt_field(&self, fee: FeeId) -> Option<&(String, String)> {
+        self.corrupt_fees.get(&fee)
     }
 
     /// A payment or a waiver against a fee.
@@ -719,6 +794,7 @@ impl District {
         reverses: Option<VendorTxnId>,
     ) -> VendorTxn {
         let sequence = self.transactions.len() as i64 + 1;
+        let at = self.recording_at.map_or(at, |now| at.min(now));
         let (genesis_fee_id, vendor_fee_id, student_id) = match key {
             FeeKey::Managed(id) => {
                 let fee = &self.fees[&id].fee;
@@ -1210,7 +1286,8 @@ mod tests {
             panic!("expected a transaction")
         };
         assert_eq!(reversed.amount, Money::from_cents(3_000));
-        assert_eq!(reversed.occurred_at, now() + Days::days(7));
+        // Seven days after the payment is in the future: dated now.
+        assert_eq!(reversed.occurred_at, now());
         let again = ParentAction::Reversal {
             payment_id: partial.id,
             days_later: None,

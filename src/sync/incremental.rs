@@ -33,8 +33,8 @@ use crate::db::marks::{self, NightlyMark, OutboxPosition};
 use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, StudentId, VendorTxn, VendorTxnId};
 use crate::portal::{
-    fees_by_ids, fees_where, transactions_after, transactions_of_fees, CommunityPass, FeeFilter,
-    RejectedRecord, TxnBatch, TxnScope,
+    fees_by_ids_keeping_rejected, fees_where_keeping_rejected, rejected_fee_id, transactions_after,
+    transactions_of_fees, CommunityPass, FeeFilter, RejectedRecord, TxnBatch, TxnScope,
 };
 use crate::reconcile::{GenesisSnapshot, VendorSnapshot};
 use crate::setup::SetupState;
@@ -124,6 +124,10 @@ pub struct ChangedSnapshots {
     /// How many fees the run examines.
     pub fees_examined: usize,
     pub changes: ChangeCounts,
+    /// Fees whose Community Pass record could not be read: not judged.
+    pub unjudged_fees: Vec<FeeId>,
+    /// What could not be read, in words (the run is incomplete).
+    pub incomplete: Vec<String>,
 }
 
 /// Reads both sides for the fees changed since `mark` (Community Pass fees
@@ -159,6 +163,17 @@ pub fn fetch_changed(
     fee_ids.extend(&genesis_side.open_fees);
     fee_ids.extend(&vendor_side.changed_fees);
     let new_txns = vendor_side.new_txns;
+    let mut unreadable_fees = vendor_side.unreadable_fees;
+    let mut incomplete: Vec<String> = new_txns
+        .cursor_refused
+        .iter()
+        .map(|refused| {
+            format!(
+                "the transaction log was read only to {}: {refused}",
+                new_txns.next_after
+            )
+        })
+        .collect();
     fee_ids.extend(new_txns.items.iter().filter_map(|txn| txn.genesis_fee_id));
     let txn_sequence = new_txns.next_after.max(mark.txn_sequence);
     let mut rejected = new_txns.rejected;
@@ -194,6 +209,24 @@ pub fn fetch_changed(
         .txns
         .sort_by(|a, b| (a.sequence, &a.id).cmp(&(b.sequence, &b.id)));
     rejected.extend(read.vendor_rejected);
+    unreadable_fees.extend(read.unreadable_fees);
+    let mut unjudged_fees = Vec::new();
+    for record in &unreadable_fees {
+        rejected.push(record.clone());
+        match rejected_fee_id(record) {
+            Some(fee) => {
+                unjudged_fees.push(fee);
+                incomplete.push(format!(
+                    "Community Pass sent fee {fee} unreadable ({}); the fee was not judged",
+                    record.reason
+                ));
+            }
+            None => incomplete.push(format!(
+                "Community Pass sent an unreadable fee record without a readable id ({})",
+                record.reason
+            )),
+        }
+    }
     let rejected = read
         .genesis_rejected
         .into_iter()
@@ -207,12 +240,16 @@ pub fn fetch_changed(
         txn_sequence,
         fees_examined: fee_ids.len(),
         changes,
+        unjudged_fees,
+        incomplete,
     })
 }
 
 /// What changed in Community Pass since the mark.
 struct VendorChanges {
     changed_fees: Vec<FeeId>,
+    /// Changed fee records that break the contract.
+    unreadable_fees: Vec<RejectedRecord>,
     new_txns: TxnBatch,
 }
 
@@ -221,9 +258,10 @@ fn vendor_changes(
     after_sequence: i64,
     since: NaiveDateTime,
 ) -> Result<VendorChanges, SyncError> {
-    let changed = fees_where(portal, FeeFilter::UpdatedSince(since))?;
+    let changed = fees_where_keeping_rejected(portal, FeeFilter::UpdatedSince(since))?;
     Ok(VendorChanges {
-        changed_fees: changed.iter().map(|fee| fee.genesis_fee_id).collect(),
+        changed_fees: changed.items.iter().map(|fee| fee.genesis_fee_id).collect(),
+        unreadable_fees: changed.rejected,
         new_txns: transactions_after(portal, TxnScope::All, after_sequence)?,
     })
 }
@@ -283,6 +321,7 @@ struct FeesRead {
     vendor: VendorSnapshot,
     genesis_rejected: Vec<String>,
     vendor_rejected: Vec<RejectedRecord>,
+    unreadable_fees: Vec<RejectedRecord>,
 }
 
 impl FeesRead {
@@ -294,6 +333,7 @@ impl FeesRead {
         self.vendor.txns.extend(more.vendor.txns);
         self.genesis_rejected.extend(more.genesis_rejected);
         self.vendor_rejected.extend(more.vendor_rejected);
+        self.unreadable_fees.extend(more.unreadable_fees);
     }
 }
 
@@ -307,7 +347,7 @@ fn read_fees(
     let (vendor, genesis) = std::thread::scope(|threads| {
         let reader = threads.spawn(move || -> Result<_, SyncError> {
             Ok((
-                fees_by_ids(portal, ids)?,
+                fees_by_ids_keeping_rejected(portal, ids)?,
                 transactions_of_fees(portal, ids)?,
             ))
         });
@@ -322,11 +362,12 @@ fn read_fees(
     Ok(FeesRead {
         genesis,
         vendor: VendorSnapshot {
-            fees: vendor_fees,
+            fees: vendor_fees.items,
             txns: vendor_txns.items,
         },
         genesis_rejected,
         vendor_rejected: vendor_txns.rejected,
+        unreadable_fees: vendor_fees.rejected,
     })
 }
 

@@ -14,17 +14,19 @@ use diesel::Connection;
 use serde::Serialize;
 
 use super::incremental::{self, ChangeCounts, Decision};
-use super::push::{push_fees, PushMode, PushOutcome};
+use super::push::{push_fees, Acknowledged, PushMode, PushOutcome};
 use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::{self, Outcome};
 use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
 use crate::db::review_items::{self, ReviewItem};
-use crate::db::{genesis, links, DbConnection};
+use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
-    all_fees, fees_by_ids, transactions_after, CommunityPass, RetryStats, TxnScope,
+    fees_by_ids, fees_where_keeping_rejected, rejected_fee_id, transactions_after, CommunityPass,
+    FeeFilter, RetryStats, TxnScope,
 };
+use crate::reconcile::validate::{self, Verdict};
 use crate::reconcile::{
     check_accounting, check_conservation, reconcile, Action, Discrepancy, DiscrepancyKind,
     GenesisSnapshot, Reconciliation, Resolution, Scope, VendorSnapshot,
@@ -134,8 +136,12 @@ pub struct NightlyResult {
     /// Actions a re-read still plans after apply (concurrent activity, or failures).
     pub remaining_after_apply: Option<usize>,
     /// The fees a re-read after apply still finds different, with the
-    /// kinds still found: each correction on them is `NotConverged`.
+    /// kinds still found (a write that did not take effect, or a change
+    /// made on either side while the run was going).
     pub still_different: BTreeMap<FeeId, Vec<&'static str>>,
+    /// Pushes Community Pass acknowledged but does not show on re-reading,
+    /// with what it shows: their corrections are `NotConverged`.
+    pub not_applied: BTreeMap<FeeId, String>,
     pub coverage: RunCoverage,
     /// Each side's totals after the run's own corrections (a dry run: as
     /// they would be); `reconciliation.totals` are as found.
@@ -143,6 +149,10 @@ pub struct NightlyResult {
     /// The review queue as this run left it (or, for a scoped or dry run,
     /// as it found it).
     pub queue: QueueView,
+    /// What the run could not read, so did not judge (a Community Pass fee
+    /// record that breaks the contract, a transaction cursor it could not
+    /// have meant): the verdict must say the run is incomplete.
+    pub incomplete: Vec<String>,
 }
 
 /// The review queue items behind one run's discrepancies.
@@ -285,6 +295,10 @@ struct Reading {
     outbox: Option<OutboxPosition>,
     txn_sequence: i64,
     coverage: RunCoverage,
+    /// Fees Community Pass sent unreadable (by id when readable), and other
+    /// gaps in what was read, in words.
+    unjudged_fees: Vec<FeeId>,
+    incomplete: Vec<String>,
 }
 
 /// Reads both snapshots of the scope in full, as a full run does (for
@@ -318,7 +332,7 @@ fn fetch_snapshots(
     std::thread::scope(|threads| {
         let vendor_reader = threads.spawn(move || fetch_vendor(portal, student));
         let genesis = fetch_genesis(conn, scope);
-        let (vendor, vendor_rejected, txn_sequence) = vendor_reader
+        let (vendor, vendor_rejected, txn_sequence, gaps) = vendor_reader
             .join()
             .expect("the Community Pass reader does not panic")?;
         let (genesis, mut rejected) = genesis?;
@@ -330,6 +344,8 @@ fn fetch_snapshots(
             outbox,
             txn_sequence,
             coverage,
+            unjudged_fees: gaps.fees,
+            incomplete: gaps.words,
         })
     })
 }
@@ -362,6 +378,8 @@ fn read(
         rejected: changed.rejected,
         outbox: Some(changed.outbox),
         txn_sequence: changed.txn_sequence,
+        unjudged_fees: changed.unjudged_fees,
+        incomplete: changed.incomplete,
         coverage: RunCoverage::Incremental {
             since_run: mark.run_id,
             full_run_id: mark.full_run_id,
@@ -371,36 +389,71 @@ fn read(
     })
 }
 
+/// What a run could not read from Community Pass.
+#[derive(Debug, Default)]
+struct Gaps {
+    /// Fees whose Community Pass record breaks the contract: not judged.
+    fees: Vec<FeeId>,
+    /// Every gap, in words, for the verdict.
+    words: Vec<String>,
+}
+
 /// The vendor's fees and transactions, and the log position reached;
 /// transactions that break the contract are left out and named (Get
-/// Payments parks them).
+/// Payments parks them); fee records that break it are left out, named,
+/// and their fees not judged.
 fn fetch_vendor(
     portal: &dyn CommunityPass,
     student: Option<crate::domain::StudentId>,
-) -> Result<(VendorSnapshot, Vec<String>, i64), SyncError> {
+) -> Result<(VendorSnapshot, Vec<String>, i64, Gaps), SyncError> {
     let txn_scope = student.map_or(TxnScope::All, TxnScope::Student);
+    let filter = student.map_or(FeeFilter::All, FeeFilter::Student);
     // The two listings are independent: read them at the same time.
     let (fees, batch) = std::thread::scope(|threads| {
         let txn_reader = threads.spawn(move || transactions_after(portal, txn_scope, 0));
-        let fees = all_fees(portal, student);
+        let fees = fees_where_keeping_rejected(portal, filter);
         let batch = txn_reader
             .join()
             .expect("the transaction reader does not panic");
         (fees, batch)
     });
     let (fees, batch) = (fees?, batch?);
-    let rejected = batch
+    let mut rejected: Vec<String> = batch
         .rejected
         .iter()
         .map(|r| format!("Community Pass {r}"))
         .collect();
+    let mut gaps = Gaps::default();
+    for record in &fees.rejected {
+        rejected.push(format!("Community Pass {record}"));
+        match rejected_fee_id(record) {
+            Some(fee) => {
+                gaps.fees.push(fee);
+                gaps.words.push(format!(
+                    "Community Pass sent fee {fee} unreadable ({}); the fee was not judged",
+                    record.reason
+                ));
+            }
+            None => gaps.words.push(format!(
+                "Community Pass sent an unreadable fee record without a readable id ({})",
+                record.reason
+            )),
+        }
+    }
+    if let Some(refused) = &batch.cursor_refused {
+        gaps.words.push(format!(
+            "the transaction log was read only to {}: {refused}",
+            batch.next_after
+        ));
+    }
     Ok((
         VendorSnapshot {
-            fees,
+            fees: fees.items,
             txns: batch.items,
         },
         rejected,
         batch.next_after,
+        gaps,
     ))
 }
 
@@ -458,33 +511,51 @@ pub fn run(
         outbox,
         txn_sequence,
         coverage,
+        unjudged_fees,
+        incomplete,
     } = read(conn, portal, setup, options, clock)?;
+    let mut vendor = vendor;
+    leave_out_fees(&mut genesis, &mut vendor, &unjudged_fees);
     super::attach_parties(conn, setup, &mut genesis)?;
     if !options.dry_run {
         adopt_unrecorded_pushes(conn, &mut genesis, &vendor, run_id, clock)?;
     }
     timer.lap("fetch");
     let policy = setup.policy();
-    let reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    let mut reconciliation = reconcile(&genesis, &vendor, &policy, &options.scope);
+    let held_postings = hold_what_does_not_belong(&genesis, &mut reconciliation, clock());
     check_accounting(&reconciliation.accounting)
         .map_err(|e| SyncError::Accounting(e.to_string()))?;
     timer.lap("reconcile");
+    let mut acknowledged_pushes = BTreeMap::new();
     let mut outcomes = if options.dry_run {
         planned_outcomes(&reconciliation)
     } else {
-        let results = apply(conn, portal, setup, &reconciliation, run_id, clock)?;
+        let (results, acknowledged) = apply(
+            conn,
+            portal,
+            setup,
+            &held_postings,
+            &reconciliation,
+            run_id,
+            clock,
+        )?;
         timer.lap("apply");
+        acknowledged_pushes = acknowledged;
         outcomes_from(&reconciliation, &results)
     };
     check_conservation(&reconciliation.totals, &vendor)
         .map_err(|e| SyncError::Conservation(e.to_string()))?;
     let mut remaining_after_apply = None;
     let mut still_different = BTreeMap::new();
+    let mut not_applied = BTreeMap::new();
     if !options.dry_run {
         let touched = touched_fees(&reconciliation);
-        still_different = verify_touched(conn, portal, &vendor, &touched, setup, &options.scope)?;
+        let verified = verify_touched(conn, portal, &vendor, &touched, setup, &options.scope)?;
+        still_different = verified.still_different;
         remaining_after_apply = Some(still_different.values().map(Vec::len).sum());
-        mark_not_converged(&reconciliation, &mut outcomes, &still_different);
+        not_applied = pushes_not_applied(&acknowledged_pushes, &verified.vendor_fees);
+        mark_not_converged(&reconciliation, &mut outcomes, &not_applied);
         timer.lap("verify");
     }
     classify_credits(&reconciliation, &mut outcomes);
@@ -502,12 +573,22 @@ pub fn run(
         options.dry_run,
     ) {
         (_, false, _) | (_, _, true) => None,
-        (RunCoverage::Full { .. }, true, false) => Some(Reach::Everything),
+        // A run that could not read everything resolves only what it judged.
+        (RunCoverage::Full { .. }, true, false) if incomplete.is_empty() => Some(Reach::Everything),
+        (RunCoverage::Full { .. }, true, false) => {
+            Some(Reach::Fees(examined_fees(&genesis, &vendor)))
+        }
         (RunCoverage::Incremental { .. }, true, false) => {
             Some(Reach::Fees(examined_fees(&genesis, &vendor)))
         }
     };
-    let start = match (vendor_as_of, outbox, options.dry_run) {
+    // An incomplete run marks nothing: the next incremental run starts
+    // from the last complete one, so what was not judged is judged then.
+    let start = match (
+        vendor_as_of,
+        outbox,
+        options.dry_run || !incomplete.is_empty(),
+    ) {
         (Some(vendor_as_of), Some(outbox), false) => Some(Start {
             outbox,
             vendor_as_of,
@@ -545,9 +626,11 @@ pub fn run(
         retries: portal.retry_stats(),
         remaining_after_apply,
         still_different,
+        not_applied,
         coverage,
         totals_after,
         queue,
+        incomplete,
     })
 }
 
@@ -647,25 +730,67 @@ fn update_queue(
     })
 }
 
-/// Corrections that were applied (as far as each call said) on a fee a
-/// re-read still finds different are `NotConverged`, never `Corrected`.
+/// Leaves these fees out of both snapshots (their Community Pass record
+/// could not be read): their cases are not judged, so nothing is planned on
+/// what could not be seen.
+fn leave_out_fees(genesis: &mut GenesisSnapshot, vendor: &mut VendorSnapshot, fees: &[FeeId]) {
+    if fees.is_empty() {
+        return;
+    }
+    let out: std::collections::HashSet<FeeId> = fees.iter().copied().collect();
+    genesis.fees.retain(|fee| !out.contains(&fee.id));
+    genesis.txns.retain(|txn| !out.contains(&txn.fee_id));
+    genesis.links.retain(|link| !out.contains(&link.fee_id));
+    vendor.fees.retain(|fee| !out.contains(&fee.genesis_fee_id));
+    vendor
+        .txns
+        .retain(|txn| txn.genesis_fee_id.is_none_or(|fee| !out.contains(&fee)));
+}
+
+/// The pushes Community Pass answered as applied whose fee, re-read, does
+/// not show the body acknowledged (every pushed field), with what it shows.
+/// A fee whose revision moved past the one the push answered was changed
+/// by someone else since (another run's push): not a lost write.
+fn pushes_not_applied(
+    acknowledged: &BTreeMap<FeeId, Acknowledged>,
+    vendor_after: &[crate::domain::VendorFee],
+) -> BTreeMap<FeeId, String> {
+    let shown: HashMap<FeeId, &crate::domain::VendorFee> = vendor_after
+        .iter()
+        .map(|fee| (fee.genesis_fee_id, fee))
+        .collect();
+    let mut not_applied = BTreeMap::new();
+    for (fee_id, ack) in acknowledged {
+        let why = match shown.get(fee_id) {
+            None => "Community Pass answered the push as applied but does not list the fee"
+                .to_string(),
+            Some(fee) if fee.revision > ack.revision => continue,
+            Some(fee) if !super::push::shows_pushed(fee, &ack.digest) => format!(
+                "Community Pass answered the push as applied (revision {}) but still shows amount {}, status {}, credit {}, student {}, description {:?} (revision {})",
+                ack.revision, fee.amount, fee.status, fee.genesis_credit, fee.student_id, fee.description, fee.revision
+            ),
+            Some(_) => continue,
+        };
+        not_applied.insert(*fee_id, why);
+    }
+    not_applied
+}
+
+/// Corrections on a fee whose push did not take effect are `NotConverged`,
+/// never `Corrected`. (A fee that differs again only because someone
+/// changed it while the run was going keeps its applied corrections; it is
+/// listed in `still_different` and the next run takes it up.)
 fn mark_not_converged(
     reconciliation: &Reconciliation,
     outcomes: &mut [(Outcome, Option<String>)],
-    still_different: &BTreeMap<FeeId, Vec<&'static str>>,
+    not_applied: &BTreeMap<FeeId, String>,
 ) {
     for (discrepancy, outcome) in reconciliation.discrepancies.iter().zip(outcomes) {
-        let Some(kinds) = discrepancy.fee_id.and_then(|fee| still_different.get(&fee)) else {
+        let Some(why) = discrepancy.fee_id.and_then(|fee| not_applied.get(&fee)) else {
             continue;
         };
         if outcome.0 == Outcome::Corrected {
-            *outcome = (
-                Outcome::NotConverged,
-                Some(format!(
-                    "applied, but a re-read still finds {}",
-                    kinds.join(", ")
-                )),
-            );
+            *outcome = (Outcome::NotConverged, Some(why.clone()));
         }
     }
 }
@@ -797,9 +922,9 @@ fn verify_touched(
     touched: &[FeeId],
     setup: &SetupState,
     scope: &Scope,
-) -> Result<BTreeMap<FeeId, Vec<&'static str>>, SyncError> {
+) -> Result<Verified, SyncError> {
     if touched.is_empty() {
-        return Ok(BTreeMap::new());
+        return Ok(Verified::default());
     }
     let fees = genesis::load_fees_by_ids(conn, touched)?.records;
     let txns = genesis::load_txns_for_fees(conn, touched)?.records;
@@ -835,7 +960,19 @@ fn verify_touched(
                 .push(discrepancy.kind.as_str());
         }
     }
-    Ok(still)
+    Ok(Verified {
+        still_different: still,
+        vendor_fees: vendor.fees,
+    })
+}
+
+/// What re-reading the touched fees found.
+#[derive(Debug, Default)]
+struct Verified {
+    /// Fees on which the core still plans something, with the kinds.
+    still_different: BTreeMap<FeeId, Vec<&'static str>>,
+    /// Community Pass's fees as re-read.
+    vendor_fees: Vec<crate::domain::VendorFee>,
 }
 
 fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {
@@ -878,16 +1015,23 @@ fn outcomes_from(
         .collect()
 }
 
+/// How each planned action went, and what Community Pass acknowledged.
+type Applied = (
+    HashMap<ActionKey, ActionResult>,
+    BTreeMap<FeeId, Acknowledged>,
+);
+
 /// Carries out the plan: postings and locks into Genesis first (money
 /// received is never held back by a push), then pushes to Community Pass.
 fn apply(
     conn: &mut DbConnection,
     portal: &dyn CommunityPass,
     setup: &SetupState,
+    held_postings: &[(VendorTxn, String)],
     reconciliation: &Reconciliation,
     run_id: i64,
     clock: Clock,
-) -> Result<HashMap<ActionKey, ActionResult>, SyncError> {
+) -> Result<Applied, SyncError> {
     let plan = reconciliation.plan();
     let mut crash = CrashPoint::from_env();
     let mut results = HashMap::new();
@@ -898,6 +1042,16 @@ fn apply(
             _ => None,
         })
         .collect();
+    if !held_postings.is_empty() {
+        // Held, never dropped: listed by `cpsync unprocessed`, retried by
+        // every pull, posted once they belong.
+        let parked: Vec<(&VendorTxn, String)> = held_postings
+            .iter()
+            .map(|(txn, reason)| (txn, reason.clone()))
+            .collect();
+        conn.transaction(|conn| postings::park(conn, &parked, Some(run_id), clock()))?;
+        crash.wrote();
+    }
     for batch in postings.chunks(APPLY_BATCH_MAX) {
         post_batch(conn, batch, run_id, clock)?;
         crash.wrote();
@@ -926,9 +1080,11 @@ fn apply(
             _ => None,
         })
         .collect();
+    let mut acknowledged = BTreeMap::new();
     for batch in pushes.chunks(PUSH_BATCH_MAX) {
-        let (_, outcomes) =
+        let (report, outcomes) =
             push_fees(conn, portal, setup, batch, PushMode::Correct, run_id, clock)?;
+        acknowledged.extend(report.acknowledged);
         crash.wrote();
         for (fee_id, outcome) in outcomes {
             let result = match &outcome {
@@ -941,7 +1097,67 @@ fn apply(
             results.insert(ActionKey::Push(fee_id), result);
         }
     }
-    Ok(results)
+    Ok((results, acknowledged))
+}
+
+/// Turns each planned posting that does not belong in Genesis
+/// (`validate::judge`, with the facts of the snapshot the plan came from)
+/// into a review item with the reason, in place, and moves its record from
+/// corrected to needs review in the accounting: the run, its report and its
+/// verdict then say what a person must look at. Returns the held records
+/// with their reasons, to park.
+fn hold_what_does_not_belong(
+    genesis: &GenesisSnapshot,
+    reconciliation: &mut Reconciliation,
+    now: chrono::NaiveDateTime,
+) -> Vec<(VendorTxn, String)> {
+    let planned: Vec<(usize, &VendorTxn)> = reconciliation
+        .discrepancies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match &d.resolution {
+            Resolution::Planned(Action::PostVendorTxn { txn, .. }) => Some((i, txn)),
+            _ => None,
+        })
+        .collect();
+    if planned.is_empty() {
+        return Vec::new();
+    }
+    let (fees, posted) = validate::facts_of(&genesis.fees, &genesis.links, &genesis.txns);
+    let txns: Vec<&VendorTxn> = planned.iter().map(|(_, t)| *t).collect();
+    let known = validate::Known {
+        fees: &fees,
+        posted: &posted,
+    };
+    // One verdict per vendor id (a repeated identical action is judged once).
+    let mut holds: HashMap<VendorTxnId, String> = HashMap::new();
+    for (txn, verdict) in txns.iter().zip(validate::judge(&txns, known, now)) {
+        if let Verdict::Hold(hold) = verdict {
+            holds.insert(txn.id.clone(), hold.describe());
+        }
+    }
+    let held: Vec<(usize, VendorTxn, String)> = planned
+        .iter()
+        .filter_map(|(i, txn)| holds.get(&txn.id).map(|r| (*i, (*txn).clone(), r.clone())))
+        .collect();
+    let mut parked = Vec::new();
+    for (index, txn, reason) in held {
+        tracing::warn!(vendor_txn_id = %txn.id, %reason, "a planned posting is held, not posted");
+        reconciliation.discrepancies[index].resolution = Resolution::review(
+            format!("held, not posted: {reason}"),
+            "confirm the record with Community Pass; the next pull posts it once it belongs, or post it by hand",
+        );
+        let side = &mut reconciliation.accounting.community_pass;
+        side.corrected = side.corrected.saturating_sub(1);
+        side.needs_review += 1;
+        if !parked
+            .iter()
+            .any(|(t, _): &(VendorTxn, String)| t.id == txn.id)
+        {
+            parked.push((txn, reason));
+        }
+    }
+    parked
 }
 
 /// One bounded database transaction of postings, their audit rows and the

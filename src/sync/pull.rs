@@ -7,7 +7,7 @@
 //! retried by every later pull; transactions on fees that exist only in
 //! Community Pass (no Genesis fee id) are never synced and only counted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -15,6 +15,7 @@ use super::{Clock, SyncError};
 use crate::db::{cursors, genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, GuardianId, StudentId, VendorTxn, VendorTxnId};
 use crate::portal::{transactions_after, CommunityPass, PortalError, TxnBatch, TxnScope};
+use crate::reconcile::validate::{self, FeeFacts, Hold, PostedTxn, Verdict};
 
 /// Whose transactions to pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub enum PullScope {
 pub struct PullReport {
     pub fetched: u64,
     pub duplicates_dropped: u64,
+    /// Copies of a vendor id that differ from another copy (all held).
+    pub conflicting_copies: u64,
     pub posted: u64,
     pub already_posted: u64,
     pub parked: u64,
@@ -45,6 +48,9 @@ pub struct PullReport {
     pub rejected: u64,
     pub cursor_from: Option<i64>,
     pub cursor_to: Option<i64>,
+    /// Why reading the cursor stopped early (a cursor Community Pass could
+    /// not have meant); the stored cursor stayed where it was read to.
+    pub cursor_refused: Option<String>,
     /// Each record not posted, and why (parked or rejected).
     pub problems: Vec<String>,
 }
@@ -57,9 +63,26 @@ pub fn get_payments(
     run_id: i64,
     clock: Clock,
 ) -> Result<PullReport, SyncError> {
+    get_payments_from(conn, portal, scope, None, run_id, clock)
+}
+
+/// `get_payments`; for a cursor pull, `from_sequence` re-reads from that
+/// point instead of the stored cursor (safe: posting is idempotent), and the
+/// cursor is then stored only as far as actually read.
+pub fn get_payments_from(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    scope: PullScope,
+    from_sequence: Option<i64>,
+    run_id: i64,
+    clock: Clock,
+) -> Result<PullReport, SyncError> {
     let (batch, after) = match scope {
         PullScope::Cursor => {
-            let after = cursors::position(conn, cursors::TRANSACTIONS)?;
+            let after = match from_sequence {
+                Some(from) => from.max(0),
+                None => cursors::position(conn, cursors::TRANSACTIONS)?,
+            };
             (transactions_after(portal, TxnScope::All, after)?, after)
         }
         PullScope::Student(id) => (transactions_after(portal, TxnScope::Student(id), 0)?, 0),
@@ -71,10 +94,17 @@ pub fn get_payments(
     let mut report = PullReport {
         fetched: (batch.items.len() + batch.rejected.len()) as u64,
         duplicates_dropped: batch.duplicates_dropped,
+        conflicting_copies: batch.conflicting_copies,
         rejected: batch.rejected.len() as u64,
         problems: batch.rejected.iter().map(|r| r.to_string()).collect(),
+        cursor_refused: batch.cursor_refused.clone(),
         ..PullReport::default()
     };
+    if let Some(refused) = &batch.cursor_refused {
+        report
+            .problems
+            .push(format!("transaction cursor: {refused}"));
+    }
     for record in &batch.rejected {
         tracing::warn!(%record, "Community Pass sent a record that breaks the contract; parked");
     }
@@ -83,15 +113,20 @@ pub fn get_payments(
     } else {
         Vec::new()
     };
-    let mut txns: Vec<&VendorTxn> = batch.items.iter().chain(retried.iter()).collect();
-    dedupe_by_id(&mut txns);
+    let txns: Vec<&VendorTxn> = batch.items.iter().chain(retried.iter()).collect();
     crate::db::write_transaction(conn, |conn| {
         postings::park_malformed(conn, &batch.rejected, Some(run_id), clock())?;
         apply(conn, &txns, run_id, clock, &mut report)?;
         if scope == PullScope::Cursor {
             report.cursor_from = Some(after);
             report.cursor_to = Some(batch.next_after.max(after));
-            cursors::advance(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
+            if from_sequence.is_some() {
+                // Re-read from a chosen point: the cursor is what was read,
+                // even below a stored position Community Pass never meant.
+                cursors::set(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
+            } else {
+                cursors::advance(conn, cursors::TRANSACTIONS, batch.next_after, clock())?;
+            }
         }
         Ok::<_, SyncError>(())
     })?;
@@ -103,39 +138,12 @@ fn transactions_of_students(
     portal: &dyn CommunityPass,
     students: &[StudentId],
 ) -> Result<TxnBatch, PortalError> {
-    let mut all = TxnBatch {
-        items: Vec::new(),
-        next_after: 0,
-        duplicates_dropped: 0,
-        rejected: Vec::new(),
-    };
-    let mut seen = HashSet::new();
+    let mut all = TxnBatch::empty(0);
     for student in students {
-        let batch = transactions_after(portal, TxnScope::Student(*student), 0)?;
-        for txn in batch.items {
-            if seen.insert(txn.id.clone()) {
-                all.items.push(txn);
-            } else {
-                all.duplicates_dropped += 1;
-            }
-        }
-        all.duplicates_dropped += batch.duplicates_dropped;
-        all.next_after = all.next_after.max(batch.next_after);
-        all.rejected.extend(batch.rejected);
+        all.merge(transactions_after(portal, TxnScope::Student(*student), 0)?);
     }
     all.items.sort_by_key(|txn| txn.sequence);
     Ok(all)
-}
-
-fn dedupe_by_id(txns: &mut Vec<&VendorTxn>) {
-    let mut seen = HashSet::new();
-    txns.retain(|t| seen.insert(t.id.clone()));
-}
-
-/// Why a transaction cannot be applied in Genesis, if it cannot.
-fn unapplicable(fee: FeeId, existing_fees: &HashSet<FeeId>) -> Option<String> {
-    (!existing_fees.contains(&fee))
-        .then(|| format!("fee {fee} not found in Genesis (deleted, or never created there)"))
 }
 
 /// What `post_and_lock` did.
@@ -172,8 +180,26 @@ pub fn post_and_lock(
     })
 }
 
-/// Posts what can be posted, parks the rest, locks paid amounts. Runs inside
-/// the caller's transaction.
+/// What Genesis knows of the fees these transactions name (and of the fees
+/// their ids are already posted on), for `validate::judge`.
+pub fn validation_facts(
+    conn: &mut DbConnection,
+    txns: &[&VendorTxn],
+) -> Result<(HashMap<FeeId, FeeFacts>, Vec<PostedTxn>), SyncError> {
+    let ids: Vec<&VendorTxnId> = txns.iter().map(|t| &t.id).collect();
+    let mut fee_ids: Vec<FeeId> = txns.iter().filter_map(|t| t.genesis_fee_id).collect();
+    fee_ids.extend(postings::fees_posting(conn, &ids)?);
+    fee_ids.sort();
+    fee_ids.dedup();
+    let fees = genesis::load_fees_by_ids(conn, &fee_ids)?.records;
+    let links = links::load_for(conn, &fee_ids)?;
+    let posted = genesis::load_txns_for_fees(conn, &fee_ids)?.records;
+    Ok(validate::facts_of(&fees, &links, &posted))
+}
+
+/// Judges what can be posted (`validate::judge`), posts it, holds the rest
+/// with the reason (conflicting copies of one id as one row naming each),
+/// locks paid amounts. Runs inside the caller's transaction.
 pub fn apply(
     conn: &mut DbConnection,
     txns: &[&VendorTxn],
@@ -182,19 +208,35 @@ pub fn apply(
     report: &mut PullReport,
 ) -> Result<(), SyncError> {
     let now = clock();
-    let fee_ids: Vec<FeeId> = txns.iter().filter_map(|t| t.genesis_fee_id).collect();
-    let existing = postings::existing_fees(conn, &fee_ids)?;
+    // Copies of these ids already held as conflicting are evidence too.
+    let ids: Vec<&VendorTxnId> = txns.iter().map(|t| &t.id).collect();
+    let kept = postings::conflicting_copies(conn, &ids)?;
+    let all: Vec<&VendorTxn> = txns.iter().copied().chain(kept.iter()).collect();
+    let (fees, posted) = validation_facts(conn, &all)?;
+    let verdicts = validate::judge(
+        &all,
+        validate::Known {
+            fees: &fees,
+            posted: &posted,
+        },
+        now,
+    );
     let mut to_post: Vec<(FeeId, &VendorTxn)> = Vec::new();
     let mut to_park: Vec<(&VendorTxn, String)> = Vec::new();
+    let mut conflicting: BTreeMap<&VendorTxnId, (Vec<&VendorTxn>, String)> = BTreeMap::new();
     let mut community_pass_only: Vec<VendorTxnId> = Vec::new();
-    for txn in txns {
-        let Some(fee) = txn.genesis_fee_id else {
-            community_pass_only.push(txn.id.clone()); // a fee Genesis never created
-            continue;
-        };
-        match unapplicable(fee, &existing) {
-            None => to_post.push((fee, txn)),
-            Some(reason) => to_park.push((txn, reason)),
+    for (txn, verdict) in all.iter().zip(verdicts) {
+        match verdict {
+            Verdict::Post(fee) | Verdict::AlreadyPosted(fee) => to_post.push((fee, txn)),
+            Verdict::Duplicate => {}
+            Verdict::CommunityPassOnly => community_pass_only.push(txn.id.clone()),
+            Verdict::Hold(hold @ Hold::ConflictingCopies(_)) => {
+                let entry = conflicting
+                    .entry(&txn.id)
+                    .or_insert_with(|| (Vec::new(), hold.describe()));
+                entry.0.push(txn);
+            }
+            Verdict::Hold(hold) => to_park.push((txn, hold.describe())),
         }
     }
     report.community_pass_only += community_pass_only.len() as u64;
@@ -212,5 +254,10 @@ pub fn apply(
             .iter()
             .map(|(txn, reason)| format!("transaction {}: {reason}", txn.id)),
     );
+    for (id, (copies, reason)) in &conflicting {
+        postings::park_conflicting(conn, copies, reason, Some(run_id), now)?;
+        report.parked += 1;
+        report.problems.push(format!("transaction {id}: {reason}"));
+    }
     Ok(())
 }

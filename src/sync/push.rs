@@ -108,6 +108,17 @@ pub struct PushReport {
     pub failed: u64,
     /// Fees refused, held or failed, with why (for the run summary).
     pub problems: BTreeMap<i64, String>,
+    /// What Community Pass acknowledged for each fee pushed: the body's
+    /// digest and the revision it answered (for the nightly's re-read).
+    #[serde(skip)]
+    pub acknowledged: BTreeMap<FeeId, Acknowledged>,
+}
+
+/// One push Community Pass answered as applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    pub digest: String,
+    pub revision: i64,
 }
 
 impl PushReport {
@@ -148,6 +159,7 @@ impl PushReport {
         self.deleted += other.deleted;
         self.failed += other.failed;
         self.problems.extend(other.problems);
+        self.acknowledged.extend(other.acknowledged);
     }
 }
 
@@ -284,7 +296,13 @@ fn void_of_deleted(vendor: &VendorFee, link: Option<&FeeLink>) -> Result<FeePush
     if vendor.status == VendorFeeStatus::Void {
         return Err(PushOutcome::Unchanged);
     }
-    Ok(FeePush {
+    Ok(as_pushed(vendor, FeeStatus::Void))
+}
+
+/// The push that would make Community Pass show `vendor` as it is, with
+/// the Genesis status `status`.
+fn as_pushed(vendor: &VendorFee, status: FeeStatus) -> FeePush {
+    FeePush {
         genesis_fee_id: vendor.genesis_fee_id,
         student_id: vendor.student_id,
         patron_id: vendor.patron_id.clone(),
@@ -294,10 +312,27 @@ fn void_of_deleted(vendor: &VendorFee, link: Option<&FeeLink>) -> Result<FeePush
         description: vendor.description.clone(),
         amount: vendor.amount,
         genesis_credit: vendor.genesis_credit,
-        status: FeeStatus::Void,
+        status,
         fee_date: vendor.fee_date,
         due_date: vendor.due_date,
-    })
+    }
+}
+
+/// Whether Community Pass shows exactly the body whose digest it
+/// acknowledged (every pushed field; the Genesis status as Community Pass
+/// can show it: void, waived, or open — paid or waived by its own waiver).
+/// False means a write it answered as applied did not take effect.
+pub fn shows_pushed(vendor: &VendorFee, pushed_digest: &str) -> bool {
+    let statuses: &[FeeStatus] = match vendor.status {
+        VendorFeeStatus::Void => &[FeeStatus::Void],
+        VendorFeeStatus::Waived => &[FeeStatus::Waived, FeeStatus::Open],
+        VendorFeeStatus::Open | VendorFeeStatus::Paid => &[FeeStatus::Open],
+    };
+    let mut guardians_sorted = vendor.clone();
+    guardians_sorted.guardian_ids.sort();
+    statuses
+        .iter()
+        .any(|status| push_digest(&as_pushed(&guardians_sorted, *status)) == pushed_digest)
 }
 
 /// How many pushes are in flight at once (HTTP-bound, not CPU-bound).
@@ -527,6 +562,17 @@ pub fn push_fees(
     let mut sent_outcomes =
         record_outcomes(conn, &to_send, &results, &acknowledged, run_id, clock())?.into_iter();
     let mut report = PushReport::default();
+    for ((push, intent), result) in to_send.iter().zip(&results) {
+        if let Ok(outcome) = result {
+            report.acknowledged.insert(
+                push.genesis_fee_id,
+                Acknowledged {
+                    digest: intent.digest.clone(),
+                    revision: outcome.revision,
+                },
+            );
+        }
+    }
     let mut outcomes = Vec::with_capacity(decided.len());
     for (fee_id, outcome) in decided {
         let outcome = outcome.unwrap_or_else(|| {

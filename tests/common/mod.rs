@@ -122,3 +122,53 @@ pub fn cpsync(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// One Community Pass transaction as the vendor's own log holds it, read
+/// with raw HTTP and a decoder of the test's own (never `portal::`), so a
+/// check against it cannot agree with cpsync by construction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RawVendorTxn {
+    pub id: String,
+    pub genesis_fee_id: Option<i64>,
+    pub kind: String,
+    pub amount_cents: i64,
+}
+
+/// Every transaction in the vendor's log, each delivery once per id.
+#[allow(dead_code)]
+pub fn raw_vendor_transactions(base_url: &str, api_key: &str) -> Vec<RawVendorTxn> {
+    cpsync::portal::http::install_crypto_provider();
+    let client = reqwest::blocking::Client::new();
+    let mut after = 0i64;
+    let mut found = std::collections::BTreeMap::new();
+    for _ in 0..100_000 {
+        let page: serde_json::Value = client
+            .get(format!(
+                "{base_url}/v1/transactions?after={after}&limit=1000"
+            ))
+            .bearer_auth(api_key)
+            .send()
+            .expect("the simulator answers")
+            .json()
+            .expect("a JSON page");
+        for item in page["items"].as_array().expect("items") {
+            let amount = item["amount"].as_str().expect("an amount string");
+            let (whole, cents) = amount.split_once('.').expect("two places");
+            let sign = if whole.starts_with('-') { -1 } else { 1 };
+            let cents_value = whole.trim_start_matches('-').parse::<i64>().unwrap() * 100
+                + cents.parse::<i64>().unwrap();
+            let txn = RawVendorTxn {
+                id: item["id"].as_str().expect("an id").to_string(),
+                genesis_fee_id: item["genesis_fee_id"].as_i64(),
+                kind: item["kind"].as_str().expect("a kind").to_string(),
+                amount_cents: sign * cents_value,
+            };
+            found.entry(txn.id.clone()).or_insert(txn);
+        }
+        after = page["next_after"].as_i64().expect("next_after");
+        if page["has_more"] != true {
+            return found.into_values().collect();
+        }
+    }
+    panic!("the transaction log never ended");
+}

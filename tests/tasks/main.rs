@@ -63,14 +63,15 @@ impl Env {
 
     /// The binary, pointed at this database and simulator.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with_url(&self.db.url_text, args)
+    }
+
+    /// The binary, pointed at this simulator and the database at `url`
+    /// (for instance through a proxy that can cut it off).
+    pub fn command_with_url(&self, url: &str, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cpsync"));
         command
-            .args([
-                "--database-url",
-                &self.db.url_text,
-                "--cp-url",
-                &self.sim.base_url(),
-            ])
+            .args(["--database-url", url, "--cp-url", &self.sim.base_url()])
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("CPSYNC_CONFIG")

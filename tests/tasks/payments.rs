@@ -4,17 +4,18 @@
 //! every Community Pass transaction is posted exactly once, with one audit
 //! row each.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use cpsync::db::genesis;
 use cpsync::db::schema::cp_audit_log;
 use cpsync::domain::{GuardianId, StudentId, VendorTxnId};
 use cpsync::money::Money;
-use cpsync::portal::{all_fees, transactions_after, TxnScope};
+use cpsync::portal::all_fees;
 use diesel::prelude::*;
 
 use super::common::Backend;
 use super::Env;
+use std::process::Command;
 
 /// Rounds of new payments, each followed by the three pulls at once.
 const ROUNDS: usize = 3;
@@ -123,40 +124,44 @@ fn each_payment_posted_once(backend: Backend) {
     }
     env.ok(&["get-payments"]);
 
-    let in_cp: BTreeSet<VendorTxnId> = transactions_after(&env.portal, TxnScope::All, 0)
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    // The vendor's own log, read raw (not through cpsync's client), against
+    // what Genesis holds: each transaction once, on its fee, with its kind
+    // and amount.
+    let log = super::common::raw_vendor_transactions(&env.sim.base_url(), super::API_KEY);
     assert!(
-        in_cp.len() >= ROUNDS * 2 + 2,
+        log.len() >= ROUNDS * 2 + 2,
         "the scenario made payments: {}",
-        in_cp.len()
+        log.len()
     );
-    let posted: Vec<VendorTxnId> = genesis::load_txns(&mut env.conn(), None)
+    let mut expected: Vec<(String, i64, String, i64)> = log
+        .iter()
+        .map(|t| {
+            let fee = t.genesis_fee_id.expect("every payment names its fee");
+            (t.id.clone(), fee, t.kind.clone(), t.amount_cents)
+        })
+        .collect();
+    expected.sort();
+    let mut posted: Vec<(String, i64, String, i64)> = genesis::load_txns(&mut env.conn(), None)
         .unwrap()
         .records
         .into_iter()
-        .filter_map(|t| t.vendor_txn_id)
+        .filter_map(|t| {
+            let id = t.vendor_txn_id?;
+            Some((id.0, t.fee_id.0, t.kind.to_string(), t.amount.cents()))
+        })
         .collect();
-    let mut counts: BTreeMap<&VendorTxnId, usize> = BTreeMap::new();
-    for id in &posted {
-        *counts.entry(id).or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "posted more than once: {twice:?}");
-    let posted_set: BTreeSet<VendorTxnId> = posted.into_iter().collect();
+    posted.sort();
     assert_eq!(
-        posted_set, in_cp,
-        "every Community Pass transaction posted, none invented"
+        posted, expected,
+        "every Community Pass transaction posted once, on its fee, with its kind and amount; none invented"
     );
+    let in_cp = log.len();
     let audited: i64 = cp_audit_log::table
         .filter(cp_audit_log::action.like("posted_%"))
         .count()
         .get_result(&mut env.conn())
         .unwrap();
-    assert_eq!(audited as usize, in_cp.len(), "one audit row per posting");
+    assert_eq!(audited as usize, in_cp, "one audit row per posting");
 }
 
 #[test]
@@ -167,4 +172,40 @@ fn sqlite_three_payment_paths_at_once_post_each_transaction_once() {
 #[test]
 fn postgres_three_payment_paths_at_once_post_each_transaction_once() {
     each_payment_posted_once(Backend::Postgres);
+}
+
+/// A parent's page cannot wait minutes: `get-payments --student` against a
+/// Community Pass that accepts connections and never answers gives up
+/// within its interactive budget, says so, posts nothing, and exits 1.
+#[test]
+fn a_parent_pull_has_a_short_budget_against_a_silent_server() {
+    let env = Env::new(Backend::Sqlite);
+    env.seed(10);
+    env.set_up();
+    let student = env.fees()[0].student_id;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream); // accept, never answer
+        }
+    });
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .args(["--database-url", &env.db.url_text, "--cp-url", &silent_url])
+        .args(["get-payments", "--student", &student.to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .env_remove("CPSYNC_CP_URL")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("waits at most 5 s"), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "took {took:?} for a 5 s budget"
+    );
 }
