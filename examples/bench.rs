@@ -275,7 +275,7 @@ fn main() -> anyhow::Result<()> {
         &work,
         &sim.base_url(),
         &conn_fee_cursor_ids(&vendor_fees),
-        summary["counts"]["cp_records"].as_u64().unwrap_or(0),
+        summary["records"]["community_pass"].as_u64().unwrap_or(0),
     )?;
     figures.insert("floor_seconds", json!(floor_s));
     figures.insert("nightly_over_floor", json!(nightly_s / floor_s));

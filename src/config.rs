@@ -110,6 +110,11 @@ pub struct ReportsConfig {
     /// Attach the full HTML report to the email, not only the CSV.
     #[serde(default = "default_true")]
     pub attach_html: bool,
+    /// A credit on account (an overpayment both systems agree on) is listed
+    /// for the business office, and becomes an item needing review only
+    /// once it is this many days old.
+    #[serde(default = "default_credit_review_after_days")]
+    pub credit_review_after_days: u32,
 }
 
 impl Default for ReportsConfig {
@@ -117,8 +122,13 @@ impl Default for ReportsConfig {
         ReportsConfig {
             dir: default_reports_dir(),
             attach_html: true,
+            credit_review_after_days: default_credit_review_after_days(),
         }
     }
+}
+
+fn default_credit_review_after_days() -> u32 {
+    30
 }
 
 fn default_reports_dir() -> PathBuf {

@@ -79,6 +79,7 @@ fn reports_config(dir: &Path, attach_html: bool) -> ReportsConfig {
     ReportsConfig {
         dir: dir.to_path_buf(),
         attach_html,
+        ..ReportsConfig::default()
     }
 }
 
@@ -183,7 +184,7 @@ fn the_report_email_arrives(backend: Backend) {
     let raw = delivered(&maildir, &message_id);
     let message = MessageParser::default().parse(raw.as_slice()).unwrap();
     let subject = format!(
-        "[cpsync] {} — 2026-11-26 — Needs review (6)",
+        "[cpsync] {} — 2026-11-26 — Needs review (5)",
         report.district
     );
     assert_eq!(message.subject(), Some(subject.as_str()));
@@ -223,7 +224,10 @@ fn the_report_email_arrives(backend: Backend) {
         "{text}"
     );
     let html = body("text/html");
-    assert!(html.contains("Needs review") && html.contains("$25.00"));
+    assert!(
+        html.contains("Needs review") && html.contains("$20.00"),
+        "the difference after corrections"
+    );
     assert!(
         !html.contains("Haddad, Omar"),
         "the email body names no student"

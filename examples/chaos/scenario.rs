@@ -379,18 +379,18 @@ impl<'a> Scenario<'a> {
             &["nightly", "--json"]
         };
         let first = nightly_json(must(self.world.engine.run(finishing)?)?)?;
-        if first["counts"]["actions_failed"] != 0 {
+        if first["failed_corrections"] != 0 {
             self.result.violations.push(format!(
                 "the finishing nightly failed actions: {}",
                 first["failures"]
             ));
         }
         let further = nightly_json(must(self.world.engine.run(&["nightly", "--json"])?)?)?;
-        if further["counts"]["corrected"] != 0 || further["counts"]["actions_failed"] != 0 {
+        if further["counts"]["corrected"] != 0 || further["failed_corrections"] != 0 {
             self.result.violations.push(format!(
                 "a further nightly still had work: {} corrected, {} failed, kinds {}",
                 further["counts"]["corrected"],
-                further["counts"]["actions_failed"],
+                further["failed_corrections"],
                 further["discrepancies"]
             ));
         }

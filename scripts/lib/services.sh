@@ -247,3 +247,23 @@ render_png() {
     "file://$html" >"$profile.log" 2>&1 || { cat "$profile.log" >&2; rm -rf "$profile" "$profile.log"; return 1; }
   rm -rf "$profile" "$profile.log"
 }
+
+# overflow_at HTML WIDTH: loads a local HTML file in an iframe WIDTH pixels
+# wide (headless Chromium keeps windows wider than a phone, an iframe does
+# not; without a scrollbar, as on a phone) and prints what reaches past the
+# frame's viewport: nothing when the
+# page fits, else "WIDTH_SEEN TAG.class:RIGHT ...".
+overflow_at() {
+  local html=$1 width=$2 dir profile probe
+  ensure_chromium
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/cpsync-overflow.XXXXXX")
+  sed 's#</body>#<script>window.onload=function(){var v=document.documentElement.clientWidth;var bad=[];document.querySelectorAll("body *").forEach(function(e){var r=e.getBoundingClientRect();if(r.width>0\&\&r.right>v+1)bad.push(e.tagName+"."+e.className+":"+Math.round(r.right));});parent.postMessage(bad.length?v+" "+bad.slice(0,10).join(" "):"fits","*");}</script></body>#' "$html" >"$dir/inner.html"
+  printf '<html><body><iframe src="inner.html" scrolling="no" style="width:%spx;height:12000px;border:0"></iframe><script>addEventListener("message",function(m){document.body.setAttribute("data-probe",m.data);});</script></body></html>\n' "$width" >"$dir/outer.html"
+  profile="$dir/profile"
+  probe=$(timeout 120 chromium --headless --no-sandbox --disable-gpu --no-first-run \
+    --allow-file-access-from-files --user-data-dir="$profile" --window-size=1200,2000 \
+    --virtual-time-budget=3000 --dump-dom "file://$dir/outer.html" 2>/dev/null |
+    grep -o 'data-probe="[^"]*"' | sed 's/^data-probe="//; s/"$//')
+  rm -rf "$dir"
+  if [ "$probe" != "fits" ]; then echo "${probe:-no answer from the page}"; fi
+}

@@ -16,6 +16,8 @@ mod nightly;
 mod nightly_report;
 mod portal_view;
 mod preflight;
+mod report;
+mod review;
 mod runs;
 mod seed;
 mod send_fees;
@@ -64,12 +66,14 @@ Examples:
   cpsync get-payments --guardian 5000001          a parent logs in: post their payments now
   cpsync portal-view --guardian 5000001           what that parent sees, locked out or not
   cpsync fee-history 1234                         one fee's whole life with run ids
+  cpsync review list --new                        review items first seen last night
+  cpsync review resolve 17 --note \"refunded\"      close an item (who, when, why)
 
   cpsync lock status                              who holds the district lock, and is it alive
   cpsync lock release --force                     clear a lock a dead or replaced process left
 
 Exit codes: 0 ok, 1 failure, 2 usage error, 3 completed with items needing review,
-4 another run holds the lock.";
+4 another run holds the lock, 5 corrections applied but the sides still differ.";
 
 /// cpsync keeps Genesis student fees and Community Pass payments in agreement.
 #[derive(Debug, Parser)]
@@ -149,6 +153,10 @@ pub enum Command {
     PortalView(portal_view::Args),
     /// Who holds the district lock (status), or clear one a gone process left (release --force).
     Lock(lock::Args),
+    /// The review queue: list, show, acknowledge or resolve items needing a person.
+    Review(review::Args),
+    /// Rebuild a nightly run's report files and send its email (again with --resend).
+    Report(report::Args),
 }
 
 /// What every subcommand gets: the configuration and the chosen database.
@@ -245,6 +253,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Preflight(args) => preflight::run(&context, args),
         Command::PortalView(args) => portal_view::run(&context, args),
         Command::Lock(args) => lock::run(&context, args),
+        Command::Review(args) => review::run(&context, args),
+        Command::Report(args) => report::run(&context, args),
     }
 }
 

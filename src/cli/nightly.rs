@@ -17,10 +17,11 @@ use super::task::{self, run_task, TaskOutcome};
 use super::{exit, Context};
 use crate::db::discrepancies::Outcome;
 use crate::db::lock::{self, DISTRICT_LOCK};
-use crate::db::runs::{RunCounts, RunStatus};
+use crate::db::runs::{self, RunCounts, RunStatus};
 use crate::db::settings;
 use crate::domain::StudentId;
 use crate::reconcile::Scope;
+use crate::report::ItemCounts;
 use crate::sync::nightly::{self, NightlyOptions, NightlyResult};
 use crate::sync::utc_now;
 
@@ -54,6 +55,10 @@ pub struct Args {
     /// Email the report even if this run's report was already sent.
     #[arg(long)]
     resend_email: bool,
+    /// Email the report of a dry or scoped run too (by default only a
+    /// whole-district run that applies its corrections mails the office).
+    #[arg(long)]
+    email: bool,
     /// Skip the report files and the email.
     #[arg(long)]
     no_report: bool,
@@ -62,6 +67,10 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let command_started = std::time::Instant::now();
     let mut conn = context.connect()?;
+    if let Some(refusal) = refuse_scope(&mut conn, &args)? {
+        eprintln!("cpsync: {refusal}; nothing was done");
+        return Ok(exit::USAGE);
+    }
     let held = lock::try_acquire(&context.database_url, DISTRICT_LOCK, None, utc_now())?;
     let mut district_lock = match held {
         Ok(lock) => lock,
@@ -92,15 +101,18 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         },
         incremental: args.incremental,
         full_run_every: chrono::Duration::days(i64::from(args.full_every_days)),
+        credit_review_after_days: i64::from(context.config.reports.credit_review_after_days),
         ..NightlyOptions::default()
     };
-    let trigger = if args.student.is_some() || args.from.is_some() || args.to.is_some() {
-        "scoped"
-    } else {
-        "manual"
-    };
+    let scoped = options.scope != Scope::everything();
+    let trigger = if scoped { "scoped" } else { "manual" };
+    // The office gets the whole-district run that applied its corrections;
+    // a dry or scoped run is mailed only when asked.
+    let mail_office = args.email || (!args.dry_run && !scoped);
     // Written under the lock, mailed after it is released.
     let mut mail: Option<(nightly_report::Prepared, bool)> = None;
+    // A report that could not be written: recorded on the run once it is.
+    let mut report_failed: Option<(i64, String)> = None;
     let ran = run_task(
         &mut conn,
         task::NIGHTLY_SYNC,
@@ -132,6 +144,9 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
                 let report_started = std::time::Instant::now();
                 let input = report_input(Some(&result), None);
                 let prepared = nightly_report::prepare(context, conn, &input);
+                if let Err(error) = &prepared {
+                    report_failed = Some((run_id, super::one_line_chain(error)));
+                }
                 mail = record_report(&mut outcome, prepared).map(|p| (p, true));
                 outcome.summary["report_ms"] = json!(report_started.elapsed().as_millis() as u64);
             }
@@ -147,9 +162,25 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     // The run and its corrections are recorded: free the district before
     // talking to a mail server that may be slow.
     drop(district_lock);
+    if let Some((run_id, reason)) = &report_failed {
+        if let Err(error) = runs::note_report_failure(&mut conn, *run_id, "report", reason) {
+            eprintln!("cpsync: could not record the report failure on run {run_id}: {error}");
+        }
+    }
     let Some((prepared, succeeded)) = mail else {
         return ran;
     };
+    if !mail_office {
+        if !args.json {
+            out!(
+                "report {}\n  exceptions CSV {}\n  summary {}\n  not emailed: a dry or scoped run is mailed only with --email",
+                prepared.files.html.display(),
+                prepared.files.csv.display(),
+                prepared.files.json.display()
+            );
+        }
+        return ran;
+    }
     let resend = succeeded && args.resend_email;
     match nightly_report::deliver(context, &mut conn, &prepared, resend) {
         Ok(delivery) => {
@@ -162,12 +193,45 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             ran
         }
         Err(error) => {
-            eprintln!(
-                "cpsync: the report was written but could not be sent: {}",
-                super::one_line_chain(&error)
-            );
+            let reason = super::one_line_chain(&error);
+            eprintln!("cpsync: the report was written but could not be sent: {reason}");
+            let run_id = prepared.report.run_id;
+            if let Err(error) = runs::note_report_failure(&mut conn, run_id, "mail", &reason) {
+                eprintln!("cpsync: could not record the mail failure on run {run_id}: {error}");
+            }
             ran.map(|_| exit::FAILURE)
         }
+    }
+}
+
+/// Why the asked scope cannot run (checked before the lock is taken):
+/// a reversed date range, or a student Genesis does not have.
+fn refuse_scope(conn: &mut crate::db::DbConnection, args: &Args) -> anyhow::Result<Option<String>> {
+    if let (Some(from), Some(to)) = (args.from, args.to) {
+        if from > to {
+            return Ok(Some(format!(
+                "the date range is reversed: --from {from} is after --to {to}"
+            )));
+        }
+    }
+    if let Some(student) = args.student {
+        let found = crate::db::genesis::load_students_by_ids(conn, &[student])?;
+        if found.records.is_empty() {
+            return Ok(Some(format!("Genesis has no student {student}")));
+        }
+    }
+    Ok(None)
+}
+
+/// One sentence on what the run examined; a scoped run never says "Full run".
+fn coverage_text(options: &NightlyOptions, result: &NightlyResult) -> String {
+    if options.scope == Scope::everything() {
+        result.coverage.describe()
+    } else {
+        format!(
+            "Scoped run ({}): every managed fee in that scope was examined; fees outside it were not.",
+            crate::report::describe_scope(&options.scope)
+        )
     }
 }
 
@@ -182,6 +246,8 @@ fn record_report(
             let (report, files) = (&prepared.report, &prepared.files);
             outcome.summary["verdict"] = json!(report.verdict.as_str());
             outcome.summary["difference"] = json!(report.difference().to_string());
+            outcome.summary["difference_before_corrections"] =
+                json!(report.difference_before().to_string());
             outcome.summary["report"] = json!({
                 "html": files.html, "csv": files.csv, "json": files.json,
             });
@@ -213,14 +279,40 @@ fn prepare_failure(
         .ok()
 }
 
+/// The run's counts in items (`report::ItemCounts`), from its outcomes:
+/// the same numbers the report counts from the same outcomes.
+pub fn item_counts(result: &NightlyResult) -> ItemCounts {
+    let mut counts = ItemCounts::default();
+    for (discrepancy, (outcome, _)) in result
+        .reconciliation
+        .discrepancies
+        .iter()
+        .zip(&result.outcomes)
+    {
+        match outcome {
+            Outcome::Corrected | Outcome::Planned => counts.corrected += 1,
+            Outcome::NeedsReview if !discrepancy.resolution.is_review() => counts.held += 1,
+            Outcome::NeedsReview | Outcome::Failed | Outcome::NotConverged => {
+                counts.needs_review += 1
+            }
+            Outcome::CreditOnAccount => counts.credits_on_account += 1,
+        }
+    }
+    counts.discrepancies = result.reconciliation.discrepancies.len() - counts.credits_on_account;
+    counts
+}
+
 fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -> TaskOutcome {
     let accounting = &result.reconciliation.accounting;
     let sides = [&accounting.genesis, &accounting.community_pass];
+    let items = item_counts(result);
+    // History keeps records in and matched (records), and the items
+    // corrected and needing review (held ones included: a person acts).
     let counts = RunCounts {
         records_in: sides.iter().map(|s| s.records_in as i64).sum(),
         matched: sides.iter().map(|s| s.matched as i64).sum(),
-        corrected: sides.iter().map(|s| s.corrected as i64).sum(),
-        needs_review: sides.iter().map(|s| s.needs_review as i64).sum(),
+        corrected: items.corrected as i64,
+        needs_review: (items.needs_review + items.held) as i64,
     };
     let not_converged = result.not_converged();
     let (status, exit_code) = if result.failed() > 0 {
@@ -251,14 +343,13 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
         "dry_run": options.dry_run,
         "scope": {"from": options.scope.from, "to": options.scope.to, "student": options.scope.student},
         "coverage": result.coverage,
-        "coverage_text": result.coverage.describe(),
-        "counts": {
-            "genesis_records": accounting.genesis.records_in,
-            "cp_records": accounting.community_pass.records_in,
+        "coverage_text": coverage_text(options, result),
+        "counts": items,
+        "failed_corrections": result.failed() + not_converged.len(),
+        "records": {
+            "genesis": accounting.genesis.records_in,
+            "community_pass": accounting.community_pass.records_in,
             "matched": counts.matched,
-            "corrected": counts.corrected,
-            "needs_review": counts.needs_review,
-            "actions_failed": result.failed(),
         },
         "accounting": accounting,
         "discrepancies": nightly::counts_by_kind(&result.reconciliation),
@@ -290,16 +381,25 @@ fn task_outcome(run_id: i64, options: &NightlyOptions, result: &NightlyResult) -
 
 fn print_human(summary: &serde_json::Value) {
     let counts = &summary["counts"];
+    let records = &summary["records"];
+    let dry = summary["dry_run"] == true;
     out!(
-        "nightly run {}: {}{} — {} Genesis and {} Community Pass records: {} matched, {} corrected, {} need review",
+        "nightly run {}: {}{} — {} discrepancies: {} {}, {} need review, {} held; {} credits on account",
         summary["run_id"],
         summary["status"].as_str().unwrap_or("?"),
-        if summary["dry_run"] == true { " (dry run: nothing changed)" } else { "" },
-        counts["genesis_records"],
-        counts["cp_records"],
-        counts["matched"],
+        if dry { " (dry run: nothing changed)" } else { "" },
+        counts["discrepancies"],
         counts["corrected"],
+        if dry { "would be corrected" } else { "corrected" },
         counts["needs_review"],
+        counts["held"],
+        counts["credits_on_account"],
+    );
+    out!(
+        "  records read: {} Genesis and {} Community Pass, {} matched",
+        records["genesis"],
+        records["community_pass"],
+        records["matched"],
     );
     if let Some(coverage) = summary["coverage_text"].as_str() {
         out!("  {coverage}");

@@ -12,14 +12,17 @@ use chrono::NaiveDateTime;
 
 use super::Context;
 use crate::db::discrepancies::Outcome;
+use crate::db::review_items;
 use crate::db::{genesis, runs, DbConnection};
 use crate::domain::{FeeId, StudentId};
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
 use crate::report::email::{deliver_report, mailboxes, Delivery, SmtpSender};
 use crate::report::{
-    self, describe_scope, named_ids, trend_from_runs, FailedCorrection, FeeLabel, Phase,
-    ReportFiles, RunReport, StudentLabel, Verdict,
+    self, describe_scope, named_ids, trend_from_runs, ContactLabel, CreditOnAccount,
+    FailedCorrection, FeeLabel, Phase, QueueEntry, QueueReport, ReportFiles, RunReport,
+    StudentLabel, Verdict,
 };
+use crate::review;
 use crate::sync::nightly::NightlyResult;
 use crate::sync::nightly::RunCoverage;
 use crate::sync::utc_now;
@@ -93,12 +96,24 @@ fn build(
         .result
         .map(|r| r.reconciliation.clone())
         .unwrap_or_else(empty_reconciliation);
-    let (corrected, failed) = outcomes(input.result);
+    let (corrected, failed, held) = outcomes(input.result);
     let not_converged = input.result.map_or(0, |r| r.not_converged().len());
-    let verdict = match input.error {
-        Some(_) => Verdict::Failed,
-        None => Verdict::of_run(&reconciliation, failed.len(), not_converged),
+    let verdict = match (&input.error, input.result) {
+        (Some(_), _) | (None, None) => Verdict::Failed,
+        // A run that could not read everything did not verify it: never
+        // "in agreement" (the exit code says needs review too).
+        (None, Some(result)) => Verdict::decide(
+            result.needs_review() - held.len() + result.incomplete.len(),
+            failed.len() + held.len(),
+            not_converged,
+            reconciliation.discrepancies.len() - result.credits(),
+        ),
     };
+    let mut queue = match input.result {
+        Some(result) => queue_report(context, conn, result)?,
+        None => QueueReport::default(),
+    };
+    queue.held = held;
     let (student_ids, fee_ids) = named_ids(&reconciliation.discrepancies);
     let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), 31)?);
     Ok(RunReport {
@@ -109,6 +124,8 @@ fn build(
         dry_run: input.dry_run,
         verdict,
         scope_text: scope_text(input),
+        scope: input.scope.clone(),
+        totals_after: input.result.map(|r| r.totals_after),
         phases: input
             .result
             .map(|r| {
@@ -132,7 +149,105 @@ fn build(
             .collect(),
         fees: fee_labels(conn, &fee_ids)?,
         error: input.error.clone(),
+        queue,
     })
+}
+
+/// The queue entries behind the run's items and its credits on account,
+/// each with the guardian to contact.
+fn queue_report(
+    context: &Context,
+    conn: &mut DbConnection,
+    result: &NightlyResult,
+) -> anyhow::Result<QueueReport> {
+    let now = utc_now();
+    let entries: BTreeMap<String, QueueEntry> = result
+        .queue
+        .items
+        .iter()
+        .map(|(key, item)| {
+            let entry = QueueEntry {
+                id: item.id,
+                state: item.item_state(),
+                first_seen_run: item.first_seen_run,
+                age_days: review::age_days(item.first_seen_at, now),
+            };
+            (key.clone(), entry)
+        })
+        .collect();
+    let credited: Vec<&Discrepancy> = result
+        .reconciliation
+        .discrepancies
+        .iter()
+        .zip(&result.outcomes)
+        .filter(|(_, (o, _))| *o == Outcome::CreditOnAccount)
+        .map(|(d, _)| d)
+        .collect();
+    let students: Vec<StudentId> = credited.iter().filter_map(|d| d.student_id).collect();
+    let contacts = contacts_of(conn, &students)?;
+    let credits = credited
+        .into_iter()
+        .map(|d| {
+            let entry = entries.get(&review_items::key_of(d));
+            CreditOnAccount {
+                discrepancy: d.clone(),
+                item_id: entry.map(|e| e.id),
+                age_days: entry.map_or(0, |e| e.age_days),
+                guardian: d.student_id.and_then(|s| contacts.get(&s).cloned()),
+            }
+        })
+        .collect();
+    Ok(QueueReport {
+        credits,
+        credit_review_after_days: context.config.reports.credit_review_after_days,
+        entries,
+        resolved_by_run: result.queue.resolved_by_run,
+        held: Vec::new(),
+    })
+}
+
+/// The guardian to contact about each student: the billing contact, else
+/// one with portal access, else the first linked.
+fn contacts_of(
+    conn: &mut DbConnection,
+    students: &[StudentId],
+) -> anyhow::Result<BTreeMap<StudentId, ContactLabel>> {
+    let links = genesis::load_guardian_links_for(conn, students)?;
+    let mut chosen: BTreeMap<StudentId, (u8, crate::domain::GuardianId)> = BTreeMap::new();
+    for link in &links {
+        let rank = if link.billing_contact {
+            0
+        } else if link.portal_access {
+            1
+        } else {
+            2
+        };
+        let slot = chosen
+            .entry(link.student_id)
+            .or_insert((rank, link.guardian_id));
+        if rank < slot.0 {
+            *slot = (rank, link.guardian_id);
+        }
+    }
+    let ids: Vec<_> = chosen.values().map(|(_, g)| *g).collect();
+    let guardians: BTreeMap<_, _> = genesis::load_guardians_by_ids(conn, &ids)?
+        .into_iter()
+        .map(|g| (g.id, g))
+        .collect();
+    Ok(chosen
+        .into_iter()
+        .filter_map(|(student, (_, guardian))| {
+            let g = guardians.get(&guardian)?;
+            Some((
+                student,
+                ContactLabel {
+                    name: format!("{} {}", g.first_name, g.last_name),
+                    email: g.email.clone(),
+                    phone: g.phone.clone(),
+                },
+            ))
+        })
+        .collect())
 }
 
 fn empty_reconciliation() -> Reconciliation {
@@ -143,12 +258,20 @@ fn empty_reconciliation() -> Reconciliation {
     }
 }
 
-fn outcomes(result: Option<&NightlyResult>) -> (Vec<Discrepancy>, Vec<FailedCorrection>) {
+/// The run's corrections made, failed (or not converged) and held.
+type Outcomes = (
+    Vec<Discrepancy>,
+    Vec<FailedCorrection>,
+    Vec<FailedCorrection>,
+);
+
+fn outcomes(result: Option<&NightlyResult>) -> Outcomes {
     let Some(result) = result else {
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), Vec::new());
     };
     let mut corrected = Vec::new();
     let mut failed = Vec::new();
+    let mut held = Vec::new();
     for (discrepancy, (outcome, error)) in result
         .reconciliation
         .discrepancies
@@ -161,10 +284,16 @@ fn outcomes(result: Option<&NightlyResult>) -> (Vec<Discrepancy>, Vec<FailedCorr
                 discrepancy: discrepancy.clone(),
                 error: error.clone().unwrap_or_default(),
             }),
-            Outcome::NeedsReview | Outcome::Planned => {}
+            Outcome::NeedsReview if !discrepancy.resolution.is_review() => {
+                held.push(FailedCorrection {
+                    discrepancy: discrepancy.clone(),
+                    error: error.clone().unwrap_or_default(),
+                })
+            }
+            Outcome::NeedsReview | Outcome::Planned | Outcome::CreditOnAccount => {}
         }
     }
-    (corrected, failed)
+    (corrected, failed, held)
 }
 
 fn student_labels(
@@ -212,9 +341,10 @@ pub fn describe(files: &ReportFiles, delivery: &Delivery) -> String {
         }
     };
     format!(
-        "report {}\n  exceptions CSV {}\n  summary {}\n  {mail}",
+        "report {}\n  exceptions CSV {}\n  corrections CSV {}\n  summary {}\n  {mail}",
         files.html.display(),
         files.csv.display(),
+        files.corrections_csv.display(),
         files.json.display()
     )
 }

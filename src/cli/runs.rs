@@ -114,4 +114,5 @@ fn print_table(records: &[RunRecord]) {
             out!("        error: {error}");
         }
     }
+    out!("records and matched count records read; corrected and review count items (discrepancies; for nightly_sync, review includes held corrections)");
 }

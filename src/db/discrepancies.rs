@@ -18,6 +18,10 @@ pub enum Outcome {
     /// Applied as far as the engine could tell, but a re-read shows the
     /// sides still differ: never reported as corrected.
     NotConverged,
+    /// An overpayment both systems agree on: a credit the family holds,
+    /// listed for the business office, not a discrepancy (until it is
+    /// older than `[reports] credit_review_after_days`).
+    CreditOnAccount,
 }
 
 impl Outcome {
@@ -28,6 +32,7 @@ impl Outcome {
             Outcome::Planned => "planned",
             Outcome::Failed => "failed",
             Outcome::NotConverged => "not_converged",
+            Outcome::CreditOnAccount => "credit_on_account",
         }
     }
 }

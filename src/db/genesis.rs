@@ -635,6 +635,24 @@ pub fn load_students_by_ids(
     ))
 }
 
+/// The guardians with these ids, ordered by id.
+pub fn load_guardians_by_ids(
+    conn: &mut DbConnection,
+    ids: &[GuardianId],
+) -> Result<Vec<Guardian>, DbError> {
+    let mut guardians_found = Vec::new();
+    for chunk in ids.chunks(INSERT_BATCH_ROWS) {
+        let raw: Vec<i64> = chunk.iter().map(|g| g.0).collect();
+        let rows: Vec<GuardianRow> = guardians::table
+            .filter(guardians::id.eq_any(raw))
+            .order(guardians::id)
+            .select(GuardianRow::as_select())
+            .load(conn)?;
+        guardians_found.extend(rows.into_iter().map(GuardianRow::into_domain));
+    }
+    Ok(guardians_found)
+}
+
 /// Every fee category code, ordered.
 pub fn load_category_codes(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
     Ok(fee_categories::table

@@ -18,7 +18,12 @@ use super::{DbConnection, DbError};
 use crate::domain::{FeeId, StudentId};
 
 /// The outcomes that leave an item open for the next run.
-const OPEN_OUTCOMES: [Outcome; 3] = [Outcome::NeedsReview, Outcome::Failed, Outcome::NotConverged];
+const OPEN_OUTCOMES: [Outcome; 4] = [
+    Outcome::NeedsReview,
+    Outcome::Failed,
+    Outcome::NotConverged,
+    Outcome::CreditOnAccount,
+];
 
 /// How far below the highest outbox id a run looks for ids not visible yet
 /// (the changes of Genesis transactions still open), when it has no mark.

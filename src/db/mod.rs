@@ -55,6 +55,7 @@ pub mod outbox;
 pub mod owner;
 pub mod postings;
 pub mod report_mail;
+pub mod review_items;
 pub mod runs;
 pub mod schema;
 pub mod settings;

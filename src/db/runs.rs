@@ -134,6 +134,36 @@ pub fn finish_run(
     Ok(())
 }
 
+/// Records on a finished run that its report could not be written
+/// (`stage` "report") or its email not sent (`stage` "mail"): the run's
+/// `error` says "report failed: …" / "mail failed: …", and its summary
+/// gains `report_failure` with the stage and the reason. The run's status
+/// (what the reconciliation found) is left as it was.
+pub fn note_report_failure(
+    conn: &mut DbConnection,
+    run_id: i64,
+    stage: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    let stored: Option<Option<String>> = cp_runs::table
+        .find(run_id)
+        .select(cp_runs::summary_json)
+        .first(conn)
+        .optional()?;
+    let mut summary: serde_json::Value = stored
+        .flatten()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    summary["report_failure"] = serde_json::json!({"stage": stage, "reason": reason});
+    diesel::update(cp_runs::table.find(run_id))
+        .set((
+            cp_runs::error.eq(Some(format!("{stage} failed: {reason}"))),
+            cp_runs::summary_json.eq(Some(summary.to_string())),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// The most recent runs, newest first, optionally of one task only.
 pub fn recent_runs(
     conn: &mut DbConnection,

@@ -198,6 +198,33 @@ diesel::table! {
 }
 
 diesel::table! {
+    cp_review_items (id) {
+        id -> BigInt,
+        item_key -> Text,
+        kind -> Text,
+        fee_id -> Nullable<BigInt>,
+        student_id -> Nullable<BigInt>,
+        vendor_txn_id -> Nullable<Text>,
+        state -> Text,
+        at_stake_cents -> BigInt,
+        reason -> Nullable<Text>,
+        genesis_value -> Nullable<Text>,
+        cp_value -> Nullable<Text>,
+        first_seen_run -> BigInt,
+        first_seen_at -> Timestamp,
+        last_seen_run -> BigInt,
+        last_seen_at -> Timestamp,
+        acknowledged_by -> Nullable<Text>,
+        acknowledged_at -> Nullable<Timestamp>,
+        acknowledged_note -> Nullable<Text>,
+        resolved_run -> Nullable<BigInt>,
+        resolved_at -> Nullable<Timestamp>,
+        resolved_by -> Nullable<Text>,
+        resolved_note -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     cp_audit_log (id) {
         id -> BigInt,
         run_id -> Nullable<BigInt>,
@@ -281,6 +308,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     cp_cursors,
     cp_balances,
     cp_discrepancies,
+    cp_review_items,
     cp_audit_log,
     cp_unprocessed,
     cp_locks,

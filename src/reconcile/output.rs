@@ -126,6 +126,11 @@ pub struct Discrepancy {
     pub genesis_value: Option<String>,
     pub cp_value: Option<String>,
     pub resolution: Resolution,
+    /// The dollars at stake: the transaction's amount for a transaction
+    /// item, the credit for an overpayment, else the difference between
+    /// the two sides' balances (or the one side's balance).
+    #[serde(default)]
+    pub at_stake: Money,
 }
 
 impl Discrepancy {

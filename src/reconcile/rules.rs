@@ -161,6 +161,7 @@ impl<'c, 'a> Judge<'c, 'a> {
     ) {
         let outcome = Outcome::of(&resolution);
         self.mark(records, outcome);
+        let at_stake = self.at_stake(kind, vendor_txn_id.as_ref());
         self.report.discrepancies.push(Discrepancy {
             kind,
             fee_id: self.case.fee_id,
@@ -169,7 +170,51 @@ impl<'c, 'a> Judge<'c, 'a> {
             genesis_value: values.0,
             cp_value: values.1,
             resolution,
+            at_stake,
         });
+    }
+
+    /// The dollars one discrepancy is about (never negative): the named
+    /// transaction's amount, an overpayment's credit, else how far the two
+    /// sides' balances are apart (or the only side's balance).
+    fn at_stake(&self, kind: DiscrepancyKind, vendor_txn_id: Option<&VendorTxnId>) -> Money {
+        if let Some(id) = vendor_txn_id {
+            let vendor = self.case.vendor_txns.iter().map(|(_, t)| t);
+            if let Some(txn) = vendor.filter(|t| &t.id == id).map(|t| t.amount).next() {
+                return txn.abs();
+            }
+            let genesis = self.case.genesis_txns.iter().map(|(_, t)| t);
+            if let Some(amount) = genesis
+                .filter(|t| t.vendor_txn_id.as_ref() == Some(id))
+                .map(|t| t.amount)
+                .next()
+            {
+                return amount.abs();
+            }
+        }
+        if kind == DiscrepancyKind::OverpaymentCredit {
+            return self
+                .projected_balance()
+                .map(|balance| (-balance).max(Money::ZERO))
+                .unwrap_or(Money::ZERO);
+        }
+        // The balance both sides will show once Community Pass's money is
+        // posted, against what Community Pass shows; equal balances put
+        // the money that moved (or the fee's amount) at stake.
+        let genesis = self.case.genesis_fee().and(self.projected_balance());
+        let vendor = self.case.vendor_fee();
+        let moved = vendor
+            .map(|fee| fee.paid - fee.refunded)
+            .filter(|m| *m > Money::ZERO);
+        match (genesis, vendor) {
+            (Some(g), Some(v)) if g != v.balance => (g - v.balance).abs(),
+            (_, Some(v)) => moved.unwrap_or(v.amount).abs(),
+            (Some(_), None) => self
+                .case
+                .genesis_fee()
+                .map_or(Money::ZERO, |f| f.amount.abs()),
+            (None, None) => Money::ZERO,
+        }
     }
 
     fn mark(&mut self, records: &[RecordRef], outcome: Outcome) {

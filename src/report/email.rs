@@ -90,13 +90,20 @@ pub enum Delivery {
 /// The subject: `[cpsync] Springfield SD — 2026-11-26 — Needs review (3)`.
 pub fn subject(report: &RunReport) -> String {
     let label = verdict_label(report.verdict, report.dry_run);
-    let items = report.review_items().count() + report.failed_corrections.len();
+    let counts = report.item_counts();
+    let items = counts.needs_review + counts.held;
     let count = match report.verdict {
         Verdict::NeedsReview | Verdict::NotConverged => format!(" ({items})"),
         _ => String::new(),
     };
+    // A dry run says so once, whether or not its verdict's label does.
+    let dry_mark = report.dry_run && !label.contains("dry run");
+    let marks: String = super::run_marks(dry_mark, &report.scope)
+        .iter()
+        .map(|mark| format!(" — {mark}"))
+        .collect();
     format!(
-        "[cpsync] {} — {} — {label}{count}",
+        "[cpsync] {} — {}{marks} — {label}{count}",
         one_line(&report.district),
         report.date()
     )
@@ -462,13 +469,23 @@ mod tests {
     fn subjects_name_district_date_and_verdict() {
         assert_eq!(
             subject(&sample_report()),
-            "[cpsync] Springfield Public Schools — 2026-11-26 — Needs review (6)"
+            "[cpsync] Springfield Public Schools — 2026-11-26 — Needs review (5)"
         );
         assert_eq!(
             subject(&sample_failed_report()),
             "[cpsync] Springfield Public Schools — 2026-11-26 — Failed"
         );
         let mut report = sample_report();
+        report.dry_run = true;
+        report.scope.student = Some(crate::domain::StudentId(100052));
+        report.scope.from = chrono::NaiveDate::from_ymd_opt(2026, 9, 1);
+        report.scope.to = chrono::NaiveDate::from_ymd_opt(2026, 9, 30);
+        assert_eq!(
+            subject(&report),
+            "[cpsync] Springfield Public Schools — 2026-11-26 — dry run — student 100052 — 2026-09-01 to 2026-09-30 — Needs review (5)"
+        );
+        report.dry_run = false;
+        report.scope = crate::reconcile::Scope::everything();
         report.district = "Evil\r\nBcc: x@y".to_string();
         report.verdict = Verdict::InAgreement;
         assert_eq!(

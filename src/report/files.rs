@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{render_html, review_csv, summary_json, ReportError, RunReport};
+use super::{corrections_csv, render_html, review_csv, summary_json, ReportError, RunReport};
 
 /// File mode of every report file: owner read/write only.
 pub const FILE_MODE: u32 = 0o600;
@@ -21,6 +21,10 @@ pub struct ReportFiles {
     pub html: PathBuf,
     pub csv: PathBuf,
     pub json: PathBuf,
+    /// Every correction, values before → after.
+    pub corrections_csv: PathBuf,
+    /// The `RunReport` itself, for `cpsync report --run ID`.
+    pub report_json: PathBuf,
 }
 
 impl ReportFiles {
@@ -43,13 +47,38 @@ pub fn write_report_files(dir: &Path, report: &RunReport) -> Result<ReportFiles,
         html: dir.join(format!("{stem}.html")),
         csv: dir.join(format!("{stem}-needs-review.csv")),
         json: dir.join(format!("{stem}-summary.json")),
+        corrections_csv: dir.join(format!("{stem}-corrections.csv")),
+        report_json: dir.join(format!("{stem}-report.json")),
     };
     write_private_file(&files.html, render_html(report)?.as_bytes())?;
     write_private_file(&files.csv, &review_csv(report)?)?;
+    write_private_file(&files.corrections_csv, &corrections_csv(report)?)?;
     let summary = serde_json::to_vec_pretty(&summary_json(report))
         .map_err(|e| write_error(&files.json, &e))?;
     write_private_file(&files.json, &summary)?;
+    let stored = serde_json::to_vec(report).map_err(|e| write_error(&files.report_json, &e))?;
+    write_private_file(&files.report_json, &stored)?;
     Ok(files)
+}
+
+/// The `RunReport` a run stored beside its report in `dir`
+/// (`cpsync-DATE-run-ID-report.json`), if any.
+pub fn stored_report(dir: &Path, run_id: i64) -> Result<Option<RunReport>, ReportError> {
+    let suffix = format!("-run-{run_id}-report.json");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let found = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.to_string_lossy().ends_with(&suffix));
+    let Some(path) = found else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path).map_err(|e| write_error(&path, &e))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| write_error(&path, &e))
 }
 
 /// Creates `dir` (and parents) owner-only if missing. An existing folder is

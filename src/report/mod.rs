@@ -49,9 +49,12 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{FeeId, GenesisFee, StudentId};
 use crate::money::Money;
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
+pub use crate::review::ItemState as ReviewState;
 
-pub use csv_export::{neutralise_cell, review_csv};
-pub use files::{report_file_stem, write_private_file, write_report_files, ReportFiles};
+pub use csv_export::{corrections_csv, neutralise_cell, review_csv};
+pub use files::{
+    report_file_stem, stored_report, write_private_file, write_report_files, ReportFiles,
+};
 pub use format::{format_duration_ms, format_money};
 pub use html::{render_email_html, render_html};
 pub use labels::{action_label, kind_label};
@@ -106,11 +109,25 @@ impl Verdict {
         failed_corrections: usize,
         not_converged: usize,
     ) -> Verdict {
+        let reviews = reconciliation.reviews().count();
+        let others = reconciliation.discrepancies.len();
+        Verdict::decide(reviews, failed_corrections, not_converged, others)
+    }
+
+    /// The verdict from the counts: `needs_review` discrepancies (credits
+    /// on account not among them), failed and not-converged corrections,
+    /// and the `discrepancies` found at all (credits not among them).
+    pub fn decide(
+        needs_review: usize,
+        failed_corrections: usize,
+        not_converged: usize,
+        discrepancies: usize,
+    ) -> Verdict {
         if not_converged > 0 {
             Verdict::NotConverged
-        } else if reconciliation.reviews().next().is_some() || failed_corrections > 0 {
+        } else if needs_review > 0 || failed_corrections > 0 {
             Verdict::NeedsReview
-        } else if reconciliation.discrepancies.is_empty() {
+        } else if discrepancies == 0 {
             Verdict::InAgreement
         } else {
             Verdict::Corrected
@@ -205,8 +222,9 @@ pub struct TrendPoint {
 }
 
 /// Everything one report shows. Plain data: the shell fills it, the
-/// renderers only read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// renderers only read it. Stored beside the report (`-report.json`), so
+/// `cpsync report --run ID` can rebuild and resend it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunReport {
     pub district: String,
     pub run_id: i64,
@@ -216,8 +234,13 @@ pub struct RunReport {
     pub verdict: Verdict,
     /// What the run covered, e.g. "whole district, all dates" (`describe_scope`).
     pub scope_text: String,
+    /// The run's scope itself (a scoped run says so in the email subject).
+    pub scope: Scope,
     /// The core's answer, as found before corrections.
     pub reconciliation: Reconciliation,
+    /// Each side's totals after this run's own corrections (a dry run: as
+    /// they would be); the headline and the totals table show these.
+    pub totals_after: Option<crate::reconcile::Totals>,
     /// The planned discrepancies whose correction was applied.
     pub corrected: Vec<Discrepancy>,
     pub failed_corrections: Vec<FailedCorrection>,
@@ -230,20 +253,143 @@ pub struct RunReport {
     pub fees: BTreeMap<FeeId, FeeLabel>,
     /// Why the run failed (for `Verdict::Failed`), one line, without secrets.
     pub error: Option<String>,
+    /// The review queue behind the items and the credits on account.
+    pub queue: QueueReport,
+}
+
+/// The review queue as the report shows it (DESIGN.md §6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// Credits on account (overpayments both systems agree on), not
+    /// discrepancies unless older than `credit_review_after_days`.
+    pub credits: Vec<CreditOnAccount>,
+    pub credit_review_after_days: u32,
+    /// The queue item behind each discrepancy needing a person, by item key
+    /// (`review::item_key`); none for an item never stored.
+    pub entries: BTreeMap<String, QueueEntry>,
+    /// Items this run resolved automatically (their cause went away).
+    pub resolved_by_run: usize,
+    /// Corrections held for a person: refused for a reason a retry cannot
+    /// fix (a handbook rule, or Community Pass said no), with why.
+    pub held: Vec<FailedCorrection>,
+}
+
+/// The counts people see, in items (discrepancies), under one name each
+/// everywhere (CLI, JSON, report, CSV, email, run history): corrected
+/// (in a dry run: would be), needing review (review items and failed or
+/// unconverged corrections), held; credits on account apart. Records
+/// appear only in the accounting identity, labelled as records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemCounts {
+    /// Every discrepancy found, credits on account not among them.
+    pub discrepancies: usize,
+    pub corrected: usize,
+    pub needs_review: usize,
+    pub held: usize,
+    pub credits_on_account: usize,
+}
+
+/// One stored review item as a row shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub id: i64,
+    pub state: ReviewState,
+    pub first_seen_run: i64,
+    pub age_days: i64,
+}
+
+/// A family's credit on account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditOnAccount {
+    pub discrepancy: Discrepancy,
+    /// The review item's id, when stored.
+    pub item_id: Option<i64>,
+    pub age_days: i64,
+    /// The guardian to contact (billing contact first), when Genesis has one.
+    pub guardian: Option<ContactLabel>,
+}
+
+/// A guardian as the credits section names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactLabel {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
 }
 
 impl RunReport {
     /// The net balance due (outstanding − credit) in Genesis minus the same
-    /// in Community Pass, as found.
+    /// in Community Pass, after this run's corrections (as found when the
+    /// run has no totals after).
     pub fn difference(&self) -> Money {
-        let totals = &self.reconciliation.totals;
-        let net = |side: &crate::reconcile::SideTotals| side.outstanding - side.credit;
-        net(&totals.genesis) - net(&totals.community_pass)
+        net_difference(
+            self.totals_after
+                .as_ref()
+                .unwrap_or(&self.reconciliation.totals),
+        )
     }
 
-    /// The items a person has to look at: review discrepancies.
+    /// The same difference as found, before corrections.
+    pub fn difference_before(&self) -> Money {
+        net_difference(&self.reconciliation.totals)
+    }
+
+    /// The totals the headline and the totals table show: after corrections.
+    pub fn totals_shown(&self) -> &crate::reconcile::Totals {
+        self.totals_after
+            .as_ref()
+            .unwrap_or(&self.reconciliation.totals)
+    }
+
+    /// The items a person has to look at: review discrepancies, except
+    /// the credits on account.
     pub fn review_items(&self) -> impl Iterator<Item = &Discrepancy> {
-        self.reconciliation.reviews()
+        self.reconciliation
+            .reviews()
+            .filter(move |d| !self.is_credit(d))
+    }
+
+    /// Whether a discrepancy is one of the credits on account.
+    pub fn is_credit(&self, discrepancy: &Discrepancy) -> bool {
+        self.queue
+            .credits
+            .iter()
+            .any(|credit| credit.discrepancy.sort_key() == discrepancy.sort_key())
+    }
+
+    /// The queue entry behind a discrepancy, if stored.
+    pub fn queue_entry(&self, discrepancy: &Discrepancy) -> Option<&QueueEntry> {
+        let key = crate::review::item_key(
+            discrepancy.fee_id,
+            discrepancy.kind.as_str(),
+            discrepancy.vendor_txn_id.as_ref(),
+        );
+        self.queue.entries.get(&key)
+    }
+
+    /// The run's counts in items (`ItemCounts`).
+    pub fn item_counts(&self) -> ItemCounts {
+        let credits = self.queue.credits.len();
+        ItemCounts {
+            discrepancies: self
+                .reconciliation
+                .discrepancies
+                .len()
+                .saturating_sub(credits),
+            corrected: view::corrected_count(self),
+            needs_review: self.review_items().count() + self.failed_corrections.len(),
+            held: self.queue.held.len(),
+            credits_on_account: credits,
+        }
+    }
+
+    /// The total of the credits on account.
+    pub fn credit_total(&self) -> Money {
+        self.queue
+            .credits
+            .iter()
+            .map(|c| c.discrepancy.at_stake)
+            .sum()
     }
 
     /// How many discrepancies had a planned correction.
@@ -266,11 +412,38 @@ impl RunReport {
             run_id: self.run_id,
             date: self.date(),
             verdict: self.verdict,
-            needs_review: (self.review_items().count() + self.failed_corrections.len()) as u64,
+            needs_review: {
+                let counts = self.item_counts();
+                (counts.needs_review + counts.held) as u64
+            },
             corrected: self.corrected.len() as u64,
             difference: self.difference(),
         }
     }
+}
+
+/// What the email subject adds for a run that is not the whole-district
+/// nightly: "dry run", "student 100052", "2026-09-01 to 2026-09-30".
+pub fn run_marks(dry_run: bool, scope: &Scope) -> Vec<String> {
+    let mut marks = Vec::new();
+    if dry_run {
+        marks.push("dry run".to_string());
+    }
+    if let Some(student) = scope.student {
+        marks.push(format!("student {student}"));
+    }
+    match (scope.from, scope.to) {
+        (None, None) => {}
+        (Some(from), Some(to)) => marks.push(format!("{from} to {to}")),
+        (Some(from), None) => marks.push(format!("from {from}")),
+        (None, Some(to)) => marks.push(format!("up to {to}")),
+    }
+    marks
+}
+
+fn net_difference(totals: &crate::reconcile::Totals) -> Money {
+    let net = |side: &crate::reconcile::SideTotals| side.outstanding - side.credit;
+    net(&totals.genesis) - net(&totals.community_pass)
 }
 
 /// A one-line description of a run's scope for `RunReport::scope_text`.

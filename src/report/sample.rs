@@ -9,11 +9,14 @@ use chrono::{NaiveDate, NaiveDateTime};
 use crate::domain::{FeeId, StudentId, TxnKind, VendorTxn, VendorTxnId};
 use crate::money::Money;
 use crate::reconcile::{
-    Accounting, Action, Discrepancy, DiscrepancyKind, Reconciliation, Resolution, SideAccounting,
-    SideTotals, Totals,
+    Accounting, Action, Discrepancy, DiscrepancyKind, Reconciliation, Resolution, Scope,
+    SideAccounting, SideTotals, Totals,
 };
 
-use super::{FailedCorrection, FeeLabel, Phase, RunReport, StudentLabel, TrendPoint, Verdict};
+use super::{
+    ContactLabel, CreditOnAccount, FailedCorrection, FeeLabel, Phase, QueueEntry, QueueReport,
+    ReviewState, RunReport, StudentLabel, TrendPoint, Verdict,
+};
 
 fn at(day: u32, hour: u32, minute: u32, second: u32) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 11, day)
@@ -66,6 +69,81 @@ fn discrepancy(found: Found) -> Discrepancy {
         genesis_value: found.values.0,
         cp_value: found.values.1,
         resolution: found.resolution,
+        at_stake: cents(stake_cents(found.fee)),
+    }
+}
+
+/// The sample's totals after its corrections: everything fixed but the
+/// office payment whose push failed ($20.00 still more due in Community
+/// Pass).
+fn totals_after() -> Totals {
+    let before = totals();
+    let mut community_pass = before.genesis;
+    community_pass.genesis_credit = before.genesis.genesis_credit - cents(2000);
+    community_pass.outstanding = before.genesis.outstanding + cents(2000);
+    Totals {
+        genesis: before.genesis,
+        community_pass,
+    }
+}
+
+/// The sample's dollars at stake per fee.
+fn stake_cents(fee: Option<i64>) -> i64 {
+    match fee {
+        Some(5001) => 4500,
+        Some(5002) => 1500,
+        Some(5003) => 2500,
+        Some(5004) => 3500,
+        Some(5005) => 1000,
+        Some(5006) => 7500,
+        Some(5007) => 3500,
+        Some(5009) => 1500,
+        _ => 3000,
+    }
+}
+
+/// The sample's review queue: the overpayment is a credit on account seen
+/// for twelve nights; the voided fee is new tonight, the edited amount
+/// acknowledged.
+fn queue(discrepancies: &[Discrepancy]) -> QueueReport {
+    let mut entries = BTreeMap::new();
+    let mut credits = Vec::new();
+    for (n, d) in discrepancies.iter().enumerate() {
+        if !d.resolution.is_review() {
+            continue;
+        }
+        let key = crate::review::item_key(d.fee_id, d.kind.as_str(), d.vendor_txn_id.as_ref());
+        let (state, age_days) = match d.fee_id {
+            Some(FeeId(5006)) => (ReviewState::New, 0),
+            Some(FeeId(5005)) => (ReviewState::Acknowledged, 9),
+            _ => (ReviewState::Open, 3 + n as i64),
+        };
+        let entry = QueueEntry {
+            id: 300 + n as i64,
+            state,
+            first_seen_run: 42 - age_days,
+            age_days,
+        };
+        if d.kind == DiscrepancyKind::OverpaymentCredit {
+            credits.push(CreditOnAccount {
+                discrepancy: d.clone(),
+                item_id: Some(entry.id),
+                age_days: 12,
+                guardian: Some(ContactLabel {
+                    name: "María García".to_string(),
+                    email: Some("maria.garcia@example.org".to_string()),
+                    phone: Some("555-0107".to_string()),
+                }),
+            });
+        }
+        entries.insert(key, entry);
+    }
+    QueueReport {
+        credits,
+        credit_review_after_days: 30,
+        entries,
+        resolved_by_run: 2,
+        held: Vec::new(),
     }
 }
 
@@ -364,6 +442,7 @@ pub fn sample_report() -> RunReport {
         .filter(|d| d.fee_id != Some(FeeId(5002)))
         .cloned()
         .collect();
+    let queue = queue(&discrepancies);
     RunReport {
         district: "Springfield Public Schools".to_string(),
         run_id: 42,
@@ -372,11 +451,13 @@ pub fn sample_report() -> RunReport {
         dry_run: false,
         verdict: Verdict::NeedsReview,
         scope_text: "whole district, all fee dates".to_string(),
+        scope: Scope::everything(),
         reconciliation: Reconciliation {
             discrepancies,
             accounting: accounting(),
             totals: totals(),
         },
+        totals_after: Some(totals_after()),
         corrected,
         failed_corrections: vec![failed],
         phases: phases(),
@@ -384,6 +465,7 @@ pub fn sample_report() -> RunReport {
         students: students(),
         schools: schools(),
         fees: fees(),
+        queue,
         error: None,
     }
 }
@@ -404,6 +486,8 @@ pub fn sample_failed_report() -> RunReport {
             "reading Community Pass: page 14 of integration fees: server error 502".to_string(),
         ),
         finished_at: at(26, 2, 0, 9),
+        queue: QueueReport::default(),
+        totals_after: None,
         ..sample_report()
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::reconcile::{DiscrepancyKind, SideAccounting, SideTotals};
 
-use super::view::{corrected_count, run_elapsed_ms};
+use super::view::run_elapsed_ms;
 use super::RunReport;
 
 /// The JSON summary. Amounts are decimal strings (`"1234.50"`), never floats.
@@ -23,12 +23,9 @@ pub fn summary_json(report: &RunReport) -> Value {
         "scope": report.scope_text,
         "verdict": report.verdict.as_str(),
         "difference": report.difference().to_string(),
-        "counts": {
-            "discrepancies": report.reconciliation.discrepancies.len(),
-            "corrected": corrected_count(report),
-            "needs_review": report.review_items().count(),
-            "failed_corrections": report.failed_corrections.len(),
-        },
+        "difference_before_corrections": report.difference_before().to_string(),
+        "counts": report.item_counts(),
+        "failed_corrections": report.failed_corrections.len(),
         "by_kind": counts_by_kind(report),
         "totals": {
             "genesis": side_totals(&totals.genesis),

@@ -13,9 +13,20 @@ use super::*;
 use crate::db::runs::RunRecord;
 use crate::reconcile::Resolution;
 
+/// Whether this run may rewrite snapshots: `CPSYNC_UPDATE_SNAPSHOTS` is
+/// exactly `1` and `CI` is not set (asking for it under CI is refused).
+fn update_snapshots_asked() -> bool {
+    let asked = std::env::var_os("CPSYNC_UPDATE_SNAPSHOTS").is_some_and(|v| v == "1");
+    if asked && std::env::var_os("CI").is_some() {
+        panic!("CPSYNC_UPDATE_SNAPSHOTS=1 is refused where CI is set: snapshots are updated by a person, never by CI");
+    }
+    asked
+}
+
 /// Compares `actual` with `tests/snapshots/NAME` after replacing each
 /// volatile text with its placeholder. A missing or different file fails;
-/// `CPSYNC_UPDATE_SNAPSHOTS=1` writes the file instead.
+/// `CPSYNC_UPDATE_SNAPSHOTS=1` (exactly `1`) writes the file instead, but
+/// never where `CI` is set: a CI job can only compare.
 pub(crate) fn assert_snapshot(name: &str, actual: &str, redactions: &[(&str, &str)]) {
     let mut redacted = actual.to_string();
     for (volatile, placeholder) in redactions {
@@ -24,7 +35,7 @@ pub(crate) fn assert_snapshot(name: &str, actual: &str, redactions: &[(&str, &st
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/snapshots")
         .join(name);
-    if std::env::var_os("CPSYNC_UPDATE_SNAPSHOTS").is_some() {
+    if update_snapshots_asked() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &redacted).unwrap();
         return;
@@ -85,11 +96,11 @@ fn the_report_shows_the_dollar_totals_and_the_difference() {
     let html = render_html(&sample_report()).unwrap();
     for shown in [
         "$48,215.00",
-        "$48,160.00",
-        "+$55.00",
-        "$30,137.50",
-        "-$35.00",
-        "Genesis shows $25.00 more due than Community Pass.",
+        "$8,462.50",
+        "-$20.00",
+        "after this run's corrections",
+        "Community Pass shows $20.00 more due than Genesis.",
+        "Before this run&#x27;s corrections: +$25.00",
         "Needs review",
         "Online payment not posted in Genesis",
         "Rivera, Ana",
@@ -180,7 +191,11 @@ fn csv_cells_that_look_like_formulas_are_neutralised() {
     let csv = review_csv(&hostile_report()).unwrap();
     let mut reader = ::csv::Reader::from_reader(csv.as_slice());
     let rows: Vec<::csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    assert_eq!(rows.len(), 6, "five reviews and one failed correction");
+    assert_eq!(
+        rows.len(),
+        5,
+        "four reviews and one failed correction; the credit on account is listed apart"
+    );
     let cells: Vec<&str> = rows.iter().flat_map(|row| row.iter()).collect();
     for cell in &cells {
         let first = cell.chars().next();
@@ -267,7 +282,13 @@ fn files_are_private_and_named_by_date_and_run() {
     let files = write_report_files(&dir, &sample_report()).unwrap();
     let mode = |path: &std::path::Path| path.metadata().unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for path in [&files.html, &files.csv, &files.json] {
+    for path in [
+        &files.html,
+        &files.csv,
+        &files.json,
+        &files.corrections_csv,
+        &files.report_json,
+    ] {
         assert_eq!(mode(path), 0o600, "{}", path.display());
         let name = path.file_name().unwrap().to_string_lossy();
         assert!(
@@ -278,16 +299,29 @@ fn files_are_private_and_named_by_date_and_run() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&files.json).unwrap()).unwrap();
     assert_eq!(json["verdict"], "needs_review");
-    assert_eq!(json["difference"], "25.00");
+    assert_eq!(json["difference"], "-20.00", "after corrections");
+    assert_eq!(json["difference_before_corrections"], "25.00");
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        3,
+        5,
         "no temporary files left"
     );
+    let corrections = std::fs::read_to_string(&files.corrections_csv).unwrap();
+    assert!(corrections.starts_with('\u{feff}'));
+    assert!(
+        corrections.contains("Community Pass,—,amount 45.00") || corrections.contains("Genesis,"),
+        "{corrections}"
+    );
+    assert_eq!(
+        stored_report(&dir, 42).unwrap(),
+        Some(sample_report()),
+        "the stored report reads back whole"
+    );
+    assert_eq!(stored_report(&dir, 43).unwrap(), None);
     write_report_files(&dir, &sample_report()).unwrap();
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        3,
+        5,
         "a rerun replaces"
     );
 }
@@ -365,7 +399,11 @@ fn the_trend_comes_from_run_history_newest_thirty() {
     assert_eq!(trend.first().unwrap().run_id, 11);
     let newest = trend.last().unwrap();
     assert_eq!((newest.run_id, newest.verdict), (40, Verdict::NeedsReview));
-    assert_eq!(newest.difference, crate::money::Money::from_cents(2500));
+    assert_eq!(
+        newest.difference,
+        crate::money::Money::from_cents(-2000),
+        "the difference after the run's corrections"
+    );
     assert_eq!(trend[0].verdict, Verdict::Corrected);
 }
 

@@ -57,8 +57,9 @@ fn failure_body(text: &mut String, view: &ReportView) {
 fn totals(text: &mut String, view: &ReportView) {
     let _ = writeln!(
         text,
-        "Need review: {}   {}: {}   Difference in balances due: {}",
+        "Need review: {}   Held: {}   {}: {}   Difference in balances due: {}",
         view.review_count,
+        view.held_count,
         if view.dry_run {
             "Would be corrected"
         } else {
@@ -70,7 +71,12 @@ fn totals(text: &mut String, view: &ReportView) {
     let _ = writeln!(text);
     let _ = writeln!(
         text,
-        "Totals (as found, before corrections; {})",
+        "Totals ({}; {})",
+        if view.totals_after {
+            "after this run's corrections"
+        } else {
+            "as found, before corrections"
+        },
         view.scope
     );
     let _ = writeln!(
@@ -86,6 +92,9 @@ fn totals(text: &mut String, view: &ReportView) {
         );
     }
     let _ = writeln!(text, "  {}", view.difference_sentence);
+    if !view.difference_before_sentence.is_empty() {
+        let _ = writeln!(text, "  {}", view.difference_before_sentence);
+    }
     let _ = writeln!(text);
 }
 
@@ -110,8 +119,17 @@ fn closing(text: &mut String, view: &ReportView) {
     if view.review_count > 0 {
         let _ = writeln!(
             text,
-            "The {} item(s) to review are in the attached CSV.",
-            view.review_count
+            "The {} item(s) to review ({} new tonight, {} acknowledged; {} at stake) are in the attached CSV.",
+            view.review_count, view.new_count, view.acknowledged_count, view.review_at_stake
+        );
+    }
+    if !view.credits.is_empty() {
+        let _ = writeln!(
+            text,
+            "{} {} a credit on account ({} in all); both systems agree, so credits are listed in the report, not counted as discrepancies.",
+            view.credits.len(),
+            if view.credits.len() == 1 { "family holds" } else { "families hold" },
+            view.credit_total
         );
     }
     for row in &view.accounting {

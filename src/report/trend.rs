@@ -28,10 +28,20 @@ const FAILED_HEIGHT: u64 = PLOT_HEIGHT / 4;
 /// out. The verdict and difference come from the run's stored
 /// `summary_json` (see `summary_json`) when it has them, else from its status.
 pub fn trend_from_runs(runs: &[RunRecord]) -> Vec<TrendPoint> {
-    let mut points: Vec<TrendPoint> = runs.iter().filter_map(trend_point_of).collect();
+    let mut points: Vec<TrendPoint> = runs
+        .iter()
+        .filter(|run| counts_in_trend(run))
+        .filter_map(trend_point_of)
+        .collect();
     points.sort_by_key(|point| point.run_id);
     let skip = points.len().saturating_sub(TREND_RUNS_MAX);
     points.split_off(skip)
+}
+
+/// The trend shows the whole-district runs that changed something or could
+/// have: not dry runs, not scoped runs (they stay in `cpsync runs`).
+fn counts_in_trend(run: &RunRecord) -> bool {
+    !run.dry_run && run.trigger != "scoped"
 }
 
 fn trend_point_of(run: &RunRecord) -> Option<TrendPoint> {
@@ -77,7 +87,9 @@ pub fn trend_series(report: &RunReport) -> Vec<TrendPoint> {
         .cloned()
         .collect();
     points.sort_by_key(|point| point.run_id);
-    points.push(report.trend_point());
+    if !report.dry_run && report.scope == crate::reconcile::Scope::everything() {
+        points.push(report.trend_point());
+    }
     let skip = points.len().saturating_sub(TREND_RUNS_MAX);
     points.split_off(skip)
 }

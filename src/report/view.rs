@@ -16,6 +16,8 @@ use super::{RunReport, Verdict};
 
 /// At most this many needs-review rows in the HTML report; the CSV has all.
 pub const REVIEW_ROWS_HTML_MAX: usize = 500;
+/// At most this many rows of one kind in the HTML report; the CSV has all.
+pub const REVIEW_ROWS_PER_KIND_HTML: usize = 10;
 /// At most this many corrected rows in the HTML report.
 pub const CORRECTED_ROWS_HTML_MAX: usize = 200;
 
@@ -39,6 +41,11 @@ pub struct ReportView {
     pub verdict: VerdictView,
     pub difference: String,
     pub difference_sentence: String,
+    /// Whether the totals are after the run's corrections (else as found).
+    pub totals_after: bool,
+    pub difference_before: String,
+    /// The difference as found, and what the run's corrections made of it.
+    pub difference_before_sentence: String,
     pub totals: Vec<TotalsRow>,
     pub kinds: Vec<KindRow>,
     pub discrepancy_count: String,
@@ -47,9 +54,20 @@ pub struct ReportView {
     pub corrected_count: String,
     pub corrected_heading: String,
     pub failed: Vec<FailedRow>,
-    pub reviews: Vec<ReviewRow>,
+    /// The listed review rows (acknowledged ones only counted), by kind.
+    pub review_groups: Vec<ReviewGroup>,
     pub reviews_more: usize,
     pub review_count: usize,
+    /// Corrections held for a person (listed with the review items).
+    pub held_count: usize,
+    /// Acknowledged items: counted, not listed in the HTML (the CSV has them).
+    pub acknowledged_count: usize,
+    pub new_count: usize,
+    pub review_at_stake: String,
+    pub credits: Vec<CreditRow>,
+    pub credit_total: String,
+    pub credit_review_after_days: u32,
+    pub resolved_by_run: usize,
     pub trend: TrendChart,
     pub phases: Vec<PhaseRow>,
     pub accounting: Vec<AccountingRow>,
@@ -85,6 +103,8 @@ pub struct KindRow {
     pub count: usize,
     pub corrected: usize,
     pub review: usize,
+    /// Dollars at stake over the kind's discrepancies.
+    pub at_stake: String,
     /// Bar segment lengths in percent of the largest kind's count.
     pub corrected_pct: u64,
     pub review_pct: u64,
@@ -104,14 +124,108 @@ pub struct ReviewRow {
     pub reason: String,
     pub suggested_action: String,
     pub vendor_txn_id: String,
+    /// The review queue item's id (empty when never stored: a scoped or
+    /// dry run's new item).
+    pub item_id: String,
+    /// `new`, `open`, `acknowledged` or `failed` (a correction that failed).
+    pub state: &'static str,
+    /// "new tonight", "open 12 days", "acknowledged", "correction failed".
+    pub state_text: String,
+    pub age_days: i64,
+    /// Dollars at stake, e.g. `$35.00`.
+    pub at_stake: String,
+    /// The same as a plain number for spreadsheets, e.g. `35.00`.
+    pub at_stake_number: String,
+    #[serde(skip)]
+    at_stake_cents: i64,
+}
+
+/// The needs-review rows of one kind: a heading with the count and the
+/// dollars at stake, the first rows, and how many more are in the CSV.
+#[derive(Debug, Serialize)]
+pub struct ReviewGroup {
+    pub kind: &'static str,
+    pub kind_label: &'static str,
+    pub count: usize,
+    pub at_stake: String,
+    pub rows: Vec<ReviewRow>,
+    pub more: usize,
+}
+
+/// The listed rows grouped by kind: the kinds with the most urgent item
+/// first (failed or held, new, open), then the most dollars at stake; the
+/// rows inside in the order `review_rows` gives them.
+fn review_groups(rows: Vec<ReviewRow>) -> Vec<ReviewGroup> {
+    let mut by_kind: Vec<(&'static str, Vec<ReviewRow>)> = Vec::new();
+    for row in rows {
+        match by_kind.iter_mut().find(|(kind, _)| *kind == row.kind) {
+            Some((_, group)) => group.push(row),
+            None => by_kind.push((row.kind, vec![row])),
+        }
+    }
+    // `review_rows` sorted by urgency, so each group's first row is its most
+    // urgent and the groups arrive in urgency order; dollars break ties.
+    let urgency = |group: &[ReviewRow]| state_rank(group[0].state);
+    let cents = |group: &[ReviewRow]| group.iter().map(|r| r.at_stake_cents).sum::<i64>();
+    by_kind.sort_by_key(|(_, group)| (urgency(group), -cents(group)));
+    by_kind
+        .into_iter()
+        .map(|(kind, mut rows)| {
+            let count = rows.len();
+            let at_stake = format_money(Money::from_cents(cents(&rows)));
+            let kind_label = rows[0].kind_label;
+            rows.truncate(REVIEW_ROWS_PER_KIND_HTML);
+            ReviewGroup {
+                kind,
+                kind_label,
+                count,
+                at_stake,
+                more: count - rows.len(),
+                rows,
+            }
+        })
+        .collect()
+}
+
+fn state_rank(state: &str) -> u8 {
+    match state {
+        "failed" | "held" => 0,
+        "new" => 1,
+        "open" => 2,
+        _ => 3,
+    }
+}
+
+/// A family's credit on account, as the report shows it.
+#[derive(Debug, Serialize)]
+pub struct CreditRow {
+    pub item_id: String,
+    pub student: String,
+    pub student_id: String,
+    pub school: String,
+    pub fee: String,
+    pub fee_id: String,
+    pub guardian: String,
+    pub contact: String,
+    pub amount: String,
+    pub age_days: i64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CorrectedRow {
     pub student: String,
+    pub student_id: String,
     pub fee: String,
+    pub fee_id: String,
+    pub kind: &'static str,
     pub kind_label: &'static str,
     pub action: String,
+    /// Which side the correction changed.
+    pub side: &'static str,
+    pub before: String,
+    pub after: String,
+    pub at_stake: String,
+    pub at_stake_number: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,7 +257,19 @@ pub struct AccountingRow {
 /// Builds the whole view of a report.
 pub fn report_view(report: &RunReport) -> ReportView {
     let reviews = review_rows(report);
-    let review_count = reviews.len();
+    let counts = report.item_counts();
+    let review_count = counts.needs_review;
+    let held_count = counts.held;
+    let acknowledged_count = reviews.iter().filter(|r| r.state == "acknowledged").count();
+    let new_count = reviews.iter().filter(|r| r.state == "new").count();
+    let review_at_stake = format_money(Money::from_cents(
+        reviews.iter().map(|r| r.at_stake_cents).sum(),
+    ));
+    let listed: Vec<ReviewRow> = reviews
+        .into_iter()
+        .filter(|r| r.state != "acknowledged")
+        .collect();
+    let listed_count = listed.len();
     let failed = failed_rows(report);
     let (corrected, corrected_more) = corrected_rows(report);
     ReportView {
@@ -160,17 +286,35 @@ pub fn report_view(report: &RunReport) -> ReportView {
         verdict: verdict_view(report),
         difference: format_money(report.difference().abs()),
         difference_sentence: difference_sentence(report.difference()),
+        totals_after: report.totals_after.is_some(),
+        difference_before: format_signed_money(report.difference_before()),
+        difference_before_sentence: difference_before_sentence(report),
         totals: totals_rows(report),
-        kinds: kind_rows(&report.reconciliation.discrepancies),
-        discrepancy_count: format_count(report.reconciliation.discrepancies.len() as u64),
+        kinds: kind_rows(report),
+        discrepancy_count: format_count(
+            report
+                .reconciliation
+                .discrepancies
+                .iter()
+                .filter(|d| !report.is_credit(d))
+                .count() as u64,
+        ),
         corrected,
         corrected_more,
         corrected_count: format_count(corrected_count(report) as u64),
         corrected_heading: corrected_heading(report),
         failed,
-        reviews: reviews.into_iter().take(REVIEW_ROWS_HTML_MAX).collect(),
-        reviews_more: review_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
+        reviews_more: listed_count.saturating_sub(REVIEW_ROWS_HTML_MAX),
+        review_groups: review_groups(listed.into_iter().take(REVIEW_ROWS_HTML_MAX).collect()),
         review_count,
+        held_count,
+        acknowledged_count,
+        new_count,
+        review_at_stake,
+        credits: credit_rows(report),
+        credit_total: format_money(report.credit_total()),
+        credit_review_after_days: report.queue.credit_review_after_days,
+        resolved_by_run: report.queue.resolved_by_run,
         trend: trend_chart(report),
         phases: phase_rows(report),
         accounting: accounting_rows(report),
@@ -285,6 +429,28 @@ fn needs_review_sentence(reviews: u64, failed: u64, corrected: u64, dry_run: boo
 }
 
 /// How the net balance difference reads.
+/// The secondary line: the difference as found, before corrections.
+pub fn difference_before_sentence(report: &RunReport) -> String {
+    if report.totals_after.is_none() {
+        return String::new();
+    }
+    let before = report.difference_before();
+    let after = report.difference();
+    if before == after {
+        return "Before corrections the difference was the same.".to_string();
+    }
+    format!(
+        "Before {} corrections: {} (Genesis − Community Pass); the corrections moved it by {}.",
+        if report.dry_run {
+            "the planned"
+        } else {
+            "this run's"
+        },
+        format_signed_money(before),
+        format_signed_money(after - before)
+    )
+}
+
 pub fn difference_sentence(difference: Money) -> String {
     if difference.is_zero() {
         "The balances due agree to the cent.".to_string()
@@ -302,8 +468,8 @@ pub fn difference_sentence(difference: Money) -> String {
 }
 
 fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
-    let genesis = &report.reconciliation.totals.genesis;
-    let cp = &report.reconciliation.totals.community_pass;
+    let genesis = &report.totals_shown().genesis;
+    let cp = &report.totals_shown().community_pass;
     type Pick = fn(&SideTotals) -> Money;
     let rows: [(&str, &str, Pick); 9] = [
         ("Billed", "fee amounts", |s| s.billed),
@@ -341,7 +507,16 @@ fn totals_rows(report: &RunReport) -> Vec<TotalsRow> {
         .collect()
 }
 
-fn kind_rows(discrepancies: &[Discrepancy]) -> Vec<KindRow> {
+/// Discrepancies by kind (credits on account are not discrepancies).
+fn kind_rows(report: &RunReport) -> Vec<KindRow> {
+    let discrepancies: Vec<Discrepancy> = report
+        .reconciliation
+        .discrepancies
+        .iter()
+        .filter(|d| !report.is_credit(d))
+        .cloned()
+        .collect();
+    let discrepancies = discrepancies.as_slice();
     let mut rows: Vec<KindRow> = DiscrepancyKind::ALL
         .iter()
         .map(|kind| kind_row(*kind, discrepancies))
@@ -360,7 +535,9 @@ fn kind_row(kind: DiscrepancyKind, discrepancies: &[Discrepancy]) -> KindRow {
     let of_kind = || discrepancies.iter().filter(move |d| d.kind == kind);
     let review = of_kind().filter(|d| d.resolution.is_review()).count();
     let count = of_kind().count();
+    let at_stake: Money = of_kind().map(|d| d.at_stake).sum();
     KindRow {
+        at_stake: format_money(at_stake),
         code: kind.as_str(),
         label: kind_label(kind),
         count,
@@ -414,14 +591,59 @@ fn text_or_dash(value: &Option<String>) -> String {
     value.clone().unwrap_or_else(|| NO_VALUE.to_string())
 }
 
-/// Every needs-review row (review discrepancies, then failed corrections).
+/// Every needs-review row, most urgent first: failed corrections, items
+/// new tonight, then open items oldest first, then acknowledged ones; the
+/// larger sum at stake first within each.
 pub fn review_rows(report: &RunReport) -> Vec<ReviewRow> {
     let reviews = report.review_items().map(|d| review_row(report, d, None));
     let failed = report
         .failed_corrections
         .iter()
         .map(|f| review_row(report, &f.discrepancy, Some(&f.error)));
-    reviews.chain(failed).collect()
+    let held = report.queue.held.iter().map(|h| {
+        let mut row = review_row(report, &h.discrepancy, None);
+        row.state = "held";
+        row.state_text = "held".to_string();
+        row.reason = format!("Held: {}", h.error);
+        row
+    });
+    let mut rows: Vec<ReviewRow> = reviews.chain(failed).chain(held).collect();
+    rows.sort_by_key(|row| (state_rank(row.state), -row.age_days, -row.at_stake_cents));
+    rows
+}
+
+/// The credits on account, oldest first.
+pub fn credit_rows(report: &RunReport) -> Vec<CreditRow> {
+    let mut credits: Vec<&super::CreditOnAccount> = report.queue.credits.iter().collect();
+    credits.sort_by_key(|c| (-c.age_days, -c.discrepancy.at_stake.cents()));
+    credits
+        .into_iter()
+        .map(|credit| {
+            let d = &credit.discrepancy;
+            let (guardian, contact) = match &credit.guardian {
+                Some(g) => {
+                    let ways: Vec<&str> = [g.email.as_deref(), g.phone.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    (g.name.clone(), ways.join(" · "))
+                }
+                None => (NO_VALUE.to_string(), String::new()),
+            };
+            CreditRow {
+                item_id: credit.item_id.map(|id| id.to_string()).unwrap_or_default(),
+                student: student_name(report, d.student_id),
+                student_id: d.student_id.map(|s| s.to_string()).unwrap_or_default(),
+                school: school_text(report, d.student_id),
+                fee: fee_description(report, d.fee_id),
+                fee_id: d.fee_id.map(|f| f.to_string()).unwrap_or_default(),
+                guardian,
+                contact,
+                amount: format_money(d.at_stake),
+                age_days: credit.age_days,
+            }
+        })
+        .collect()
 }
 
 fn review_row(report: &RunReport, discrepancy: &Discrepancy, error: Option<&str>) -> ReviewRow {
@@ -439,7 +661,35 @@ fn review_row(report: &RunReport, discrepancy: &Discrepancy, error: Option<&str>
         ) => (reason.clone(), suggested_action.clone()),
         (Resolution::Planned(action), None) => (String::new(), action_label(action)),
     };
+    let entry = report.queue_entry(discrepancy);
+    let (state, state_text, age_days) = match (error, entry) {
+        (Some(_), _) => ("failed", "correction failed".to_string(), 0),
+        (None, None) => ("new", "new tonight".to_string(), 0),
+        (None, Some(entry)) => match entry.state {
+            super::ReviewState::New => ("new", "new tonight".to_string(), entry.age_days),
+            super::ReviewState::Acknowledged => (
+                "acknowledged",
+                format!(
+                    "acknowledged, {}",
+                    plural(entry.age_days as u64, "day", "days")
+                ),
+                entry.age_days,
+            ),
+            _ => (
+                "open",
+                format!("open {}", plural(entry.age_days as u64, "day", "days")),
+                entry.age_days,
+            ),
+        },
+    };
     ReviewRow {
+        item_id: entry.map(|e| e.id.to_string()).unwrap_or_default(),
+        state,
+        state_text,
+        age_days,
+        at_stake: format_money(discrepancy.at_stake),
+        at_stake_number: discrepancy.at_stake.to_string(),
+        at_stake_cents: discrepancy.at_stake.cents(),
         student_id: discrepancy
             .student_id
             .map(|id| id.to_string())
@@ -479,6 +729,15 @@ fn fee_description(report: &RunReport, fee: Option<FeeId>) -> String {
 }
 
 fn corrected_rows(report: &RunReport) -> (Vec<CorrectedRow>, usize) {
+    let mut rows = all_corrected_rows(report);
+    let more = rows.len().saturating_sub(CORRECTED_ROWS_HTML_MAX);
+    rows.truncate(CORRECTED_ROWS_HTML_MAX);
+    (rows, more)
+}
+
+/// Every correction made (a dry run: planned), with the side it changed
+/// and the values before → after; the corrections CSV has them all.
+pub fn all_corrected_rows(report: &RunReport) -> Vec<CorrectedRow> {
     let source: Vec<&Discrepancy> = if report.dry_run {
         report
             .reconciliation
@@ -489,18 +748,49 @@ fn corrected_rows(report: &RunReport) -> (Vec<CorrectedRow>, usize) {
     } else {
         report.corrected.iter().collect()
     };
-    let more = source.len().saturating_sub(CORRECTED_ROWS_HTML_MAX);
-    let rows = source
+    source
         .into_iter()
-        .take(CORRECTED_ROWS_HTML_MAX)
-        .map(|d| CorrectedRow {
-            student: student_text(report, d.student_id),
-            fee: fee_text(report, d.fee_id),
-            kind_label: kind_label(d.kind),
-            action: resolution_text(&d.resolution),
+        .map(|d| {
+            let (side, before, after) = correction_change(d);
+            CorrectedRow {
+                student: student_text(report, d.student_id),
+                student_id: d.student_id.map(|s| s.to_string()).unwrap_or_default(),
+                fee: fee_text(report, d.fee_id),
+                fee_id: d.fee_id.map(|f| f.to_string()).unwrap_or_default(),
+                kind: d.kind.as_str(),
+                kind_label: kind_label(d.kind),
+                action: resolution_text(&d.resolution),
+                side,
+                before,
+                after,
+                at_stake: format_money(d.at_stake),
+                at_stake_number: d.at_stake.to_string(),
+            }
         })
-        .collect();
-    (rows, more)
+        .collect()
+}
+
+/// The side a correction changes and its values before → after: a push
+/// makes Community Pass show what Genesis holds, a posting puts Community
+/// Pass's transaction into Genesis, a lock makes the amount read-only.
+fn correction_change(d: &Discrepancy) -> (&'static str, String, String) {
+    let value = |v: &Option<String>| v.clone().unwrap_or_else(|| NO_VALUE.to_string());
+    match &d.resolution {
+        Resolution::Planned(crate::reconcile::Action::PushFee { .. }) => (
+            "Community Pass",
+            value(&d.cp_value),
+            value(&d.genesis_value),
+        ),
+        Resolution::Planned(crate::reconcile::Action::PostVendorTxn { .. }) => {
+            ("Genesis", value(&d.genesis_value), value(&d.cp_value))
+        }
+        Resolution::Planned(crate::reconcile::Action::LockAmount { .. }) => (
+            "Genesis",
+            "amount editable".to_string(),
+            "amount locked".to_string(),
+        ),
+        Resolution::NeedsReview { .. } => ("", value(&d.genesis_value), value(&d.cp_value)),
+    }
 }
 
 /// Corrections made (or, in a dry run, planned).

@@ -7,7 +7,7 @@
 //! incremental run starts from). Safe to re-run at any time: a run killed
 //! anywhere is completed by the next with nothing lost or doubled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use diesel::Connection;
@@ -19,6 +19,7 @@ use super::{Clock, SyncError};
 use crate::db::audit::{self, AuditEntry, AuditSide};
 use crate::db::discrepancies::{self, Outcome};
 use crate::db::marks::{self, Coverage, NightlyMark, OutboxPosition};
+use crate::db::review_items::{self, ReviewItem};
 use crate::db::{genesis, links, postings, DbConnection};
 use crate::domain::{FeeId, VendorTxn, VendorTxnId};
 use crate::portal::{
@@ -27,9 +28,10 @@ use crate::portal::{
 };
 use crate::reconcile::validate::{self, Verdict};
 use crate::reconcile::{
-    check_accounting, check_conservation, reconcile, Action, GenesisSnapshot, Reconciliation,
-    Resolution, Scope, VendorSnapshot,
+    check_accounting, check_conservation, reconcile, Action, Discrepancy, DiscrepancyKind,
+    GenesisSnapshot, Reconciliation, Resolution, Scope, VendorSnapshot,
 };
+use crate::review::{self, Reach};
 use crate::setup::SetupState;
 
 /// How many Genesis postings one database transaction carries.
@@ -54,6 +56,8 @@ pub struct NightlyOptions {
     pub vendor_clock_overlap: chrono::Duration,
     /// An incremental run runs in full once the last full run is this old.
     pub full_run_every: chrono::Duration,
+    /// A credit on account older than this many days needs review.
+    pub credit_review_after_days: i64,
 }
 
 impl Default for NightlyOptions {
@@ -64,6 +68,7 @@ impl Default for NightlyOptions {
             incremental: false,
             vendor_clock_overlap: incremental::VENDOR_CLOCK_OVERLAP,
             full_run_every: incremental::FULL_RUN_EVERY_DEFAULT,
+            credit_review_after_days: 30,
         }
     }
 }
@@ -138,10 +143,56 @@ pub struct NightlyResult {
     /// with what it shows: their corrections are `NotConverged`.
     pub not_applied: BTreeMap<FeeId, String>,
     pub coverage: RunCoverage,
+    /// Each side's totals after the run's own corrections (a dry run: as
+    /// they would be); `reconciliation.totals` are as found.
+    pub totals_after: crate::reconcile::Totals,
+    /// The review queue as this run left it (or, for a scoped or dry run,
+    /// as it found it).
+    pub queue: QueueView,
     /// What the run could not read, so did not judge (a Community Pass fee
     /// record that breaks the contract, a transaction cursor it could not
     /// have meant): the verdict must say the run is incomplete.
     pub incomplete: Vec<String>,
+}
+
+/// The review queue items behind one run's discrepancies.
+#[derive(Debug, Clone, Default)]
+pub struct QueueView {
+    /// Stored items by item key (`db::review_items::key_of`); a discrepancy
+    /// with no entry has never been stored (new, in a scoped or dry run).
+    pub items: BTreeMap<String, ReviewItem>,
+    /// Items this run resolved automatically (their cause went away).
+    pub resolved_by_run: usize,
+    /// Whether this run changed the queue (whole district, not dry).
+    pub updated: bool,
+}
+
+/// Each side's totals once the run's own corrections are in: the ones
+/// applied (a dry run: the ones planned), modelled with the pure
+/// `apply_plan` over the snapshots the run read.
+fn totals_after(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    reconciliation: &Reconciliation,
+    outcomes: &[(Outcome, Option<String>)],
+    policy: &crate::reconcile::Policy,
+    scope: &Scope,
+) -> crate::reconcile::Totals {
+    let applied: Vec<Action> = reconciliation
+        .discrepancies
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, (o, _))| matches!(o, Outcome::Corrected | Outcome::Planned))
+        .filter_map(|(d, _)| match &d.resolution {
+            Resolution::Planned(action) => Some(action.clone()),
+            Resolution::NeedsReview { .. } => None,
+        })
+        .collect();
+    if applied.is_empty() {
+        return reconciliation.totals;
+    }
+    let (genesis, vendor) = crate::reconcile::apply_plan(genesis, vendor, &applied);
+    reconcile(&genesis, &vendor, policy, scope).totals
 }
 
 impl NightlyResult {
@@ -174,6 +225,14 @@ impl NightlyResult {
         self.outcomes
             .iter()
             .filter(|(o, _)| *o == Outcome::NeedsReview)
+            .count()
+    }
+
+    /// Credits on account both sides agree on (not discrepancies).
+    pub fn credits(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|(o, _)| *o == Outcome::CreditOnAccount)
             .count()
     }
 }
@@ -499,6 +558,30 @@ pub fn run(
         mark_not_converged(&reconciliation, &mut outcomes, &not_applied);
         timer.lap("verify");
     }
+    classify_credits(&reconciliation, &mut outcomes);
+    let totals_after = totals_after(
+        &genesis,
+        &vendor,
+        &reconciliation,
+        &outcomes,
+        &policy,
+        &options.scope,
+    );
+    let reach = match (
+        &coverage,
+        options.scope == Scope::everything(),
+        options.dry_run,
+    ) {
+        (_, false, _) | (_, _, true) => None,
+        // A run that could not read everything resolves only what it judged.
+        (RunCoverage::Full { .. }, true, false) if incomplete.is_empty() => Some(Reach::Everything),
+        (RunCoverage::Full { .. }, true, false) => {
+            Some(Reach::Fees(examined_fees(&genesis, &vendor)))
+        }
+        (RunCoverage::Incremental { .. }, true, false) => {
+            Some(Reach::Fees(examined_fees(&genesis, &vendor)))
+        }
+    };
     // An incomplete run marks nothing: the next incremental run starts
     // from the last complete one, so what was not judged is judged then.
     let start = match (
@@ -513,7 +596,16 @@ pub fn run(
         }),
         _ => None,
     };
-    conn.transaction(|conn| {
+    let queue = conn.transaction(|conn| {
+        let queue = update_queue(
+            conn,
+            &reconciliation,
+            &mut outcomes,
+            reach.as_ref(),
+            options.credit_review_after_days,
+            run_id,
+            clock(),
+        )?;
         let items: Vec<_> = reconciliation
             .discrepancies
             .iter()
@@ -524,7 +616,7 @@ pub fn run(
         if let Some(start) = start {
             record_mark(conn, setup, run_id, start, &coverage, clock)?;
         }
-        Ok::<(), SyncError>(())
+        Ok::<QueueView, SyncError>(queue)
     })?;
     Ok(NightlyResult {
         reconciliation,
@@ -536,7 +628,105 @@ pub fn run(
         still_different,
         not_applied,
         coverage,
+        totals_after,
+        queue,
         incomplete,
+    })
+}
+
+/// An overpayment credit is a credit on account, not a discrepancy, when
+/// nothing else about its fee needs a person after this run: both systems
+/// agree, and the family simply holds a credit.
+fn classify_credits(reconciliation: &Reconciliation, outcomes: &mut [(Outcome, Option<String>)]) {
+    let troubled: BTreeSet<FeeId> = reconciliation
+        .discrepancies
+        .iter()
+        .zip(outcomes.iter())
+        .filter(|(d, (o, _))| d.kind != DiscrepancyKind::OverpaymentCredit && needs_person(*o))
+        .filter_map(|(d, _)| d.fee_id)
+        .collect();
+    for (discrepancy, outcome) in reconciliation.discrepancies.iter().zip(outcomes) {
+        let agreed = discrepancy
+            .fee_id
+            .is_some_and(|fee| !troubled.contains(&fee));
+        if discrepancy.kind == DiscrepancyKind::OverpaymentCredit
+            && outcome.0 == Outcome::NeedsReview
+            && agreed
+        {
+            *outcome = (Outcome::CreditOnAccount, None);
+        }
+    }
+}
+
+/// Outcomes a person has to see: everything but a correction made or planned.
+fn needs_person(outcome: Outcome) -> bool {
+    !matches!(outcome, Outcome::Corrected | Outcome::Planned)
+}
+
+/// The fees an incremental run examined (either side, or named by a
+/// transaction), so it resolves no queue item it did not look at.
+fn examined_fees(genesis: &GenesisSnapshot, vendor: &VendorSnapshot) -> BTreeSet<FeeId> {
+    let genesis_fees = genesis.fees.iter().map(|f| f.id);
+    let genesis_txns = genesis.txns.iter().map(|t| t.fee_id);
+    let vendor_fees = vendor.fees.iter().map(|f| f.genesis_fee_id);
+    let vendor_txns = vendor.txns.iter().filter_map(|t| t.genesis_fee_id);
+    genesis_fees
+        .chain(genesis_txns)
+        .chain(vendor_fees)
+        .chain(vendor_txns)
+        .collect()
+}
+
+/// Brings the review queue up to date (when the run has a `reach`), reads
+/// the stored items behind this run's discrepancies, and turns a credit on
+/// account older than `credit_review_after_days` into an item needing
+/// review.
+fn update_queue(
+    conn: &mut DbConnection,
+    reconciliation: &Reconciliation,
+    outcomes: &mut [(Outcome, Option<String>)],
+    reach: Option<&Reach>,
+    credit_review_after_days: i64,
+    run_id: i64,
+    now: chrono::NaiveDateTime,
+) -> Result<QueueView, SyncError> {
+    let sighted: Vec<&Discrepancy> = reconciliation
+        .discrepancies
+        .iter()
+        .zip(outcomes.iter())
+        .filter(|(_, (o, _))| needs_person(*o))
+        .map(|(d, _)| d)
+        .collect();
+    let resolved_by_run = match reach {
+        Some(reach) => review_items::apply_run(conn, run_id, &sighted, reach, now)?,
+        None => 0,
+    };
+    let keys: Vec<String> = sighted.iter().map(|d| review_items::key_of(d)).collect();
+    let items: BTreeMap<String, ReviewItem> = review_items::by_keys(conn, &keys)?
+        .into_iter()
+        .map(|item| (item.item_key.clone(), item))
+        .collect();
+    for (discrepancy, outcome) in reconciliation.discrepancies.iter().zip(outcomes) {
+        if outcome.0 != Outcome::CreditOnAccount {
+            continue;
+        }
+        let first_seen = items
+            .get(&review_items::key_of(discrepancy))
+            .map_or(now, |item| item.first_seen_at);
+        let age = review::age_days(first_seen, now);
+        if age > credit_review_after_days {
+            *outcome = (
+                Outcome::NeedsReview,
+                Some(format!(
+                    "a credit on account for {age} days, longer than {credit_review_after_days}"
+                )),
+            );
+        }
+    }
+    Ok(QueueView {
+        items,
+        resolved_by_run,
+        updated: reach.is_some(),
     })
 }
 

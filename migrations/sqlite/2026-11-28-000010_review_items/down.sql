@@ -1,0 +1,1 @@
+DROP TABLE cp_review_items;

@@ -1,0 +1,222 @@
+//! Manual runs (issue 16), on both backends, driving the real `cpsync
+//! nightly` against the in-process simulator and the test SMTP server
+//! (aiosmtpd): a dry run and a `--student` run write their report but send
+//! no mail unless `--email` is given; a reversed date range or an unknown
+//! student is refused (exit 2) before anything runs; a scoped run never
+//! says "Full run"; a report or email that fails is recorded on the run
+//! ("report failed: …", "mail failed: …").
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+
+use common::world::World;
+use common::Backend;
+use cpsync::db::runs;
+
+fn smtp_port() -> u16 {
+    std::env::var("CPSYNC_TEST_SMTP_PORT")
+        .expect("CPSYNC_TEST_SMTP_PORT is not set: run the suite with scripts/test")
+        .parse()
+        .unwrap()
+}
+
+fn maildir() -> std::path::PathBuf {
+    std::env::var("CPSYNC_TEST_SMTP_MAILDIR")
+        .expect("CPSYNC_TEST_SMTP_MAILDIR is not set")
+        .into()
+}
+
+/// Messages in the shared maildir sent from `domain` (unique to one test).
+fn messages_from(domain: &str) -> usize {
+    let mut count = 0;
+    for folder in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(maildir().join(folder)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            if String::from_utf8_lossy(&bytes).contains(domain) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+fn config(reports: &std::path::Path, domain: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "district = \"Manual Runs SD\"\n[reports]\ndir = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"cpsync@{domain}\"\nto = [\"office@{domain}\"]\ntimeout_secs = 30",
+        reports.display(),
+        smtp_port()
+    )
+    .unwrap();
+    file
+}
+
+fn nightly(world: &World, config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(config)
+        .args(["--database-url", &world.db.url_text])
+        .args(["--cp-url", &world.sim.base_url(), "nightly"])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn manual_runs_do_not_mail_the_office(backend: Backend) {
+    let world = World::new(backend, 12, 8);
+    let domain = format!("manual-{}-{backend:?}.example", std::process::id()).to_lowercase();
+    let reports = tempfile::tempdir().unwrap();
+    let config = config(reports.path(), &domain);
+    let student = cpsync::db::genesis::load_students(&mut world.conn())
+        .unwrap()
+        .records[0]
+        .id
+        .to_string();
+
+    let (code, out, err) = nightly(&world, config.path(), &["--dry-run"]);
+    assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
+    assert!(out.contains("not emailed"), "{out}");
+    let (code, out, err) = nightly(&world, config.path(), &["--student", &student]);
+    assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
+    assert!(!out.contains("Full run"), "{out}");
+    assert!(out.contains("Scoped run"), "{out}");
+    assert_eq!(
+        messages_from(&domain),
+        0,
+        "{backend:?}: no mail without --email"
+    );
+
+    let (code, _, err) = nightly(&world, config.path(), &["--dry-run", "--email"]);
+    assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
+    assert_eq!(messages_from(&domain), 1, "{backend:?}: --email mails");
+
+    let before = runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 50)
+        .unwrap()
+        .len();
+    let (code, _, err) = nightly(
+        &world,
+        config.path(),
+        &["--from", "2026-12-01", "--to", "2026-09-01"],
+    );
+    assert_eq!(code, 2, "{backend:?}: {err}");
+    assert!(err.contains("reversed"), "{err}");
+    let (code, _, err) = nightly(&world, config.path(), &["--student", "999"]);
+    assert_eq!(code, 2, "{backend:?}: {err}");
+    assert!(err.contains("no student 999"), "{err}");
+    let after = runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 50)
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "a refused run records nothing");
+    assert_eq!(messages_from(&domain), 1);
+}
+
+#[test]
+fn sqlite_manual_runs_do_not_mail_the_office() {
+    manual_runs_do_not_mail_the_office(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_manual_runs_do_not_mail_the_office() {
+    manual_runs_do_not_mail_the_office(Backend::Postgres);
+}
+
+fn config_with(reports: &std::path::Path, smtp_port: u16) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "district = \"Failures SD\"\n[reports]\ndir = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\nfrom = \"cpsync@failures.example\"\nto = [\"office@failures.example\"]\ntimeout_secs = 5",
+        reports.display()
+    )
+    .unwrap();
+    file
+}
+
+fn latest_nightly(world: &World) -> runs::RunRecord {
+    runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 1).unwrap()[0].clone()
+}
+
+fn report_and_mail_failures_are_recorded(backend: Backend) {
+    let world = World::new(backend, 12, 9);
+    // A mail server that is not there.
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let reports = tempfile::tempdir().unwrap();
+    let failing = config_with(reports.path(), closed_port);
+    let (code, _, err) = nightly(&world, failing.path(), &[]);
+    assert_eq!(code, 1, "{backend:?}: {err}");
+    let run = latest_nightly(&world);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("mail failed: "),
+        "{backend:?}: {run:?}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(run.summary_json.as_deref().unwrap()).unwrap();
+    assert_eq!(summary["report_failure"]["stage"], "mail");
+
+    // Once the mail server is back, `report --run` rebuilds and sends it.
+    let domain = format!("rebuilt-{}-{backend:?}.example", std::process::id()).to_lowercase();
+    let working = config(reports.path(), &domain);
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(working.path())
+        .args(["--database-url", &world.db.url_text])
+        .args(["report", "--run", &run.id.to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{backend:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        messages_from(&domain),
+        1,
+        "{backend:?}: the report was sent"
+    );
+
+    // A report folder that cannot be created (a file is in the way).
+    let blocked = reports.path().join("not-a-folder");
+    std::fs::write(&blocked, b"x").unwrap();
+    let blocked_config = config_with(&blocked.join("reports"), closed_port);
+    let (code, _, err) = nightly(&world, blocked_config.path(), &[]);
+    assert_eq!(code, 1, "{backend:?}: {err}");
+    let run = latest_nightly(&world);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("report failed: "),
+        "{backend:?}: {run:?}"
+    );
+}
+
+#[test]
+fn sqlite_report_and_mail_failures_are_recorded_on_the_run() {
+    report_and_mail_failures_are_recorded(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_report_and_mail_failures_are_recorded_on_the_run() {
+    report_and_mail_failures_are_recorded(Backend::Postgres);
+}
