@@ -78,7 +78,7 @@ fn watch_runs(env: &Env) -> Vec<runs::RunRecord> {
         .collect()
 }
 
-fn watch_pushes_within_a_second(backend: Backend) {
+fn watch_pushes_a_fee_inserted_by_sql(backend: Backend) {
     let env = Env::new(backend);
     env.seed(15);
     env.set_up();
@@ -144,13 +144,13 @@ fn watch_pushes_within_a_second(backend: Backend) {
 }
 
 #[test]
-fn sqlite_watch_pushes_a_fee_inserted_by_sql_within_a_second() {
-    watch_pushes_within_a_second(Backend::Sqlite);
+fn sqlite_watch_pushes_a_fee_inserted_by_sql() {
+    watch_pushes_a_fee_inserted_by_sql(Backend::Sqlite);
 }
 
 #[test]
-fn postgres_watch_pushes_a_fee_inserted_by_sql_within_a_second() {
-    watch_pushes_within_a_second(Backend::Postgres);
+fn postgres_watch_pushes_a_fee_inserted_by_sql() {
+    watch_pushes_a_fee_inserted_by_sql(Backend::Postgres);
 }
 
 /// Waits until Community Pass holds at least `count` fees.
