@@ -104,9 +104,13 @@ pub fn inject(
                  ORDER BY g.id LIMIT 1",
                 fee.student_id.0, fee.student_id.0
             ),
+            // Never the district's first or last guardian: their rows carry
+            // the hostile text `hostile.rs` expects in the export.
             OfficeAction::GuardianRemoved => format!(
                 "DELETE FROM student_guardians WHERE student_id = {0} AND guardian_id = \
-                 (SELECT MAX(guardian_id) FROM student_guardians WHERE student_id = {0})",
+                 (SELECT MAX(guardian_id) FROM student_guardians WHERE student_id = {0} \
+                  AND guardian_id NOT IN (SELECT MIN(id) FROM guardians) \
+                  AND guardian_id NOT IN (SELECT MAX(id) FROM guardians))",
                 fee.student_id.0
             ),
             OfficeAction::PaymentOnCommunityPassOnlyFee => {
