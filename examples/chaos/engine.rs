@@ -101,13 +101,9 @@ impl Engine {
         u64::from(self.runs.load(Ordering::SeqCst))
     }
 
-    /// Starts `cpsync GLOBALS ARGS` with extra environment variables.
-    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, String)]) -> anyhow::Result<Running> {
-        let number = self.runs.fetch_add(1, Ordering::SeqCst);
-        let label = format!("{number:03} cpsync {}", args.join(" "));
-        let stem = format!("{number:03}-{}", args.first().copied().unwrap_or("none"));
-        let out = self.log_dir.join(format!("{stem}.out"));
-        let err = self.log_dir.join(format!("{stem}.err"));
+    /// `cpsync GLOBALS ARGS` with the scenario's environment and nothing
+    /// inherited that could point it elsewhere; stdin closed.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
         command
             .args(&self.globals)
@@ -115,12 +111,24 @@ impl Engine {
             .env_remove("DATABASE_URL")
             .env_remove("CPSYNC_CONFIG")
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out)?)
-            .stderr(File::create(&err)?);
+            .stdin(Stdio::null());
         for (name, value) in &self.env {
             command.env(name, value);
         }
+        command
+    }
+
+    /// Starts `cpsync GLOBALS ARGS` with extra environment variables.
+    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, String)]) -> anyhow::Result<Running> {
+        let number = self.runs.fetch_add(1, Ordering::SeqCst);
+        let label = format!("{number:03} cpsync {}", args.join(" "));
+        let stem = format!("{number:03}-{}", args.first().copied().unwrap_or("none"));
+        let out = self.log_dir.join(format!("{stem}.out"));
+        let err = self.log_dir.join(format!("{stem}.err"));
+        let mut command = self.command(args);
+        command
+            .stdout(File::create(&out)?)
+            .stderr(File::create(&err)?);
         for (name, value) in extra_env {
             command.env(name, value);
         }
@@ -146,19 +154,8 @@ impl Engine {
         let number = self.runs.fetch_add(1, Ordering::SeqCst);
         let label = format!("{number:03} cpsync {} | (closed)", args.join(" "));
         let err = self.log_dir.join(format!("{number:03}-closed-pipe.err"));
-        let mut command = Command::new(&self.bin);
-        command
-            .args(&self.globals)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("CPSYNC_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&err)?);
-        for (name, value) in &self.env {
-            command.env(name, value);
-        }
+        let mut command = self.command(args);
+        command.stdout(Stdio::piped()).stderr(File::create(&err)?);
         let mut child = command.spawn()?;
         drop(child.stdout.take()); // the reader is gone
         Running {
