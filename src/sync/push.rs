@@ -262,7 +262,10 @@ fn name_intent(
     if mode == PushMode::Drain && same(&state.pushed_digest) && !state.intent_pending() {
         return Err(PushOutcome::Unchanged);
     }
-    if mode != PushMode::Resend && state.intent_pending() && same(&state.intent_digest) {
+    // Only a drain retries a pending intent with its key: a correction was
+    // asked because Community Pass was seen to differ, and a replay of an
+    // old answer would change nothing (a newer push may have overtaken it).
+    if mode == PushMode::Drain && state.intent_pending() && same(&state.intent_digest) {
         if let Some(key) = &state.last_idempotency_key {
             return Ok(PushIntent {
                 fee_id,
@@ -919,6 +922,12 @@ mod tests {
             resent.seq,
             pending.seq + 1,
             "a resend is always a new intent"
+        );
+        let corrected = name_intent(&b, Some(&state), PushMode::Correct).unwrap();
+        assert_eq!(
+            corrected.seq,
+            pending.seq + 1,
+            "a correction is never a replay"
         );
 
         state.refused_digest = Some(pending.digest.clone());
