@@ -150,6 +150,10 @@ fn build(
         fees: fee_labels(conn, &fee_ids)?,
         error: input.error.clone(),
         queue,
+        incomplete: input
+            .result
+            .map(|r| r.incomplete.clone())
+            .unwrap_or_default(),
     })
 }
 

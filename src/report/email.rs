@@ -93,12 +93,12 @@ pub fn subject(report: &RunReport) -> String {
     let counts = report.item_counts();
     let items = counts.needs_review + counts.held;
     let count = match report.verdict {
-        Verdict::NeedsReview | Verdict::NotConverged => format!(" ({items})"),
+        Verdict::NeedsReview | Verdict::NotConverged if items > 0 => format!(" ({items})"),
         _ => String::new(),
     };
     // A dry run says so once, whether or not its verdict's label does.
     let dry_mark = report.dry_run && !label.contains("dry run");
-    let marks: String = super::run_marks(dry_mark, &report.scope)
+    let marks: String = super::run_marks(dry_mark, !report.incomplete.is_empty(), &report.scope)
         .iter()
         .map(|mark| format!(" — {mark}"))
         .collect();

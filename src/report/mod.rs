@@ -255,6 +255,11 @@ pub struct RunReport {
     pub error: Option<String>,
     /// The review queue behind the items and the credits on account.
     pub queue: QueueReport,
+    /// What the run could not read (a malformed Community Pass record, a
+    /// listing cut short), in words: what it covers was not judged, so the
+    /// run never says "in agreement" about it.
+    #[serde(default)]
+    pub incomplete: Vec<String>,
 }
 
 /// The review queue as the report shows it (DESIGN.md §6).
@@ -423,11 +428,15 @@ impl RunReport {
 }
 
 /// What the email subject adds for a run that is not the whole-district
-/// nightly: "dry run", "student 100052", "2026-09-01 to 2026-09-30".
-pub fn run_marks(dry_run: bool, scope: &Scope) -> Vec<String> {
+/// nightly: "dry run", "INCOMPLETE" (not everything could be read),
+/// "student 100052", "2026-09-01 to 2026-09-30".
+pub fn run_marks(dry_run: bool, incomplete: bool, scope: &Scope) -> Vec<String> {
     let mut marks = Vec::new();
     if dry_run {
         marks.push("dry run".to_string());
+    }
+    if incomplete {
+        marks.push("INCOMPLETE".to_string());
     }
     if let Some(student) = scope.student {
         marks.push(format!("student {student}"));

@@ -467,6 +467,7 @@ pub fn sample_report() -> RunReport {
         fees: fees(),
         queue,
         error: None,
+        incomplete: Vec::new(),
     }
 }
 
@@ -487,6 +488,7 @@ pub fn sample_failed_report() -> RunReport {
         ),
         finished_at: at(26, 2, 0, 9),
         queue: QueueReport::default(),
+        incomplete: Vec::new(),
         totals_after: None,
         ..sample_report()
     }

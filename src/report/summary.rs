@@ -26,6 +26,7 @@ pub fn summary_json(report: &RunReport) -> Value {
         "difference_before_corrections": report.difference_before().to_string(),
         "counts": report.item_counts(),
         "failed_corrections": report.failed_corrections.len(),
+        "incomplete": report.incomplete,
         "by_kind": counts_by_kind(report),
         "totals": {
             "genesis": side_totals(&totals.genesis),

@@ -420,6 +420,39 @@ fn describe_scope_reads_naturally() {
 }
 
 #[test]
+fn a_run_that_could_not_read_everything_says_so_everywhere() {
+    let mut report = sample_report();
+    report.corrected.clear();
+    report.failed_corrections.clear();
+    report
+        .reconciliation
+        .discrepancies
+        .retain(|d| !d.resolution.is_review());
+    report.reconciliation.discrepancies.clear();
+    report.queue = QueueReport::default();
+    let gap = "Community Pass sent fee 20 unreadable (amount: \"1e3\" is not a decimal); the fee was not judged";
+    report.incomplete = vec![gap.to_string()];
+    // What cpsync/nightly_report decides for such a run: never in agreement.
+    report.verdict = Verdict::decide(report.incomplete.len(), 0, 0, 0);
+    assert_eq!(report.verdict, Verdict::NeedsReview);
+    let html = render_html(&report).unwrap();
+    assert!(html.contains("Not everything could be read"), "{html}");
+    assert!(html.contains("the fee was not judged"));
+    assert!(html.contains("Not everything could be read tonight, so not everything was checked: 1 gap is listed below."));
+    assert!(!html.contains("0 items need"));
+    let email_html = render_email_html(&report).unwrap();
+    assert!(email_html.contains("Not everything could be read"));
+    let text = render_text(&report);
+    assert!(text.contains("NOT EVERYTHING COULD BE READ"));
+    assert!(text.contains("  - Community Pass sent fee 20 unreadable"));
+    assert_eq!(
+        email::subject(&report),
+        "[cpsync] Springfield Public Schools — 2026-11-26 — INCOMPLETE — Needs review"
+    );
+    assert_eq!(summary_json(&report)["incomplete"][0], gap);
+}
+
+#[test]
 fn a_dry_run_says_what_would_be_corrected_and_changed_nothing() {
     let mut report = sample_report();
     report.dry_run = true;

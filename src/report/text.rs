@@ -15,6 +15,7 @@ pub fn render_text(report: &RunReport) -> String {
     if report.verdict == Verdict::Failed {
         failure_body(&mut text, &view);
     } else {
+        gaps(&mut text, &view);
         totals(&mut text, &view);
         kinds(&mut text, &view);
         closing(&mut text, &view);
@@ -33,6 +34,18 @@ fn header(text: &mut String, view: &ReportView) {
     let _ = writeln!(text);
     let _ = writeln!(text, "{}", view.verdict.label.to_uppercase());
     let _ = writeln!(text, "{}", view.verdict.sentence);
+    let _ = writeln!(text);
+}
+
+/// What the run could not read, one line each.
+fn gaps(text: &mut String, view: &ReportView) {
+    if view.incomplete.is_empty() {
+        return;
+    }
+    let _ = writeln!(text, "NOT EVERYTHING COULD BE READ (not checked tonight):");
+    for gap in &view.incomplete {
+        let _ = writeln!(text, "  - {gap}");
+    }
     let _ = writeln!(text);
 }
 

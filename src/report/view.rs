@@ -73,6 +73,8 @@ pub struct ReportView {
     pub accounting: Vec<AccountingRow>,
     pub accounting_holds: bool,
     pub error: Option<String>,
+    /// What the run could not read, in words (the report lists each).
+    pub incomplete: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,6 +322,7 @@ pub fn report_view(report: &RunReport) -> ReportView {
         accounting: accounting_rows(report),
         accounting_holds: accounting_rows(report).iter().all(|row| row.holds),
         error: report.error.clone(),
+        incomplete: report.incomplete.clone(),
     }
 }
 
@@ -369,8 +372,25 @@ fn verdict_colors(verdict: Verdict) -> (&'static str, &'static str) {
     }
 }
 
-/// The one sentence under the verdict.
+/// The sentence under the verdict, and what could not be read, if anything.
 pub fn verdict_sentence(report: &RunReport) -> String {
+    let sentence = verdict_only_sentence(report);
+    if report.incomplete.is_empty() || report.verdict == Verdict::Failed {
+        return sentence;
+    }
+    let gaps = format!(
+        "Not everything could be read tonight, so not everything was checked: {} listed below.",
+        plural(report.incomplete.len() as u64, "gap is", "gaps are")
+    );
+    if sentence.is_empty() {
+        gaps
+    } else {
+        format!("{sentence} {gaps}")
+    }
+}
+
+/// The one sentence under the verdict, from the counts alone.
+fn verdict_only_sentence(report: &RunReport) -> String {
     let accounting = &report.reconciliation.accounting;
     let checked = accounting.genesis.records_in + accounting.community_pass.records_in;
     let reviews = report.review_items().count() as u64;
@@ -390,6 +410,9 @@ pub fn verdict_sentence(report: &RunReport) -> String {
             "The books agree after {} tonight; nothing needs you.",
             plural(corrected, "automatic correction", "automatic corrections")
         ),
+        Verdict::NeedsReview if reviews + failed == 0 && !report.incomplete.is_empty() => {
+            String::new()
+        }
         Verdict::NeedsReview => needs_review_sentence(reviews, failed, corrected, report.dry_run),
         Verdict::Failed => {
             "The run did not finish, so the books were not fully checked tonight.".to_string()
