@@ -176,6 +176,7 @@ fn report_of(reconciliation: Reconciliation, run_id: i64) -> RunReport {
             .collect(),
         error: None,
         queue: Default::default(),
+        incomplete: Vec::new(),
     }
 }
 
