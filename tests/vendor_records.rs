@@ -8,7 +8,8 @@
 //! a reason (and posted once valid); a cursor Community Pass could not have
 //! meant is refused and the stored cursor kept, and `--from-sequence`
 //! re-reads; a malformed fee is set aside by id and the nightly goes on,
-//! saying it is incomplete. Every vendor id ends posted exactly once or
+//! saying it is incomplete, and a malformed patron balance is set aside
+//! while the others are stored. Every vendor id ends posted exactly once or
 //! held with a reason, never both, never neither.
 
 mod common;
@@ -564,6 +565,78 @@ fn malformed_fee(backend: Backend) {
 #[test]
 fn a_malformed_fee_is_set_aside_and_the_nightly_goes_on() {
     each_backend(malformed_fee);
+}
+
+/// A malformed patron balance is set aside by patron with its reason; the
+/// others are stored, and the patron keeps the balance last read well.
+fn malformed_balance(backend: Backend) {
+    let world = World::new(backend, 30, 56);
+    let mut conn = world.conn();
+    let first_run = world.run_id(&mut conn, "get_balances");
+    let first = cpsync::sync::balances::get_balances(&mut conn, &world.portal, first_run).unwrap();
+    assert!(first.rejected.is_empty(), "{backend:?}: {first:?}");
+    assert!(first.patrons >= 2, "{backend:?}: {first:?}");
+    let stored = |conn: &mut cpsync::db::DbConnection| {
+        use cpsync::db::schema::cp_balances::dsl::*;
+        use diesel::prelude::*;
+        cp_balances
+            .order(patron_id)
+            .select((patron_id, balance_cents, as_of, run_id))
+            .load::<(String, i64, chrono::NaiveDateTime, Option<i64>)>(conn)
+            .unwrap()
+    };
+    let before = stored(&mut conn);
+    assert_eq!(before.len() as u64, first.patrons);
+    let victim = before[0].0.clone();
+    world
+        .admin
+        .act(vec![ParentAction::CorruptBalance {
+            patron_id: victim.clone(),
+            field: "balance".to_string(),
+            raw: Some("12.345".to_string()),
+        }])
+        .unwrap();
+    let run = world.run_id(&mut conn, "get_balances");
+    let report = cpsync::sync::balances::get_balances(&mut conn, &world.portal, run).unwrap();
+    assert_eq!(report.rejected.len(), 1, "{backend:?}: {report:?}");
+    assert!(
+        report.rejected[0].contains(&victim) && report.rejected[0].contains("12.345"),
+        "{backend:?}: the record is named with its reason: {:?}",
+        report.rejected
+    );
+    assert_eq!(
+        report.patrons,
+        first.patrons - 1,
+        "{backend:?}: the others are stored"
+    );
+    let after = stored(&mut conn);
+    assert_eq!(after.len(), before.len(), "{backend:?}");
+    assert_eq!(
+        after[0], before[0],
+        "{backend:?}: the last good balance stays"
+    );
+    assert!(
+        after[1..].iter().all(|row| row.3 == Some(run)),
+        "{backend:?}: the others were stored by this run"
+    );
+
+    world
+        .admin
+        .act(vec![ParentAction::CorruptBalance {
+            patron_id: victim.clone(),
+            field: "balance".to_string(),
+            raw: None,
+        }])
+        .unwrap();
+    let run = world.run_id(&mut conn, "get_balances");
+    let healed = cpsync::sync::balances::get_balances(&mut conn, &world.portal, run).unwrap();
+    assert!(healed.rejected.is_empty(), "{backend:?}: {healed:?}");
+    assert_eq!(healed.patrons, first.patrons);
+}
+
+#[test]
+fn a_malformed_balance_is_set_aside_and_the_others_are_stored() {
+    each_backend(malformed_balance);
 }
 
 // ----- 6. any interleaving, through the shell ------------------------------------

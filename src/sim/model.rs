@@ -201,6 +201,15 @@ pub enum ParentAction {
         #[serde(default)]
         raw: Option<String>,
     },
+    /// Fault injection: the patron's balance is served with this raw JSON
+    /// text in place of `field` (e.g. `balance` as `"12.345"`) until set
+    /// again to none.
+    CorruptBalance {
+        patron_id: String,
+        field: String,
+        #[serde(default)]
+        raw: Option<String>,
+    },
 }
 
 /// What one action produced.

@@ -25,7 +25,7 @@ use super::model::{ActionBatch, ActionResults, ErrorBody, FaultConfig, GenerateS
 use super::state::{
     ApiError, District, DistrictSnapshot, FeeQuery, IdempotentReply, Scope, ID_MAX,
 };
-use crate::domain::{FeeId, FeePush, GuardianId, StudentId, VendorFee, VendorTxn};
+use crate::domain::{FeeId, FeePush, GuardianId, PatronBalance, StudentId, VendorFee, VendorTxn};
 use crate::portal::{
     canonical_body, hex, ConnectionCheck, FEE_IDS_PER_REQUEST_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
 };
@@ -583,6 +583,19 @@ fn served_fee(state: &District, fee: &VendorFee) -> serde_json::Value {
     value
 }
 
+/// A patron balance as served: with an injected corrupt field
+/// (`CorruptBalance`), its raw text in place of the field's value.
+fn served_balance(state: &District, balance: &PatronBalance) -> serde_json::Value {
+    let mut value = serde_json::to_value(balance).unwrap_or(serde_json::Value::Null);
+    if let (Some((field, raw)), Some(object)) = (
+        state.corrupt_balance_field(&balance.patron_id),
+        value.as_object_mut(),
+    ) {
+        object.insert(field.clone(), serde_json::Value::String(raw.clone()));
+    }
+    value
+}
+
 fn unmanaged_fees(state: &District, query: &BTreeMap<String, String>) -> Result<Reply, ApiError> {
     let limit = limit(query)?;
     let after = integer_cursor(query)?.map(|n| n as u64);
@@ -618,6 +631,7 @@ fn balances(state: &District, query: &BTreeMap<String, String>) -> Result<Reply,
         .map(|c| decode_hex_cursor(c))
         .transpose()?;
     let (items, next) = state.balances_page(after.as_deref(), limit, now());
+    let items: Vec<serde_json::Value> = items.iter().map(|b| served_balance(state, b)).collect();
     let body = PageBody {
         items,
         next_cursor: next.map(|patron| hex(patron.as_bytes())),

@@ -128,6 +128,8 @@ pub struct District {
     cursor_jump: Option<i64>,
     /// Injected: fees served with a field replaced by raw JSON text.
     corrupt_fees: BTreeMap<FeeId, (String, String)>,
+    /// Injected: patron balances served with a field replaced by raw JSON text.
+    corrupt_balances: BTreeMap<String, (String, String)>,
     /// The time of the action being applied: nothing is dated after the
     /// moment it is recorded (a reversal "days later" that would fall in
     /// the future is dated now), as a real vendor's log is.
@@ -666,6 +668,17 @@ impl District {
                 };
                 Ok(ActionOutcome::FaultSet)
             }
+            ParentAction::CorruptBalance {
+                patron_id,
+                field,
+                raw,
+            } => {
+                match raw {
+                    Some(raw) => self.corrupt_balances.insert(patron_id, (field, raw)),
+                    None => self.corrupt_balances.remove(&patron_id),
+                };
+                Ok(ActionOutcome::FaultSet)
+            }
         }
     }
 
@@ -690,6 +703,11 @@ impl District {
     /// The injected raw replacement of a fee's field, if any.
     pub fn corrupt_field(&self, fee: FeeId) -> Option<&(String, String)> {
         self.corrupt_fees.get(&fee)
+    }
+
+    /// The injected raw replacement of a patron balance's field, if any.
+    pub fn corrupt_balance_field(&self, patron: &str) -> Option<&(String, String)> {
+        self.corrupt_balances.get(patron)
     }
 
     /// A payment or a waiver against a fee.
