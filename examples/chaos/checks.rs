@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use cpsync::db::schema::{
     cp_audit_log, cp_fee_links, cp_runs, cp_unprocessed, fee_transactions, student_fees,
 };
-use cpsync::domain::{TxnKind, VendorFee, VendorFeeStatus, VendorTxn};
+use cpsync::domain::{TxnKind, VendorFee, VendorFeeStatus, VendorTxn, VendorTxnId};
 use cpsync::money::Money;
 use cpsync::portal::{
     all_unmanaged_fees, transactions_after, CommunityPass, FeeFilter, TxnScope, PAGES_MAX,
@@ -44,7 +44,8 @@ struct Sides {
     vendor_txns: Vec<VendorTxn>,
     vendor_fees: Vec<VendorFee>,
     unmanaged_fees: usize,
-    genesis_fees: HashSet<i64>,
+    /// Genesis fee id → its student now.
+    genesis_fees: HashMap<i64, i64>,
     postings: Vec<Posting>,
     parked: HashSet<String>,
     links: HashMap<i64, Option<String>>,
@@ -103,8 +104,8 @@ fn read_sides(world: &World) -> anyhow::Result<Sides> {
         vendor_fees: raw_vendor_fees(world)?,
         unmanaged_fees: all_unmanaged_fees(&world.portal)?.len(),
         genesis_fees: student_fees::table
-            .select(student_fees::id)
-            .load::<i64>(&mut conn)?
+            .select((student_fees::id, student_fees::student_id))
+            .load::<(i64, i64)>(&mut conn)?
             .into_iter()
             .collect(),
         postings,
@@ -119,10 +120,21 @@ fn read_sides(world: &World) -> anyhow::Result<Sides> {
     })
 }
 
+/// What the scenario itself knows the finish must show.
+pub struct Expectations<'a> {
+    /// Injected vendor records that must be held with a reason, never
+    /// posted, each with what is wrong with it.
+    pub held: &'a [(VendorTxnId, &'static str)],
+    /// The student each fee had when it was first sent (a vendor record
+    /// may name it, or the fee's student now, and no other).
+    pub sent_students: HashMap<i64, i64>,
+}
+
 /// Runs every check; violations go into `result`.
 pub fn all(
     world: &World,
     final_nightly: serde_json::Value,
+    expectations: &Expectations<'_>,
     result: &mut ScenarioResult,
 ) -> anyhow::Result<()> {
     let sides = read_sides(world)?;
@@ -130,6 +142,8 @@ pub fn all(
     result.vendor_fees_checked = sides.vendor_fees.len() as u64;
     let mut found = Vec::new();
     posted_exactly_once(&sides, &mut found);
+    posted_where_it_belongs(&sides, &expectations.sent_students, &mut found);
+    result.bad_vendor_records_held = held_never_posted(&sides, expectations.held, &mut found);
     no_fee_created_twice(&sides, 2 + result.unmanaged_injected, &mut found);
     vendor_conservation(&sides, &mut found);
     genesis_agrees_in_dollars(&sides, &mut found);
@@ -180,7 +194,7 @@ fn posted_exactly_once(sides: &Sides, found: &mut Vec<String>) {
             // Held for a person with a reason (it does not belong as it
             // stands: a fee moved to another student, say): kept, not lost.
             [] if sides.parked.contains(&txn.id.0) => {}
-            [] if sides.genesis_fees.contains(&fee.0) => found.push(format!(
+            [] if sides.genesis_fees.contains_key(&fee.0) => found.push(format!(
                 "vendor {} {} on fee {fee} was neither posted nor held",
                 txn.kind, txn.id
             )),
@@ -203,6 +217,74 @@ fn posted_exactly_once(sides: &Sides, found: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// Every posting from Community Pass is on the fee its record names, for a
+/// student that fee has (or had when it was sent), under the vendor fee id
+/// its link knows: nothing posted to the wrong fee or student.
+fn posted_where_it_belongs(
+    sides: &Sides,
+    sent_students: &HashMap<i64, i64>,
+    found: &mut Vec<String>,
+) {
+    let records: HashMap<&str, &VendorTxn> = sides
+        .vendor_txns
+        .iter()
+        .map(|t| (t.id.0.as_str(), t))
+        .collect();
+    for posting in &sides.postings {
+        let Some(id) = &posting.vendor_txn_id else {
+            continue;
+        };
+        let Some(record) = records.get(id.as_str()) else {
+            continue; // `posted_exactly_once` reports it
+        };
+        let Some(now) = sides.genesis_fees.get(&posting.fee_id) else {
+            continue;
+        };
+        let named = record.student_id.map(|s| s.0);
+        let known = [Some(*now), sent_students.get(&posting.fee_id).copied()];
+        if named.is_some() && !known.contains(&named) {
+            found.push(format!(
+                "vendor {} {id} names student {named:?} but was posted on fee {} of student {now}",
+                record.kind, posting.fee_id
+            ));
+        }
+        let linked = sides.links.get(&posting.fee_id).cloned().flatten();
+        if linked.as_deref().is_some_and(|v| v != record.vendor_fee_id) {
+            found.push(format!(
+                "vendor {} {id} names vendor fee {} but was posted on fee {} linked to {linked:?}",
+                record.kind, record.vendor_fee_id, posting.fee_id
+            ));
+        }
+    }
+}
+
+/// Each injected record that does not belong is held with a reason and
+/// never posted; returns how many were found so.
+fn held_never_posted(
+    sides: &Sides,
+    held: &[(VendorTxnId, &'static str)],
+    found: &mut Vec<String>,
+) -> u64 {
+    let posted: HashSet<&str> = sides
+        .postings
+        .iter()
+        .filter_map(|p| p.vendor_txn_id.as_deref())
+        .collect();
+    let mut checked = 0;
+    for (id, why) in held {
+        if posted.contains(id.0.as_str()) {
+            found.push(format!("vendor record {id}, which {why}, was posted"));
+        } else if !sides.parked.contains(&id.0) {
+            found.push(format!(
+                "vendor record {id}, which {why}, is not held with a reason"
+            ));
+        } else {
+            checked += 1;
+        }
+    }
+    checked
 }
 
 /// The vendor holds each Genesis fee once, and it is the one the link names.
@@ -253,8 +335,14 @@ fn sums_by_kind<'t>(txns: impl Iterator<Item = (i64, &'t str, i64)>) -> BTreeMap
     sums
 }
 
+/// The vendor's own sums: a conflicting later copy of an id is evidence,
+/// not money (Community Pass applied the first).
 fn vendor_sums(sides: &Sides) -> BTreeMap<i64, [i64; 4]> {
-    sums_by_kind(sides.vendor_txns.iter().filter_map(|t| {
+    let mut seen = HashSet::new();
+    let mut firsts: Vec<&VendorTxn> = sides.vendor_txns.iter().collect();
+    firsts.sort_by_key(|t| t.sequence);
+    firsts.retain(|t| seen.insert(t.id.0.as_str()));
+    sums_by_kind(firsts.into_iter().filter_map(|t| {
         t.genesis_fee_id
             .map(|fee| (fee.0, t.kind.as_str(), t.amount.cents()))
     }))
@@ -309,7 +397,7 @@ fn genesis_agrees_in_dollars(sides: &Sides, found: &mut Vec<String>) {
             .map(|p| (p.fee_id, p.kind.as_str(), p.amount_cents)),
     );
     for (fee, sums) in &vendor {
-        if !sides.genesis_fees.contains(fee) {
+        if !sides.genesis_fees.contains_key(fee) {
             continue;
         }
         let posted = genesis.get(fee).copied().unwrap_or_default();

@@ -17,6 +17,7 @@ mod hostile;
 mod scenario;
 mod secrets;
 mod tally;
+mod vendor_records;
 mod world;
 
 use std::path::PathBuf;

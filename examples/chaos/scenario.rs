@@ -105,6 +105,8 @@ struct Scenario<'a> {
     sent: Vec<SentFee>,
     next_fee_id: i64,
     watch_available: bool,
+    /// The injected vendor records that must end held, never posted.
+    expected: crate::vendor_records::Expected,
 }
 
 impl<'a> Scenario<'a> {
@@ -118,6 +120,7 @@ impl<'a> Scenario<'a> {
             sent: Vec::new(),
             next_fee_id: NEW_FEE_ID_FIRST,
             watch_available: false,
+            expected: Default::default(),
         }
     }
 
@@ -141,9 +144,20 @@ impl<'a> Scenario<'a> {
         let stats = self.world.sim.stats();
         self.result.faults = stats.faults;
         self.result.vendor_requests = stats.requests;
+        if let Some(fee) = self.sent.choose(&mut self.rng) {
+            crate::vendor_records::contained(self.world, fee.fee_id, self.result)?;
+        }
         let final_run = self.finish()?;
         crate::hostile::check_handled(self.world, &final_run, self.result)?;
-        crate::checks::all(self.world, final_run, self.result)?;
+        let expectations = crate::checks::Expectations {
+            held: &self.expected.held,
+            sent_students: self
+                .sent
+                .iter()
+                .map(|f| (f.fee_id.0, f.student_id.0))
+                .collect(),
+        };
+        crate::checks::all(self.world, final_run, &expectations, self.result)?;
         self.lock_refuses_a_second_nightly()?;
         self.closed_pipes_end_quietly()?;
         self.stale_lock_rows_are_handled()?;
@@ -220,8 +234,19 @@ impl<'a> Scenario<'a> {
         // student to new fees, its last `2 * count` are edited.
         let untouched_end = self.sent.len().saturating_sub(2 * count);
         if untouched_end > count {
+            // The last few untouched fees get vendor records that do not
+            // belong; the office acts on the others.
             let fees = self.sent[count..untouched_end].to_vec();
-            crate::convergence::inject(self.world, &mut self.rng, &fees, self.result)?;
+            let split = fees.len() - crate::vendor_records::fees_wanted(fees.len());
+            let students: Vec<_> = self.sent.iter().map(|f| f.student_id).collect();
+            self.expected = crate::vendor_records::inject(
+                self.world,
+                &mut self.rng,
+                &fees[split..],
+                &students,
+                self.result,
+            )?;
+            crate::convergence::inject(self.world, &mut self.rng, &fees[..split], self.result)?;
         }
         crate::hostile::genesis_rows(&mut conn, self.world, &mut self.rng, self.result)?;
         self.world.admin.set_faults(&self.faults)?;

@@ -36,6 +36,12 @@ pub struct ScenarioResult {
     pub closed_pipe_runs: u64,
     /// Stale lock rows planted (a dead process's, another host's).
     pub stale_locks_tried: u64,
+    /// Vendor records that do not belong injected (`vendor_records.rs`).
+    pub bad_vendor_records: u64,
+    /// Injected records found held with a reason and never posted.
+    pub bad_vendor_records_held: u64,
+    /// Malformed fees and cursor jumps the engine had to contain.
+    pub contained_faults: u64,
     pub elapsed: Duration,
 }
 
@@ -62,6 +68,9 @@ pub struct Tally {
     pub fees_compared: u64,
     pub closed_pipe_runs: u64,
     pub stale_locks_tried: u64,
+    pub bad_vendor_records: u64,
+    pub bad_vendor_records_held: u64,
+    pub contained_faults: u64,
     pub slowest: Duration,
 }
 
@@ -109,6 +118,9 @@ impl Tally {
         self.fees_compared += result.fees_compared;
         self.closed_pipe_runs += result.closed_pipe_runs;
         self.stale_locks_tried += result.stale_locks_tried;
+        self.bad_vendor_records += result.bad_vendor_records;
+        self.bad_vendor_records_held += result.bad_vendor_records_held;
+        self.contained_faults += result.contained_faults;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -152,6 +164,18 @@ impl Tally {
         }
         if self.scenarios > 0 && self.fees_compared == 0 {
             hollow.push("no fee was compared field by field".to_string());
+        }
+        if self.scenarios > 0 && self.bad_vendor_records == 0 {
+            hollow.push("no vendor record that does not belong was injected".to_string());
+        }
+        if self.bad_vendor_records_held < self.bad_vendor_records {
+            hollow.push(format!(
+                "only {} of {} injected vendor records were checked held",
+                self.bad_vendor_records_held, self.bad_vendor_records
+            ));
+        }
+        if self.scenarios > 0 && self.contained_faults == 0 {
+            hollow.push("no malformed fee or cursor jump was contained".to_string());
         }
         hollow
     }
@@ -219,6 +243,17 @@ impl Tally {
         row(
             "stale lock rows planted",
             self.stale_locks_tried.to_string(),
+        );
+        row(
+            "vendor records not belonging injected / held",
+            format!(
+                "{} / {}",
+                self.bad_vendor_records, self.bad_vendor_records_held
+            ),
+        );
+        row(
+            "malformed fees and cursor jumps contained",
+            self.contained_faults.to_string(),
         );
         row(
             "bad inputs tried / handled",
