@@ -24,7 +24,8 @@ use crate::sim::{SimConfig, Simulator};
 
 /// The most students the demo seeds (the benchmark goes further).
 const DEMO_STUDENTS_MAX: usize = 200_000;
-const STEPS: usize = 10;
+/// The steps of one night; `--nights` adds one for the others.
+const STEPS_ONE_NIGHT: usize = 10;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,6 +38,12 @@ pub struct Args {
     /// The random seed of the district and of the parents' activity.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How many nights to play: the first as always, then one a day (the
+    /// demo's clock starts this many days back) with parents paying, office
+    /// staff editing and a nightly report each night, so the trend, the
+    /// review queue's ages and the credits on account fill up.
+    #[arg(long, default_value_t = 1)]
+    nights: u32,
 }
 
 struct Step {
@@ -44,9 +51,13 @@ struct Step {
     started: Instant,
 }
 
+/// How many steps this demo has (set once, before the first step).
+static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(STEPS_ONE_NIGHT);
+
 impl Step {
     fn begin(number: usize, title: &str) -> Step {
-        out!("\n[{number:>2}/{STEPS}] {title}");
+        let steps = STEPS.load(std::sync::atomic::Ordering::Relaxed);
+        out!("\n[{number:>2}/{steps}] {title}");
         let _ = std::io::stdout().flush();
         Step {
             number,
@@ -67,6 +78,16 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
     if args.students == 0 || args.students > DEMO_STUDENTS_MAX {
         bail!("--students must be between 1 and {DEMO_STUDENTS_MAX}");
     }
+    if args.nights == 0 || args.nights > super::demo_nights::NIGHTS_MAX {
+        bail!(
+            "--nights must be between 1 and {}",
+            super::demo_nights::NIGHTS_MAX
+        );
+    }
+    let steps = STEPS_ONE_NIGHT + usize::from(args.nights > 1);
+    STEPS.store(steps, std::sync::atomic::Ordering::Relaxed);
+    // The first night is `nights - 1` days ago; each later one a day on.
+    crate::sync::set_clock_back(chrono::Duration::days(i64::from(args.nights - 1)));
     let started = Instant::now();
     let step = Step::begin(
         1,
@@ -164,10 +185,14 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
     )?)?;
     let mut conn = context.connect()?;
     let sent = sent_fees(&super::task::portal(&context, &mut conn)?)?;
+    // Parents' activity runs up to 75 days past its start (payments over a
+    // month, reversals up to 45 days later): with nights, the clock starts
+    // back, so the activity starts back too (nothing dated ahead of it).
     let start = NaiveDate::from_ymd_opt(2026, 9, 1)
         .expect("valid")
         .and_hms_opt(8, 0, 0)
-        .expect("valid");
+        .expect("valid")
+        .min(crate::sync::utc_now() - chrono::Duration::days(80));
     let activity = scenario::drive_parents(&sim.admin()?, &sent, args.seed, start)?;
     out!("        parents: {}", serde_json::to_string(&activity)?);
     let drift = scenario::inject_genesis_drift(&mut conn, &sent, 3, 9_000_001)?;
@@ -199,6 +224,27 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
     let step = Step::begin(10, "Demographic Export: OneRoster 1.1 CSV files");
     cpsync(&["export", "--to", &dir.join("export").display().to_string()])?;
     step.end();
+
+    if args.nights > 1 {
+        let step = Step::begin(
+            11,
+            &format!(
+                "{} more nights, one a day: parents pay, the office edits, a nightly report each night",
+                args.nights - 1
+            ),
+        );
+        let portal = super::task::portal(&context, &mut conn)?;
+        super::demo_nights::Nights {
+            conn: &mut conn,
+            portal: &portal,
+            admin: sim.admin()?,
+            cpsync: &cpsync,
+            seed: args.seed,
+            total: args.nights,
+        }
+        .play()?;
+        step.end();
+    }
 
     out!(
         "\ncpsync demo finished in {:.1} s. Everything is under {}:",

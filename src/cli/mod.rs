@@ -5,6 +5,7 @@
 mod output;
 
 mod demo;
+mod demo_nights;
 mod export;
 mod fee_history;
 mod get_balances;

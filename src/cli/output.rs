@@ -11,6 +11,9 @@ use std::sync::Mutex;
 
 /// Set once the reader of standard output has gone away.
 static CLOSED: AtomicBool = AtomicBool::new(false);
+/// Set while the demo plays its nights: each command's own lines are left
+/// out and the demo prints one line per night.
+static MUTED: AtomicBool = AtomicBool::new(false);
 /// The first write error other than a closed pipe.
 static FAILED: Mutex<Option<String>> = Mutex::new(None);
 
@@ -26,7 +29,7 @@ macro_rules! out {
 
 /// Writes one line to standard output; never panics.
 pub fn write_line(line: std::fmt::Arguments<'_>) {
-    if CLOSED.load(Ordering::Relaxed) {
+    if CLOSED.load(Ordering::Relaxed) || MUTED.load(Ordering::Relaxed) {
         return;
     }
     let stdout = std::io::stdout();
@@ -46,6 +49,14 @@ pub fn write_line(line: std::fmt::Arguments<'_>) {
             failed.get_or_insert_with(|| error.to_string());
         }
     }
+}
+
+/// Runs `work` with command output left out (errors still go to stderr).
+pub fn muted<T>(work: impl FnOnce() -> T) -> T {
+    MUTED.store(true, Ordering::Relaxed);
+    let result = work();
+    MUTED.store(false, Ordering::Relaxed);
+    result
 }
 
 /// The first write error that was not a closed pipe, if any.

@@ -69,7 +69,18 @@ pub fn attach_parties(
 /// The clock, passed in so runs can be replayed in tests.
 pub type Clock<'a> = &'a dyn Fn() -> NaiveDateTime;
 
-/// The wall clock in UTC.
+/// How many seconds this process's clock is set back. Only `cpsync demo
+/// --nights N`, which plays a month of nights in a minute inside one
+/// process, ever sets it; every other command runs on the wall clock.
+static CLOCK_SET_BACK_SECS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Sets this process's clock back by `by` (the demo's nights in the past).
+pub fn set_clock_back(by: chrono::Duration) {
+    CLOCK_SET_BACK_SECS.store(by.num_seconds(), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The wall clock in UTC (set back only inside `cpsync demo --nights`).
 pub fn utc_now() -> NaiveDateTime {
-    chrono::Utc::now().naive_utc()
+    let back = CLOCK_SET_BACK_SECS.load(std::sync::atomic::Ordering::SeqCst);
+    chrono::Utc::now().naive_utc() - chrono::Duration::seconds(back)
 }
