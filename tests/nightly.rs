@@ -12,6 +12,7 @@ use common::Backend;
 use cpsync::db::genesis;
 use cpsync::domain::{FeeId, FeeStatus, GenesisFee};
 use cpsync::money::Money;
+use cpsync::portal::CommunityPass;
 use cpsync::reconcile::Action;
 use cpsync::sync::nightly::{counts_by_kind, NightlyResult, RunCoverage};
 use diesel::connection::SimpleConnection;
@@ -412,4 +413,66 @@ fn postgres_incremental_reads_a_change_committed_after_the_mark() {
         "the late commit is read from the gap"
     );
     assert_eq!(after_commit.failed(), 0);
+}
+
+/// A review row on a fee the same run corrected shows the values found on
+/// re-reading it afterwards (issue 16): an overpaid fee whose office
+/// payment's push was lost reads, after the run pushed it, the credit
+/// Community Pass now holds, not the one it held before.
+fn review_rows_show_values_after_corrections(backend: Backend) {
+    let world = World::new(backend, 30, 77);
+    let fee = candidate_fees(&world).remove(0);
+    world.send_pending();
+    let over = fee.amount + Money::from_cents(500);
+    world.admin.pay(fee.id, Some(over)).unwrap();
+    world.nightly(false);
+    sql(
+        &world,
+        &format!(
+            "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at, note) \
+             VALUES ({}, 'payment', 300, 'cash', 'genesis', '2026-11-20 10:00:00', 'Paid at the office')",
+            fee.id
+        ),
+    );
+    lose_pending_pushes(&world);
+    let result = world.nightly(false);
+    let credit_row = result
+        .reconciliation
+        .discrepancies
+        .iter()
+        .find(|d| {
+            d.fee_id == Some(fee.id)
+                && d.kind == cpsync::reconcile::DiscrepancyKind::OverpaymentCredit
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{backend:?}: no overpayment row: {:?}",
+                result.reconciliation.discrepancies
+            )
+        });
+    let pushed = result
+        .reconciliation
+        .plan()
+        .iter()
+        .any(|a| matches!(a, Action::PushFee { fee_id } if *fee_id == fee.id));
+    assert!(
+        pushed,
+        "{backend:?}: the office payment is pushed by the run"
+    );
+    let shown = world.portal.fee(fee.id).unwrap();
+    assert_eq!(shown.balance, -Money::from_cents(800), "{backend:?}");
+    assert_eq!(
+        credit_row.cp_value.as_deref(),
+        Some("balance -8.00"),
+        "{backend:?}: the row shows Community Pass after the run's push"
+    );
+    assert_eq!(credit_row.genesis_value.as_deref(), Some("credit 8.00"));
+    assert_eq!(credit_row.at_stake, Money::from_cents(800));
+}
+
+#[test]
+fn review_rows_show_the_values_after_the_runs_own_corrections() {
+    for backend in common::BACKENDS {
+        review_rows_show_values_after_corrections(backend);
+    }
 }

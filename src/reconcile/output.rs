@@ -219,6 +219,35 @@ impl Reconciliation {
             .iter()
             .filter(|discrepancy| discrepancy.resolution.is_review())
     }
+
+    /// Shows each review item on a fee this run corrected with the values
+    /// found on re-reading it afterwards (`after`, the reconciliation of
+    /// the re-read fees): what a person will find when they look, not what
+    /// the run found before its own corrections. An item the re-read no
+    /// longer finds keeps its values; returns how many were refreshed.
+    pub fn show_review_values_after(&mut self, after: &Reconciliation) -> usize {
+        let mut refreshed = 0;
+        for item in self
+            .discrepancies
+            .iter_mut()
+            .filter(|d| d.resolution.is_review())
+        {
+            let again = after
+                .discrepancies
+                .iter()
+                .find(|d| d.resolution.is_review() && d.sort_key() == item.sort_key());
+            if let Some(again) = again {
+                let values = (&again.genesis_value, &again.cp_value, again.at_stake);
+                if values != (&item.genesis_value, &item.cp_value, item.at_stake) {
+                    item.genesis_value = again.genesis_value.clone();
+                    item.cp_value = again.cp_value.clone();
+                    item.at_stake = again.at_stake;
+                    refreshed += 1;
+                }
+            }
+        }
+        refreshed
+    }
 }
 
 fn apply_order(action: &Action) -> (u8, FeeId, i64, Option<&VendorTxnId>) {

@@ -556,6 +556,9 @@ pub fn run(
         remaining_after_apply = Some(still_different.values().map(Vec::len).sum());
         not_applied = pushes_not_applied(&acknowledged_pushes, &verified.vendor_fees);
         mark_not_converged(&reconciliation, &mut outcomes, &not_applied);
+        if let Some(after) = &verified.after {
+            reconciliation.show_review_values_after(after);
+        }
         timer.lap("verify");
     }
     classify_credits(&reconciliation, &mut outcomes);
@@ -963,6 +966,7 @@ fn verify_touched(
     Ok(Verified {
         still_different: still,
         vendor_fees: vendor.fees,
+        after: Some(after),
     })
 }
 
@@ -973,6 +977,8 @@ struct Verified {
     still_different: BTreeMap<FeeId, Vec<&'static str>>,
     /// Community Pass's fees as re-read.
     vendor_fees: Vec<crate::domain::VendorFee>,
+    /// The reconciliation of the re-read fees (none when nothing was touched).
+    after: Option<Reconciliation>,
 }
 
 fn planned_outcomes(reconciliation: &Reconciliation) -> Vec<(Outcome, Option<String>)> {
