@@ -115,7 +115,10 @@ fn build(
     };
     queue.held = held;
     let (student_ids, fee_ids) = named_ids(&reconciliation.discrepancies);
-    let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), 31)?);
+    // Dry and scoped runs are left out of the trend: read enough history
+    // that a busy week of hand runs does not shorten it.
+    let history = (report::TREND_RUNS_MAX as i64 + 1) * 4;
+    let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), history)?);
     Ok(RunReport {
         district: context.config.district_name().to_string(),
         run_id: input.run_id,

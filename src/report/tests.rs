@@ -408,6 +408,17 @@ fn the_trend_comes_from_run_history_newest_thirty() {
 }
 
 #[test]
+fn the_trend_leaves_out_dry_and_scoped_runs() {
+    let mut runs: Vec<RunRecord> = (1..=6)
+        .map(|id| run_record(id, "succeeded", None))
+        .collect();
+    runs[1].dry_run = true;
+    runs[3].trigger = "scoped".to_string();
+    let shown: Vec<i64> = trend_from_runs(&runs).iter().map(|p| p.run_id).collect();
+    assert_eq!(shown, vec![1, 3, 5, 6]);
+}
+
+#[test]
 fn describe_scope_reads_naturally() {
     let mut scope = crate::reconcile::Scope::everything();
     assert_eq!(describe_scope(&scope), "whole district, all fee dates");
