@@ -209,6 +209,67 @@ fn report_and_mail_failures_are_recorded(backend: Backend) {
             .starts_with("report failed: "),
         "{backend:?}: {run:?}"
     );
+    assert!(
+        err.contains(&format!("cpsync report --run {}", run.id)),
+        "{backend:?}: the failure says how to get the report: {err}"
+    );
+
+    // The report was kept with the run (without student names), so it can
+    // be written and sent once there is a folder.
+    let kept = cpsync::db::run_reports::load(&mut world.conn(), run.id)
+        .unwrap()
+        .expect("the report is kept with the run");
+    let students = cpsync::db::genesis::load_students_by_ids(
+        &mut world.conn(),
+        &(100_001..=100_012)
+            .map(cpsync::domain::StudentId)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .records;
+    assert!(!students.is_empty());
+    for student in &students {
+        let name = format!("{} {}", student.first_name, student.last_name);
+        assert!(
+            !kept.contains(&name),
+            "{backend:?}: {name} in the kept report"
+        );
+    }
+    let domain = format!("kept-{}-{backend:?}.example", std::process::id()).to_lowercase();
+    let rebuilt_dir = tempfile::tempdir().unwrap();
+    let working = config(rebuilt_dir.path(), &domain);
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(working.path())
+        .args(["--database-url", &world.db.url_text])
+        .args(["report", "--run", &run.id.to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{backend:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let html = std::fs::read_dir(rebuilt_dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.path()
+                .to_string_lossy()
+                .ends_with(&format!("-run-{}.html", run.id))
+        })
+        .expect("the rebuilt HTML report");
+    assert!(std::fs::read_to_string(html.path())
+        .unwrap()
+        .contains("Failures SD"));
+    assert_eq!(
+        messages_from(&domain),
+        1,
+        "{backend:?}: the kept report was sent"
+    );
 }
 
 #[test]

@@ -12,8 +12,8 @@ use chrono::NaiveDateTime;
 
 use super::Context;
 use crate::db::discrepancies::Outcome;
-use crate::db::review_items;
 use crate::db::{genesis, runs, DbConnection};
+use crate::db::{review_items, run_reports};
 use crate::domain::{FeeId, StudentId};
 use crate::reconcile::{Discrepancy, Reconciliation, Scope};
 use crate::report::email::{deliver_report, mailboxes, Delivery, SmtpSender};
@@ -58,14 +58,64 @@ pub fn check_mail_settings(context: &Context) -> anyhow::Result<()> {
 }
 
 /// Builds the report and writes its files; the email waits for `deliver`.
+///
+/// The report (names left out) is kept with the run in the database first,
+/// so a folder that cannot be written loses nothing: `cpsync report --run`
+/// rebuilds it later.
 pub fn prepare(
     context: &Context,
     conn: &mut DbConnection,
     input: &ReportInput,
 ) -> anyhow::Result<Prepared> {
     let report = build(context, conn, input)?;
-    let files = report::write_report_files(&context.config.reports.dir, &report)?;
-    Ok(Prepared { report, files })
+    let kept = keep_with_run(conn, &report);
+    match report::write_report_files(&context.config.reports.dir, &report) {
+        Ok(files) => {
+            if let Err(error) = kept {
+                tracing::warn!(run_id = report.run_id, error = %super::one_line_chain(&error), "the report could not be kept with the run; its files were written");
+            }
+            Ok(Prepared { report, files })
+        }
+        Err(error) if kept.is_ok() => Err(anyhow::Error::new(error).context(format!(
+            "the report is kept with run {0}: `cpsync report --run {0}` writes and sends it once the folder can be written",
+            report.run_id
+        ))),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Stores the report, without names, with its run.
+fn keep_with_run(conn: &mut DbConnection, report: &RunReport) -> anyhow::Result<()> {
+    let json = serde_json::to_string(&report.without_names())?;
+    run_reports::store(conn, report.run_id, &json, utc_now())?;
+    Ok(())
+}
+
+/// A run's report kept in the database, with the names filled in again
+/// from Genesis (as they are now), if the run kept one.
+pub fn kept_report(conn: &mut DbConnection, run_id: i64) -> anyhow::Result<Option<RunReport>> {
+    let Some(json) = run_reports::load(conn, run_id)? else {
+        return Ok(None);
+    };
+    let mut report: RunReport = serde_json::from_str(&json)
+        .map_err(|e| anyhow::anyhow!("run {run_id}'s kept report cannot be read: {e}"))?;
+    let (student_ids, fee_ids) = named_ids(&report.reconciliation.discrepancies);
+    report.students = student_labels(conn, &student_ids)?;
+    report.fees = fee_labels(conn, &fee_ids)?;
+    let credited: Vec<StudentId> = report
+        .queue
+        .credits
+        .iter()
+        .filter_map(|c| c.discrepancy.student_id)
+        .collect();
+    let contacts = contacts_of(conn, &credited)?;
+    for credit in &mut report.queue.credits {
+        credit.guardian = credit
+            .discrepancy
+            .student_id
+            .and_then(|s| contacts.get(&s).cloned());
+    }
+    Ok(Some(report))
 }
 
 /// Sends the prepared report's email (or writes the `.eml`), recorded in

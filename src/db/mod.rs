@@ -56,6 +56,7 @@ pub mod owner;
 pub mod postings;
 pub mod report_mail;
 pub mod review_items;
+pub mod run_reports;
 pub mod runs;
 pub mod schema;
 pub mod settings;

@@ -292,6 +292,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cp_run_reports (run_id) {
+        run_id -> BigInt,
+        report_json -> Text,
+        stored_at -> Timestamp,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     schools,
     students,
@@ -314,4 +322,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     cp_locks,
     cp_report_mail,
     cp_nightly_marks,
+    cp_run_reports,
 );

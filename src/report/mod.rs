@@ -323,6 +323,20 @@ pub struct ContactLabel {
 }
 
 impl RunReport {
+    /// This report without the names Genesis holds (students, fee labels,
+    /// guardians' contacts): what is kept with the run in the database,
+    /// where student data is not copied; `cpsync report --run` fills them
+    /// again from Genesis when it rebuilds the report.
+    pub fn without_names(&self) -> RunReport {
+        let mut kept = self.clone();
+        kept.students.clear();
+        kept.fees.clear();
+        for credit in &mut kept.queue.credits {
+            credit.guardian = None;
+        }
+        kept
+    }
+
     /// The net balance due (outstanding − credit) in Genesis minus the same
     /// in Community Pass, after this run's corrections (as found when the
     /// run has no totals after).

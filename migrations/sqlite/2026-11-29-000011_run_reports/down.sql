@@ -1,0 +1,1 @@
+DROP TABLE cp_run_reports;
