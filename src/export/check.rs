@@ -155,3 +155,179 @@ fn check_manifest(rows: &[Vec<String>]) -> Result<(), ExportError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! A bundle built from a seeded district passes; each way a receiver
+    //! would reject one is made by editing one file, and `check` names it.
+    use super::*;
+    use crate::export::{build, Snapshot};
+    use crate::seed::{self, SeedOptions};
+
+    fn good_bundle() -> Bundle {
+        let district = seed::generate(SeedOptions {
+            students: 12,
+            seed: 5,
+        });
+        build(&Snapshot {
+            district_name: "Check District".into(),
+            schools: district.schools,
+            students: district.students,
+            guardians: district.guardians,
+            links: district.links,
+        })
+        .expect("the seeded district builds")
+    }
+
+    fn rows_of(file: &ExportFile) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut reader = csv::Reader::from_reader(file.bytes.as_slice());
+        let header = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let rows = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect();
+        (header, rows)
+    }
+
+    /// The bundle with `name` rewritten by `edit` (header and rows).
+    fn edited(name: &str, edit: impl FnOnce(&mut Vec<String>, &mut Vec<Vec<String>>)) -> Bundle {
+        let mut bundle = good_bundle();
+        let slot = bundle.files.iter_mut().find(|f| f.name == name).unwrap();
+        let (mut header, mut rows) = rows_of(slot);
+        edit(&mut header, &mut rows);
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(&header).unwrap();
+        for row in &rows {
+            writer.write_record(row).unwrap();
+        }
+        *slot = ExportFile::new(slot.name, writer.into_inner().unwrap(), rows.len());
+        bundle
+    }
+
+    fn refused(bundle: &Bundle, file: &str, words: &str) {
+        match check(bundle) {
+            Err(ExportError::Invalid {
+                file: named,
+                reason,
+            }) => {
+                assert_eq!(named, file, "{reason}");
+                assert!(reason.contains(words), "{file}: {reason}");
+            }
+            other => panic!("{file}: expected a refusal naming {words:?}, got {other:?}"),
+        }
+    }
+
+    fn column(name: &str) -> usize {
+        USERS_HEADER.iter().position(|h| *h == name).unwrap()
+    }
+
+    #[test]
+    fn a_built_bundle_passes() {
+        check(&good_bundle()).unwrap();
+    }
+
+    #[test]
+    fn a_user_in_an_unknown_org_is_refused() {
+        let bundle = edited(USERS_FILE, |_, rows| {
+            rows[0][column("orgSourcedIds")] = "org-nowhere".into();
+        });
+        refused(&bundle, USERS_FILE, "unknown org org-nowhere");
+    }
+
+    #[test]
+    fn a_user_without_an_org_is_refused() {
+        let bundle = edited(USERS_FILE, |_, rows| {
+            rows[1][column("orgSourcedIds")].clear()
+        });
+        refused(&bundle, USERS_FILE, "no orgSourcedIds");
+    }
+
+    #[test]
+    fn an_unknown_agent_a_bad_role_or_flag_is_refused() {
+        let agent = edited(USERS_FILE, |_, rows| {
+            rows[0][column("agentSourcedIds")] = "g-0000".into();
+        });
+        refused(&agent, USERS_FILE, "unknown agent g-0000");
+        let role = edited(USERS_FILE, |_, rows| {
+            rows[0][column("role")] = "janitor".into()
+        });
+        refused(&role, USERS_FILE, "role \"janitor\"");
+        let flag = edited(USERS_FILE, |_, rows| {
+            rows[0][column("enabledUser")] = "yes".into();
+        });
+        refused(&flag, USERS_FILE, "enabledUser \"yes\"");
+    }
+
+    #[test]
+    fn a_repeated_or_empty_sourced_id_is_refused() {
+        let repeated = edited(ORGS_FILE, |_, rows| {
+            let first = rows[0].clone();
+            rows.push(first);
+        });
+        refused(&repeated, ORGS_FILE, "is empty or repeated");
+        let empty = edited(USERS_FILE, |_, rows| rows[0][0].clear());
+        refused(&empty, USERS_FILE, "is empty or repeated");
+    }
+
+    #[test]
+    fn demographics_for_someone_not_a_user_are_refused() {
+        let bundle = edited(DEMOGRAPHICS_FILE, |_, rows| rows[0][0] = "s-nobody".into());
+        refused(&bundle, DEMOGRAPHICS_FILE, "s-nobody is not a user");
+    }
+
+    #[test]
+    fn a_wrong_header_a_wrong_count_or_a_missing_file_is_refused() {
+        let header = edited(ORGS_FILE, |header, _| header[3] = "title".into());
+        refused(&header, ORGS_FILE, "header is");
+        let mut count = good_bundle();
+        let users = count
+            .files
+            .iter_mut()
+            .find(|f| f.name == USERS_FILE)
+            .unwrap();
+        *users = ExportFile::new(USERS_FILE, users.bytes.clone(), users.rows + 1);
+        refused(&count, USERS_FILE, "recorded");
+        let mut missing = good_bundle();
+        missing.files.retain(|f| f.name != DEMOGRAPHICS_FILE);
+        refused(&missing, DEMOGRAPHICS_FILE, "missing from the bundle");
+    }
+
+    #[test]
+    fn a_manifest_of_another_version_or_mode_is_refused() {
+        let version = edited(MANIFEST_FILE, |_, rows| {
+            for row in rows.iter_mut().filter(|r| r[0] == "oneroster.version") {
+                row[1] = "1.2".into();
+            }
+        });
+        refused(&version, MANIFEST_FILE, "oneroster.version 1.1");
+        let mode = edited(MANIFEST_FILE, |_, rows| {
+            for row in rows.iter_mut().filter(|r| r[0] == "file.users") {
+                row[1] = "delta".into();
+            }
+        });
+        refused(&mode, MANIFEST_FILE, "file.users must be bulk");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused() {
+        let mut bundle = good_bundle();
+        let orgs = bundle
+            .files
+            .iter_mut()
+            .find(|f| f.name == ORGS_FILE)
+            .unwrap();
+        let mut bytes = orgs.bytes.clone();
+        let at = bytes.len() - 3;
+        bytes[at] = 0xff;
+        *orgs = ExportFile::new(ORGS_FILE, bytes, orgs.rows);
+        assert!(matches!(
+            check(&bundle),
+            Err(ExportError::Invalid { ref file, .. }) if file == ORGS_FILE
+        ));
+    }
+}
