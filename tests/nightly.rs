@@ -476,3 +476,106 @@ fn review_rows_show_the_values_after_the_runs_own_corrections() {
         review_rows_show_values_after_corrections(backend);
     }
 }
+
+/// A correction that fails (Genesis refuses the posting) is counted as
+/// failed with its error, never as corrected, and the run fails (exit 1 at
+/// the command line); the next night, with Genesis writable again, posts it
+/// once and says corrected.
+fn failed_correction_is_retried(backend: Backend) {
+    let world = World::new(backend, 30, 91);
+    let fee = candidate_fees(&world).remove(0);
+    world.send_pending();
+    let payment = world.admin.pay(fee.id, None).unwrap();
+    let (refuse, allow) = match backend {
+        Backend::Sqlite => (
+            "CREATE TRIGGER refuse_postings BEFORE INSERT ON fee_transactions \
+             WHEN NEW.source = 'community_pass' \
+             BEGIN SELECT RAISE(ABORT, 'postings refused by the test'); END;",
+            "DROP TRIGGER refuse_postings;",
+        ),
+        Backend::Postgres => (
+            "CREATE FUNCTION refuse_postings() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'postings refused by the test'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_postings BEFORE INSERT ON fee_transactions FOR EACH ROW \
+             WHEN (NEW.source = 'community_pass') EXECUTE FUNCTION refuse_postings();",
+            "DROP TRIGGER refuse_postings ON fee_transactions; DROP FUNCTION refuse_postings();",
+        ),
+    };
+    sql(&world, refuse);
+    let first = world.nightly(false);
+    let failed: Vec<_> = first
+        .reconciliation
+        .discrepancies
+        .iter()
+        .zip(&first.outcomes)
+        .filter(|(_, (outcome, _))| *outcome == cpsync::db::discrepancies::Outcome::Failed)
+        .collect();
+    assert!(
+        failed.iter().any(|(d, (_, error))| d.fee_id == Some(fee.id)
+            && error
+                .as_deref()
+                .unwrap_or("")
+                .contains("postings refused by the test")),
+        "{backend:?}: the posting failed with its reason: {:?}",
+        first.outcomes
+    );
+    assert!(first.failed() >= 1, "{backend:?}");
+    assert!(
+        postings_in_genesis_of(&world, &payment.id.0) == 0,
+        "{backend:?}: nothing was posted"
+    );
+    // A pull while Genesis refuses: the record is held with the reason,
+    // and the pull goes on (it never wedges get-payments).
+    let mut conn = world.conn();
+    let run = world.run_id(&mut conn, "get_payments");
+    let pulled = cpsync::sync::pull::get_payments(
+        &mut conn,
+        &world.portal,
+        cpsync::sync::pull::PullScope::Cursor,
+        run,
+        &cpsync::sync::utc_now,
+    )
+    .unwrap_or_else(|e| panic!("{backend:?}: the pull goes on: {e}"));
+    assert!(
+        pulled
+            .problems
+            .iter()
+            .any(|p| p.contains(&payment.id.0) && p.contains("Genesis refused the posting")),
+        "{backend:?}: {pulled:?}"
+    );
+    assert_eq!(postings_in_genesis_of(&world, &payment.id.0), 0);
+    sql(&world, allow);
+    let second = world.nightly(false);
+    assert_eq!(second.failed(), 0, "{backend:?}: {:?}", second.outcomes);
+    assert_eq!(
+        postings_in_genesis_of(&world, &payment.id.0),
+        1,
+        "{backend:?}"
+    );
+    assert!(
+        second.corrected() >= 1,
+        "{backend:?}: the retry is a correction"
+    );
+    let third = world.nightly(false);
+    assert_eq!(
+        third.corrected() + third.failed(),
+        0,
+        "{backend:?}: nothing left"
+    );
+}
+
+fn postings_in_genesis_of(world: &World, vendor_id: &str) -> i64 {
+    use cpsync::db::schema::fee_transactions::dsl::*;
+    fee_transactions
+        .filter(vendor_txn_id.eq(Some(vendor_id.to_string())))
+        .count()
+        .get_result(&mut world.conn())
+        .unwrap()
+}
+
+#[test]
+fn a_failed_correction_fails_the_run_and_is_retried_next_night() {
+    for backend in common::BACKENDS {
+        failed_correction_is_retried(backend);
+    }
+}

@@ -41,6 +41,32 @@ impl From<diesel::result::Error> for SyncError {
     }
 }
 
+/// Whether a write failed because the database refused these rows (a
+/// constraint, a trigger) rather than because it could not be reached or
+/// was busy: only then is the refusal one row's, not the run's.
+pub fn refused_by_genesis(error: &SyncError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    let SyncError::Db(DbError::Query(Error::DatabaseError(kind, info))) = error else {
+        return false;
+    };
+    let transient = matches!(
+        kind,
+        DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::ReadOnlyTransaction
+    );
+    let busy = [
+        "database is locked",
+        "database table is locked",
+        "disk I/O error",
+        "database or disk is full",
+    ]
+    .iter()
+    .any(|words| info.message().contains(words));
+    !transient && !busy
+}
+
 /// Students beyond which the guardian links are read whole rather than by
 /// student id.
 const PARTY_STUDENTS_BY_ID_MAX: usize = 5_000;

@@ -1059,11 +1059,30 @@ fn apply(
         crash.wrote();
     }
     for batch in postings.chunks(APPLY_BATCH_MAX) {
-        post_batch(conn, batch, run_id, clock)?;
-        crash.wrote();
-        for (fee_id, txn) in batch {
-            results.insert(ActionKey::Post(*fee_id, txn.id.clone()), ActionResult::Done);
+        match post_batch(conn, batch, run_id, clock) {
+            Ok(()) => {
+                for (fee_id, txn) in batch {
+                    results.insert(ActionKey::Post(*fee_id, txn.id.clone()), ActionResult::Done);
+                }
+            }
+            // One row Genesis refuses must not block the others: the batch
+            // is posted again one by one, and only the refused ones fail
+            // (retried next run).
+            Err(error) if super::refused_by_genesis(&error) => {
+                for one in batch {
+                    let result = match post_batch(conn, std::slice::from_ref(one), run_id, clock) {
+                        Ok(()) => ActionResult::Done,
+                        Err(error) if super::refused_by_genesis(&error) => {
+                            ActionResult::Failed(format!("Genesis refused the posting: {error}"))
+                        }
+                        Err(error) => return Err(error),
+                    };
+                    results.insert(ActionKey::Post(one.0, one.1.id.clone()), result);
+                }
+            }
+            Err(error) => return Err(error),
         }
+        crash.wrote();
     }
     let locks: Vec<(FeeId, Option<VendorTxnId>)> = plan
         .iter()

@@ -151,6 +151,49 @@ pub struct Applied {
     pub posted: usize,
     pub locked: usize,
     pub resolved: usize,
+    /// Records asked for that Genesis already held.
+    pub already_posted: usize,
+}
+
+/// `post_and_lock` in a savepoint; when Genesis refuses a row (a
+/// constraint, a trigger), the records are posted one by one instead and
+/// each refused one is held in `to_park` with the reason, so one record
+/// never blocks the others (it is retried by every pull).
+fn post_refused_apart<'t>(
+    conn: &mut DbConnection,
+    to_post: &[(FeeId, &'t VendorTxn)],
+    run_id: i64,
+    now: chrono::NaiveDateTime,
+    to_park: &mut Vec<(&'t VendorTxn, String)>,
+) -> Result<Applied, SyncError> {
+    use diesel::Connection as _;
+    let all = conn.transaction(|conn| post_and_lock(conn, to_post, run_id, now));
+    match all {
+        Ok(applied) => return Ok(applied),
+        Err(error) if super::refused_by_genesis(&error) => {}
+        Err(error) => return Err(error),
+    }
+    let mut total = Applied {
+        posted: 0,
+        locked: 0,
+        resolved: 0,
+        already_posted: 0,
+    };
+    for one in to_post {
+        match conn.transaction(|conn| post_and_lock(conn, std::slice::from_ref(one), run_id, now)) {
+            Ok(applied) => {
+                total.posted += applied.posted;
+                total.locked += applied.locked;
+                total.resolved += applied.resolved;
+                total.already_posted += applied.already_posted;
+            }
+            Err(error) if super::refused_by_genesis(&error) => {
+                to_park.push((one.1, format!("Genesis refused the posting: {error}")));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(total)
 }
 
 /// Posts vendor transactions to their Genesis fees (each vendor id once),
@@ -177,6 +220,7 @@ pub fn post_and_lock(
         posted: posted.len(),
         locked,
         resolved,
+        already_posted: to_post.len() - posted.len(),
     })
 }
 
@@ -242,9 +286,9 @@ pub fn apply(
     report.community_pass_only += community_pass_only.len() as u64;
     // Parked by an earlier version as "names no Genesis fee": not ours.
     postings::resolve(conn, &community_pass_only, now)?;
-    let applied = post_and_lock(conn, &to_post, run_id, now)?;
+    let applied = post_refused_apart(conn, &to_post, run_id, now, &mut to_park)?;
     report.posted += applied.posted as u64;
-    report.already_posted += (to_post.len() - applied.posted) as u64;
+    report.already_posted += applied.already_posted as u64;
     report.amounts_locked += applied.locked as u64;
     report.resolved_from_parked += applied.resolved as u64;
     postings::park(conn, &to_park, Some(run_id), now)?;
