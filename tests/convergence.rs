@@ -628,3 +628,85 @@ fn lost_write(backend: Backend) {
 fn a_write_not_applied_makes_the_nightly_not_converged() {
     each_backend(lost_write);
 }
+
+/// `send-fees --resend` after a vendor-side incident, through the real
+/// binary: `--fee` re-sends that fee only, `--student` that student's fees
+/// only, plain `--resend` every fee; a lost change is applied, nothing is
+/// created twice, and an unknown fee is refused (exit 2) without sending.
+fn resend(backend: Backend) {
+    let world = World::new(backend, 40, 61);
+    let fees = unpaid_fees(&world);
+    let first = fees[0].clone();
+    let other = fees
+        .iter()
+        .find(|f| f.student_id != first.student_id)
+        .expect("a fee of another student")
+        .clone();
+    for fee in [&first, &other] {
+        sql(
+            &world,
+            &format!(
+                "UPDATE student_fees SET description = 'Restored: ' || description WHERE id = {}",
+                fee.id
+            ),
+        );
+    }
+    // The vendor lost these changes (as after restoring a backup).
+    sql(
+        &world,
+        "UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL",
+    );
+    let vendor_fees_before = cpsync::portal::all_fees(&world.portal, None).unwrap().len();
+    let base = [
+        "--database-url",
+        world.db.url_text.as_str(),
+        "--cp-url",
+        &world.sim.base_url(),
+    ];
+    let run = |args: &[&str]| {
+        let all: Vec<&str> = base.iter().copied().chain(args.iter().copied()).collect();
+        common::cpsync(&all)
+    };
+    let id = first.id.to_string();
+    let (code, out, err) = run(&["send-fees", "--resend", "--fee", &id]);
+    assert_eq!(code, 0, "{backend:?}: {out}{err}");
+    assert!(
+        cp_fee(&world, first.id)
+            .description
+            .starts_with("Restored: "),
+        "{backend:?}"
+    );
+    assert!(
+        !cp_fee(&world, other.id)
+            .description
+            .starts_with("Restored: "),
+        "{backend:?}: --fee sends that fee only"
+    );
+    let student = other.student_id.to_string();
+    let (code, out, err) = run(&["send-fees", "--resend", "--student", &student]);
+    assert_eq!(code, 0, "{backend:?}: {out}{err}");
+    assert!(
+        cp_fee(&world, other.id)
+            .description
+            .starts_with("Restored: "),
+        "{backend:?}"
+    );
+    let (code, out, err) = run(&["send-fees", "--resend"]);
+    assert_eq!(code, 0, "{backend:?}: {out}{err}");
+    assert_eq!(
+        cpsync::portal::all_fees(&world.portal, None).unwrap().len(),
+        vendor_fees_before,
+        "{backend:?}: a resend of everything creates nothing twice"
+    );
+    let (code, out, err) = run(&["send-fees", "--resend", "--fee", "999999999"]);
+    assert_eq!(
+        code, 2,
+        "{backend:?}: an unknown fee is refused: {out}{err}"
+    );
+    nightly_converges(&world, "after the resends");
+}
+
+#[test]
+fn send_fees_resend_by_fee_student_and_all() {
+    each_backend(resend);
+}
