@@ -182,3 +182,67 @@ fn sqlite_nightly_survives_a_crash_at_every_write() {
 fn postgres_nightly_survives_a_crash_at_every_write() {
     crash_at_every_write(Backend::Postgres);
 }
+
+/// `send-fees` aborted right after its pushes reached Community Pass and
+/// before their links recorded them, then run again: every fee is in
+/// Community Pass once, every link records it, and nothing is left to send.
+fn send_fees_crash(backend: Backend) {
+    let world = World::new(backend, 30, 13);
+    use diesel::connection::SimpleConnection;
+    // Changes to send: an edit of every sent fee's description.
+    world
+        .conn()
+        .batch_execute("UPDATE student_fees SET description = description || ' (edited)'")
+        .unwrap();
+    let send = |crash_after: Option<u64>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cpsync"));
+        command
+            .args([
+                "--database-url",
+                &world.db.url_text,
+                "--cp-url",
+                &world.sim.base_url(),
+                "send-fees",
+            ])
+            .env_remove("DATABASE_URL")
+            .env_remove("CPSYNC_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(k) = crash_after {
+            command.env(CRASH_AFTER_WRITES_ENV, k.to_string());
+        }
+        command.status().unwrap()
+    };
+    let vendor_before = cpsync::portal::all_fees(&world.portal, None).unwrap().len();
+    let first = send(Some(1));
+    assert!(aborted(first), "{backend:?}: {first:?}");
+    assert!(finished(send(None)), "{backend:?}: the re-run finishes");
+    let vendor = cpsync::portal::all_fees(&world.portal, None).unwrap();
+    assert_eq!(
+        vendor.len(),
+        vendor_before,
+        "{backend:?}: nothing created twice"
+    );
+    let edited = vendor
+        .iter()
+        .filter(|f| f.description.ends_with(" (edited)"))
+        .count();
+    let pending = cpsync::db::outbox::pending_count(&mut world.conn()).unwrap();
+    assert_eq!(pending, 0, "{backend:?}: nothing left to send");
+    let sent = cpsync::sync::push::sent_fee_ids(&mut world.conn())
+        .unwrap()
+        .len();
+    assert!(
+        edited > 0 && edited <= sent,
+        "{backend:?}: {edited} edited of {sent}"
+    );
+    let report = world.send_pending();
+    assert_eq!(report.pushed, 0, "{backend:?}: {report:?}");
+}
+
+#[test]
+fn send_fees_killed_between_the_vendor_write_and_its_link_finishes_next_run() {
+    for backend in common::BACKENDS {
+        send_fees_crash(backend);
+    }
+}

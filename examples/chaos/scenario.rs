@@ -261,6 +261,7 @@ impl<'a> Scenario<'a> {
         kill_chance: f64,
     ) -> anyhow::Result<(Running, Option<Duration>, &'static str, bool)> {
         let crash = what == "nightly" && self.rng.gen_bool(0.3);
+        self.result.crash_points_planned += u64::from(crash);
         let env: Vec<(&str, String)> = if crash {
             let k = self.rng.gen_range(1..=CRASH_WRITE_MAX);
             vec![(CRASH_AFTER_WRITES_ENV, k.to_string())]

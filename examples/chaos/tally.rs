@@ -42,6 +42,8 @@ pub struct ScenarioResult {
     pub bad_vendor_records_held: u64,
     /// Malformed fees and cursor jumps the engine had to contain.
     pub contained_faults: u64,
+    /// Nightly runs started with a crash point (`CPSYNC_CRASH_AFTER_WRITES`).
+    pub crash_points_planned: u64,
     pub elapsed: Duration,
 }
 
@@ -71,6 +73,7 @@ pub struct Tally {
     pub bad_vendor_records: u64,
     pub bad_vendor_records_held: u64,
     pub contained_faults: u64,
+    pub crash_points_planned: u64,
     pub slowest: Duration,
 }
 
@@ -121,6 +124,7 @@ impl Tally {
         self.bad_vendor_records += result.bad_vendor_records;
         self.bad_vendor_records_held += result.bad_vendor_records_held;
         self.contained_faults += result.contained_faults;
+        self.crash_points_planned += result.crash_points_planned;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -172,6 +176,17 @@ impl Tally {
             hollow.push(format!(
                 "only {} of {} injected vendor records were checked held",
                 self.bad_vendor_records_held, self.bad_vendor_records
+            ));
+        }
+        let aborted = self
+            .kills
+            .get("nightly (crash after write k)")
+            .copied()
+            .unwrap_or(0);
+        if self.crash_points_planned >= 5 && aborted == 0 {
+            hollow.push(format!(
+                "{} nightly runs were given a crash point and none aborted: is cpsync built with crash points (--features failpoints)?",
+                self.crash_points_planned
             ));
         }
         if self.scenarios > 0 && self.contained_faults == 0 {

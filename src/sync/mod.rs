@@ -10,6 +10,7 @@
 //! refused by the database if it already exists.
 
 pub mod balances;
+pub mod failpoint;
 pub mod incremental;
 pub mod nightly;
 pub mod pull;

@@ -42,7 +42,7 @@ pub const PUSH_BATCH_MAX: usize = 500;
 
 /// Environment variable that makes the process abort after the k-th write
 /// of the apply phase (crash-safety tests only).
-pub const CRASH_AFTER_WRITES_ENV: &str = "CPSYNC_CRASH_AFTER_WRITES";
+pub use super::failpoint::CRASH_AFTER_WRITES_ENV;
 
 #[derive(Debug, Clone)]
 pub struct NightlyOptions {
@@ -234,34 +234,6 @@ impl NightlyResult {
             .iter()
             .filter(|(o, _)| *o == Outcome::CreditOnAccount)
             .count()
-    }
-}
-
-/// Counts writes of the apply phase and aborts at the configured one.
-struct CrashPoint {
-    abort_after: Option<u64>,
-    writes: u64,
-}
-
-impl CrashPoint {
-    fn from_env() -> CrashPoint {
-        CrashPoint {
-            abort_after: std::env::var(CRASH_AFTER_WRITES_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            writes: 0,
-        }
-    }
-
-    fn wrote(&mut self) {
-        self.writes += 1;
-        if self.abort_after == Some(self.writes) {
-            eprintln!(
-                "cpsync: aborting after write {} ({CRASH_AFTER_WRITES_ENV})",
-                self.writes
-            );
-            std::process::abort();
-        }
     }
 }
 
@@ -621,6 +593,7 @@ pub fn run(
         }
         Ok::<QueueView, SyncError>(queue)
     })?;
+    super::failpoint::wrote("nightly discrepancies, queue and mark recorded");
     Ok(NightlyResult {
         reconciliation,
         outcomes,
@@ -1039,7 +1012,6 @@ fn apply(
     clock: Clock,
 ) -> Result<Applied, SyncError> {
     let plan = reconciliation.plan();
-    let mut crash = CrashPoint::from_env();
     let mut results = HashMap::new();
     let postings: Vec<(FeeId, &VendorTxn)> = plan
         .iter()
@@ -1056,7 +1028,7 @@ fn apply(
             .map(|(txn, reason)| (txn, reason.clone()))
             .collect();
         conn.transaction(|conn| postings::park(conn, &parked, Some(run_id), clock()))?;
-        crash.wrote();
+        super::failpoint::wrote("nightly apply");
     }
     for batch in postings.chunks(APPLY_BATCH_MAX) {
         match post_batch(conn, batch, run_id, clock) {
@@ -1082,7 +1054,7 @@ fn apply(
             }
             Err(error) => return Err(error),
         }
-        crash.wrote();
+        super::failpoint::wrote("nightly apply");
     }
     let locks: Vec<(FeeId, Option<VendorTxnId>)> = plan
         .iter()
@@ -1093,7 +1065,7 @@ fn apply(
         .collect();
     if !locks.is_empty() {
         links::lock_amounts(conn, &locks, Some(run_id), clock())?;
-        crash.wrote();
+        super::failpoint::wrote("nightly apply");
         for (fee_id, _) in &locks {
             results.insert(ActionKey::Lock(*fee_id), ActionResult::Done);
         }
@@ -1110,7 +1082,7 @@ fn apply(
         let (report, outcomes) =
             push_fees(conn, portal, setup, batch, PushMode::Correct, run_id, clock)?;
         acknowledged.extend(report.acknowledged);
-        crash.wrote();
+        super::failpoint::wrote("nightly apply");
         for (fee_id, outcome) in outcomes {
             let result = match &outcome {
                 PushOutcome::Pushed { .. } | PushOutcome::Unchanged => ActionResult::Done,

@@ -560,6 +560,11 @@ pub fn push_fees(
         .collect();
     record_intents(conn, &to_send, run_id)?;
     let results = send_all(portal, &to_send);
+    if !to_send.is_empty() {
+        // Community Pass has the writes, the links do not know yet: a crash
+        // here is finished by the next run (the intents are recorded).
+        super::failpoint::wrote("fee pushes sent, not yet recorded");
+    }
     let mut sent_outcomes =
         record_outcomes(conn, &to_send, &results, &acknowledged, run_id, clock())?.into_iter();
     let mut report = PushReport::default();
