@@ -632,7 +632,7 @@ fn a_write_not_applied_makes_the_nightly_not_converged() {
 /// `send-fees --resend` after a vendor-side incident, through the real
 /// binary: `--fee` re-sends that fee only, `--student` that student's fees
 /// only, plain `--resend` every fee; a lost change is applied, nothing is
-/// created twice, and an unknown fee is refused (exit 2) without sending.
+/// created twice, and an unknown fee is refused (exit 1) without sending.
 fn resend(backend: Backend) {
     let world = World::new(backend, 40, 61);
     let fees = unpaid_fees(&world);
@@ -700,9 +700,10 @@ fn resend(backend: Backend) {
     );
     let (code, out, err) = run(&["send-fees", "--resend", "--fee", "999999999"]);
     assert_eq!(
-        code, 2,
+        code, 1,
         "{backend:?}: an unknown fee is refused: {out}{err}"
     );
+    assert!(err.contains("is not in Genesis"), "{backend:?}: {err}");
     nightly_converges(&world, "after the resends");
 }
 

@@ -114,8 +114,11 @@ fn manual_runs_do_not_mail_the_office(backend: Backend) {
     assert_eq!(code, 2, "{backend:?}: {err}");
     assert!(err.contains("reversed"), "{err}");
     let (code, _, err) = nightly(&world, config.path(), &["--student", "999"]);
-    assert_eq!(code, 2, "{backend:?}: {err}");
-    assert!(err.contains("no student 999"), "{err}");
+    assert_eq!(
+        code, 1,
+        "{backend:?}: an unknown id, as in every command: {err}"
+    );
+    assert!(err.contains("student 999 is not in Genesis"), "{err}");
     let after = runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 50)
         .unwrap()
         .len();

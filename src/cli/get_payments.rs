@@ -38,7 +38,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
     if let Some(unknown) = unknown_id(&mut conn, &args)? {
         eprintln!("cpsync: {unknown}; nothing was pulled");
-        return Ok(super::exit::USAGE);
+        return Ok(super::exit::FAILURE);
     }
     let interactive = args.student.is_some() || args.guardian.is_some();
     let portal = if interactive {

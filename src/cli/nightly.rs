@@ -67,9 +67,9 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let command_started = std::time::Instant::now();
     let mut conn = context.connect()?;
-    if let Some(refusal) = refuse_scope(&mut conn, &args)? {
+    if let Some((refusal, code)) = refuse_scope(&mut conn, &args)? {
         eprintln!("cpsync: {refusal}; nothing was done");
-        return Ok(exit::USAGE);
+        return Ok(code);
     }
     let held = lock::try_acquire(&context.database_url, DISTRICT_LOCK, None, utc_now())?;
     let mut district_lock = match held {
@@ -206,18 +206,28 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 
 /// Why the asked scope cannot run (checked before the lock is taken):
 /// a reversed date range, or a student Genesis does not have.
-fn refuse_scope(conn: &mut crate::db::DbConnection, args: &Args) -> anyhow::Result<Option<String>> {
+/// Why the scope cannot be run, with the exit code: a reversed date range
+/// is a wrong command line (2); a student Genesis does not have is refused
+/// like an unknown id in every command (1).
+fn refuse_scope(
+    conn: &mut crate::db::DbConnection,
+    args: &Args,
+) -> anyhow::Result<Option<(String, u8)>> {
     if let (Some(from), Some(to)) = (args.from, args.to) {
         if from > to {
-            return Ok(Some(format!(
-                "the date range is reversed: --from {from} is after --to {to}"
+            return Ok(Some((
+                format!("the date range is reversed: --from {from} is after --to {to}"),
+                exit::USAGE,
             )));
         }
     }
     if let Some(student) = args.student {
         let found = crate::db::genesis::load_students_by_ids(conn, &[student])?;
         if found.records.is_empty() {
-            return Ok(Some(format!("Genesis has no student {student}")));
+            return Ok(Some((
+                format!("student {student} is not in Genesis"),
+                exit::FAILURE,
+            )));
         }
     }
     Ok(None)

@@ -41,7 +41,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             "cpsync: guardian {} is not in Genesis; nothing to show",
             args.guardian
         );
-        return Ok(super::exit::USAGE);
+        return Ok(super::exit::FAILURE);
     }
     let setup = settings::load_setup(&mut conn)?;
     let gathered = gather(&mut conn, args.guardian, &setup.patron_id)?;

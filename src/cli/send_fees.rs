@@ -31,7 +31,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     setup.ready_to_send()?;
     if let Some(unknown) = unknown_id(&mut conn, &args)? {
         eprintln!("cpsync: {unknown}; nothing was sent");
-        return Ok(exit::USAGE);
+        return Ok(exit::FAILURE);
     }
     let portal = task::portal(context, &mut conn)?;
     let trigger = if args.resend { "resend" } else { "manual" };
