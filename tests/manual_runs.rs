@@ -284,3 +284,63 @@ fn sqlite_report_and_mail_failures_are_recorded_on_the_run() {
 fn postgres_report_and_mail_failures_are_recorded_on_the_run() {
     report_and_mail_failures_are_recorded(Backend::Postgres);
 }
+
+/// `cpsync batch` runs every step even when the ones before fail: with
+/// Community Pass unreachable, send-fees, get-payments and get-balances
+/// fail, the nightly still runs and mails its failure report, and the
+/// batch exits 1 (the worst step) for the scheduler.
+fn batch_runs_every_step(backend: Backend) {
+    let world = World::new(backend, 12, 10);
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let domain = format!("batch-{}-{backend:?}.example", std::process::id()).to_lowercase();
+    let reports = tempfile::tempdir().unwrap();
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        config,
+        "district = \"Batch SD\"\n[community_pass]\nbase_url = \"http://127.0.0.1:{closed_port}/\"\nconnect_timeout_secs = 1\nrequest_timeout_secs = 1\ncall_budget_secs = 2\n[reports]\ndir = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"cpsync@{domain}\"\nto = [\"office@{domain}\"]\ntimeout_secs = 30",
+        reports.path().display(),
+        smtp_port()
+    )
+    .unwrap();
+    let before = runs::recent_runs(&mut world.conn(), None, 100)
+        .unwrap()
+        .len();
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(config.path())
+        .args(["--database-url", &world.db.url_text, "batch"])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .env_remove("CPSYNC_CP_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{backend:?}: {stdout}");
+    assert!(
+        stdout.contains("no [sftp] section") && stdout.contains("step 4/4: cpsync nightly"),
+        "{backend:?}: {stdout}"
+    );
+    let recorded = runs::recent_runs(&mut world.conn(), None, 100).unwrap();
+    let tasks: std::collections::BTreeSet<String> = recorded[..recorded.len() - before]
+        .iter()
+        .map(|r| r.task.clone())
+        .collect();
+    for task in ["send_fees", "get_payments", "get_balances", "nightly_sync"] {
+        assert!(tasks.contains(task), "{backend:?}: {task} ran: {tasks:?}");
+    }
+    assert_eq!(
+        messages_from(&domain),
+        1,
+        "{backend:?}: the nightly's failure report reached the office"
+    );
+}
+
+#[test]
+fn batch_runs_every_step_even_after_a_failure() {
+    for backend in common::BACKENDS {
+        batch_runs_every_step(backend);
+    }
+}

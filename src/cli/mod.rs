@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 
+mod batch;
 mod demo;
 mod demo_nights;
 mod export;
@@ -118,6 +119,10 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The nightly batch in one command: send-fees, get-payments,
+    /// get-balances, nightly (report and email) and the SFTP export, each
+    /// run even when one before it failed; exits with the worst step's code.
+    Batch(batch::Args),
     /// The whole product end to end on a SQLite file and an in-process simulator.
     Demo(demo::Args),
     /// Create or upgrade the database schema (Genesis contract and cp_ tables).
@@ -235,27 +240,33 @@ fn install_panic_hook() {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let context = Context::from_cli(&cli)?;
     task::set_database(&context.database_url);
-    match cli.command {
-        Command::Demo(args) => demo::run(&context, args),
-        Command::Migrate(args) => migrate::run(&context, args),
-        Command::Seed(args) => seed::run(&context, args),
-        Command::Runs(args) => runs::run(&context, args),
-        Command::Setup(args) => setup::run(&context, args),
-        Command::SendFees(args) => send_fees::run(&context, args),
-        Command::GetPayments(args) => get_payments::run(&context, args),
-        Command::GetBalances(args) => get_balances::run(&context, args),
-        Command::Nightly(args) => nightly::run(&context, args),
+    dispatch(&context, cli.command)
+}
+
+/// Runs one command with a context already made (also `batch`'s steps).
+fn dispatch(context: &Context, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Batch(args) => batch::run(context, args),
+        Command::Demo(args) => demo::run(context, args),
+        Command::Migrate(args) => migrate::run(context, args),
+        Command::Seed(args) => seed::run(context, args),
+        Command::Runs(args) => runs::run(context, args),
+        Command::Setup(args) => setup::run(context, args),
+        Command::SendFees(args) => send_fees::run(context, args),
+        Command::GetPayments(args) => get_payments::run(context, args),
+        Command::GetBalances(args) => get_balances::run(context, args),
+        Command::Nightly(args) => nightly::run(context, args),
         Command::Sim(args) => sim::run(args).map(|()| exit::OK),
-        Command::Export(args) => export::run(&context, args),
-        Command::Watch(args) => watch::run(&context, args),
-        Command::Unprocessed(args) => unprocessed::run(&context, args),
-        Command::HeldPushes(args) => held_pushes::run(&context, args),
-        Command::FeeHistory(args) => fee_history::run(&context, args),
-        Command::Preflight(args) => preflight::run(&context, args),
-        Command::PortalView(args) => portal_view::run(&context, args),
-        Command::Lock(args) => lock::run(&context, args),
-        Command::Review(args) => review::run(&context, args),
-        Command::Report(args) => report::run(&context, args),
+        Command::Export(args) => export::run(context, args),
+        Command::Watch(args) => watch::run(context, args),
+        Command::Unprocessed(args) => unprocessed::run(context, args),
+        Command::HeldPushes(args) => held_pushes::run(context, args),
+        Command::FeeHistory(args) => fee_history::run(context, args),
+        Command::Preflight(args) => preflight::run(context, args),
+        Command::PortalView(args) => portal_view::run(context, args),
+        Command::Lock(args) => lock::run(context, args),
+        Command::Review(args) => review::run(context, args),
+        Command::Report(args) => report::run(context, args),
     }
 }
 
