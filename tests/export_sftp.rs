@@ -81,6 +81,7 @@ fn fast_retries(attempts_max: u32) -> RetryPolicy {
         attempts_max,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
+        deadline: Duration::from_secs(600),
     }
 }
 
@@ -153,6 +154,57 @@ fn cutting_proxy(upstream: SocketAddr, cut_after_bytes: usize, cut_connections: 
             };
             let limit = (index < cut_connections).then_some(cut_after_bytes);
             pipe(client, server, limit);
+        }
+    });
+    port
+}
+
+/// A TCP proxy to the server that, once `stall_after_bytes` bytes came
+/// from the client, forwards nothing more either way and keeps the
+/// connection open: a server that has stopped answering without closing.
+fn stalling_proxy(upstream: SocketAddr, stall_after_bytes: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (mut server_read, mut client_write) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            let seen = stalled.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 8192];
+                while let Ok(n) = server_read.read(&mut buffer) {
+                    if n == 0 || seen.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    if client_write.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(120));
+            });
+            let (mut client_read, mut server_write) = (client, server);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 8192];
+                let mut forwarded = 0usize;
+                while let Ok(n) = client_read.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    let allowed = n.min(stall_after_bytes.saturating_sub(forwarded));
+                    let _ = server_write.write_all(&buffer[..allowed]);
+                    forwarded += allowed;
+                    if allowed < n {
+                        stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_secs(120));
+                        break;
+                    }
+                }
+            });
         }
     });
     port
@@ -340,6 +392,34 @@ fn a_connection_dropped_mid_upload_leaves_no_partial_file_under_a_final_name() {
     let direct = target(&env, env.port, &env.known_hosts, &base);
     sftp::upload(&direct, run_date(), &bundle.files, &fast_retries(1)).unwrap();
     assert_arrived_whole(&base, &bundle);
+}
+
+#[test]
+fn a_server_that_stops_answering_mid_upload_ends_at_the_deadline() {
+    let env = sftp_env();
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = bundle(2_000, 4);
+    let upstream: SocketAddr = format!("{}:{}", env.host, env.port).parse().unwrap();
+    let proxy_port = stalling_proxy(upstream, 250_000);
+    let known_hosts = known_hosts_for_port(&env, proxy_port, scratch.path());
+    let base = fresh_remote_dir(&env, "stalled");
+    let through_proxy = target(&env, proxy_port, &known_hosts, &base);
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs(3),
+        ..fast_retries(3)
+    };
+    let started = std::time::Instant::now();
+    let error = sftp::upload(&through_proxy, run_date(), &bundle.files, &policy).unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(error, SftpError::Deadline { secs: 3, .. }),
+        "{error}"
+    );
+    // Without the deadline one stalled operation alone waits
+    // IO_TIMEOUT_MS (30 s), and each retry again.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let names = remote_names(&base);
+    assert!(!names.contains(&MANIFEST_FILE.to_string()), "{names:?}");
 }
 
 #[test]

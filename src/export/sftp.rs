@@ -12,13 +12,15 @@
 //!   OpenSSH's SFTP (v3) rename never overwrites, so replacing a file moves
 //!   the old one aside first: the final name may be absent for an instant
 //!   but never holds a partial file. `manifest.csv` goes last;
-//! - connect and read timeouts, and a bounded number of attempts with
-//!   exponential backoff, each attempt on a fresh connection.
+//! - connect and read timeouts, a bounded number of attempts with
+//!   exponential backoff, each attempt on a fresh connection, and one
+//!   deadline for the whole upload (each operation's timeout is cut to
+//!   what is left of it).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -34,6 +36,10 @@ use crate::secret::{Secret, SecretError};
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// How long any one SSH/SFTP operation may wait for the server.
 pub const IO_TIMEOUT_MS: u32 = 30_000;
+/// How long a whole upload may take, retries and waits included: libssh2
+/// bounds each operation (`IO_TIMEOUT_MS`), so without this a server that
+/// answers each one just in time could stretch an export for hours.
+pub const UPLOAD_DEADLINE_SECS: u64 = 20 * 60;
 /// Most upload attempts per export (each on a new connection).
 pub const UPLOAD_ATTEMPTS_MAX: u32 = 3;
 /// Wait before the second attempt; doubled for each further one.
@@ -109,6 +115,12 @@ pub enum SftpError {
         path: String,
         reason: String,
     },
+    #[error(
+        "upload to {target} did not finish within {secs} s (the deadline of the whole upload, \
+         retries included); files not yet renamed into place stay as {PART_SUFFIX} and are \
+         removed by the next upload, and manifest.csv goes last, so no receiver sees a partial export"
+    )]
+    Deadline { target: String, secs: u64 },
     #[error("upload to {target} failed after {attempts} attempts; last error: {last}")]
     AttemptsExhausted {
         target: String,
@@ -197,6 +209,8 @@ pub struct RetryPolicy {
     pub attempts_max: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The whole upload's deadline (`UPLOAD_DEADLINE_SECS`).
+    pub deadline: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -205,6 +219,7 @@ impl Default for RetryPolicy {
             attempts_max: UPLOAD_ATTEMPTS_MAX,
             backoff_initial: Duration::from_millis(BACKOFF_INITIAL_MS),
             backoff_max: Duration::from_millis(BACKOFF_MAX_MS),
+            deadline: Duration::from_secs(UPLOAD_DEADLINE_SECS),
         }
     }
 }
@@ -259,9 +274,14 @@ pub fn upload(
     target.validate()?;
     let dir = dated_dir(&target.remote_dir, run_date);
     let attempts_max = policy.attempts_max.max(1);
+    let until = Instant::now() + policy.deadline;
+    let past_deadline = || SftpError::Deadline {
+        target: target.label(),
+        secs: policy.deadline.as_secs(),
+    };
     let mut attempt = 1;
     loop {
-        match upload_once(target, &dir, files) {
+        match upload_once(target, &dir, files, until) {
             Ok(uploaded) => {
                 return Ok(UploadReport {
                     host: target.host.clone(),
@@ -271,6 +291,9 @@ pub fn upload(
                     files: uploaded,
                 })
             }
+            // Out of time (libssh2's own timeout, cut to the deadline, or
+            // our check between operations): say so, whatever failed.
+            Err(_) if Instant::now() >= until => return Err(past_deadline()),
             Err(error) if !error.is_retryable() => return Err(error),
             Err(error) if attempt >= attempts_max => {
                 return Err(SftpError::AttemptsExhausted {
@@ -281,6 +304,9 @@ pub fn upload(
             }
             Err(error) => {
                 let wait = policy.backoff(attempt);
+                if Instant::now() + wait >= until {
+                    return Err(past_deadline());
+                }
                 tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %error, "upload attempt failed; retrying");
                 std::thread::sleep(wait);
                 attempt += 1;
@@ -294,9 +320,12 @@ fn upload_once(
     target: &SftpTarget,
     dir: &str,
     files: &[ExportFile],
+    until: Instant,
 ) -> Result<Vec<RemoteFile>, SftpError> {
-    let session = connect(target)?;
+    let session = connect_until(target, until)?;
     let remote = Remote {
+        session: session.clone(),
+        until,
         sftp: session.sftp().map_err(|e| SftpError::Remote {
             target: target.label(),
             operation: "start SFTP",
@@ -320,13 +349,21 @@ fn upload_once(
 /// Opens a TCP connection with a timeout, does the SSH handshake, checks
 /// the host key and authenticates.
 pub fn connect(target: &SftpTarget) -> Result<Session, SftpError> {
-    let tcp = open_tcp(target)?;
+    connect_until(
+        target,
+        Instant::now() + Duration::from_secs(UPLOAD_DEADLINE_SECS),
+    )
+}
+
+/// `connect`, every wait cut to what is left before `until`.
+fn connect_until(target: &SftpTarget, until: Instant) -> Result<Session, SftpError> {
+    let tcp = open_tcp(target, until)?;
     let handshake = |e: ssh2::Error| SftpError::Handshake {
         target: target.label(),
         reason: e.message().to_string(),
     };
     let mut session = Session::new().map_err(handshake)?;
-    session.set_timeout(IO_TIMEOUT_MS);
+    session.set_timeout(timeout_ms(until));
     session.set_tcp_stream(tcp);
     session.handshake().map_err(handshake)?;
     check_host_key(&session, target)?;
@@ -334,7 +371,14 @@ pub fn connect(target: &SftpTarget) -> Result<Session, SftpError> {
     Ok(session)
 }
 
-fn open_tcp(target: &SftpTarget) -> Result<TcpStream, SftpError> {
+/// libssh2's timeout for the next operation: `IO_TIMEOUT_MS`, or what is
+/// left before `until` if less (at least 1 ms: 0 would mean no timeout).
+fn timeout_ms(until: Instant) -> u32 {
+    let left = until.saturating_duration_since(Instant::now()).as_millis();
+    left.clamp(1, u128::from(IO_TIMEOUT_MS)) as u32
+}
+
+fn open_tcp(target: &SftpTarget, until: Instant) -> Result<TcpStream, SftpError> {
     let error = |reason: String| SftpError::Connect {
         target: target.label(),
         reason,
@@ -343,7 +387,10 @@ fn open_tcp(target: &SftpTarget) -> Result<TcpStream, SftpError> {
         .to_socket_addrs()
         .map_err(|e| error(e.to_string()))?
         .collect();
-    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    let left = until.saturating_duration_since(Instant::now());
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS)
+        .min(left)
+        .max(Duration::from_millis(1));
     let mut last = "the host name has no address".to_string();
     for address in &addresses {
         match TcpStream::connect_timeout(address, timeout) {
@@ -468,10 +515,32 @@ fn authenticate(session: &Session, target: &SftpTarget) -> Result<(), SftpError>
 struct Remote {
     sftp: Sftp,
     target: String,
+    /// The session, to cut each operation's timeout to the deadline.
+    session: Session,
+    until: Instant,
 }
 
 impl Remote {
+    /// Before each operation: out of time is an error; otherwise the
+    /// operation may wait at most what is left.
+    fn tick(&self, operation: &'static str, path: &str) -> Result<(), SftpError> {
+        if Instant::now() >= self.until {
+            return Err(self.error(
+                operation,
+                path,
+                "the upload's deadline has passed".to_string(),
+            ));
+        }
+        self.session.set_timeout(timeout_ms(self.until));
+        Ok(())
+    }
+
     fn error(&self, operation: &'static str, path: &str, reason: String) -> SftpError {
+        if Instant::now() >= self.until {
+            // Out of time: the handles closed on the way out (file, SFTP
+            // channel) must not each wait again for an answer.
+            self.session.set_timeout(1);
+        }
         SftpError::Remote {
             target: self.target.clone(),
             operation,
@@ -491,6 +560,7 @@ impl Remote {
 
     /// `mkdir -p dir`, owner-only for the folders it creates.
     fn ensure_dir(&self, dir: &str) -> Result<(), SftpError> {
+        self.tick("create folder", dir)?;
         let components: Vec<&str> = dir
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
@@ -536,6 +606,7 @@ impl Remote {
 
     /// Deletes temporaries an interrupted earlier attempt left in `dir`.
     fn remove_leftovers(&self, dir: &str) -> Result<(), SftpError> {
+        self.tick("list", dir)?;
         let entries = self
             .sftp
             .readdir(Path::new(dir))
@@ -589,20 +660,33 @@ impl Remote {
             .sftp
             .open_mode(Path::new(path), flags, REMOTE_FILE_MODE, OpenType::File)
             .map_err(self.ssh_error("open", path))?;
+        // One libssh2 call at a time, each given only what is left of the
+        // deadline (`write_all` would let every call wait in full).
         for chunk in bytes.chunks(CHUNK_BYTES) {
-            remote
-                .write_all(chunk)
-                .map_err(|e| self.error("write", path, e.to_string()))?;
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                self.tick("write", path)?;
+                let n = remote
+                    .write(rest)
+                    .map_err(|e| self.error("write", path, e.to_string()))?;
+                if n == 0 {
+                    return Err(self.error("write", path, "the server took no bytes".to_string()));
+                }
+                rest = &rest[n..];
+            }
         }
+        self.tick("fsync", path)?;
         if let Err(e) = remote.fsync() {
             // fsync@openssh.com is an extension; the re-read below still
             // proves the content.
             tracing::debug!(path, error = %e.message(), "server did not fsync");
         }
+        self.tick("close", path)?;
         remote.close().map_err(self.ssh_error("close", path))
     }
 
     fn size(&self, path: &str) -> Result<u64, SftpError> {
+        self.tick("stat", path)?;
         let stat = self
             .sftp
             .stat(Path::new(path))
@@ -613,6 +697,7 @@ impl Remote {
 
     /// Compares the remote size and the SHA-256 of the remote bytes.
     fn verify(&self, path: &str, file: &ExportFile) -> Result<(), SftpError> {
+        self.tick("re-read", path)?;
         let expected = file.bytes.len() as u64;
         let size = self.size(path)?;
         if size != expected {
@@ -626,6 +711,7 @@ impl Remote {
         let mut buffer = vec![0u8; CHUNK_BYTES];
         let mut read_total = 0u64;
         while read_total <= expected {
+            self.tick("read", path)?;
             let n = remote
                 .read(&mut buffer)
                 .map_err(|e| self.error("read", path, e.to_string()))?;
@@ -648,6 +734,7 @@ impl Remote {
     /// Renames `part` to `final_path`, moving an existing file aside first
     /// (SFTP v3 rename does not overwrite) and deleting it afterwards.
     fn replace(&self, part: &str, final_path: &str) -> Result<(), SftpError> {
+        self.tick("rename", part)?;
         let rename = |from: &str, to: &str| {
             self.sftp
                 .rename(Path::new(from), Path::new(to), None)
