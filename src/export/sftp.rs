@@ -832,6 +832,7 @@ mod tests {
             attempts_max: 5,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(350),
+            ..RetryPolicy::default()
         };
         let waits: Vec<u128> = (1..=4).map(|a| policy.backoff(a).as_millis()).collect();
         assert_eq!(waits, [100, 200, 350, 350]);
