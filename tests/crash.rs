@@ -102,16 +102,27 @@ fn nightly_binary(
     crash_after: Option<u64>,
     config: &std::path::Path,
 ) -> std::process::ExitStatus {
+    cpsync_binary(world, "nightly", crash_after, Some(config))
+}
+
+/// `cpsync COMMAND` against the world, aborting after write `crash_after`.
+fn cpsync_binary(
+    world: &World,
+    command_name: &str,
+    crash_after: Option<u64>,
+    config: Option<&std::path::Path>,
+) -> std::process::ExitStatus {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cpsync"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
     command
-        .arg("--config")
-        .arg(config)
         .args([
             "--database-url",
             &world.db.url_text,
             "--cp-url",
             &world.sim.base_url(),
-            "nightly",
+            command_name,
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
@@ -194,25 +205,7 @@ fn send_fees_crash(backend: Backend) {
         .conn()
         .batch_execute("UPDATE student_fees SET description = description || ' (edited)'")
         .unwrap();
-    let send = |crash_after: Option<u64>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cpsync"));
-        command
-            .args([
-                "--database-url",
-                &world.db.url_text,
-                "--cp-url",
-                &world.sim.base_url(),
-                "send-fees",
-            ])
-            .env_remove("DATABASE_URL")
-            .env_remove("CPSYNC_CONFIG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if let Some(k) = crash_after {
-            command.env(CRASH_AFTER_WRITES_ENV, k.to_string());
-        }
-        command.status().unwrap()
-    };
+    let send = |crash_after: Option<u64>| cpsync_binary(&world, "send-fees", crash_after, None);
     let vendor_before = cpsync::portal::all_fees(&world.portal, None).unwrap().len();
     let first = send(Some(1));
     assert!(aborted(first), "{backend:?}: {first:?}");

@@ -147,6 +147,25 @@ fn config_with(reports: &std::path::Path, smtp_port: u16) -> tempfile::NamedTemp
     file
 }
 
+/// `cpsync report --run ID` with `config`; it must succeed.
+fn rebuild_report(world: &World, config: &std::path::Path, run_id: i64, backend: Backend) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(config)
+        .args(["--database-url", &world.db.url_text])
+        .args(["report", "--run", &run_id.to_string()])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{backend:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn latest_nightly(world: &World) -> runs::RunRecord {
     runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 1).unwrap()[0].clone()
 }
@@ -177,21 +196,7 @@ fn report_and_mail_failures_are_recorded(backend: Backend) {
     // Once the mail server is back, `report --run` rebuilds and sends it.
     let domain = format!("rebuilt-{}-{backend:?}.example", std::process::id()).to_lowercase();
     let working = config(reports.path(), &domain);
-    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
-        .arg("--config")
-        .arg(working.path())
-        .args(["--database-url", &world.db.url_text])
-        .args(["report", "--run", &run.id.to_string()])
-        .env_remove("DATABASE_URL")
-        .env_remove("CPSYNC_CONFIG")
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{backend:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rebuild_report(&world, working.path(), run.id, backend);
     assert_eq!(
         messages_from(&domain),
         1,
@@ -241,21 +246,7 @@ fn report_and_mail_failures_are_recorded(backend: Backend) {
     let domain = format!("kept-{}-{backend:?}.example", std::process::id()).to_lowercase();
     let rebuilt_dir = tempfile::tempdir().unwrap();
     let working = config(rebuilt_dir.path(), &domain);
-    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
-        .arg("--config")
-        .arg(working.path())
-        .args(["--database-url", &world.db.url_text])
-        .args(["report", "--run", &run.id.to_string()])
-        .env_remove("DATABASE_URL")
-        .env_remove("CPSYNC_CONFIG")
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{backend:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rebuild_report(&world, working.path(), run.id, backend);
     let html = std::fs::read_dir(rebuilt_dir.path())
         .unwrap()
         .flatten()
