@@ -1,6 +1,7 @@
 //! Bad input in the campaign. Per scenario: hostile text in Genesis (HTML,
-//! CSV formulas, control characters) and absurd fee amounts, checked to be
-//! neutralised in the export and named by the nightly. Once per campaign:
+//! CSV formulas, control characters) and absurd fee amounts, checked to
+//! reach the export as data (control characters dropped, formulas as typed:
+//! it is a machine feed) and to be named by the nightly. Once per campaign:
 //! config files with unknown keys or bad values, a non-loopback `http://`
 //! Community Pass URL, and the hostile-server corpus of transaction pages
 //! (`tests/common/hostile.rs`) run through the real binary.
@@ -31,8 +32,6 @@ pub const HOSTILE_NAMES: [&str; 5] = [
     "<script>alert('x')</script>",
     "-2+3 \u{7}\u{1b}[31m tab\there",
 ];
-/// What a spreadsheet reads as the start of a formula.
-const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 /// Ids of the fees with absurd amounts a scenario adds.
 const ABSURD_FEE_IDS: [i64; 2] = [8_900_001, 8_900_002];
 
@@ -73,8 +72,9 @@ pub fn genesis_rows(
     Ok(())
 }
 
-/// After the finish: the export neutralised every hostile cell, and the
-/// nightly named each absurd fee as a rejected row.
+/// After the finish: every hostile name reached the export as data (a
+/// machine feed: formulas as they are, control characters dropped), and
+/// the nightly named each absurd fee as a rejected row.
 pub fn check_handled(
     world: &World,
     final_nightly: &serde_json::Value,
@@ -99,7 +99,7 @@ pub fn check_handled(
     for entry in walk_files(&folder)? {
         text.push_str(&std::fs::read_to_string(entry)?);
     }
-    result.bad_inputs_handled += neutralised_cells(&text, result);
+    result.bad_inputs_handled += cells_as_data(&text, result);
     Ok(())
 }
 
@@ -116,11 +116,11 @@ fn walk_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// Checks no CSV cell starts like a formula or holds control characters
-/// (other than tab and line breaks), and counts the hostile names
-/// that reached the export handled: neutralised with a `'` when they start
-/// like a formula, verbatim (CSV is data) when they do not.
-fn neutralised_cells(text: &str, result: &mut ScenarioResult) -> u64 {
+/// Checks no CSV cell holds control characters (other than tab and line
+/// breaks), and counts the hostile names that reached the export handled:
+/// exactly as typed, less those control characters (the OneRoster feed is
+/// read by machines: no spreadsheet `'` in front of a formula).
+fn cells_as_data(text: &str, result: &mut ScenarioResult) -> u64 {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -128,11 +128,6 @@ fn neutralised_cells(text: &str, result: &mut ScenarioResult) -> u64 {
     let mut handled = std::collections::BTreeSet::new();
     for record in reader.records().flatten() {
         for cell in record.iter() {
-            if cell.starts_with(FORMULA_TRIGGERS) {
-                result
-                    .violations
-                    .push(format!("an export cell starts like a formula: {cell:?}"));
-            }
             if cell
                 .chars()
                 .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
@@ -146,12 +141,7 @@ fn neutralised_cells(text: &str, result: &mut ScenarioResult) -> u64 {
                     .chars()
                     .filter(|c| !c.is_control() || matches!(c, '\t' | '\r' | '\n'))
                     .collect();
-                let expected = if clean.starts_with(FORMULA_TRIGGERS) {
-                    format!("'{clean}")
-                } else {
-                    clean
-                };
-                if cell == expected {
+                if cell == clean {
                     handled.insert(index);
                 }
             }

@@ -1,7 +1,12 @@
-//! Cell hygiene for CSV files that people open in spreadsheets: a cell that
-//! starts with `=`, `+`, `-`, `@`, a tab or a carriage return would be read
-//! as a formula (CSV injection), so it is prefixed with `'`. Quoting itself
-//! (RFC 4180: commas, quotes, line breaks) is left to the `csv` crate.
+//! Cell hygiene for CSV. Every cell loses the control characters that
+//! break readers (NUL, ESC, BEL, DEL, C1; tab and line breaks stay, RFC
+//! 4180 quoting carries them). Files that people open in spreadsheets (the
+//! office's: preflight, the report's CSVs) also get `neutralise`: a cell
+//! that starts with `=`, `+`, `-`, `@`, a tab or a carriage return would be
+//! read as a formula (CSV injection), so it is prefixed with `'`. A machine
+//! feed (the OneRoster export, `CsvFile`) keeps data as it is: a phone
+//! `+1 555 0100` or a name `-Ann` arrives unchanged. Quoting itself is left
+//! to the `csv` crate.
 
 use std::borrow::Cow;
 
@@ -17,10 +22,10 @@ fn kept_control(c: char) -> bool {
     matches!(c, '\t' | '\r' | '\n')
 }
 
-/// The cell as written: control characters other than tab and line breaks
-/// dropped, then prefixed with `'` if it could be taken for a formula.
-pub fn neutralise(cell: &str) -> Cow<'_, str> {
-    let cell: Cow<'_, str> = if cell.chars().any(|c| c.is_control() && !kept_control(c)) {
+/// The cell for a machine feed: control characters other than tab and
+/// line breaks dropped, nothing else changed.
+pub fn machine_cell(cell: &str) -> Cow<'_, str> {
+    if cell.chars().any(|c| c.is_control() && !kept_control(c)) {
         Cow::Owned(
             cell.chars()
                 .filter(|c| !c.is_control() || kept_control(*c))
@@ -28,7 +33,13 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
         )
     } else {
         Cow::Borrowed(cell)
-    };
+    }
+}
+
+/// The cell for a spreadsheet: `machine_cell`, then prefixed with `'` if
+/// it could be taken for a formula.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    let cell = machine_cell(cell);
     if cell.starts_with(FORMULA_TRIGGERS) {
         Cow::Owned(format!("'{cell}"))
     } else {
@@ -36,8 +47,9 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
     }
 }
 
-/// A CSV writer into memory: RFC 4180 quoting, CRLF line ends, every cell
-/// neutralised, each row checked to have the header's width.
+/// A CSV writer into memory for a machine feed: RFC 4180 quoting, CRLF
+/// line ends, every cell a `machine_cell` (data as it is), each row checked
+/// to have the header's width.
 pub struct CsvFile {
     name: &'static str,
     width: usize,
@@ -71,7 +83,7 @@ impl CsvFile {
     fn write(&mut self, cells: &[&str]) -> Result<(), ExportError> {
         assert_eq!(cells.len(), self.width, "{}: row width", self.name);
         self.writer
-            .write_record(cells.iter().map(|c| neutralise(c).into_owned()))
+            .write_record(cells.iter().map(|c| machine_cell(c).into_owned()))
             .map_err(|e| self.error(e))
     }
 
@@ -125,7 +137,7 @@ mod tests {
         assert_eq!(rows, 2);
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n\"line\nbreak\",'=cmd\r\n"
+            "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n\"line\nbreak\",=cmd\r\n"
         );
     }
 }

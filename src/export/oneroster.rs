@@ -559,15 +559,15 @@ mod tests {
     }
 
     #[test]
-    fn orgs_are_quoted_and_neutralised() {
+    fn orgs_are_quoted_and_kept_as_data() {
         let bundle = build(&snapshot()).unwrap();
         let text = text(&bundle, ORGS_FILE);
         assert!(
-            text.contains("district,,,\"'=Township, \"\"North\"\"\",district,,\r\n"),
+            text.contains("district,,,\"=Township, \"\"North\"\"\",district,,\r\n"),
             "{text}"
         );
         assert!(
-            text.contains("school-ES01,,,\"'@Elm\nSchool\",school,ES01,district\r\n"),
+            text.contains("school-ES01,,,\"@Elm\nSchool\",school,ES01,district\r\n"),
             "{text}"
         );
         assert!(
@@ -576,7 +576,7 @@ mod tests {
         );
         let rows = rows(&bundle, ORGS_FILE);
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[1][3], "'@Elm\nSchool");
+        assert_eq!(rows[1][3], "@Elm\nSchool");
     }
 
     #[test]
@@ -592,7 +592,7 @@ mod tests {
         assert_eq!(bo[3], "true");
         assert_eq!(bo[5], "student");
         assert_eq!(bo[8], "Bo \"B\"");
-        assert_eq!(bo[9], "'+Smith");
+        assert_eq!(bo[9], "+Smith");
         assert_eq!(bo[15], "guardian-5,guardian-7");
         assert_eq!(bo[16], "KG");
         let ann = &rows[1];
@@ -601,7 +601,7 @@ mod tests {
             ("", "false"),
             "withdrawn"
         );
-        assert_eq!(ann[8], "'-Ann");
+        assert_eq!(ann[8], "-Ann");
         assert_eq!(ann[15], "guardian-7");
         let cy = &rows[3];
         assert_eq!(
@@ -610,7 +610,10 @@ mod tests {
         );
         assert_eq!(cy[15], "student-101,student-102");
         assert_eq!(cy[4], "school-ES01");
-        assert_eq!(cy[14], "'+1 555 0100");
+        assert_eq!(
+            cy[14], "+1 555 0100",
+            "a machine feed keeps the phone as it is"
+        );
         assert_eq!(rows[2][5], "parent");
         for row in &rows {
             assert_eq!((row[1].as_str(), row[2].as_str()), ("", ""), "bulk mode");
