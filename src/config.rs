@@ -44,6 +44,17 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub smtp: Option<SmtpConfig>,
     pub sftp: Option<SftpConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where to write the Prometheus text file that
+/// node_exporter's textfile collector reads (`cpsync.prom`), after every
+/// run. Absent: no file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub textfile_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -228,6 +228,17 @@ run_stop_smtp() {
 }
 
 # Makes sure headless Chromium (Debian's chromium) is installed.
+# promtool (Debian's prometheus package) for checking the metrics file.
+ensure_promtool() {
+  if command -v promtool >/dev/null; then return; fi
+  log "installing promtool (Debian's prometheus package)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package may start a Prometheus server; the tests need only promtool.
+  as_root systemctl stop prometheus >/dev/null 2>&1 || true
+  as_root pkill -x prometheus >/dev/null 2>&1 || true
+}
+
 ensure_chromium() {
   if command -v chromium >/dev/null; then return; fi
   log "installing Chromium"

@@ -302,8 +302,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
 
 fn demo_config(dir: &Path) -> String {
     format!(
-        "district = \"Sample Township Public Schools\"\n\n[reports]\ndir = \"{}\"\nattach_html = true\n",
-        dir.join("reports").display()
+        "district = \"Sample Township Public Schools\"\n\n[reports]\ndir = \"{}\"\nattach_html = true\n\n[metrics]\ntextfile_dir = \"{}\"\n",
+        dir.join("reports").display(),
+        dir.display()
     )
 }
 

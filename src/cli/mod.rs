@@ -13,6 +13,7 @@ mod get_balances;
 mod get_payments;
 mod held_pushes;
 mod lock;
+mod metrics;
 mod migrate;
 mod nightly;
 mod nightly_report;
@@ -240,6 +241,7 @@ fn install_panic_hook() {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let context = Context::from_cli(&cli)?;
     task::set_database(&context.database_url);
+    task::set_metrics_dir(context.config.metrics.textfile_dir.clone());
     dispatch(&context, cli.command)
 }
 

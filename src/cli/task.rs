@@ -62,6 +62,27 @@ const PANIC_MESSAGE_CHARS_MAX: usize = 300;
 /// recorded: the tests' way to prove the panic hook records the failure.
 pub const PANIC_TEST_ENV: &str = "CPSYNC_TEST_PANIC_IN_RUN";
 
+/// Where the Prometheus text file goes (`[metrics] textfile_dir`), if anywhere.
+static METRICS_DIR: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Remembers the metrics folder for `run_task`.
+pub fn set_metrics_dir(dir: Option<std::path::PathBuf>) {
+    *METRICS_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
+/// Rewrites the metrics file after a run; a failure is logged, never the run's.
+fn write_metrics(conn: &mut DbConnection) {
+    let dir = METRICS_DIR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(dir) = dir {
+        if let Err(error) = super::metrics::write(conn, &dir, utc_now()) {
+            tracing::warn!(dir = %dir.display(), error = %super::one_line_chain(&error), "the metrics file could not be written");
+        }
+    }
+}
+
 /// Remembers the command's database for the panic hook.
 pub fn set_database(url: &DatabaseUrl) {
     *DATABASE.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
@@ -146,6 +167,7 @@ pub fn run_task(
                 None,
                 utc_now(),
             )?;
+            write_metrics(conn);
             Ok(outcome.exit_code)
         }
         Err(error) => {
@@ -161,6 +183,8 @@ pub fn run_task(
             );
             if let Err(db_error) = recorded {
                 tracing::error!(%db_error, "could not record the failed run");
+            } else {
+                write_metrics(conn);
             }
             Err(error.context(format!("{task} run {run_id} failed")))
         }
