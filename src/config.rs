@@ -300,8 +300,13 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
     }
 
-    pub fn district_name(&self) -> &str {
-        self.district.as_deref().unwrap_or("Sample District")
+    /// The district's name; none (or blank) when the config does not name
+    /// one: the report, its email and the export then refuse to run rather
+    /// than print a made-up name.
+    pub fn district_name(&self) -> Option<&str> {
+        self.district
+            .as_deref()
+            .filter(|name| !name.trim().is_empty())
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::hostile::{self, Expect, HostileServer};
 use common::world::World;
-use common::{cpsync, Backend, TestDb, BACKENDS};
+use common::{cpsync, cpsync_in_district, Backend, TestDb, BACKENDS};
 use cpsync::db::schema::{fee_transactions, student_fees};
 use cpsync::db::{audit, links, postings, runs, DbConnection};
 use cpsync::domain::{FeeId, StudentId};
@@ -265,7 +265,7 @@ fn hostile_names_reach_the_export_as_data() {
         .unwrap();
         let out = tempfile::tempdir().unwrap();
         let folder = out.path().join("export");
-        let (code, _, stderr) = cpsync(&[
+        let (code, _, stderr) = cpsync_in_district(&[
             "--database-url",
             &db.url_text,
             "export",
@@ -318,7 +318,8 @@ fn invalid_utf8_in_genesis_text_fails_the_export_cleanly() {
         "UPDATE guardians SET last_name = CAST(X'4fe9ff' AS TEXT) WHERE id = (SELECT MIN(id) FROM guardians)",
     )
     .unwrap();
-    let (code, _, stderr) = cpsync(&["--database-url", &db.url_text, "export", "--dry-run"]);
+    let (code, _, stderr) =
+        cpsync_in_district(&["--database-url", &db.url_text, "export", "--dry-run"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("last_name") && stderr.contains("utf-8"),

@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use common::{cpsync, Backend, TestDb, BACKENDS};
+use common::{cpsync, cpsync_in_district, Backend, TestDb, BACKENDS};
 use cpsync::db::tasks;
 use cpsync::export::oneroster::{ORGS_HEADER, USERS_FILE, USERS_HEADER};
 
@@ -55,7 +55,7 @@ fn export_to_a_folder_writes_private_oneroster_files_and_records_the_run() {
         let to = out.path().join("exports");
         let to_text = to.display().to_string();
         let (code, stdout, stderr) =
-            cpsync(&["--database-url", &db.url_text, "export", "--to", &to_text]);
+            cpsync_in_district(&["--database-url", &db.url_text, "export", "--to", &to_text]);
         assert_eq!(code, 0, "{backend:?}: {stdout}{stderr}");
         let folder = only_entry(&to);
         assert_eq!(
@@ -101,7 +101,7 @@ fn a_dry_run_writes_nothing_but_is_recorded() {
     let out = tempfile::tempdir().unwrap();
     let to = out.path().join("exports");
     let to_text = to.display().to_string();
-    let (code, stdout, stderr) = cpsync(&[
+    let (code, stdout, stderr) = cpsync_in_district(&[
         "--database-url",
         &db.url_text,
         "export",
@@ -153,4 +153,17 @@ fn the_command_line_is_checked() {
     let (code, _, stderr) = cpsync(&["--database-url", &db.url_text, "export", "--sftp"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("[sftp] section"), "{stderr}");
+    // No district named in the config: refused, nothing written.
+    let out = tempfile::tempdir().unwrap();
+    let to = out.path().join("exports");
+    let (code, _, stderr) = cpsync(&[
+        "--database-url",
+        &db.url_text,
+        "export",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("names no district"), "{stderr}");
+    assert!(!to.exists(), "nothing was written");
 }

@@ -67,6 +67,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let destination = destination(context, &args)?;
+    context.district()?;
     let started = chrono::Utc::now().naive_utc();
     let run_id = runs::start_run(&mut conn, TASK_NAME, &args.trigger, args.dry_run, started)?;
     match export(&mut conn, context, &args, &destination, run_id, started) {
@@ -116,7 +117,7 @@ fn export(
     run_id: i64,
     started: NaiveDateTime,
 ) -> anyhow::Result<Summary> {
-    let (snapshot, rejected_rows) = read_snapshot(conn, context.config.district_name())?;
+    let (snapshot, rejected_rows) = read_snapshot(conn, context.district()?)?;
     let bundle = export::build(&snapshot)?;
     check::check(&bundle)?;
     let destination = if args.dry_run {

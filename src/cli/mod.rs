@@ -174,6 +174,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// The district's name from the config, or why the command refuses.
+    fn district(&self) -> anyhow::Result<&str> {
+        self.config.district_name().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the config names no district (district = \"…\" at the top of the file, --config PATH): \
+                 the report, its email and the export show it; nothing was done"
+            )
+        })
+    }
+
     fn from_cli(cli: &Cli) -> anyhow::Result<Context> {
         let config = match &cli.config {
             Some(path) => Config::load(path)?,

@@ -88,6 +88,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
         }
     };
     if !args.no_report {
+        context.district()?;
         nightly_report::check_mail_settings(context)?;
     }
     let setup = settings::load_setup(&mut conn)?;

@@ -170,7 +170,7 @@ fn build(
     let history = (report::TREND_RUNS_MAX as i64 + 1) * 4;
     let trend = trend_from_runs(&runs::recent_runs(conn, Some("nightly_sync"), history)?);
     Ok(RunReport {
-        district: context.config.district_name().to_string(),
+        district: context.district()?.to_string(),
         run_id: input.run_id,
         started_at: input.started_at,
         finished_at: utc_now(),

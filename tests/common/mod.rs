@@ -108,6 +108,21 @@ impl Drop for TestDb {
     }
 }
 
+/// `cpsync` with a config that names the district (the report, its email
+/// and the export refuse to run without one).
+#[allow(dead_code)]
+pub fn cpsync_in_district(args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let config = dir.path().join("cpsync.toml");
+    std::fs::write(&config, "district = \"Test District\"\n").expect("the config is written");
+    let config = config.display().to_string();
+    let all: Vec<&str> = ["--config", config.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    cpsync(&all)
+}
+
 /// Runs the built `cpsync` binary; returns (exit code, stdout, stderr).
 pub fn cpsync(args: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpsync"))
