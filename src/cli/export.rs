@@ -70,7 +70,8 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     context.district()?;
     let started = chrono::Utc::now().naive_utc();
     let run_id = runs::start_run(&mut conn, TASK_NAME, &args.trigger, args.dry_run, started)?;
-    match export(&mut conn, context, &args, &destination, run_id, started) {
+    let ended = export(&mut conn, context, &args, &destination, run_id, started);
+    let result = match ended {
         Ok(summary) => finish(&mut conn, run_id, &summary),
         Err(error) => {
             let message = format!("{error:#}");
@@ -89,7 +90,9 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
             }
             Err(error.context(format!("export run {run_id} failed")))
         }
-    }
+    };
+    super::task::write_metrics(&mut conn);
+    result
 }
 
 fn destination(context: &Context, args: &Args) -> anyhow::Result<Destination> {

@@ -71,7 +71,7 @@ pub fn set_metrics_dir(dir: Option<std::path::PathBuf>) {
 }
 
 /// Rewrites the metrics file after a run; a failure is logged, never the run's.
-fn write_metrics(conn: &mut DbConnection) {
+pub fn write_metrics(conn: &mut DbConnection) {
     let dir = METRICS_DIR
         .lock()
         .unwrap_or_else(|e| e.into_inner())
