@@ -335,3 +335,46 @@ fn batch_runs_every_step_even_after_a_failure() {
         batch_runs_every_step(backend);
     }
 }
+
+/// A nightly that cannot reach the database has no run to record and no
+/// report to build; the office still gets a short email saying nothing was
+/// checked, and the command exits 1.
+#[test]
+fn an_unreachable_database_still_tells_the_office() {
+    let domain = format!("nodb-{}.example", std::process::id());
+    let reports = tempfile::tempdir().unwrap();
+    let config = config(reports.path(), &domain);
+    let missing = reports.path().join("no-such-folder").join("genesis.db");
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(config.path())
+        .args([
+            "--database-url",
+            &format!("sqlite://{}", missing.display()),
+            "nightly",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert_eq!(messages_from(&domain), 1, "the office was told: {stderr}");
+    // A dry run by hand mails nobody, database or not.
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(config.path())
+        .args([
+            "--database-url",
+            &format!("sqlite://{}", missing.display()),
+            "nightly",
+            "--dry-run",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(messages_from(&domain), 1, "no mail for a dry run");
+}

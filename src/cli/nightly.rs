@@ -66,7 +66,13 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let command_started = std::time::Instant::now();
-    let mut conn = context.connect()?;
+    let mut conn = match context.connect() {
+        Ok(conn) => conn,
+        Err(error) => {
+            mail_database_unreachable(context, &args, &error);
+            return Err(error);
+        }
+    };
     if let Some((refusal, code)) = refuse_scope(&mut conn, &args)? {
         eprintln!("cpsync: {refusal}; nothing was done");
         return Ok(code);
@@ -207,6 +213,40 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
 
 /// Why the asked scope cannot run (checked before the lock is taken):
 /// a reversed date range, or a student Genesis does not have.
+/// Without a database there is no run to record and no report to build:
+/// the office still hears that nothing was checked, by a short email, when
+/// this run would have mailed it (a whole-district run with its report, or
+/// `--email`) and SMTP is configured. Its own failure is only printed.
+fn mail_database_unreachable(context: &Context, args: &Args, error: &anyhow::Error) {
+    let scoped = args.from.is_some() || args.to.is_some() || args.student.is_some();
+    let mails = !args.no_report && (args.email || !(scoped || args.dry_run));
+    let (Some(smtp), Some(district), true) = (
+        context.config.smtp.as_ref(),
+        context.config.district_name(),
+        mails,
+    ) else {
+        return;
+    };
+    let sent = crate::report::email::mailboxes(&smtp.from, &smtp.to).and_then(|(from, to)| {
+        let message = crate::report::email::database_unreachable_message(
+            district,
+            utc_now().date(),
+            &super::one_line_chain(error),
+            &from,
+            &to,
+        )?;
+        crate::report::email::SmtpSender::connect_settings(smtp)?.send(&message)
+    });
+    match sent {
+        Ok(()) => {
+            eprintln!("cpsync: the office was told by email that the database could not be reached")
+        }
+        Err(mail_error) => eprintln!(
+            "cpsync: the email saying the database could not be reached failed too: {mail_error}"
+        ),
+    }
+}
+
 /// Why the scope cannot be run, with the exit code: a reversed date range
 /// is a wrong command line (2); a student Genesis does not have is refused
 /// like an unknown id in every command (1).

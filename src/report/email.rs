@@ -193,6 +193,39 @@ fn content_type(text: &str) -> Result<ContentType, MailError> {
     ContentType::parse(text).map_err(|e| MailError::Build(e.to_string()))
 }
 
+/// The short email for a night the database could not be reached: no run
+/// could be recorded and no report built, so this is the office's only
+/// word that nothing was checked. Plain text, no student data; the error is
+/// the connection error as cpsync prints it (passwords already redacted).
+pub fn database_unreachable_message(
+    district: &str,
+    date: chrono::NaiveDate,
+    error: &str,
+    from: &Mailbox,
+    to: &[Mailbox],
+) -> Result<Message, MailError> {
+    let mut builder = Message::builder().from(from.clone()).subject(format!(
+        "[cpsync] {} — {date} — Failed: the database could not be reached",
+        one_line(district)
+    ));
+    for recipient in to {
+        builder = builder.to(recipient.clone());
+    }
+    let body = format!(
+        "FAILED\n\
+         The nightly reconciliation could not reach the database, so nothing was checked\n\
+         or changed tonight and no run could be recorded.\n\n\
+         Error: {}\n\n\
+         The next scheduled run tries again. Once the database is back, it is safe to\n\
+         run it now by hand: cpsync batch (or cpsync nightly).\n",
+        one_line(error)
+    );
+    builder
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| MailError::Build(e.to_string()))
+}
+
 /// Delivers the run's report email once: over SMTP when `smtp` is set
 /// (skipped if this run's email was already sent, unless `resend`), else
 /// written as the `.eml` beside the report files. Recorded either way.
