@@ -384,3 +384,37 @@ fn an_echoed_api_key_is_scrubbed_from_errors() {
 fn first_intent_key(push: &cpsync::domain::FeePush) -> String {
     intent_key(push.genesis_fee_id, 1, &push_digest(push))
 }
+
+/// A `--json` command that fails still prints one JSON object (the error
+/// and the exit code) for the scheduler reading it, and the line on stderr.
+#[test]
+fn a_failing_json_command_prints_a_json_error() {
+    let missing = tempfile::tempdir()
+        .unwrap()
+        .path()
+        .join("gone")
+        .join("x.db");
+    let url = format!("sqlite://{}", missing.display());
+    for args in [
+        &["runs", "--json"][..],
+        &["nightly", "--json", "--no-report"][..],
+    ] {
+        let all: Vec<&str> = ["--database-url", url.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (code, stdout, stderr) = cpsync(&all);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        let error: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {stdout:?}"));
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("does not exist"),
+            "{error}"
+        );
+        assert_eq!(error["exit_code"], 1);
+        assert!(stderr.contains("does not exist"), "{stderr}");
+    }
+}

@@ -211,6 +211,7 @@ impl Context {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = std::env::args().any(|arg| arg == "--json");
     init_logging(cli.log_format, cli.verbose);
     install_panic_hook();
     match run(cli) {
@@ -222,7 +223,15 @@ pub fn main() -> ExitCode {
             _ => ExitCode::from(code),
         },
         Err(error) => {
-            eprintln!("cpsync: error: {}", one_line_chain(&error));
+            let message = one_line_chain(&error);
+            eprintln!("cpsync: error: {message}");
+            if json {
+                // A scheduler reading --json output gets an object, not nothing.
+                out!(
+                    "{}",
+                    serde_json::json!({"error": message, "exit_code": exit::FAILURE})
+                );
+            }
             ExitCode::from(exit::FAILURE)
         }
     }
