@@ -1,5 +1,5 @@
 //! Every wait has a deadline (issue 17): hostile peers as real sockets on
-//! loopback — a body trickled at 1 byte/s, a server that accepts and never
+//! loopback — a body or the headers trickled at 1 byte/s, a server that accepts and never
 //! answers, a huge `Retry-After`, 4xx answers, a PostgreSQL "server" that
 //! accepts and never answers — each must end within its documented bound
 //! (with margin) with a clear message, never retried when a retry cannot
@@ -68,6 +68,28 @@ fn a_body_trickled_at_one_byte_a_second_ends_at_the_deadline() {
         "{text}"
     );
     assert!(!text.contains(KEY));
+}
+
+#[test]
+fn headers_trickled_at_one_byte_a_second_end_at_the_deadline() {
+    // The status line and the headers themselves arrive a byte a second:
+    // the attempt's deadline runs from sending the request, so the head
+    // cannot stretch it any more than the body can.
+    let server = HostileServer::start_raw(Box::new(|mut stream| {
+        hostile::trickle(&mut stream, &head(10), Duration::from_secs(1));
+    }));
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+        3,
+    );
+    let started = Instant::now();
+    let error = client.test_pull().expect_err("cannot finish in time");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2) + MARGIN, "took {took:?}");
+    assert!(matches!(error, PortalError::Timeout { .. }), "{error}");
+    assert!(!error.to_string().contains(KEY));
 }
 
 #[test]
