@@ -26,8 +26,8 @@ use crate::sim::{AdminClient, ParentAction};
 pub const NIGHTS_MAX: u32 = 90;
 /// The first id of the fees the office adds during the nights.
 const NIGHT_FEE_ID_FIRST: i64 = 9_100_000;
-/// Share of the open fees a parent pays on one night.
-const PAID_PER_NIGHT: f64 = 0.015;
+/// Open fees a parent pays on one night, per thousand (at least one).
+const PAID_PER_MILLE_PER_NIGHT: usize = 15;
 
 /// Runs one cpsync command in-process; returns its exit code.
 pub type Command<'a> = &'a dyn Fn(&[&str]) -> anyhow::Result<u8>;
@@ -169,7 +169,7 @@ impl Nights<'_> {
     ) -> anyhow::Result<()> {
         let mut open = self.open_fees()?;
         open.shuffle(rng);
-        let count = ((open.len() as f64 * PAID_PER_NIGHT) as usize).max(1);
+        let count = (open.len() * PAID_PER_MILLE_PER_NIGHT / 1_000).max(1);
         let mut actions = Vec::new();
         for fee in open.iter().take(count) {
             let at = now - Duration::minutes(rng.gen_range(60..600));
