@@ -79,6 +79,20 @@ impl TestDb {
         }
     }
 
+    /// A migrated SQLite database in `dir` (which outlives it).
+    pub fn migrated_sqlite_in(dir: &std::path::Path) -> TestDb {
+        let url_text = format!("sqlite://{}", dir.join("genesis.db").display());
+        let test_db = TestDb {
+            url: DatabaseUrl::parse(&url_text).unwrap(),
+            url_text,
+            _dir: None,
+            pg_admin: None,
+        };
+        let mut conn = test_db.connect_creating();
+        db::migrate::run_pending(&mut conn).expect("migrations apply");
+        test_db
+    }
+
     /// A database with every migration applied.
     pub fn migrated(backend: Backend) -> TestDb {
         let test_db = TestDb::empty(backend);

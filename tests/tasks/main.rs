@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod disk_full;
 mod payments;
 mod portal_view;
 mod preflight;
@@ -41,6 +42,12 @@ pub struct Env {
 
 impl Env {
     pub fn new(backend: Backend) -> Env {
+        Env::with_db(TestDb::migrated(backend))
+    }
+
+    /// An environment around a database made elsewhere (a SQLite file on
+    /// a small disk, say).
+    pub fn with_db(db: TestDb) -> Env {
         let sim = Simulator::start(SimConfig::new(Secret::new(API_KEY))).expect("simulator");
         let admin = sim.admin().expect("admin client");
         let portal = HttpPortal::new(HttpPortalConfig::new(sim.base_url(), Secret::new(API_KEY)))
@@ -48,7 +55,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("api-key"), format!("{API_KEY}\n")).expect("key file");
         Env {
-            db: TestDb::migrated(backend),
+            db,
             sim,
             admin,
             portal,

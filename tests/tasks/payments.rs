@@ -124,15 +124,18 @@ fn each_payment_posted_once(backend: Backend) {
     }
     env.ok(&["get-payments"]);
 
-    // The vendor's own log, read raw (not through cpsync's client), against
-    // what Genesis holds: each transaction once, on its fee, with its kind
-    // and amount.
-    let log = super::common::raw_vendor_transactions(&env.sim.base_url(), super::API_KEY);
     assert!(
-        log.len() >= ROUNDS * 2 + 2,
-        "the scenario made payments: {}",
-        log.len()
+        each_vendor_txn_posted_once(&env, &mut env.conn()) >= ROUNDS * 2 + 2,
+        "the scenario made payments"
     );
+}
+
+/// The vendor's own log, read raw (not through cpsync's client), against
+/// what Genesis holds: each transaction once, on its fee, with its kind and
+/// amount, none invented, one audit row per posting. Returns how many
+/// transactions the vendor holds. `conn` is the Genesis database.
+pub fn each_vendor_txn_posted_once(env: &Env, conn: &mut cpsync::db::DbConnection) -> usize {
+    let log = super::common::raw_vendor_transactions(&env.sim.base_url(), super::API_KEY);
     let mut expected: Vec<(String, i64, String, i64)> = log
         .iter()
         .map(|t| {
@@ -141,7 +144,7 @@ fn each_payment_posted_once(backend: Backend) {
         })
         .collect();
     expected.sort();
-    let mut posted: Vec<(String, i64, String, i64)> = genesis::load_txns(&mut env.conn(), None)
+    let mut posted: Vec<(String, i64, String, i64)> = genesis::load_txns(conn, None)
         .unwrap()
         .records
         .into_iter()
@@ -159,9 +162,10 @@ fn each_payment_posted_once(backend: Backend) {
     let audited: i64 = cp_audit_log::table
         .filter(cp_audit_log::action.like("posted_%"))
         .count()
-        .get_result(&mut env.conn())
+        .get_result(conn)
         .unwrap();
     assert_eq!(audited as usize, in_cp, "one audit row per posting");
+    in_cp
 }
 
 #[test]
