@@ -98,6 +98,15 @@ pub struct CommunityPassConfig {
     /// The budget of one call, all its attempts and waits together.
     #[serde(default = "default_call_budget_secs")]
     pub call_budget_secs: u64,
+    /// The waiting between retries one run may spend, all calls together;
+    /// once spent, failed calls are not retried and the work is left for
+    /// the next run.
+    #[serde(default = "default_retry_wait_budget_secs")]
+    pub retry_wait_budget_secs: u64,
+}
+
+fn default_retry_wait_budget_secs() -> u64 {
+    crate::retry::RUN_WAIT_BUDGET_DEFAULT.as_secs()
 }
 
 fn default_connect_timeout_secs() -> u64 {

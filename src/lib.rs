@@ -15,6 +15,7 @@ pub mod portal_view;
 pub mod preflight;
 pub mod reconcile;
 pub mod report;
+pub mod retry;
 pub mod review;
 pub mod scenario;
 pub mod secret;

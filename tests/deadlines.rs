@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::hostile::{self, HostileServer};
-use cpsync::portal::http::{HttpPortal, HttpPortalConfig};
+use cpsync::portal::http::{HttpPortal, HttpPortalConfig, RunBudget};
 use cpsync::portal::{CommunityPass, PortalError};
 use cpsync::secret::Secret;
 
@@ -29,7 +29,7 @@ fn portal(
     let mut config = HttpPortalConfig::new(base_url, Secret::new(KEY));
     config.connect_timeout = Duration::from_secs(1);
     config.request_timeout = request_timeout;
-    config.call_budget = call_budget;
+    config.retry.call_budget = call_budget;
     config.retry.retries = retries;
     config.retry.backoff_base = Duration::from_millis(50);
     config.retry.backoff_max = Duration::from_millis(200);
@@ -309,4 +309,49 @@ fn a_rejected_tls_certificate_is_never_retried() {
         "{:?}",
         client.retry_stats()
     );
+}
+
+/// A vendor failing every call cannot stretch a run: the waiting between
+/// retries is one budget for all the run's calls. Once it is spent, calls
+/// fail at their first failure, saying why, and the run ends.
+#[test]
+fn the_run_budget_of_waiting_bounds_every_call_of_a_run() {
+    let server = HostileServer::start(Box::new(|_| {
+        hostile::http(503, b"{\"code\":\"unavailable\",\"message\":\"down\"}")
+    }));
+    let mut config = HttpPortalConfig::new(server.base_url.as_str(), Secret::new(KEY));
+    config.retry.retries = 8;
+    config.retry.backoff_base = Duration::from_millis(100);
+    config.retry.backoff_max = Duration::from_millis(100);
+    config.run_budget = RunBudget::new(Duration::from_millis(500));
+    let client = HttpPortal::new(config).unwrap();
+    let started = Instant::now();
+    let errors: Vec<String> = (0..20)
+        .map(|_| client.test_pull().expect_err("always 503").to_string())
+        .collect();
+    let took = started.elapsed();
+    // 500 ms of waiting in all (each wait 50..=100 ms), where twenty calls
+    // of eight retries each could have waited up to 16 s.
+    assert!(took < Duration::from_millis(500) + MARGIN, "took {took:?}");
+    let requests = server.requests.load(Ordering::SeqCst);
+    assert!(
+        (20 + 5..=20 + 10).contains(&requests),
+        "twenty calls and the retries 500 ms allows: {requests}"
+    );
+    let spent = errors
+        .iter()
+        .filter(|e| {
+            e.contains("gave up after 1 attempt(s)") && e.contains("retry_wait_budget_secs")
+        })
+        .count();
+    assert!(
+        spent >= 10,
+        "calls told the run's budget is spent: {spent}\n{errors:#?}"
+    );
+    // The next run (watch's next pass) starts with its whole allowance.
+    client.renew_run_budget();
+    let before = server.requests.load(Ordering::SeqCst);
+    client.test_pull().expect_err("always 503");
+    let retried = server.requests.load(Ordering::SeqCst) - before - 1;
+    assert!((5..=8).contains(&retried), "retried again: {retried}");
 }

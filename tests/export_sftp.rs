@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use cpsync::export::oneroster::{MANIFEST_FILE, USERS_FILE, USERS_HEADER};
-use cpsync::export::sftp::{self, RetryPolicy, SftpError, SftpTarget, OLD_SUFFIX, PART_SUFFIX};
+use cpsync::export::sftp::{self, SftpError, SftpTarget, OLD_SUFFIX, PART_SUFFIX};
 use cpsync::export::{self, Bundle, Snapshot};
+use cpsync::retry::RetryPolicy;
 use cpsync::seed::{self, SeedOptions};
 
 const RUN_DATE: (i32, u32, u32) = (2026, 11, 27);
@@ -78,10 +79,10 @@ fn run_date() -> NaiveDate {
 
 fn fast_retries(attempts_max: u32) -> RetryPolicy {
     RetryPolicy {
-        attempts_max,
-        backoff_initial: Duration::from_millis(20),
+        retries: attempts_max - 1,
+        backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
-        deadline: Duration::from_secs(600),
+        ..sftp::retry_policy_default()
     }
 }
 
@@ -405,7 +406,7 @@ fn a_server_that_stops_answering_mid_upload_ends_at_the_deadline() {
     let base = fresh_remote_dir(&env, "stalled");
     let through_proxy = target(&env, proxy_port, &known_hosts, &base);
     let policy = RetryPolicy {
-        deadline: Duration::from_secs(3),
+        call_budget: Duration::from_secs(3),
         ..fast_retries(3)
     };
     let started = std::time::Instant::now();

@@ -36,6 +36,7 @@ fn fast_retry(retries: u32) -> RetryPolicy {
         backoff_base: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         retry_after_max: Duration::from_secs(2),
+        call_budget: Duration::from_secs(120),
     }
 }
 

@@ -14,7 +14,7 @@ use super::{exit, Context};
 use crate::db::genesis;
 use crate::db::runs::{self, RunCounts, RunStatus};
 use crate::db::{tasks, DbConnection};
-use crate::export::sftp::{self, RetryPolicy, SftpTarget, UploadReport};
+use crate::export::sftp::{self, SftpTarget, UploadReport};
 use crate::export::{self, check, local, Bundle, FileSummary, Omitted, Snapshot, TASK_NAME};
 
 #[derive(Debug, clap::Args)]
@@ -194,7 +194,12 @@ fn deliver(
             })
         }
         Destination::Sftp(target) => {
-            let report = sftp::upload(target, run_date(), &bundle.files, &RetryPolicy::default())?;
+            let report = sftp::upload(
+                target,
+                run_date(),
+                &bundle.files,
+                &sftp::retry_policy_default(),
+            )?;
             Ok(DestinationSummary::Sftp(report))
         }
         Destination::Nowhere => anyhow::bail!("nowhere to send the files: give --to DIR or --sftp"),

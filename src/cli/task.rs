@@ -211,7 +211,7 @@ pub fn interactive_portal(
 ) -> anyhow::Result<HttpPortal> {
     let mut config = portal_config(context, conn)?;
     config.page_size = crate::portal::PAGE_SIZE_DEFAULT;
-    config.call_budget = config.call_budget.min(INTERACTIVE_CALL_BUDGET);
+    config.retry.call_budget = config.retry.call_budget.min(INTERACTIVE_CALL_BUDGET);
     config.request_timeout = config.request_timeout.min(INTERACTIVE_REQUEST_TIMEOUT);
     config.connect_timeout = config.connect_timeout.min(INTERACTIVE_REQUEST_TIMEOUT);
     HttpPortal::new(config).context("building the Community Pass client")
@@ -246,7 +246,9 @@ fn portal_config(
     if let Some(section) = section {
         config.connect_timeout = Duration::from_secs(section.connect_timeout_secs);
         config.request_timeout = Duration::from_secs(section.request_timeout_secs);
-        config.call_budget = Duration::from_secs(section.call_budget_secs);
+        config.retry.call_budget = Duration::from_secs(section.call_budget_secs);
+        config.run_budget =
+            crate::retry::RunBudget::new(Duration::from_secs(section.retry_wait_budget_secs));
     }
     Ok(config)
 }

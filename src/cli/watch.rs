@@ -346,6 +346,7 @@ fn pass(
         return Ok(Pass::Blocked);
     }
     let portal = client_for(context, conn, client, &setup)?;
+    portal.renew_run_budget();
     let mut report: Option<PushReport> = None;
     let exit_code = run_task(conn, task::SEND_FEES, "watch", false, |conn, run_id| {
         let drained =

@@ -30,6 +30,7 @@ use ssh2::{
 
 use super::{ExportFile, Sha256Stream};
 use crate::config::{SecretSource, SftpConfig};
+use crate::retry::{self, Exhausted, Failed, GaveUp, RetryPolicy, RunBudget};
 use crate::secret::{Secret, SecretError};
 
 /// How long opening the TCP connection may take.
@@ -203,34 +204,16 @@ impl SftpTarget {
     }
 }
 
-/// How often to try, and how long to wait in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub attempts_max: u32,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// The whole upload's deadline (`UPLOAD_DEADLINE_SECS`).
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts_max: UPLOAD_ATTEMPTS_MAX,
-            backoff_initial: Duration::from_millis(BACKOFF_INITIAL_MS),
-            backoff_max: Duration::from_millis(BACKOFF_MAX_MS),
-            deadline: Duration::from_secs(UPLOAD_DEADLINE_SECS),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(16);
-        self.backoff_initial
-            .saturating_mul(1 << doublings)
-            .min(self.backoff_max)
+/// The upload's retry policy unless a caller gives another: at most
+/// `UPLOAD_ATTEMPTS_MAX` attempts, backoff from `BACKOFF_INITIAL_MS` up to
+/// `BACKOFF_MAX_MS`, and `UPLOAD_DEADLINE_SECS` for the whole upload.
+pub fn retry_policy_default() -> RetryPolicy {
+    RetryPolicy {
+        retries: UPLOAD_ATTEMPTS_MAX - 1,
+        backoff_base: Duration::from_millis(BACKOFF_INITIAL_MS),
+        backoff_max: Duration::from_millis(BACKOFF_MAX_MS),
+        retry_after_max: Duration::ZERO,
+        call_budget: Duration::from_secs(UPLOAD_DEADLINE_SECS),
     }
 }
 
@@ -264,7 +247,8 @@ pub fn dated_dir(remote_dir: &str, run_date: NaiveDate) -> String {
 }
 
 /// Uploads `files` (in order) into the run date's folder, retrying network
-/// and server failures up to `policy.attempts_max` times.
+/// and server failures within `policy` (`crate::retry`): its retries, and
+/// its `call_budget` as the deadline of the whole upload.
 pub fn upload(
     target: &SftpTarget,
     run_date: NaiveDate,
@@ -273,45 +257,49 @@ pub fn upload(
 ) -> Result<UploadReport, SftpError> {
     target.validate()?;
     let dir = dated_dir(&target.remote_dir, run_date);
-    let attempts_max = policy.attempts_max.max(1);
-    let until = Instant::now() + policy.deadline;
     let past_deadline = || SftpError::Deadline {
         target: target.label(),
-        secs: policy.deadline.as_secs(),
+        secs: policy.call_budget.as_secs(),
     };
-    let mut attempt = 1;
-    loop {
-        match upload_once(target, &dir, files, until) {
-            Ok(uploaded) => {
-                return Ok(UploadReport {
-                    host: target.host.clone(),
-                    port: target.port,
-                    remote_dir: dir,
-                    attempts: attempt,
-                    files: uploaded,
-                })
+    // One upload is the run's only call: its budget is the whole upload's.
+    let run_budget = RunBudget::new(policy.call_budget);
+    let mut attempts = 0;
+    let uploaded = retry::run(
+        policy,
+        &run_budget,
+        |attempt, until| {
+            attempts = attempt;
+            match upload_once(target, &dir, files, until) {
+                Ok(uploaded) => Ok(uploaded),
+                // Out of time (libssh2's own timeout, cut to the deadline,
+                // or our check between operations): say so, whatever failed.
+                Err(_) if Instant::now() >= until => Err(Failed::Final(past_deadline())),
+                Err(error) if error.is_retryable() => Err(Failed::Transient { error, after: None }),
+                Err(error) => Err(Failed::Final(error)),
             }
-            // Out of time (libssh2's own timeout, cut to the deadline, or
-            // our check between operations): say so, whatever failed.
-            Err(_) if Instant::now() >= until => return Err(past_deadline()),
-            Err(error) if !error.is_retryable() => return Err(error),
-            Err(error) if attempt >= attempts_max => {
-                return Err(SftpError::AttemptsExhausted {
-                    target: target.label(),
-                    attempts: attempt,
-                    last: Box::new(error),
-                })
-            }
-            Err(error) => {
-                let wait = policy.backoff(attempt);
-                if Instant::now() + wait >= until {
-                    return Err(past_deadline());
-                }
-                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %error, "upload attempt failed; retrying");
-                std::thread::sleep(wait);
-                attempt += 1;
-            }
-        }
+        },
+        |error, attempt, wait| {
+            tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %error, "upload attempt failed; retrying");
+        },
+    );
+    match uploaded {
+        Ok(uploaded) => Ok(UploadReport {
+            host: target.host.clone(),
+            port: target.port,
+            remote_dir: dir,
+            attempts,
+            files: uploaded,
+        }),
+        Err(GaveUp::Final(error)) => Err(error),
+        Err(GaveUp::Exhausted {
+            why: Exhausted::CallBudget { .. } | Exhausted::RunBudget { .. },
+            ..
+        }) => Err(past_deadline()),
+        Err(GaveUp::Exhausted { last, attempts, .. }) => Err(SftpError::AttemptsExhausted {
+            target: target.label(),
+            attempts,
+            last: Box::new(last),
+        }),
     }
 }
 
@@ -536,11 +524,12 @@ impl Remote {
     }
 
     fn error(&self, operation: &'static str, path: &str, reason: String) -> SftpError {
-        if Instant::now() >= self.until {
-            // Out of time: the handles closed on the way out (file, SFTP
-            // channel) must not each wait again for an answer.
-            self.session.set_timeout(1);
-        }
+        // This attempt is over (the next one, if any, opens a new
+        // connection): the handles closed on the way out (file, SFTP
+        // channel) must not each wait again for an answer. Waiting only
+        // when the deadline had passed missed an operation that timed out
+        // a moment before it, and each close then waited up to seconds.
+        self.session.set_timeout(1);
         SftpError::Remote {
             target: self.target.clone(),
             operation,
@@ -824,18 +813,6 @@ mod tests {
         assert_eq!(dated_dir("/", date), "/2026-11-27");
         assert_eq!(dated_dir(".", date), "./2026-11-27");
         assert_eq!(dated_dir("", date), "2026-11-27");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let policy = RetryPolicy {
-            attempts_max: 5,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(350),
-            ..RetryPolicy::default()
-        };
-        let waits: Vec<u128> = (1..=4).map(|a| policy.backoff(a).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 350, 350]);
     }
 
     #[test]

@@ -31,13 +31,10 @@ use super::{
     RAW_RECORD_CHARS_MAX,
 };
 use crate::domain::{FeeId, FeePush, PatronBalance, UnmanagedFee, VendorFee, VendorTxn};
+use crate::retry::{self, Exhausted, Failed, GaveUp};
 use crate::secret::Secret;
 
-/// The most retries of one request, whatever the policy says.
-pub const RETRIES_MAX: u32 = 10;
-/// The longest `Retry-After` the client waits; a longer ask fails the call
-/// at once (so does one longer than what is left of the call's budget).
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+pub use crate::retry::{RetryPolicy, RunBudget, RETRIES_MAX, RETRY_AFTER_MAX};
 /// Connect timeout unless configured (`connect_timeout_secs`).
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Whole-attempt deadline unless configured (`request_timeout_secs`).
@@ -71,28 +68,16 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// How hard the client tries before giving up on one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt; capped at `RETRIES_MAX`.
-    pub retries: u32,
-    /// The first backoff; doubled on each retry.
-    pub backoff_base: Duration,
-    /// The largest backoff between two attempts.
-    pub backoff_max: Duration,
-    /// The longest `Retry-After` waited (capped at `RETRY_AFTER_MAX`); a
-    /// longer one fails the call at once.
-    pub retry_after_max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            retries: 8,
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(10),
-            retry_after_max: Duration::from_secs(30),
-        }
+/// The retry policy of Community Pass calls unless configured: 8 retries,
+/// backoff from 200 ms to 10 s, a `Retry-After` of up to 30 s honoured,
+/// `CALL_BUDGET_DEFAULT` for the whole call.
+pub fn retry_policy_default() -> RetryPolicy {
+    RetryPolicy {
+        retries: 8,
+        backoff_base: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(10),
+        retry_after_max: Duration::from_secs(30),
+        call_budget: CALL_BUDGET_DEFAULT,
     }
 }
 
@@ -105,10 +90,13 @@ pub struct HttpPortalConfig {
     pub connect_timeout: Duration,
     /// The bound of one attempt, from sending to the last body byte.
     pub request_timeout: Duration,
-    /// The bound of one call: all its attempts and the waits between them.
-    pub call_budget: Duration,
     pub page_size: u32,
+    /// Retries of one call; `retry.call_budget` bounds all its attempts
+    /// and the waits between them.
     pub retry: RetryPolicy,
+    /// The waiting between retries this client's run may spend, every
+    /// call together.
+    pub run_budget: RunBudget,
 }
 
 impl HttpPortalConfig {
@@ -118,9 +106,9 @@ impl HttpPortalConfig {
             api_key,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
-            call_budget: CALL_BUDGET_DEFAULT,
             page_size: PAGE_SIZE_DEFAULT,
-            retry: RetryPolicy::default(),
+            retry: retry_policy_default(),
+            run_budget: RunBudget::default(),
         }
     }
 }
@@ -133,8 +121,8 @@ pub struct HttpPortal {
     api_key: Secret,
     page_size: u32,
     retry: RetryPolicy,
+    run_budget: RunBudget,
     request_timeout: Duration,
-    call_budget: Duration,
     counter: RetryCounter,
 }
 
@@ -230,6 +218,21 @@ struct Failure {
     cause: Option<RetryCause>,
 }
 
+impl Failure {
+    /// As the shared retry loop sees it: transient (with the server's
+    /// `Retry-After`, if any) when it has a retry cause, else final.
+    fn into_retry(self) -> Failed<Failure> {
+        if self.cause.is_none() {
+            return Failed::Final(self);
+        }
+        let after = match &self.error {
+            PortalError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        Failed::Transient { error: self, after }
+    }
+}
+
 /// A successful answer: its headers and body bytes.
 struct Answer {
     headers: HeaderMap,
@@ -274,10 +277,16 @@ impl HttpPortal {
             api_key: config.api_key,
             page_size: config.page_size,
             retry: config.retry,
+            run_budget: config.run_budget,
             request_timeout: config.request_timeout,
-            call_budget: config.call_budget,
             counter: RetryCounter::default(),
         })
+    }
+
+    /// Gives the next run its whole allowance of waiting between retries
+    /// (for a client that serves many runs, as `watch`'s does).
+    pub fn renew_run_budget(&self) {
+        self.run_budget.renew();
     }
 
     fn url(&self, path: &str, query: &[(&str, String)]) -> Url {
@@ -300,83 +309,57 @@ impl HttpPortal {
             .header(reqwest::header::ACCEPT, "application/json")
     }
 
-    /// Sends a request, retrying transient failures within the policy and
-    /// the call's budget. `record` names what is being fetched, for errors.
+    /// Sends a request, retrying transient failures within the policy, the
+    /// call's budget and the run's (`crate::retry`). `record` names what is
+    /// being fetched, for errors.
     fn execute(
         &self,
         record: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Answer, PortalError> {
         self.counter.record_request();
-        let retries = self.retry.retries.min(RETRIES_MAX);
-        let started = Instant::now();
-        let budget_end = started + self.call_budget;
-        let mut attempt = 0;
-        loop {
-            let attempt_end = (Instant::now() + self.request_timeout).min(budget_end);
-            let Failure { error, cause } = match self.attempt(record, build(), attempt_end) {
-                Ok(answer) => return Ok(answer),
-                Err(failure) => failure,
-            };
-            let Some(cause) = cause else {
-                return Err(error);
-            };
-            let spent = |why: &str| {
-                with_note(
-                    error.clone(),
-                    &format!(
-                        "gave up after {} attempt(s) in {:.1}s: {why}",
-                        attempt + 1,
-                        started.elapsed().as_secs_f64()
-                    ),
-                )
-            };
-            if attempt >= retries {
-                return Err(spent(&format!(
-                    "retries = {retries} (RETRIES_MAX = {RETRIES_MAX})"
-                )));
-            }
-            let remaining = budget_end.saturating_duration_since(Instant::now());
-            if let PortalError::RateLimited {
-                retry_after: Some(wait),
-                ..
-            } = &error
-            {
-                let longest = self
-                    .retry
-                    .retry_after_max
-                    .min(RETRY_AFTER_MAX)
-                    .min(remaining);
-                if *wait > longest {
-                    return Err(spent(&format!(
-                        "Retry-After asks for {}s, more than the {}s this call may still wait \
-                         (call_budget_secs = {}, RETRY_AFTER_MAX = {}s); not retried",
-                        wait.as_secs(),
-                        longest.as_secs(),
-                        self.call_budget.as_secs(),
-                        RETRY_AFTER_MAX.as_secs()
-                    )));
+        let outcome = retry::run(
+            &self.retry,
+            &self.run_budget,
+            |_, call_deadline| {
+                let attempt_end = (Instant::now() + self.request_timeout).min(call_deadline);
+                self.attempt(record, build(), attempt_end)
+                    .map_err(|failure| failure.into_retry())
+            },
+            |Failure { error, cause }, attempt, delay| {
+                if let Some(cause) = cause {
+                    self.counter.record_retry(*cause);
                 }
-            }
-            let delay = self.delay(attempt, &error);
-            if delay >= remaining {
-                return Err(spent(&format!(
-                    "the call's budget (call_budget_secs = {}) is spent",
-                    self.call_budget.as_secs()
-                )));
-            }
-            self.counter.record_retry(cause);
-            tracing::warn!(
-                record,
-                cause = ?cause,
-                attempt = attempt + 1,
-                delay_ms = delay.as_millis() as u64,
-                error = %error,
-                "retrying a Community Pass call"
-            );
-            std::thread::sleep(delay);
-            attempt += 1;
-        }
+                tracing::warn!(
+                    record,
+                    cause = ?cause,
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %error,
+                    "retrying a Community Pass call"
+                );
+            },
+        );
+        outcome.map_err(|gave_up| match gave_up {
+            GaveUp::Final(failure) => failure.error,
+            GaveUp::Exhausted {
+                last: Failure { error, .. },
+                attempts,
+                elapsed,
+                why,
+            } => with_note(
+                error,
+                &format!(
+                    "gave up after {attempts} attempt(s) in {:.1}s: {why}{}",
+                    elapsed.as_secs_f64(),
+                    match why {
+                        Exhausted::CallBudget { .. } | Exhausted::RetryAfterTooLong { .. } =>
+                            " (call_budget_secs)",
+                        _ => "",
+                    }
+                ),
+            ),
+        })
     }
 
     /// One attempt, over by `deadline` whatever the server does: the send
@@ -415,34 +398,11 @@ impl HttpPortal {
                      (request_timeout_secs = {}s for one attempt, call_budget_secs = {}s \
                      for the call); a server sending slowly cannot stretch it",
                     self.request_timeout.as_secs(),
-                    self.call_budget.as_secs()
+                    self.retry.call_budget.as_secs()
                 ),
             },
             cause: Some(RetryCause::Timeout),
         }
-    }
-
-    /// The wait before retry number `attempt + 1`: `Retry-After` when the
-    /// server gave one (capped), else exponential backoff with equal jitter.
-    fn delay(&self, attempt: u32, error: &PortalError) -> Duration {
-        let jitter_max = self.retry.backoff_base.as_millis() as u64;
-        let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_max));
-        if let PortalError::RateLimited {
-            retry_after: Some(wait),
-            ..
-        } = error
-        {
-            let cap = self.retry.retry_after_max.min(RETRY_AFTER_MAX);
-            return (*wait).min(cap) + jitter;
-        }
-        let exponential = self
-            .retry
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.retry.backoff_max);
-        let half = exponential / 2;
-        let spread = half.as_millis() as u64;
-        half + Duration::from_millis(rand::thread_rng().gen_range(0..=spread))
     }
 
     /// A failure below HTTP: a timeout, a refused or dropped connection
@@ -1111,25 +1071,5 @@ mod tests {
         assert!(!format!("{config:?}").contains("sk_hidden_42"));
         let portal = HttpPortal::new(config).unwrap();
         assert!(!format!("{portal:?}").contains("sk_hidden_42"));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut config = HttpPortalConfig::new("http://127.0.0.1:1", Secret::new("k"));
-        config.retry.backoff_base = Duration::from_millis(100);
-        config.retry.backoff_max = Duration::from_millis(1000);
-        let portal = HttpPortal::new(config).unwrap();
-        let busy = PortalError::Unavailable {
-            detail: "503".into(),
-        };
-        for attempt in 0..12 {
-            let delay = portal.delay(attempt, &busy);
-            assert!(delay <= Duration::from_millis(1000), "{delay:?}");
-        }
-        let limited = PortalError::RateLimited {
-            retry_after: Some(Duration::from_secs(600)),
-            message: String::new(),
-        };
-        assert!(portal.delay(0, &limited) <= Duration::from_millis(30_100));
     }
 }

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use lettre::message::header::ContentType;
@@ -26,6 +26,7 @@ use lettre::{Message, SmtpTransport, Transport};
 use crate::config::{ReportsConfig, SmtpConfig, SmtpTls};
 use crate::db::report_mail::{self, MailStatus, MailTransport, NewReportMail};
 use crate::db::{DbConnection, DbError};
+use crate::retry::{self, Failed, GaveUp, RetryPolicy, RunBudget};
 use crate::secret::{Secret, SecretError, REDACTED};
 
 use super::files::{report_file_stem, write_private_file, ReportFiles};
@@ -331,6 +332,11 @@ pub struct SmtpSender {
 /// the message) may take this many times `smtp.timeout_secs`: a server
 /// that trickles its answers cannot stretch a send beyond it.
 pub const SEND_DEADLINE_READS: u32 = 4;
+/// Retries of a send the server refused for now (a 4xx reply, a refused
+/// connection), all within the send's deadline.
+pub const SEND_RETRIES: u32 = 2;
+/// The first wait before such a retry; doubled, up to four times it.
+pub const SEND_BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 impl SmtpSender {
     /// Validates the settings (plain text only to loopback), loads the
@@ -372,14 +378,52 @@ impl SmtpSender {
         })
     }
 
-    /// Sends one message within the whole-send deadline; the error names
-    /// the server and says what happened in words, never the password.
+    /// Sends one message within the whole-send deadline, trying again
+    /// (`crate::retry`) when the server refuses for now (a 4xx reply) or
+    /// refuses the connection — answers that mean the message was not
+    /// taken; a timeout is not retried (the server may hold the message).
+    /// The error names the server and says what happened in words, never
+    /// the password.
     pub fn send(&self, message: &Message) -> Result<(), MailError> {
+        let policy = RetryPolicy {
+            retries: SEND_RETRIES,
+            backoff_base: SEND_BACKOFF_BASE,
+            backoff_max: SEND_BACKOFF_BASE * 4,
+            retry_after_max: Duration::ZERO,
+            call_budget: self.deadline,
+        };
+        let outcome = retry::run(
+            &policy,
+            &RunBudget::new(self.deadline),
+            |_, until| self.send_attempt(message, until),
+            |error, attempt, wait| {
+                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, %error, "the mail server refused for now; retrying");
+            },
+        );
+        outcome.map_err(|gave_up| match gave_up {
+            GaveUp::Final(error) => error,
+            GaveUp::Exhausted {
+                last,
+                attempts,
+                why,
+                ..
+            } => match last {
+                MailError::Send { host, port, reason } => MailError::Send {
+                    host,
+                    port,
+                    reason: format!("{reason} (gave up after {attempts} attempt(s): {why})"),
+                },
+                other => other,
+            },
+        })
+    }
+
+    /// One SMTP conversation, over by `until` whatever the server does: it
+    /// runs on its own thread, and a thread left behind ends at its next
+    /// read timeout, or with the process.
+    fn send_attempt(&self, message: &Message, until: Instant) -> Result<(), Failed<MailError>> {
         let (sent, outcome) = std::sync::mpsc::channel();
         let (transport, message) = (self.transport.clone(), message.clone());
-        // The conversation runs on its own thread so the deadline holds
-        // whatever the server does; a thread left behind ends at its next
-        // read timeout, or with the process.
         std::thread::spawn(move || {
             let _ = sent.send(transport.send(&message).map(|_| ()));
         });
@@ -388,17 +432,25 @@ impl SmtpSender {
             port: self.port,
             reason: self.scrub(&reason),
         };
-        match outcome.recv_timeout(self.deadline) {
+        match outcome.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) if error.is_timeout() || is_would_block(&error) => Err(failed(format!(
-                "the server did not answer within {} s (smtp.timeout_secs)",
-                self.read_timeout.as_secs()
-            ))),
-            Ok(Err(error)) => Err(failed(error_chain(&error))),
-            Err(_) => Err(failed(format!(
+            Ok(Err(error)) if error.is_timeout() || is_would_block(&error) => {
+                Err(Failed::Final(failed(format!(
+                    "the server did not answer within {} s (smtp.timeout_secs)",
+                    self.read_timeout.as_secs()
+                ))))
+            }
+            Ok(Err(error)) if error.is_transient() || is_refused(&error) => {
+                Err(Failed::Transient {
+                    error: failed(error_chain(&error)),
+                    after: None,
+                })
+            }
+            Ok(Err(error)) => Err(Failed::Final(failed(error_chain(&error)))),
+            Err(_) => Err(Failed::Final(failed(format!(
                 "the conversation did not finish within {} s ({SEND_DEADLINE_READS} × smtp.timeout_secs): the server is too slow or stalled",
                 self.deadline.as_secs()
-            ))),
+            )))),
         }
     }
 
@@ -408,6 +460,20 @@ impl SmtpSender {
             _ => text.to_string(),
         }
     }
+}
+
+/// Whether the connection itself was refused (nothing was sent).
+fn is_refused(error: &lettre::transport::smtp::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A read that timed out shows as "Resource temporarily unavailable" (an
@@ -496,6 +562,111 @@ mod tests {
             to: vec!["office@district.example".to_string()],
             timeout_secs: 5,
         }
+    }
+
+    /// How a fake SMTP server answers one connection.
+    #[derive(Clone, Copy)]
+    enum Greeting {
+        /// "421 try later", then it hangs up.
+        Busy,
+        /// "554 go away", then it hangs up.
+        Refuse,
+        /// A whole, minimal conversation that takes the message.
+        Take,
+    }
+
+    /// A fake SMTP server on loopback answering each connection as the
+    /// next of `script`; returns its port and the connections it saw.
+    fn fake_smtp(script: Vec<Greeting>) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for (stream, greeting) in listener.incoming().zip(script) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut stream = stream.unwrap();
+                match greeting {
+                    Greeting::Busy => {
+                        let _ = stream.write_all(b"421 4.3.2 busy, try again later\r\n");
+                        continue;
+                    }
+                    Greeting::Refuse => {
+                        let _ = stream.write_all(b"554 5.7.1 not accepting mail\r\n");
+                        continue;
+                    }
+                    Greeting::Take => {}
+                }
+                let _ = stream.write_all(b"220 fake ESMTP\r\n");
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut in_data = false;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let answer: &[u8] = if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            b"250 2.0.0 queued\r\n"
+                        } else {
+                            b""
+                        }
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    } else if line.starts_with("QUIT") {
+                        let _ = stream.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    let _ = stream.write_all(answer);
+                    line.clear();
+                }
+            }
+        });
+        (port, seen)
+    }
+
+    fn plain_message() -> Message {
+        Message::builder()
+            .from("cpsync@district.example".parse().unwrap())
+            .to("office@district.example".parse().unwrap())
+            .subject("test")
+            .body("hello".to_string())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_server_busy_for_now_is_tried_again_and_a_refusal_is_not() {
+        let sent_at = |script| {
+            let (port, seen) = fake_smtp(script);
+            let config = SmtpConfig {
+                port,
+                ..smtp("127.0.0.1", SmtpTls::None)
+            };
+            let result = SmtpSender::connect_settings(&config)
+                .unwrap()
+                .send(&plain_message());
+            (result, seen.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let (result, connections) = sent_at(vec![Greeting::Busy, Greeting::Take]);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(connections, 2, "a 421 is tried again, and taken once");
+
+        let (result, connections) = sent_at(vec![Greeting::Refuse, Greeting::Take]);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("554"), "{error}");
+        assert_eq!(connections, 1, "a 554 is never tried again");
+
+        let (result, connections) = sent_at(vec![
+            Greeting::Busy,
+            Greeting::Busy,
+            Greeting::Busy,
+            Greeting::Take,
+        ]);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("gave up after 3 attempt(s)"), "{error}");
+        assert_eq!(connections, 3, "SEND_RETRIES bounds the tries");
     }
 
     #[test]
