@@ -47,6 +47,7 @@ pub mod balances;
 pub mod cursors;
 pub mod discrepancies;
 pub mod genesis;
+pub mod genesis_contract;
 pub mod links;
 pub mod lock;
 pub mod marks;
