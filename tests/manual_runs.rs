@@ -89,6 +89,15 @@ fn manual_runs_do_not_mail_the_office(backend: Backend) {
     let (code, out, err) = nightly(&world, config.path(), &["--dry-run"]);
     assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
     assert!(out.contains("not emailed"), "{out}");
+    assert!(
+        !err.contains("done in"),
+        "no progress lines into a log without -v: {err}"
+    );
+    let (code, _, err) = nightly(&world, config.path(), &["--dry-run", "-v"]);
+    assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
+    for phase in ["nightly: fetch done in", "nightly: reconcile done in"] {
+        assert!(err.contains(phase), "-v shows each phase ({phase}): {err}");
+    }
     let (code, out, err) = nightly(&world, config.path(), &["--student", &student]);
     assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
     assert!(!out.contains("Full run"), "{out}");

@@ -303,13 +303,21 @@ pub(crate) fn one_line_chain(error: &anyhow::Error) -> String {
 /// Colours only for a person at a terminal, never with `NO_COLOR` set
 /// (journald and log files would store the escape codes as bytes).
 fn log_colours() -> bool {
+    stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether stderr is a terminal (a person is watching).
+fn stderr_is_terminal() -> bool {
     use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    std::io::stderr().is_terminal()
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
     // -v: cpsync's own records (phases, counts, timings); -vv: everything.
+    // A person at a terminal sees progress lines without asking; a log
+    // (journald, a file) gets them with -v.
     let default_level = match verbose {
+        0 if stderr_is_terminal() => "warn,cpsync::progress=info",
         0 => "warn",
         1 => "warn,cpsync=info",
         2 => "info,cpsync=debug",

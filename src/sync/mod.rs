@@ -13,6 +13,7 @@ pub mod balances;
 pub mod failpoint;
 pub mod incremental;
 pub mod nightly;
+pub mod progress;
 pub mod pull;
 pub mod push;
 

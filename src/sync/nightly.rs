@@ -251,8 +251,10 @@ impl Timer {
     }
 
     fn lap(&mut self, name: &str) {
+        let took = self.started.elapsed();
+        super::progress::phase_done("nightly", name, took);
         self.phases
-            .push((name.to_string(), self.started.elapsed().as_millis() as u64));
+            .push((name.to_string(), took.as_millis() as u64));
         self.started = Instant::now();
     }
 }

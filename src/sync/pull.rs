@@ -77,6 +77,7 @@ pub fn get_payments_from(
     run_id: i64,
     clock: Clock,
 ) -> Result<PullReport, SyncError> {
+    let reading = std::time::Instant::now();
     let (batch, after) = match scope {
         PullScope::Cursor => {
             let after = match from_sequence {
@@ -91,6 +92,15 @@ pub fn get_payments_from(
             (transactions_of_students(portal, &students)?, 0)
         }
     };
+    super::progress::phase_done(
+        "get-payments",
+        &format!(
+            "read {} transaction(s)",
+            batch.items.len() + batch.rejected.len()
+        ),
+        reading.elapsed(),
+    );
+    let posting = std::time::Instant::now();
     let mut report = PullReport {
         fetched: (batch.items.len() + batch.rejected.len()) as u64,
         duplicates_dropped: batch.duplicates_dropped,
@@ -130,6 +140,7 @@ pub fn get_payments_from(
         }
         Ok::<_, SyncError>(())
     })?;
+    super::progress::phase_done("get-payments", "post", posting.elapsed());
     Ok(report)
 }
 

@@ -620,6 +620,8 @@ pub fn drain_outbox_until(
 ) -> Result<PushReport, SyncError> {
     setup.ready_to_send()?;
     let mut report = PushReport::default();
+    let waiting = outbox::pending_count(conn)?;
+    let mut progress = super::progress::Progress::new("outbox entries sent", Some(waiting as u64));
     for batch in 0..OUTBOX_BATCHES_MAX {
         if batch > 0 && stop() {
             break;
@@ -641,6 +643,7 @@ pub fn drain_outbox_until(
             clock,
         )?;
         complete_entries(conn, &entries, &outcomes, run_id, clock())?;
+        progress.advance(entries.len() as u64);
         let all_failed = batch_report.failed as usize == fee_ids.len();
         report.merge(batch_report);
         if all_failed {
@@ -648,6 +651,7 @@ pub fn drain_outbox_until(
             break;
         }
     }
+    progress.finish();
     Ok(report)
 }
 
