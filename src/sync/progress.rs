@@ -57,7 +57,7 @@ impl Progress {
         self.last_report = Instant::now();
         self.reported = true;
         let line = describe(self.what, self.done, self.total, self.started.elapsed());
-        tracing::info!(target: TARGET, done = self.done, total = self.total, "{line}");
+        tracing::info!(target: TARGET, "{line}");
     }
 }
 
