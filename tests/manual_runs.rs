@@ -112,6 +112,20 @@ fn manual_runs_do_not_mail_the_office(backend: Backend) {
     assert!(code == 0 || code == 3, "{backend:?}: {code} {err}");
     assert_eq!(messages_from(&domain), 1, "{backend:?}: --email mails");
 
+    // Rebuilding that run's report does not mail it twice; --resend does.
+    let mailed = runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 1).unwrap()[0].id;
+    let (code, out, err) = report(&world, config.path(), mailed, &[]);
+    assert_eq!(code, 0, "{backend:?}: {err}");
+    assert!(out.contains("already emailed at"), "{out}");
+    assert_eq!(messages_from(&domain), 1, "{backend:?}: not mailed twice");
+    let (code, _, err) = report(&world, config.path(), mailed, &["--resend"]);
+    assert_eq!(code, 0, "{backend:?}: {err}");
+    assert_eq!(
+        messages_from(&domain),
+        2,
+        "{backend:?}: --resend mails again"
+    );
+
     let before = runs::recent_runs(&mut world.conn(), Some("nightly_sync"), 50)
         .unwrap()
         .len();
@@ -132,7 +146,80 @@ fn manual_runs_do_not_mail_the_office(backend: Backend) {
         .unwrap()
         .len();
     assert_eq!(before, after, "a refused run records nothing");
-    assert_eq!(messages_from(&domain), 1);
+    assert_eq!(messages_from(&domain), 2);
+}
+
+/// `cpsync report --run ID [ARGS]` with `config`.
+fn report(
+    world: &World,
+    config: &std::path::Path,
+    run_id: i64,
+    args: &[&str],
+) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("--config")
+        .arg(config)
+        .args(["--database-url", &world.db.url_text])
+        .args(["report", "--run", &run_id.to_string()])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `nightly --incremental --full-every-days N` at the command line: an
+/// incremental run while the last full run is younger than N days, a full
+/// one (saying why) once it is as old.
+#[test]
+fn full_every_days_bounds_the_age_of_the_last_full_run() {
+    use diesel::connection::SimpleConnection;
+    let world = World::new(Backend::Sqlite, 10, 4);
+    let domain = format!("full-every-{}.example", std::process::id());
+    let reports = tempfile::tempdir().unwrap();
+    let config = config(reports.path(), &domain);
+    let coverage = |args: &[&str]| {
+        let mut all = vec!["--incremental", "--json", "--no-report"];
+        all.extend_from_slice(args);
+        let (code, out, err) = nightly(&world, config.path(), &all);
+        assert!(code == 0 || code == 3, "{code} {err}");
+        let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        summary["coverage"].to_string()
+    };
+    let (code, _, err) = nightly(&world, config.path(), &["--no-report"]);
+    assert!(code == 0 || code == 3, "the first full run: {code} {err}");
+    let shown = coverage(&[]);
+    assert!(
+        shown.contains("since_run"),
+        "incremental after a full run: {shown}"
+    );
+    // Three days pass.
+    world
+        .conn()
+        .batch_execute("UPDATE cp_nightly_marks SET created_at = datetime(created_at, '-3 days')")
+        .unwrap();
+    let shown = coverage(&["--full-every-days", "7"]);
+    assert!(
+        shown.contains("since_run"),
+        "3 days < 7: still incremental: {shown}"
+    );
+    let shown = coverage(&["--full-every-days", "2"]);
+    assert!(
+        shown.contains("is 2 days old or more"),
+        "3 days ≥ 2: a full run, saying why: {shown}"
+    );
+    let (code, _, err) = nightly(
+        &world,
+        config.path(),
+        &["--incremental", "--full-every-days", "0"],
+    );
+    assert_eq!(code, 2, "0 days is refused: {err}");
+    assert_eq!(messages_from(&domain), 0, "--no-report mails nobody");
 }
 
 #[test]

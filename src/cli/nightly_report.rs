@@ -391,7 +391,12 @@ pub fn describe(files: &ReportFiles, delivery: &Delivery) -> String {
         Delivery::Sent { recipients, .. } => format!("emailed to {}", recipients.join(", ")),
         Delivery::AlreadySent { sent_at, .. } => format!(
             "already emailed{}",
-            sent_at.map(|t| format!(" at {t} UTC")).unwrap_or_default()
+            sent_at
+                .map(|t| format!(
+                    " at {} UTC (use --resend to send it again)",
+                    t.format("%Y-%m-%d %H:%M:%S")
+                ))
+                .unwrap_or_default()
         ),
         Delivery::WrittenEml { path, .. } => {
             format!("email written to {} (no SMTP configured)", path.display())
