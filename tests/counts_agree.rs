@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
 
 use common::world::World;
 use common::Backend;
@@ -16,21 +15,7 @@ use cpsync::money::Money;
 use diesel::connection::SimpleConnection;
 
 fn run(world: &World, config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
-        .arg("--config")
-        .arg(config)
-        .args(["--database-url", &world.db.url_text])
-        .args(["--cp-url", &world.sim.base_url()])
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("CPSYNC_CONFIG")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::cpsync_in_world(world, config, args)
 }
 
 fn file_ending(dir: &std::path::Path, suffix: &str) -> std::path::PathBuf {

@@ -58,21 +58,10 @@ fn config(reports: &std::path::Path, domain: &str) -> tempfile::NamedTempFile {
 }
 
 fn nightly(world: &World, config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
-        .arg("--config")
-        .arg(config)
-        .args(["--database-url", &world.db.url_text])
-        .args(["--cp-url", &world.sim.base_url(), "nightly"])
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("CPSYNC_CONFIG")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let all: Vec<&str> = std::iter::once("nightly")
+        .chain(args.iter().copied())
+        .collect();
+    common::cpsync_in_world(world, config, &all)
 }
 
 fn manual_runs_do_not_mail_the_office(backend: Backend) {
@@ -156,21 +145,12 @@ fn report(
     run_id: i64,
     args: &[&str],
 ) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
-        .arg("--config")
-        .arg(config)
-        .args(["--database-url", &world.db.url_text])
-        .args(["report", "--run", &run_id.to_string()])
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("CPSYNC_CONFIG")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let run_id = run_id.to_string();
+    let all: Vec<&str> = ["report", "--run", run_id.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    common::cpsync_in_world(world, config, &all)
 }
 
 /// `nightly --incremental --full-every-days N` at the command line: an
@@ -245,21 +225,8 @@ fn config_with(reports: &std::path::Path, smtp_port: u16) -> tempfile::NamedTemp
 
 /// `cpsync report --run ID` with `config`; it must succeed.
 fn rebuild_report(world: &World, config: &std::path::Path, run_id: i64, backend: Backend) {
-    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
-        .arg("--config")
-        .arg(config)
-        .args(["--database-url", &world.db.url_text])
-        .args(["report", "--run", &run_id.to_string()])
-        .env_remove("DATABASE_URL")
-        .env_remove("CPSYNC_CONFIG")
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{backend:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, _, err) = report(world, config, run_id, &[]);
+    assert_eq!(code, 0, "{backend:?}: {err}");
 }
 
 fn latest_nightly(world: &World) -> runs::RunRecord {

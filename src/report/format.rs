@@ -21,18 +21,7 @@ pub fn format_signed_money(amount: Money) -> String {
     }
 }
 
-/// `1234567` → `1,234,567`.
-pub fn group_thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(digit);
-    }
-    grouped
-}
+pub use crate::money::group_thousands;
 
 /// A count with thousands separators.
 pub fn format_count(value: u64) -> String {

@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::money::group_thousands;
+
 /// The log target of progress records.
 pub const TARGET: &str = "cpsync::progress";
 /// The most often a counted piece of work reports.
@@ -77,7 +79,7 @@ pub fn phase_done(run: &str, phase: &str, took: Duration) {
 fn describe(what: &str, done: u64, total: Option<u64>, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-    let rate_text = format!("{}/s", thousands(rate.round() as u64));
+    let rate_text = format!("{}/s", group_thousands(rate.round() as u64));
     match total {
         Some(total) if total > 0 => {
             let percent = (done.min(total) * 100) / total;
@@ -89,25 +91,12 @@ fn describe(what: &str, done: u64, total: Option<u64>, elapsed: Duration) -> Str
             };
             format!(
                 "{} of {} {what} ({percent}%), {rate_text}{eta}",
-                thousands(done),
-                thousands(total)
+                group_thousands(done),
+                group_thousands(total)
             )
         }
-        _ => format!("{} {what}, {rate_text}", thousands(done)),
+        _ => format!("{} {what}, {rate_text}", group_thousands(done)),
     }
-}
-
-/// 40513 → "40,513".
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -132,14 +121,5 @@ mod tests {
             describe("fees pushed", 0, Some(0), Duration::ZERO),
             "0 fees pushed, 0/s"
         );
-    }
-
-    #[test]
-    fn thousands_are_grouped() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(450_000), "450,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -137,6 +137,30 @@ pub fn cpsync_in_district(args: &[&str]) -> (i32, String, String) {
     cpsync(&all)
 }
 
+/// Runs the built `cpsync` binary with `config`, pointed at the database
+/// and simulator of `world`; returns (exit code, stdout, stderr).
+#[allow(dead_code)]
+pub fn cpsync_in_world(
+    world: &world::World,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let config = config.display().to_string();
+    let cp_url = world.sim.base_url();
+    let all: Vec<&str> = [
+        "--config",
+        config.as_str(),
+        "--database-url",
+        world.db.url_text.as_str(),
+        "--cp-url",
+        cp_url.as_str(),
+    ]
+    .into_iter()
+    .chain(args.iter().copied())
+    .collect();
+    cpsync(&all)
+}
+
 /// Runs the built `cpsync` binary; returns (exit code, stdout, stderr).
 pub fn cpsync(args: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpsync"))
