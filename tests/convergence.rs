@@ -21,24 +21,6 @@ use cpsync::sim::{FaultConfig, ParentAction};
 use cpsync::sync::pull::{self, PullScope};
 use cpsync::sync::push::{self, PushMode};
 use cpsync::sync::utc_now;
-use diesel::connection::SimpleConnection;
-
-fn sql(world: &World, statement: &str) {
-    world.conn().batch_execute(statement).unwrap();
-}
-
-/// Open, eligible, unpaid fees of at least $10, in id order.
-fn unpaid_fees(world: &World) -> Vec<GenesisFee> {
-    let mut conn = world.conn();
-    let fees = genesis::load_fees(&mut conn, None).unwrap().records;
-    let txns = genesis::load_txns(&mut conn, None).unwrap().records;
-    let policy = world.setup.policy();
-    fees.into_iter()
-        .filter(|f| policy.eligibility(f).is_ok())
-        .filter(|f| f.status == FeeStatus::Open && f.amount >= Money::from_cents(1_000))
-        .filter(|f| !txns.iter().any(|t| t.fee_id == f.id))
-        .collect()
-}
 
 fn genesis_fee(world: &World, id: FeeId) -> GenesisFee {
     let mut conn = world.conn();
@@ -133,14 +115,13 @@ fn each_backend(test: fn(Backend)) {
 
 fn returning_to_an_earlier_state(backend: Backend) {
     let world = World::new(backend, 40, 31);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let (a, b, c) = (fees[0].id, fees[1].id, fees[2].id);
     let original = fees[0].amount.cents();
     for cents in [original + 500, original] {
-        sql(
-            &world,
-            &format!("UPDATE student_fees SET amount_cents = {cents} WHERE id = {a}"),
-        );
+        world.sql(&format!(
+            "UPDATE student_fees SET amount_cents = {cents} WHERE id = {a}"
+        ));
         let report = send(&world);
         assert_eq!(
             report.replayed, 0,
@@ -150,28 +131,21 @@ fn returning_to_an_earlier_state(backend: Backend) {
     assert_same_fee(&world, a, Money::ZERO, "A -> B -> A");
 
     for status in ["void", "open"] {
-        sql(
-            &world,
-            &format!("UPDATE student_fees SET status = '{status}' WHERE id = {b}"),
-        );
+        world.sql(&format!(
+            "UPDATE student_fees SET status = '{status}' WHERE id = {b}"
+        ));
         send(&world);
     }
     assert_same_fee(&world, b, Money::ZERO, "voided, then reopened");
     assert_eq!(cp_fee(&world, b).status, VendorFeeStatus::Open);
 
-    sql(
-        &world,
-        &format!(
-            "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at) \
+    world.sql(&format!(
+        "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at) \
              VALUES ({c}, 'payment', 500, 'check', 'genesis', '2026-10-01 09:00:00')"
-        ),
-    );
+    ));
     send(&world);
     assert_eq!(cp_fee(&world, c).genesis_credit, Money::from_cents(500));
-    sql(
-        &world,
-        &format!("DELETE FROM fee_transactions WHERE fee_id = {c}"),
-    );
+    world.sql(&format!("DELETE FROM fee_transactions WHERE fee_id = {c}"));
     send(&world);
     assert_same_fee(
         &world,
@@ -191,16 +165,14 @@ fn returning_to_an_earlier_state_is_applied() {
 
 fn every_field_is_pushed(backend: Backend) {
     let world = World::new(backend, 40, 32);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let fee = &fees[0];
     let other_student = fees
         .iter()
         .find(|f| f.student_id != fee.student_id)
         .unwrap()
         .student_id;
-    sql(
-        &world,
-        &format!(
+    world.sql(&format!(
             "UPDATE student_fees SET student_id = {other_student}, description = 'Chemistry lab (corrected)', \
              due_date = '2026-12-15' WHERE id = {}",
             fee.id
@@ -246,20 +218,17 @@ fn every_field_community_pass_shows_is_pushed() {
 
 fn office_refund(backend: Backend) {
     let world = World::new(backend, 40, 33);
-    let fee = unpaid_fees(&world)[0].clone();
+    let fee = world.unpaid_fees()[0].clone();
     world
         .admin
         .pay(fee.id, Some(fee.amount + Money::from_cents(500)))
         .unwrap();
     pull_all(&world);
-    sql(
-        &world,
-        &format!(
-            "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at) \
+    world.sql(&format!(
+        "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at) \
              VALUES ({}, 'refund', 500, 'check', 'genesis', '2026-10-02 09:00:00')",
-            fee.id
-        ),
-    );
+        fee.id
+    ));
     let report = send(&world);
     assert_eq!(
         (report.pushed, report.rejected),
@@ -285,7 +254,7 @@ fn an_office_refund_converges() {
 
 fn refused_push(backend: Backend) {
     let world = World::new(backend, 40, 34);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let (fee, next) = (&fees[0], &fees[1]);
     // Paid in Community Pass, not pulled yet: the link is not locked, so
     // the amount edit is sent and Community Pass refuses it (409).
@@ -293,20 +262,14 @@ fn refused_push(backend: Backend) {
         .admin
         .pay(fee.id, Some(Money::from_cents(100)))
         .unwrap();
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = amount_cents + 700 WHERE id = {}",
-            fee.id
-        ),
-    );
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET description = 'Next in line' WHERE id = {}",
-            next.id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + 700 WHERE id = {}",
+        fee.id
+    ));
+    world.sql(&format!(
+        "UPDATE student_fees SET description = 'Next in line' WHERE id = {}",
+        next.id
+    ));
     let report = send(&world);
     assert_eq!(
         (report.rejected, report.failed),
@@ -352,14 +315,11 @@ fn refused_push(backend: Backend) {
         "{backend:?}: nothing sent"
     );
     // Restoring the amount in Genesis makes it sendable again.
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = {} WHERE id = {}",
-            fee.amount.cents(),
-            fee.id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = {} WHERE id = {}",
+        fee.amount.cents(),
+        fee.id
+    ));
     let report = send(&world);
     assert_eq!(
         (report.pushed, report.rejected),
@@ -378,23 +338,20 @@ fn a_refused_push_is_held_and_never_blocks_what_follows() {
 
 fn deleted_unpaid(backend: Backend) {
     let world = World::new(backend, 40, 35);
-    let fees = unpaid_fees(&world);
-    sql(
-        &world,
-        &format!("DELETE FROM student_fees WHERE id = {}", fees[0].id),
-    );
+    let fees = world.unpaid_fees();
+    world.sql(&format!(
+        "DELETE FROM student_fees WHERE id = {}",
+        fees[0].id
+    ));
     let report = send(&world);
     assert_eq!(report.voided_deleted, 1, "{backend:?}: {report:?}");
     assert_eq!(cp_fee(&world, fees[0].id).status, VendorFeeStatus::Void);
     // Deleted while the pushes were lost: the nightly voids it.
-    sql(
-        &world,
-        &format!("DELETE FROM student_fees WHERE id = {}", fees[1].id),
-    );
-    sql(
-        &world,
-        "UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL",
-    );
+    world.sql(&format!(
+        "DELETE FROM student_fees WHERE id = {}",
+        fees[1].id
+    ));
+    world.sql("UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL");
     let result = world.nightly(false);
     assert_eq!(
         result.needs_review(),
@@ -415,7 +372,7 @@ fn an_unpaid_fee_deleted_in_genesis_is_voided() {
 
 fn waived_without_waiver(backend: Backend) {
     let world = World::new(backend, 40, 36);
-    let fee = unpaid_fees(&world)[0].clone();
+    let fee = world.unpaid_fees()[0].clone();
     let patron = fee.student_id.to_string();
     let owed = |world: &World| {
         all_balances(&world.portal)
@@ -425,13 +382,10 @@ fn waived_without_waiver(backend: Backend) {
             .map_or(Money::ZERO, |b| b.integration_balance)
     };
     let before = owed(&world);
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET status = 'waived' WHERE id = {}",
-            fee.id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET status = 'waived' WHERE id = {}",
+        fee.id
+    ));
     send(&world);
     assert_eq!(cp_fee(&world, fee.id).status, VendorFeeStatus::Waived);
     assert_eq!(
@@ -451,7 +405,7 @@ fn a_waived_fee_owes_nothing() {
 
 fn community_pass_only(backend: Backend) {
     let world = World::new(backend, 40, 37);
-    let fee = unpaid_fees(&world)[0].clone();
+    let fee = world.unpaid_fees()[0].clone();
     let unmanaged = world.admin.duplicate(fee.id).unwrap();
     world
         .admin
@@ -489,7 +443,7 @@ fn payments_on_community_pass_only_fees_are_not_discrepancies() {
 
 fn guardian_links(backend: Backend) {
     let world = World::new(backend, 40, 38);
-    let fee = unpaid_fees(&world)[0].clone();
+    let fee = world.unpaid_fees()[0].clone();
     let mut conn = world.conn();
     let links = genesis::load_guardian_links(&mut conn).unwrap();
     let newcomer = genesis::load_guardians(&mut conn)
@@ -506,9 +460,7 @@ fn guardian_links(backend: Backend) {
         .admin
         .pay(fee.id, Some(Money::from_cents(300)))
         .unwrap();
-    sql(
-        &world,
-        &format!(
+    world.sql(&format!(
             "INSERT INTO student_guardians (student_id, guardian_id, relationship, household, portal_access, billing_contact) \
              VALUES ({}, {newcomer}, 'Aunt', 2, TRUE, FALSE)",
             fee.student_id
@@ -536,13 +488,10 @@ fn guardian_links(backend: Backend) {
         pulled(newcomer) > 0,
         "{backend:?}: the new guardian's login pulls the payment"
     );
-    sql(
-        &world,
-        &format!(
-            "DELETE FROM student_guardians WHERE student_id = {} AND guardian_id = {newcomer}",
-            fee.student_id
-        ),
-    );
+    world.sql(&format!(
+        "DELETE FROM student_guardians WHERE student_id = {} AND guardian_id = {newcomer}",
+        fee.student_id
+    ));
     send(&world);
     assert!(!cp_fee(&world, fee.id).guardian_ids.contains(&newcomer));
     let others = genesis::students_of_guardian(&mut conn, newcomer, true).unwrap();
@@ -585,18 +534,12 @@ fn fees_frozen_by_a_later_cutoff_stay_quiet_while_both_sides_agree() {
 
 fn lost_write(backend: Backend) {
     let world = World::new(backend, 40, 40);
-    let fee = unpaid_fees(&world)[0].clone();
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET description = 'Edited' WHERE id = {}",
-            fee.id
-        ),
-    );
-    sql(
-        &world,
-        "UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL",
-    );
+    let fee = world.unpaid_fees()[0].clone();
+    world.sql(&format!(
+        "UPDATE student_fees SET description = 'Edited' WHERE id = {}",
+        fee.id
+    ));
+    world.sql("UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL");
     world
         .admin
         .set_faults(&FaultConfig {
@@ -635,7 +578,7 @@ fn a_write_not_applied_makes_the_nightly_not_converged() {
 /// created twice, and an unknown fee is refused (exit 1) without sending.
 fn resend(backend: Backend) {
     let world = World::new(backend, 40, 61);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let first = fees[0].clone();
     let other = fees
         .iter()
@@ -643,19 +586,13 @@ fn resend(backend: Backend) {
         .expect("a fee of another student")
         .clone();
     for fee in [&first, &other] {
-        sql(
-            &world,
-            &format!(
-                "UPDATE student_fees SET description = 'Restored: ' || description WHERE id = {}",
-                fee.id
-            ),
-        );
+        world.sql(&format!(
+            "UPDATE student_fees SET description = 'Restored: ' || description WHERE id = {}",
+            fee.id
+        ));
     }
     // The vendor lost these changes (as after restoring a backup).
-    sql(
-        &world,
-        "UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL",
-    );
+    world.sql("UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL");
     let vendor_fees_before = cpsync::portal::all_fees(&world.portal, None).unwrap().len();
     let base = [
         "--database-url",

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use common::world::World;
 use common::Backend;
 use cpsync::db::genesis;
-use cpsync::domain::{FeeId, FeeStatus, GenesisFee};
+use cpsync::domain::FeeId;
 use cpsync::money::Money;
 use cpsync::portal::CommunityPass;
 use cpsync::reconcile::Action;
@@ -18,29 +18,9 @@ use cpsync::sync::nightly::{counts_by_kind, NightlyResult, RunCoverage};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
-/// Open, eligible fees of at least $10 with nothing paid yet, in id order.
-fn candidate_fees(world: &World) -> Vec<GenesisFee> {
-    let mut conn = world.conn();
-    let fees = genesis::load_fees(&mut conn, None).unwrap().records;
-    let txns = genesis::load_txns(&mut conn, None).unwrap().records;
-    let policy = world.setup.policy();
-    fees.into_iter()
-        .filter(|f| policy.eligibility(f).is_ok())
-        .filter(|f| f.status == FeeStatus::Open && f.amount >= Money::from_cents(1_000))
-        .filter(|f| !txns.iter().any(|t| t.fee_id == f.id))
-        .collect()
-}
-
-fn sql(world: &World, statement: &str) {
-    world.conn().batch_execute(statement).unwrap();
-}
-
 /// Marks every queued change handled, as if the push had been lost.
 fn lose_pending_pushes(world: &World) {
-    sql(
-        world,
-        "UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL",
-    );
+    world.sql("UPDATE cp_outbox SET processed_at = enqueued_at WHERE processed_at IS NULL");
 }
 
 /// Genesis holds every vendor transaction whose fee it has, exactly as the
@@ -84,7 +64,7 @@ fn postings_differ_from_the_vendor_log(world: &World) -> Vec<String> {
 }
 
 fn inject_drift(world: &World) -> BTreeMap<&'static str, u64> {
-    let fees = candidate_fees(world);
+    let fees = world.unpaid_fees();
     assert!(fees.len() > 20, "the scenario needs fees to work with");
     let id = |i: usize| fees[i].id;
     let admin = &world.admin;
@@ -101,46 +81,31 @@ fn inject_drift(world: &World) -> BTreeMap<&'static str, u64> {
     let returned = admin.pay(id(7), None).unwrap();
     admin.reverse(&returned.id, 5).unwrap();
     // Genesis side: edits whose pushes were lost.
-    sql(
-        world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = amount_cents + 500 WHERE id IN ({}, {})",
-            id(8),
-            id(9)
-        ),
-    );
-    sql(
-        world,
-        &format!(
-            "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at) \
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + 500 WHERE id IN ({}, {})",
+        id(8),
+        id(9)
+    ));
+    world.sql(&format!(
+        "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at) \
          VALUES ({}, 'payment', 300, 'cash', 'genesis', '2026-11-02 10:00:00')",
-            id(10)
-        ),
-    );
+        id(10)
+    ));
     // Paid in Community Pass, then edited, voided or deleted in Genesis.
     admin.pay(id(11), None).unwrap();
-    sql(
-        world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = amount_cents + 1000 WHERE id = {}",
-            id(11)
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + 1000 WHERE id = {}",
+        id(11)
+    ));
     admin.pay(id(12), None).unwrap();
-    sql(
-        world,
-        &format!(
-            "UPDATE student_fees SET status = 'void' WHERE id = {}",
-            id(12)
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET status = 'void' WHERE id = {}",
+        id(12)
+    ));
     admin.pay(id(13), None).unwrap();
-    sql(
-        world,
-        &format!("DELETE FROM student_fees WHERE id = {}", id(13)),
-    );
+    world.sql(&format!("DELETE FROM student_fees WHERE id = {}", id(13)));
     // A new fee whose push was lost.
-    sql(world, &format!(
+    world.sql(&format!(
         "INSERT INTO student_fees (id, student_id, category_code, school_code, description, amount_cents, \
          fee_date, due_date, status, created_at, modified_at) \
          SELECT 990001, student_id, category_code, school_code, 'Replacement ID card', 1500, \
@@ -295,8 +260,7 @@ fn incremental_judges_like_a_full_run(backend: Backend) {
 
     // A posted Community Pass payment deleted in Genesis by hand: the
     // trigger records it, and the next incremental run posts it again.
-    sql(
-        &world,
+    world.sql(
         "DELETE FROM fee_transactions WHERE id = (SELECT MIN(id) FROM fee_transactions \
          WHERE source = 'community_pass' AND kind = 'payment')",
     );
@@ -385,7 +349,7 @@ fn postgres_incremental_reads_a_change_committed_after_the_mark() {
     // The setup pushes' timestamps fall in an earlier second than the mark.
     std::thread::sleep(std::time::Duration::from_millis(1_100));
     world.nightly(false);
-    let fees = candidate_fees(&world);
+    let fees = world.unpaid_fees();
     let (slow, quick) = (fees[0].id, fees[1].id);
     let mut open_transaction = world.conn();
     open_transaction
@@ -393,10 +357,9 @@ fn postgres_incremental_reads_a_change_committed_after_the_mark() {
             "BEGIN; UPDATE student_fees SET amount_cents = amount_cents + 700 WHERE id = {slow}"
         ))
         .unwrap();
-    sql(
-        &world,
-        &format!("UPDATE student_fees SET amount_cents = amount_cents + 300 WHERE id = {quick}"),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + 300 WHERE id = {quick}"
+    ));
     lose_pending_pushes(&world);
     let before_commit = world.incremental_nightly(false);
     assert_eq!(
@@ -421,14 +384,12 @@ fn postgres_incremental_reads_a_change_committed_after_the_mark() {
 /// Community Pass now holds, not the one it held before.
 fn review_rows_show_values_after_corrections(backend: Backend) {
     let world = World::new(backend, 30, 77);
-    let fee = candidate_fees(&world).remove(0);
+    let fee = world.unpaid_fees().remove(0);
     world.send_pending();
     let over = fee.amount + Money::from_cents(500);
     world.admin.pay(fee.id, Some(over)).unwrap();
     world.nightly(false);
-    sql(
-        &world,
-        &format!(
+    world.sql(&format!(
             "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, posted_at, note) \
              VALUES ({}, 'payment', 300, 'cash', 'genesis', '2026-11-20 10:00:00', 'Paid at the office')",
             fee.id
@@ -483,7 +444,7 @@ fn review_rows_show_the_values_after_the_runs_own_corrections() {
 /// once and says corrected.
 fn failed_correction_is_retried(backend: Backend) {
     let world = World::new(backend, 30, 91);
-    let fee = candidate_fees(&world).remove(0);
+    let fee = world.unpaid_fees().remove(0);
     world.send_pending();
     let payment = world.admin.pay(fee.id, None).unwrap();
     let (refuse, allow) = match backend {
@@ -501,7 +462,7 @@ fn failed_correction_is_retried(backend: Backend) {
             "DROP TRIGGER refuse_postings ON fee_transactions; DROP FUNCTION refuse_postings();",
         ),
     };
-    sql(&world, refuse);
+    world.sql(refuse);
     let first = world.nightly(false);
     let failed: Vec<_> = first
         .reconciliation
@@ -544,7 +505,7 @@ fn failed_correction_is_retried(backend: Backend) {
         "{backend:?}: {pulled:?}"
     );
     assert_eq!(postings_in_genesis_of(&world, &payment.id.0), 0);
-    sql(&world, allow);
+    world.sql(allow);
     let second = world.nightly(false);
     assert_eq!(second.failed(), 0, "{backend:?}: {:?}", second.outcomes);
     assert_eq!(

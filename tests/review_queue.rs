@@ -10,31 +10,13 @@ mod common;
 use common::world::World;
 use common::{cpsync, Backend};
 use cpsync::db::discrepancies::Outcome;
-use cpsync::db::genesis;
 use cpsync::db::review_items::{self, ListFilter, ReviewItem};
-use cpsync::domain::{FeeId, FeeStatus, GenesisFee};
+use cpsync::domain::FeeId;
 use cpsync::money::Money;
 use cpsync::reconcile::{DiscrepancyKind, Scope};
 use cpsync::review::{ItemState, PersonAction};
 use cpsync::sync::nightly::{self, NightlyOptions, NightlyResult};
 use cpsync::sync::utc_now;
-use diesel::connection::SimpleConnection;
-
-fn candidate_fees(world: &World) -> Vec<GenesisFee> {
-    let mut conn = world.conn();
-    let fees = genesis::load_fees(&mut conn, None).unwrap().records;
-    let txns = genesis::load_txns(&mut conn, None).unwrap().records;
-    let policy = world.setup.policy();
-    fees.into_iter()
-        .filter(|f| policy.eligibility(f).is_ok())
-        .filter(|f| f.status == FeeStatus::Open && f.amount >= Money::from_cents(1_000))
-        .filter(|f| !txns.iter().any(|t| t.fee_id == f.id))
-        .collect()
-}
-
-fn sql(world: &World, statement: &str) {
-    world.conn().batch_execute(statement).unwrap();
-}
 
 /// A nightly run whose clock reads `days_later` days from now.
 fn nightly_at(world: &World, options: &NightlyOptions, days_later: i64) -> NightlyResult {
@@ -87,7 +69,7 @@ fn outcome_of(result: &NightlyResult, fee: FeeId, kind: DiscrepancyKind) -> Opti
 fn queue_keeps_its_memory(backend: Backend) {
     let world = World::new(backend, 60, 16);
     assert!(world.nightly(false).reconciliation.discrepancies.is_empty());
-    let fees = candidate_fees(&world);
+    let fees = world.unpaid_fees();
     assert!(fees.len() > 5);
     let (overpaid, edited, voided) = (&fees[0], &fees[1], &fees[2]);
     world
@@ -96,20 +78,14 @@ fn queue_keeps_its_memory(backend: Backend) {
         .unwrap();
     world.admin.pay(edited.id, None).unwrap();
     world.admin.pay(voided.id, None).unwrap();
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = amount_cents + 1000 WHERE id = {}",
-            edited.id
-        ),
-    );
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET status = 'void' WHERE id = {}",
-            voided.id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + 1000 WHERE id = {}",
+        edited.id
+    ));
+    world.sql(&format!(
+        "UPDATE student_fees SET status = 'void' WHERE id = {}",
+        voided.id
+    ));
 
     // Night 1: two items need review; the credit is a credit, not one of them.
     let first = nightly_at(&world, &full(false), 0);
@@ -164,13 +140,10 @@ fn queue_keeps_its_memory(backend: Backend) {
 
     // The office restores the edited amount: the cause goes away. Dry and
     // scoped runs do not close it; the next whole-district run does.
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = amount_cents - 1000 WHERE id = {}",
-            edited.id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents - 1000 WHERE id = {}",
+        edited.id
+    ));
     nightly_at(&world, &full(true), 2);
     let other_student = fees
         .iter()
@@ -230,15 +203,12 @@ fn postgres_review_queue_keeps_its_memory() {
 
 fn review_commands(backend: Backend) {
     let world = World::new(backend, 40, 17);
-    let fees = candidate_fees(&world);
+    let fees = world.unpaid_fees();
     world.admin.pay(fees[0].id, None).unwrap();
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET amount_cents = amount_cents + 700 WHERE id = {}",
-            fees[0].id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET amount_cents = amount_cents + 700 WHERE id = {}",
+        fees[0].id
+    ));
     world.nightly(false);
     let url = world.db.url_text.as_str();
     let (code, out, err) = cpsync(&["--database-url", url, "review", "list", "--json"]);

@@ -21,35 +21,17 @@ use common::world::World;
 use common::{Backend, BACKENDS};
 use cpsync::db::discrepancies::Outcome;
 use cpsync::db::{cursors, genesis, links, postings};
-use cpsync::domain::{FeeId, FeeStatus, GenesisFee, StudentId, TxnKind, VendorTxn, VendorTxnId};
+use cpsync::domain::{FeeId, StudentId, TxnKind, VendorTxn, VendorTxnId};
 use cpsync::money::Money;
 use cpsync::reconcile::{DiscrepancyKind, Resolution};
 use cpsync::sim::{ActionOutcome, ParentAction};
 use cpsync::sync::pull::{self, PullReport, PullScope};
 use cpsync::sync::utc_now;
-use diesel::connection::SimpleConnection;
 
 fn each_backend(test: fn(Backend)) {
     for backend in BACKENDS {
         test(backend);
     }
-}
-
-fn sql(world: &World, statement: &str) {
-    world.conn().batch_execute(statement).unwrap();
-}
-
-/// Open, eligible, unpaid fees of at least $10, in id order.
-fn unpaid_fees(world: &World) -> Vec<GenesisFee> {
-    let mut conn = world.conn();
-    let fees = genesis::load_fees(&mut conn, None).unwrap().records;
-    let txns = genesis::load_txns(&mut conn, None).unwrap().records;
-    let policy = world.setup.policy();
-    fees.into_iter()
-        .filter(|f| policy.eligibility(f).is_ok())
-        .filter(|f| f.status == FeeStatus::Open && f.amount >= Money::from_cents(1_000))
-        .filter(|f| !txns.iter().any(|t| t.fee_id == f.id))
-        .collect()
 }
 
 /// A record Community Pass should never send, appended to its log.
@@ -184,7 +166,7 @@ fn nightly_item(
 
 fn conflicting_copies(backend: Backend) {
     let world = World::new(backend, 40, 51);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let first = inject(
         &world,
         Injected {
@@ -271,7 +253,7 @@ fn conflicting_copies_are_kept_and_none_is_posted() {
 
 fn wrong_owner(backend: Backend) {
     let world = World::new(backend, 40, 52);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let other = fees
         .iter()
         .find(|f| !fees[..3].iter().any(|g| g.student_id == f.student_id))
@@ -332,7 +314,7 @@ fn a_transaction_naming_another_student_or_vendor_fee_is_held() {
 
 fn implausible(backend: Backend) {
     let world = World::new(backend, 40, 53);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let bogus_refund = inject(
         &world,
         Injected {
@@ -352,13 +334,10 @@ fn implausible(backend: Backend) {
     );
     // Voided in Genesis and sent: Community Pass itself refuses a payment
     // there, so only the fault injector can deliver one.
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET status = 'void' WHERE id = {}",
-            fees[2].id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET status = 'void' WHERE id = {}",
+        fees[2].id
+    ));
     world.send_pending();
     assert!(world
         .admin
@@ -403,13 +382,10 @@ fn implausible(backend: Backend) {
     posted_once_or_held(&world, &ids, "after the nightly");
 
     // The fee's own change makes the held payment valid: the next pull posts it.
-    sql(
-        &world,
-        &format!(
-            "UPDATE student_fees SET status = 'open' WHERE id = {}",
-            fees[2].id
-        ),
-    );
+    world.sql(&format!(
+        "UPDATE student_fees SET status = 'open' WHERE id = {}",
+        fees[2].id
+    ));
     world.send_pending();
     let report = pull(&world, PullScope::Cursor);
     assert_eq!(report.posted, 1, "{backend:?}: {report:?}");
@@ -427,7 +403,7 @@ fn implausible_records_are_held_and_posted_once_valid() {
 
 fn cursor_jump(backend: Backend) {
     let world = World::new(backend, 40, 54);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     world.admin.pay(fees[0].id, None).unwrap();
     pull(&world, PullScope::Cursor);
     let position = || cursors::position(&mut world.conn(), cursors::TRANSACTIONS).unwrap();
@@ -449,10 +425,7 @@ fn cursor_jump(backend: Backend) {
     }
     jump(None);
     // A cursor stored by an older version past anything the server has.
-    sql(
-        &world,
-        "UPDATE cp_cursors SET position = 9223372036854775807 WHERE name = 'transactions'",
-    );
+    world.sql("UPDATE cp_cursors SET position = 9223372036854775807 WHERE name = 'transactions'");
     let report = pull_from(&world, PullScope::Cursor, Some(0));
     assert!(report.cursor_refused.is_none(), "{report:?}");
     assert_eq!(report.posted, 1, "{backend:?}: the late payment");
@@ -478,7 +451,7 @@ fn a_cursor_jump_is_refused_and_from_sequence_rereads() {
 
 fn malformed_fee(backend: Backend) {
     let world = World::new(backend, 40, 55);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     let corrupt = |raw: Option<&str>| {
         world
             .admin
@@ -652,7 +625,7 @@ fn interleaving(backend: Backend, seed: u64) {
     use rand::{Rng, SeedableRng};
     let world = World::new(backend, 40, 60 + seed);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let fees = unpaid_fees(&world);
+    let fees = world.unpaid_fees();
     world
         .admin
         .set_faults(&cpsync::sim::FaultConfig {

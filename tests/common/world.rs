@@ -51,6 +51,32 @@ impl World {
         self.db.connect()
     }
 
+    /// Runs SQL statements on the Genesis database, as the SIS would.
+    pub fn sql(&self, statements: &str) {
+        use diesel::connection::SimpleConnection;
+        self.conn()
+            .batch_execute(statements)
+            .unwrap_or_else(|e| panic!("{statements}: {e}"));
+    }
+
+    /// Open, eligible fees of at least $10 with nothing paid yet, in id
+    /// order: the ones a test may pay, edit or delete freely.
+    pub fn unpaid_fees(&self) -> Vec<cpsync::domain::GenesisFee> {
+        use cpsync::db::genesis;
+        let mut conn = self.conn();
+        let fees = genesis::load_fees(&mut conn, None).unwrap().records;
+        let txns = genesis::load_txns(&mut conn, None).unwrap().records;
+        let policy = self.setup.policy();
+        fees.into_iter()
+            .filter(|f| policy.eligibility(f).is_ok())
+            .filter(|f| {
+                f.status == cpsync::domain::FeeStatus::Open
+                    && f.amount >= cpsync::money::Money::from_cents(1_000)
+            })
+            .filter(|f| !txns.iter().any(|t| t.fee_id == f.id))
+            .collect()
+    }
+
     pub fn run_id(&self, conn: &mut DbConnection, task: &str) -> i64 {
         runs::start_run(conn, task, "test", false, utc_now()).unwrap()
     }
