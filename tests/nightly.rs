@@ -215,8 +215,9 @@ fn fees_examined(result: &NightlyResult) -> usize {
 /// review on later incremental runs.
 fn incremental_judges_like_a_full_run(backend: Backend) {
     let world = World::new(backend, 150, 21);
-    // The setup pushes' timestamps fall in an earlier second than the mark.
-    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // The setup pushes' timestamps fall in an earlier second than the mark
+    // (the simulator's clock is whole seconds: move it on, no sleeping).
+    world.admin.advance_clock(1).unwrap();
     let first = world.incremental_nightly(false);
     match &first.coverage {
         RunCoverage::Full {
@@ -346,8 +347,9 @@ fn incremental_runs_in_full_after_the_policy_changed() {
 #[test]
 fn postgres_incremental_reads_a_change_committed_after_the_mark() {
     let world = World::new(Backend::Postgres, 40, 9);
-    // The setup pushes' timestamps fall in an earlier second than the mark.
-    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // The setup pushes' timestamps fall in an earlier second than the mark
+    // (the simulator's clock is whole seconds: move it on, no sleeping).
+    world.admin.advance_clock(1).unwrap();
     world.nightly(false);
     let fees = world.unpaid_fees();
     let (slow, quick) = (fees[0].id, fees[1].id);

@@ -807,3 +807,24 @@ fn prism_accepts_every_client_request() {
 fn first_intent_key(push: &cpsync::domain::FeePush) -> String {
     intent_key(push.genesis_fee_id, 1, &push_digest(push))
 }
+
+/// The simulator's clock moves forward on request (tests cross a second of
+/// its whole-second clock without sleeping), never back, and by at most a
+/// year at a time.
+#[test]
+fn the_simulators_clock_moves_forward_on_request() {
+    let (sim, admin) = start(3);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    let before = portal.test_pull().unwrap().server_time;
+    admin.advance_clock(3_600).unwrap();
+    let after = portal.test_pull().unwrap().server_time;
+    let moved = (after - before).num_seconds();
+    assert!((3_600..=3_602).contains(&moved), "moved {moved} s");
+    for refused in [0, -5, 400 * 24 * 3600] {
+        let error = admin.advance_clock(refused).unwrap_err().to_string();
+        assert!(
+            error.contains("advance_secs must be 1 to"),
+            "{refused}: {error}"
+        );
+    }
+}

@@ -79,6 +79,14 @@ impl AdminClient {
         format!("/districts/{}/{action}", self.district)
     }
 
+    /// Moves the simulator's clock forward by `secs` (tests cross a second
+    /// of its whole-second clock without sleeping).
+    pub fn advance_clock(&self, secs: i64) -> anyhow::Result<()> {
+        let _: serde_json::Value =
+            self.post("/_sim/clock", &serde_json::json!({"advance_secs": secs}))?;
+        Ok(())
+    }
+
     pub fn health(&self) -> anyhow::Result<()> {
         self.get::<serde_json::Value>("/health").map(|_| ())
     }

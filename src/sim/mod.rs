@@ -135,6 +135,7 @@ fn shared_state(config: &SimConfig) -> anyhow::Result<Shared> {
         keys: Mutex::new(config.districts.clone()),
         faults: Mutex::new(FaultInjector::new(config.faults.clone(), config.seed)),
         state_file: config.state_file.clone(),
+        clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
     })
 }
 

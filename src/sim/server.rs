@@ -63,6 +63,10 @@ pub struct Shared {
     pub keys: Mutex<Vec<(String, Secret)>>,
     pub faults: Mutex<FaultInjector>,
     pub state_file: Option<PathBuf>,
+    /// Seconds the server's clock is ahead of the wall clock: moved only
+    /// forward, by `POST /_sim/clock`, so tests cross a second without
+    /// sleeping.
+    pub clock_offset_secs: std::sync::atomic::AtomicI64,
 }
 
 /// The persisted form of the simulator (keys are never written).
@@ -78,13 +82,19 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The server's clock: UTC, whole seconds.
-fn now() -> NaiveDateTime {
-    use chrono::SubsecRound;
-    chrono::Utc::now().naive_utc().trunc_subsecs(0)
-}
+/// Longest single move of the server's clock, a year.
+const CLOCK_ADVANCE_SECS_MAX: i64 = 366 * 24 * 3600;
 
 impl Shared {
+    /// The server's clock: UTC, whole seconds, plus the offset tests set.
+    pub fn now(&self) -> NaiveDateTime {
+        use chrono::SubsecRound;
+        let offset = self
+            .clock_offset_secs
+            .load(std::sync::atomic::Ordering::SeqCst);
+        chrono::Utc::now().naive_utc().trunc_subsecs(0) + chrono::Duration::seconds(offset)
+    }
+
     /// Writes the state file atomically (temporary name, then rename) with
     /// owner-only permissions.
     pub fn save(&self) -> anyhow::Result<()> {
@@ -404,30 +414,31 @@ fn serve_vendor(
     call: &Call,
     plan: FaultPlan,
 ) -> Result<Reply, ApiError> {
+    let now = shared.now();
     let mut districts = lock(&shared.districts);
     let state = districts.entry(district.to_string()).or_default();
     match route {
-        Route::TestPull => Ok(json_reply(200, &connection_check(district, None))),
-        Route::TestPush => test_push(district, &call.body),
+        Route::TestPull => Ok(json_reply(200, &connection_check(district, None, now))),
+        Route::TestPush => test_push(district, &call.body, now),
         Route::Fees => fees(state, &call.query),
         Route::Fee(id) => match state.fee(id) {
             Some(fee) => Ok(json_reply(200, &served_fee(state, fee))),
             None => Err(ApiError::not_found("fee_not_found", format!("no fee {id}"))),
         },
-        Route::UpsertFee(id) => upsert(state, id, call, plan.lose_write),
+        Route::UpsertFee(id) => upsert(state, id, call, plan.lose_write, now),
         Route::UnmanagedFees => unmanaged_fees(state, &call.query),
         Route::Transactions => {
             let mut faults = lock(&shared.faults);
             transactions(state, &call.query, plan, &mut faults)
         }
-        Route::Balances => balances(state, &call.query),
+        Route::Balances => balances(state, &call.query, now),
     }
 }
 
-fn connection_check(district: &str, echo: Option<String>) -> ConnectionCheck {
+fn connection_check(district: &str, echo: Option<String>, now: NaiveDateTime) -> ConnectionCheck {
     ConnectionCheck {
         district: district.to_string(),
-        server_time: now(),
+        server_time: now,
         echo,
     }
 }
@@ -442,7 +453,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid JSON body: {e}")))
 }
 
-fn test_push(district: &str, body: &[u8]) -> Result<Reply, ApiError> {
+fn test_push(district: &str, body: &[u8], now: NaiveDateTime) -> Result<Reply, ApiError> {
     let push: TestPush = parse_json(body)?;
     let chars = push.nonce.chars().count();
     if chars == 0 || chars > NONCE_CHARS_MAX {
@@ -453,7 +464,7 @@ fn test_push(district: &str, body: &[u8]) -> Result<Reply, ApiError> {
     }
     Ok(json_reply(
         200,
-        &connection_check(district, Some(push.nonce)),
+        &connection_check(district, Some(push.nonce), now),
     ))
 }
 
@@ -624,13 +635,17 @@ fn decode_hex_cursor(text: &str) -> Result<String, ApiError> {
         .ok_or_else(invalid_cursor)
 }
 
-fn balances(state: &District, query: &BTreeMap<String, String>) -> Result<Reply, ApiError> {
+fn balances(
+    state: &District,
+    query: &BTreeMap<String, String>,
+    now: NaiveDateTime,
+) -> Result<Reply, ApiError> {
     let limit = limit(query)?;
     let after = query
         .get("cursor")
         .map(|c| decode_hex_cursor(c))
         .transpose()?;
-    let (items, next) = state.balances_page(after.as_deref(), limit, now());
+    let (items, next) = state.balances_page(after.as_deref(), limit, now);
     let items: Vec<serde_json::Value> = items.iter().map(|b| served_balance(state, b)).collect();
     let body = PageBody {
         items,
@@ -793,6 +808,7 @@ fn upsert(
     id: FeeId,
     call: &Call,
     lose_write: bool,
+    now: NaiveDateTime,
 ) -> Result<Reply, ApiError> {
     let key = check_idempotency_key(header_text(&call.headers, "idempotency-key"))?;
     let value: serde_json::Value = parse_json(&call.body)?;
@@ -821,7 +837,7 @@ fn upsert(
     let outcome = if lose_write {
         state.upsert_lost(&push)?
     } else {
-        state.upsert(push, now())?
+        state.upsert(push, now)?
     };
     let status = if outcome.created { 201 } else { 200 };
     let body = serde_json::to_string(&outcome)
@@ -865,6 +881,7 @@ fn serve_admin(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
             Ok(json_reply(200, &serde_json::json!({"status": "reset"})))
         }
         (&Method::POST, ["save"]) => save(shared),
+        (&Method::POST, ["clock"]) => advance_clock(shared, &call.body),
         (&Method::GET, ["districts"]) => {
             let names: Vec<String> = lock(&shared.districts).keys().cloned().collect();
             Ok(json_reply(200, &names))
@@ -883,6 +900,31 @@ fn set_faults(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
     let mut faults = lock(&shared.faults);
     faults.set_config(config);
     Ok(json_reply(200, faults.config()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockAdvance {
+    advance_secs: i64,
+}
+
+/// Moves the server's clock forward (never back: timestamps stay monotonic).
+fn advance_clock(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
+    let ClockAdvance { advance_secs } = parse_json(body)?;
+    if !(1..=CLOCK_ADVANCE_SECS_MAX).contains(&advance_secs) {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("advance_secs must be 1 to {CLOCK_ADVANCE_SECS_MAX}"),
+        ));
+    }
+    let offset = shared
+        .clock_offset_secs
+        .fetch_add(advance_secs, std::sync::atomic::Ordering::SeqCst)
+        + advance_secs;
+    Ok(json_reply(
+        200,
+        &serde_json::json!({"server_time": shared.now(), "offset_secs": offset}),
+    ))
 }
 
 fn save(shared: &Shared) -> Result<Reply, ApiError> {
@@ -945,7 +987,7 @@ fn district_admin(
         (&Method::GET, "summary") => Ok(json_reply(200, &state.summary(name))),
         (&Method::POST, "fees") => {
             let pushes: Vec<FeePush> = parse_json(&call.body)?;
-            Ok(json_reply(200, &state.load(pushes, now())?))
+            Ok(json_reply(200, &state.load(pushes, shared.now())?))
         }
         (&Method::POST, "generate") => {
             let spec: GenerateSpec = parse_json(&call.body)?;
@@ -953,7 +995,7 @@ fn district_admin(
         }
         (&Method::POST, "actions") => {
             let batch: ActionBatch = parse_json(&call.body)?;
-            apply_actions(state, batch)
+            apply_actions(state, batch, shared.now())
         }
         _ => Err(ApiError::not_found("not_found", "no such admin resource")),
     }
@@ -961,10 +1003,14 @@ fn district_admin(
 
 /// Applies actions in order; the first failure stops the batch and names
 /// its index (earlier actions stay applied).
-fn apply_actions(state: &mut District, batch: ActionBatch) -> Result<Reply, ApiError> {
+fn apply_actions(
+    state: &mut District,
+    batch: ActionBatch,
+    now: NaiveDateTime,
+) -> Result<Reply, ApiError> {
     let mut results = Vec::with_capacity(batch.actions.len());
     for (index, action) in batch.actions.into_iter().enumerate() {
-        let outcome = state.apply(action, now()).map_err(|e| ApiError {
+        let outcome = state.apply(action, now).map_err(|e| ApiError {
             message: format!("action #{index}: {}", e.message),
             ..e
         })?;
