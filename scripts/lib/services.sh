@@ -11,6 +11,26 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# A port picked by free_port may be taken by another process before the
+# service binds it (none of these servers can bind port 0 and report it):
+# each start_* tries up to PORT_TRIES ports, and only a bind failure moves
+# on to the next one.
+PORT_TRIES=5
+
+bind_failed() { grep -qiE 'address already in use|could not bind|cannot bind' "$1" 2>/dev/null; }
+
+# listens PORT PID: whether process PID (not whoever took the port) is
+# listening on 127.0.0.1:PORT.
+listens() {
+  local port=$1 pid=$2
+  kill -0 "$pid" 2>/dev/null || return 1
+  if command -v ss >/dev/null; then
+    ss -Hltnp "sport = :$port" 2>/dev/null | grep -q "pid=$pid,"
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+  fi
+}
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     log "need root to run: $*"; return 1; fi
@@ -31,9 +51,8 @@ ensure_postgres_installed() {
 # start_postgres DIR: a fresh cluster in DIR on a free loopback port.
 # Exports CPSYNC_TEST_PG_URL (a superuser URL to the "postgres" database).
 start_postgres() {
-  local dir=$1 port user run
+  local dir=$1 port user run attempt
   ensure_postgres_installed
-  port=$(free_port)
   mkdir -p "$dir"
   if [ "$(id -u)" = 0 ]; then
     id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
@@ -46,9 +65,19 @@ start_postgres() {
   fi
   run initdb -D "$dir/data" -U "$user" -A trust --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; return 1; }
-  run pg_ctl -D "$dir/data" -l "$dir/server.log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-    start >/dev/null || { cat "$dir/server.log" >&2; return 1; }
+  for attempt in $(seq 1 "$PORT_TRIES"); do
+    port=$(free_port)
+    if run pg_ctl -D "$dir/data" -l "$dir/server.log" -w \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+      start >/dev/null; then
+      break
+    fi
+    if ! bind_failed "$dir/server.log" || [ "$attempt" = "$PORT_TRIES" ]; then
+      cat "$dir/server.log" >&2; return 1
+    fi
+    log "PostgreSQL: port $port was taken meanwhile; another port"
+    : >"$dir/server.log"
+  done
   SERVICES_STOP+=("run_stop_postgres '$dir' '$user'")
   export CPSYNC_TEST_PG_URL="postgres://$user@127.0.0.1:$port/postgres"
   log "PostgreSQL $(run postgres --version | awk '{print $3}') on 127.0.0.1:$port"
@@ -77,10 +106,9 @@ ensure_sshd_installed() {
 # _KNOWN_HOSTS (a known_hosts file with the server's key) and _DIR (a
 # folder the tests may upload into).
 start_sshd() {
-  local dir=$1 port sshd user tries
+  local dir=$1 port sshd user tries attempt
   ensure_sshd_installed
   sshd=$(command -v sshd || echo /usr/sbin/sshd)
-  port=$(free_port)
   user=$(id -un)
   mkdir -p "$dir/remote"
   chmod 700 "$dir"
@@ -88,6 +116,34 @@ start_sshd() {
   ssh-keygen -q -t ed25519 -N '' -C cpsync-test-client -f "$dir/client_ed25519"
   cp "$dir/client_ed25519.pub" "$dir/authorized_keys"
   chmod 600 "$dir/authorized_keys"
+  if [ "$(id -u)" = 0 ]; then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
+  for attempt in $(seq 1 "$PORT_TRIES"); do
+    port=$(free_port)
+    write_sshd_config "$dir" "$port" "$user"
+    "$sshd" -t -f "$dir/sshd_config" || return 1
+    : >"$dir/sshd.log"
+    "$sshd" -f "$dir/sshd_config" -E "$dir/sshd.log" || { cat "$dir/sshd.log" >&2; return 1; }
+    for tries in $(seq 1 50); do
+      if bind_failed "$dir/sshd.log"; then break; fi
+      if [ -s "$dir/sshd.pid" ] && listens "$port" "$(cat "$dir/sshd.pid")"; then break 2; fi
+      if [ "$tries" = 50 ]; then log "sshd did not answer"; cat "$dir/sshd.log" >&2; return 1; fi
+      sleep 0.1
+    done
+    run_stop_sshd "$dir"
+    if [ "$attempt" = "$PORT_TRIES" ]; then cat "$dir/sshd.log" >&2; return 1; fi
+    log "sshd: port $port was taken meanwhile; another port"
+  done
+  SERVICES_STOP+=("run_stop_sshd '$dir'")
+  export CPSYNC_TEST_SFTP_HOST=127.0.0.1 CPSYNC_TEST_SFTP_PORT=$port CPSYNC_TEST_SFTP_USER=$user
+  export CPSYNC_TEST_SFTP_KEY=$dir/client_ed25519 CPSYNC_TEST_SFTP_KNOWN_HOSTS=$dir/known_hosts
+  export CPSYNC_TEST_SFTP_DIR=$dir/remote
+  log "$("$sshd" -V 2>&1 | head -n1 | cut -d, -f1) (SFTP only) on 127.0.0.1:$port as $user"
+}
+
+# write_sshd_config DIR PORT USER: the server's config and the client's
+# known_hosts line for that port.
+write_sshd_config() {
+  local dir=$1 port=$2 user=$3
   printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$dir/host_ed25519.pub")" >"$dir/known_hosts"
   cat >"$dir/sshd_config" <<EOF
 ListenAddress 127.0.0.1
@@ -108,19 +164,6 @@ Subsystem sftp internal-sftp
 ForceCommand internal-sftp
 LogLevel VERBOSE
 EOF
-  if [ "$(id -u)" = 0 ]; then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
-  "$sshd" -t -f "$dir/sshd_config" || return 1
-  "$sshd" -f "$dir/sshd_config" -E "$dir/sshd.log" || { cat "$dir/sshd.log" >&2; return 1; }
-  SERVICES_STOP+=("run_stop_sshd '$dir'")
-  for tries in $(seq 1 50); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-    if [ "$tries" = 50 ]; then log "sshd did not answer"; cat "$dir/sshd.log" >&2; return 1; fi
-    sleep 0.1
-  done
-  export CPSYNC_TEST_SFTP_HOST=127.0.0.1 CPSYNC_TEST_SFTP_PORT=$port CPSYNC_TEST_SFTP_USER=$user
-  export CPSYNC_TEST_SFTP_KEY=$dir/client_ed25519 CPSYNC_TEST_SFTP_KNOWN_HOSTS=$dir/known_hosts
-  export CPSYNC_TEST_SFTP_DIR=$dir/remote
-  log "$("$sshd" -V 2>&1 | head -n1 | cut -d, -f1) (SFTP only) on 127.0.0.1:$port as $user"
 }
 
 run_stop_sshd() {
@@ -190,21 +233,28 @@ start_smtp() {
 # waits until it answers, registers its stop, sets AIOSMTPD_PORT. (Not for
 # $(...): its stop must be registered in this shell.)
 run_aiosmtpd() {
-  local dir=$1 name=$2 port pid tries
+  local dir=$1 name=$2 port pid tries attempt
   shift 2
-  port=$(free_port)
-  "$AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" "$@" \
-    -c aiosmtpd.handlers.Mailbox "$dir/$name" >"$dir/$name.log" 2>&1 &
-  pid=$!
-  SERVICES_STOP+=("run_stop_smtp $pid")
-  for tries in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-    if ! kill -0 "$pid" 2>/dev/null || [ "$tries" = 100 ]; then
+  for attempt in $(seq 1 "$PORT_TRIES"); do
+    port=$(free_port)
+    "$AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" "$@" \
+      -c aiosmtpd.handlers.Mailbox "$dir/$name" >"$dir/$name.log" 2>&1 &
+    pid=$!
+    for tries in $(seq 1 100); do
+      if listens "$port" "$pid"; then
+        SERVICES_STOP+=("run_stop_smtp $pid")
+        AIOSMTPD_PORT=$port
+        return 0
+      fi
+      if ! kill -0 "$pid" 2>/dev/null || [ "$tries" = 100 ]; then break; fi
+      sleep 0.1
+    done
+    run_stop_smtp "$pid"
+    if ! bind_failed "$dir/$name.log" || [ "$attempt" = "$PORT_TRIES" ]; then
       log "aiosmtpd ($name) did not start"; cat "$dir/$name.log" >&2; return 1
     fi
-    sleep 0.1
+    log "aiosmtpd ($name): port $port was taken meanwhile; another port"
   done
-  AIOSMTPD_PORT=$port
 }
 
 # make_test_tls_certificate DIR: ca.pem, and server.pem/server.key for
