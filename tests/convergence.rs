@@ -103,6 +103,15 @@ fn nightly_converges(world: &World, what: &str) {
         "{what}: a second nightly plans {:?}",
         second.reconciliation.plan()
     );
+    // Judged apart from cpsync: Community Pass read raw, field by field.
+    let compared = common::assert_genesis_fees_reached_community_pass(
+        &mut world.conn(),
+        &world.sim.base_url(),
+        common::world::API_KEY,
+        "2026-08-01",
+        &|_, _| true,
+    );
+    assert!(compared > 0, "{what}: fees compared");
 }
 
 fn each_backend(test: fn(Backend)) {

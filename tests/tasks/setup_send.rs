@@ -93,6 +93,15 @@ fn setup_order_and_eligibility(backend: Backend) {
         assert_ne!(fee.school, excluded_school);
     }
     assert_eq!(env.admin.summary().unwrap().fees as usize, expected.len());
+    // Judged apart from cpsync: Community Pass read raw, field by field.
+    let compared = super::common::assert_genesis_fees_reached_community_pass(
+        &mut env.conn(),
+        &env.sim.base_url(),
+        super::API_KEY,
+        CUTOFF,
+        &|category, school| category != excluded_category && school != excluded_school,
+    );
+    assert_eq!(compared, expected.len());
 }
 
 #[test]
