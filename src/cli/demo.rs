@@ -284,7 +284,8 @@ fn command(globals: &[String], words: &[&str]) -> anyhow::Result<u8> {
 }
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::files::create_private_dir_all(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     for stale in ["demo.db", "demo.db-wal", "demo.db-shm"] {
         let path = dir.join(stale);
@@ -296,7 +297,8 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
-    crate::report::write_private_file(path, text.as_bytes())?;
+    crate::files::write_private(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path.to_path_buf())
 }
 

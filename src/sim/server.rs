@@ -97,11 +97,9 @@ impl Shared {
                 .map(|(name, district)| (name.clone(), district.snapshot()))
                 .collect(),
         };
-        let temporary = path.with_extension("tmp");
         let bytes = serde_json::to_vec(&snapshot)?;
-        write_private(&temporary, &bytes)?;
-        std::fs::rename(&temporary, path)?;
-        Ok(())
+        crate::files::write_private(path, &bytes)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 
     fn reset(&self) {
@@ -120,20 +118,6 @@ impl Shared {
             .find(|(_, key)| key.ct_eq(token))
             .map(|(district, _)| district.clone())
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Reads a saved simulator state.
