@@ -49,9 +49,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// survives a crash. On any error the temporary file is removed and `path`
 /// is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], readers: Readers) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path names no file")
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),

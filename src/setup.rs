@@ -365,25 +365,32 @@ mod tests {
         state.test_push_at = Some(at());
         let later = at() + chrono::Duration::days(30);
 
-        let (same, change) = state
-            .clone()
-            .with_checked_api_key("sha256:a".into(), "north".into(), later);
+        let (same, change) =
+            state
+                .clone()
+                .with_checked_api_key("sha256:a".into(), "north".into(), later);
         assert_eq!(change, KeyChange::Same);
-        assert_eq!(same.api_key_set_at, Some(at()), "the same key keeps its date");
+        assert_eq!(
+            same.api_key_set_at,
+            Some(at()),
+            "the same key keeps its date"
+        );
         same.allow(SetupStep::Cutoff).unwrap();
 
-        let (rotated, change) = state
-            .clone()
-            .with_checked_api_key("sha256:b".into(), "north".into(), later);
+        let (rotated, change) =
+            state
+                .clone()
+                .with_checked_api_key("sha256:b".into(), "north".into(), later);
         assert_eq!(change, KeyChange::Rotated);
         assert!(!change.needs_connection_tests());
         assert_eq!(rotated.api_key_fingerprint.as_deref(), Some("sha256:b"));
         assert_eq!(rotated.api_key_set_at, Some(later));
         rotated.allow(SetupStep::Cutoff).unwrap();
 
-        let (other, change) = state
-            .clone()
-            .with_checked_api_key("sha256:c".into(), "south".into(), later);
+        let (other, change) =
+            state
+                .clone()
+                .with_checked_api_key("sha256:c".into(), "south".into(), later);
         assert_eq!(change, KeyChange::OtherDistrict);
         assert_eq!(
             other.allow(SetupStep::Cutoff).unwrap_err().missing,
@@ -396,7 +403,11 @@ mod tests {
         };
         let (upgraded, change) =
             legacy.with_checked_api_key("sha256:d".into(), "north".into(), later);
-        assert_eq!(change, KeyChange::OtherDistrict, "an unknown district is not assumed");
+        assert_eq!(
+            change,
+            KeyChange::OtherDistrict,
+            "an unknown district is not assumed"
+        );
         assert!(upgraded.test_pull_at.is_none());
     }
 

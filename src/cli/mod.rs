@@ -231,7 +231,10 @@ pub const DATABASE_URL_ENVS: [&str; 2] = ["CPSYNC_DATABASE_URL", "DATABASE_URL"]
 fn chosen_database_url(cli: &Cli) -> anyhow::Result<Option<String>> {
     if let Some(url) = &cli.database_url {
         if DatabaseUrl::parse(url).is_ok_and(|parsed| parsed.has_password()) {
-            warn_password_on_command_line("--database-url carries a password", "CPSYNC_DATABASE_URL or --database-url-file");
+            warn_password_on_command_line(
+                "--database-url carries a password",
+                "CPSYNC_DATABASE_URL or --database-url-file",
+            );
         }
         return Ok(Some(url.clone()));
     }

@@ -5,9 +5,9 @@
 //! stored: `setup api-key` reads it from its configured file or environment
 //! variable, checks it with a read-only call and records its fingerprint.
 
-use std::collections::BTreeSet;
 use anyhow::{anyhow, bail, Context as _};
 use chrono::NaiveDate;
+use std::collections::BTreeSet;
 
 use super::{exit, task, Context};
 use crate::db::{genesis, outbox, settings, tasks, DbConnection};
@@ -338,11 +338,9 @@ fn describe_categories(selection: &CategorySelection) -> String {
 fn api_key(context: &Context, conn: &mut DbConnection) -> anyhow::Result<u8> {
     let source = context.api_key_source();
     let key = task::load_api_key(&source)?;
-    let portal = crate::portal::http::HttpPortal::new(task::portal_config_with_key(
-        context,
-        key.clone(),
-    )?)
-    .context("building the Community Pass client")?;
+    let portal =
+        crate::portal::http::HttpPortal::new(task::portal_config_with_key(context, key.clone())?)
+            .context("building the Community Pass client")?;
     let check = portal.test_pull().map_err(|e| {
         anyhow!(
             "the API key in the {source} (fingerprint {}) was not accepted: {e}; nothing was recorded",

@@ -12,9 +12,9 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::Serialize;
 
 use super::{exit, Context};
+use crate::config::KeySource;
 use crate::db::runs::{self, RunCounts, RunStatus};
 use crate::db::{settings, tasks, DatabaseUrl, DbConnection, OpenMode};
-use crate::config::KeySource;
 use crate::portal::http::{HttpPortal, HttpPortalConfig};
 use crate::secret::Secret;
 use crate::setup::SetupState;

@@ -474,7 +474,9 @@ pub fn postgres_hosts(url: &str, environment: &PgTlsEnvironment) -> Vec<String> 
     // The user information ends at the last '@' before the query (a
     // password may hold '@' or '/', as libpq reads it); the hosts end at
     // the first '/' after it.
-    let after_user = before_query.rsplit_once('@').map_or(before_query, |(_, h)| h);
+    let after_user = before_query
+        .rsplit_once('@')
+        .map_or(before_query, |(_, h)| h);
     let host_list = after_user.split('/').next().unwrap_or("");
     let mut hosts: Vec<String> = split_host_list(host_list)
         .into_iter()
@@ -712,10 +714,16 @@ mod tests {
     fn hosts_are_read_from_the_url_its_parameters_and_pghost() {
         let env = no_tls_environment();
         let hosts = |url: &str| postgres_hosts(url, &env);
-        assert_eq!(hosts("postgres://u:p@ss@db.example.org:5432/g"), ["db.example.org"]);
+        assert_eq!(
+            hosts("postgres://u:p@ss@db.example.org:5432/g"),
+            ["db.example.org"]
+        );
         assert_eq!(hosts("postgres://a:1,[::1]:2,b/g"), ["a", "::1", "b"]);
         assert_eq!(hosts("postgres://cp:pa/ss@10.0.0.5/g"), ["10.0.0.5"]);
-        assert_eq!(hosts("postgres:///g?host=/var/run/postgresql"), ["/var/run/postgresql"]);
+        assert_eq!(
+            hosts("postgres:///g?host=/var/run/postgresql"),
+            ["/var/run/postgresql"]
+        );
         assert_eq!(hosts("postgres://%2Ftmp%2Fpg/g"), ["/tmp/pg"]);
         assert!(hosts("postgres:///g").is_empty());
         let with_pghost = PgTlsEnvironment {
@@ -727,10 +735,23 @@ mod tests {
 
     #[test]
     fn loopback_and_sockets_are_local_everything_else_is_remote() {
-        for local in ["127.0.0.1", "127.8.9.10", "::1", "localhost", "LOCALHOST", "/tmp/pg"] {
+        for local in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "localhost",
+            "LOCALHOST",
+            "/tmp/pg",
+        ] {
             assert!(is_local_pg_host(local), "{local}");
         }
-        for remote in ["192.0.2.1", "10.255.255.1", "db.example.org", "::2", "128.0.0.1"] {
+        for remote in [
+            "192.0.2.1",
+            "10.255.255.1",
+            "db.example.org",
+            "::2",
+            "128.0.0.1",
+        ] {
             assert!(!is_local_pg_host(remote), "{remote}");
         }
     }
@@ -754,7 +775,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
-        let url = format!("postgres://cp@db.example.org/g?sslrootcert={}", ca.display());
+        let url = format!(
+            "postgres://cp@db.example.org/g?sslrootcert={}",
+            ca.display()
+        );
         assert_eq!(
             with_pg_tls(&url, &env).unwrap(),
             format!("{url}&sslmode=verify-full")

@@ -128,6 +128,7 @@ pub fn cpsync(args: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpsync"))
         .args(args)
         .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
         .output()
         .expect("run cpsync");

@@ -74,6 +74,7 @@ impl Env {
             .args(["--database-url", url, "--cp-url", &self.sim.base_url()])
             .args(args)
             .env_remove("DATABASE_URL")
+            .env_remove("CPSYNC_DATABASE_URL")
             .env_remove("CPSYNC_CONFIG")
             .env_remove("CPSYNC_CP_URL")
             .env_remove("CPSYNC_API_KEY")
