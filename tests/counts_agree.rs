@@ -24,6 +24,7 @@ fn run(world: &World, config: &std::path::Path, args: &[&str]) -> (i32, String, 
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     (

@@ -66,6 +66,7 @@ fn nightly(world: &World, config: &std::path::Path, args: &[&str]) -> (i32, Stri
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     (
@@ -156,6 +157,7 @@ fn rebuild_report(world: &World, config: &std::path::Path, run_id: i64, backend:
         .args(["report", "--run", &run_id.to_string()])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     assert_eq!(
@@ -305,6 +307,7 @@ fn batch_runs_every_step(backend: Backend) {
         .args(["--database-url", &world.db.url_text, "batch"])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .env_remove("CPSYNC_CP_URL")
         .output()
         .unwrap();
@@ -355,6 +358,7 @@ fn an_unreachable_database_still_tells_the_office() {
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -373,6 +377,7 @@ fn an_unreachable_database_still_tells_the_office() {
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -537,3 +537,38 @@ fn the_database_url_comes_from_the_environment_without_a_warning() {
     );
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn a_key_given_to_the_simulator_on_the_command_line_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-key-file").display().to_string();
+    // The missing key file stops the simulator before it listens.
+    let (code, _, stderr) = cpsync(
+        &[
+            "sim",
+            "--api-key",
+            "sk_test_on_the_command_line",
+            "--api-key-file",
+            &missing,
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("warning: sim --api-key gives an API key on the command line")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk_test_on_the_command_line"), "{stderr}");
+    let (code, _, stderr) = cpsync(
+        &["sim", "--api-key-file", &missing],
+        &[(
+            "CPSYNC_SIM_API_KEY",
+            Path::new("sk_test_from_the_environment"),
+        )],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -66,9 +66,10 @@ in the config; without one, from the file named by CPSYNC_API_KEY_FILE, else fro
 CPSYNC_API_KEY. It never goes on a command line or into the database.
 
 Examples:
-  install -m 600 -o cpsync /dev/null /etc/cpsync/api-key   then paste the key into it
-  cpsync --config /etc/cpsync/cpsync.toml setup api-key      check it and record its fingerprint
-  cpsync --config /etc/cpsync/cpsync.toml setup show         which source, and does it match
+  install -m 0640 -o root -g cpsync /dev/null /etc/cpsync/community-pass-api-key
+  editor /etc/cpsync/community-pass-api-key                 paste the key Community Pass issued
+  cpsync --config /etc/cpsync/cpsync.toml setup api-key     check it, record its fingerprint
+  cpsync --config /etc/cpsync/cpsync.toml setup show        which source, and does it match
 
 Rotation: put the new key in the same file (or variable), then run `setup api-key`
 again. A new key of the same Community Pass district keeps Test Pull and Test Push;
