@@ -273,7 +273,10 @@ fn unreachable_postgres_is_one_clear_line_without_password() {
         .arg("migrate")
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
-        .env("CPSYNC_DATABASE_URL", "postgres://cp:s3cret@127.0.0.1:1/genesis")
+        .env(
+            "CPSYNC_DATABASE_URL",
+            "postgres://cp:s3cret@127.0.0.1:1/genesis",
+        )
         .output()
         .unwrap();
     let code = output.status.code().unwrap_or(-1);
