@@ -72,6 +72,8 @@ struct Engine {
     bin: PathBuf,
     database_url: String,
     cp_url: String,
+    /// The API key's file, handed over as `CPSYNC_API_KEY_FILE`.
+    key_file: PathBuf,
 }
 
 impl Engine {
@@ -86,7 +88,8 @@ impl Engine {
             ])
             .args(args)
             .env_remove("DATABASE_URL")
-            .env_remove("CPSYNC_CONFIG");
+            .env_remove("CPSYNC_CONFIG")
+            .env(cpsync::config::DEFAULT_API_KEY_FILE_ENV, &self.key_file);
         command
     }
 
@@ -119,6 +122,7 @@ impl Engine {
                 &self.cp_url,
             ])
             .args(args)
+            .env(cpsync::config::DEFAULT_API_KEY_FILE_ENV, &self.key_file)
             .stderr(Stdio::inherit())
             .output()
             .context("running /usr/bin/time (GNU time)")?;
@@ -170,6 +174,7 @@ fn main() -> anyhow::Result<()> {
         bin: options.bin.clone(),
         database_url: database_url.clone(),
         cp_url: sim.base_url(),
+        key_file: work.join("api-key"),
     };
     let backend = if database_url.starts_with("postgres") {
         "postgresql"
@@ -193,14 +198,8 @@ fn main() -> anyhow::Result<()> {
     figures.insert("seed_seconds", json!(seed_s));
     println!("  seed                {seed_s:>8.2} s");
 
-    let key_file = work.join("api-key");
-    std::fs::write(&key_file, API_KEY)?;
-    engine.run(&[
-        "setup",
-        "api-key",
-        "--file",
-        &key_file.display().to_string(),
-    ])?;
+    cpsync::files::write_private(&engine.key_file, API_KEY.as_bytes())?;
+    engine.run(&["setup", "api-key"])?;
     engine.run(&["setup", "categories", "--all"])?;
     engine.run(&["setup", "test-pull"])?;
     engine.run(&["setup", "test-push"])?;

@@ -14,6 +14,10 @@ use crate::secret::{self, Secret, SecretError};
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://cpsync.db";
 /// The environment variable read for the Community Pass API key by default.
 pub const DEFAULT_API_KEY_ENV: &str = "CPSYNC_API_KEY";
+/// The environment variable naming a file that holds the API key, read
+/// before `CPSYNC_API_KEY` when the config names no source (systemd's
+/// `LoadCredential=` gives such a file: `%d/api-key`).
+pub const DEFAULT_API_KEY_FILE_ENV: &str = "CPSYNC_API_KEY_FILE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,6 +84,51 @@ impl SecretSource {
             (None, Some(env)) => secret::from_env(env),
             (None, None) => secret::from_env(default_env),
         }
+    }
+}
+
+/// Where the Community Pass API key is read at run time: a file or an
+/// environment variable, resolved from the config (`api_key_source`). The
+/// database never holds the key, only its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl KeySource {
+    /// Reads the key now (a rotated file or variable takes effect at once).
+    pub fn load(&self) -> Result<Secret, SecretError> {
+        match self {
+            KeySource::File(path) => secret::from_file(path),
+            KeySource::Env(name) => secret::from_env(name),
+        }
+    }
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(path) => write!(f, "file {}", path.display()),
+            KeySource::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// The API key's source: `[community_pass] api_key = { file = … }` or
+/// `{ env = … }`; when the config names neither, the file named by
+/// `CPSYNC_API_KEY_FILE` if that is set, else `CPSYNC_API_KEY`.
+pub fn api_key_source(section: Option<&CommunityPassConfig>) -> KeySource {
+    let named = section.map(|c| &c.api_key);
+    match named {
+        Some(SecretSource {
+            file: Some(file), ..
+        }) => KeySource::File(file.clone()),
+        Some(SecretSource { env: Some(env), .. }) => KeySource::Env(env.clone()),
+        _ => match std::env::var(DEFAULT_API_KEY_FILE_ENV) {
+            Ok(path) if !path.trim().is_empty() => KeySource::File(PathBuf::from(path.trim())),
+            _ => KeySource::Env(DEFAULT_API_KEY_ENV.to_string()),
+        },
     }
 }
 
@@ -300,8 +349,9 @@ impl Config {
         Ok(())
     }
 
-    /// The database URL: the command line or `DATABASE_URL` first, then the
-    /// file, then the default SQLite file.
+    /// The database URL: the one the command line or the environment gives
+    /// (`--database-url`, `--database-url-file`, `CPSYNC_DATABASE_URL`,
+    /// `DATABASE_URL`) first, then the file, then the default SQLite file.
     pub fn database_url(&self, from_command_line: Option<&str>) -> String {
         from_command_line
             .map(str::to_string)
@@ -359,6 +409,25 @@ mod tests {
         assert!(err.to_string().contains("community_pass.base_url"), "{err}");
         let err = parse("[smtp]\nhost='h'\nport=25\ntls='none'\nfrom='a@b'\nto=[]\n").unwrap_err();
         assert!(err.to_string().contains("smtp.to"), "{err}");
+    }
+
+    #[test]
+    fn the_api_key_source_is_the_configured_file_or_variable() {
+        let config = parse(
+            "[community_pass]\nbase_url = 'https://cp.example/api'\napi_key = { file = '/etc/cpsync/api-key' }\n",
+        )
+        .unwrap();
+        let source = api_key_source(config.community_pass.as_ref());
+        assert_eq!(source, KeySource::File("/etc/cpsync/api-key".into()));
+        assert_eq!(source.to_string(), "file /etc/cpsync/api-key");
+        let config = parse(
+            "[community_pass]\nbase_url = 'https://cp.example/api'\napi_key = { env = 'DISTRICT_KEY' }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            api_key_source(config.community_pass.as_ref()),
+            KeySource::Env("DISTRICT_KEY".into())
+        );
     }
 
     #[test]

@@ -71,9 +71,15 @@ impl Default for PortalOptions {
 /// Everything setup has recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SetupState {
-    /// A short fingerprint of the stored API key (never the key).
+    /// The fingerprint (`sha256:` and 12 hex digits) of the API key setup
+    /// last checked against Community Pass. The key itself is never
+    /// stored: it is read from its file or environment variable at run time
+    /// and must match this.
     pub api_key_fingerprint: Option<String>,
     pub api_key_set_at: Option<NaiveDateTime>,
+    /// The Community Pass district that key's check answered for.
+    #[serde(default)]
+    pub api_key_district: Option<String>,
     pub categories: CategorySelection,
     pub categories_confirmed_at: Option<NaiveDateTime>,
     pub excluded_schools: BTreeSet<String>,
@@ -82,6 +88,27 @@ pub struct SetupState {
     pub test_push_at: Option<NaiveDateTime>,
     pub cutoff: Option<NaiveDate>,
     pub portal: PortalOptions,
+}
+
+/// What recording a checked API key was, compared with the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// No key was recorded before.
+    First,
+    /// The key recorded before, checked again.
+    Same,
+    /// A new key of the district recorded before: connection tests kept.
+    Rotated,
+    /// A new key, and the district differs or was never recorded
+    /// (a key recorded by an older cpsync): connection tests needed again.
+    OtherDistrict,
+}
+
+impl KeyChange {
+    /// Whether Test Pull and Test Push must be run again.
+    pub fn needs_connection_tests(self) -> bool {
+        matches!(self, KeyChange::First | KeyChange::OtherDistrict)
+    }
 }
 
 /// The ordered setup steps.
@@ -179,13 +206,34 @@ impl SetupState {
         .find(|s| !self.done(*s))
     }
 
-    /// A new API key invalidates the connection tests made with the old one.
-    pub fn with_new_api_key(mut self, fingerprint: String, at: NaiveDateTime) -> SetupState {
+    /// Records an API key `setup api-key` has just checked (a read-only
+    /// call answered for `district`). The connection tests made before are
+    /// kept for the same key, and for a rotated key of the same district
+    /// (the check proved it reads that district; a rotation changes
+    /// nothing else); a first key, or a key of another or unknown district,
+    /// needs Test Pull and Test Push again.
+    pub fn with_checked_api_key(
+        mut self,
+        fingerprint: String,
+        district: String,
+        at: NaiveDateTime,
+    ) -> (SetupState, KeyChange) {
+        let change = match (&self.api_key_fingerprint, &self.api_key_district) {
+            (None, _) => KeyChange::First,
+            (Some(old), _) if *old == fingerprint => KeyChange::Same,
+            (Some(_), Some(old_district)) if *old_district == district => KeyChange::Rotated,
+            (Some(_), _) => KeyChange::OtherDistrict,
+        };
+        if change != KeyChange::Same {
+            self.api_key_set_at = Some(at);
+        }
+        if matches!(change, KeyChange::First | KeyChange::OtherDistrict) {
+            self.test_pull_at = None;
+            self.test_push_at = None;
+        }
         self.api_key_fingerprint = Some(fingerprint);
-        self.api_key_set_at = Some(at);
-        self.test_pull_at = None;
-        self.test_push_at = None;
-        self
+        self.api_key_district = Some(district);
+        (self, change)
     }
 
     /// The sending policy these choices make, for the reconciliation core
@@ -285,7 +333,9 @@ mod tests {
             SetupStep::ApiKey
         );
 
-        state = state.with_new_api_key("ab12".into(), at());
+        state = state
+            .with_checked_api_key("sha256:ab12".into(), "north".into(), at())
+            .0;
         assert_eq!(
             state.allow(SetupStep::TestPull).unwrap_err().missing,
             SetupStep::Categories
@@ -306,16 +356,59 @@ mod tests {
     }
 
     #[test]
-    fn a_new_key_requires_new_connection_tests() {
-        let mut state = SetupState::default().with_new_api_key("a".into(), at());
+    fn a_rotated_key_of_the_same_district_keeps_the_connection_tests() {
+        let (mut state, change) =
+            SetupState::default().with_checked_api_key("sha256:a".into(), "north".into(), at());
+        assert_eq!(change, KeyChange::First);
         state.categories_confirmed_at = Some(at());
         state.test_pull_at = Some(at());
         state.test_push_at = Some(at());
-        state = state.with_new_api_key("b".into(), at());
+        let later = at() + chrono::Duration::days(30);
+
+        let (same, change) =
+            state
+                .clone()
+                .with_checked_api_key("sha256:a".into(), "north".into(), later);
+        assert_eq!(change, KeyChange::Same);
         assert_eq!(
-            state.allow(SetupStep::Cutoff).unwrap_err().missing,
+            same.api_key_set_at,
+            Some(at()),
+            "the same key keeps its date"
+        );
+        same.allow(SetupStep::Cutoff).unwrap();
+
+        let (rotated, change) =
+            state
+                .clone()
+                .with_checked_api_key("sha256:b".into(), "north".into(), later);
+        assert_eq!(change, KeyChange::Rotated);
+        assert!(!change.needs_connection_tests());
+        assert_eq!(rotated.api_key_fingerprint.as_deref(), Some("sha256:b"));
+        assert_eq!(rotated.api_key_set_at, Some(later));
+        rotated.allow(SetupStep::Cutoff).unwrap();
+
+        let (other, change) =
+            state
+                .clone()
+                .with_checked_api_key("sha256:c".into(), "south".into(), later);
+        assert_eq!(change, KeyChange::OtherDistrict);
+        assert_eq!(
+            other.allow(SetupStep::Cutoff).unwrap_err().missing,
             SetupStep::TestPull
         );
+
+        let legacy = SetupState {
+            api_key_district: None,
+            ..state
+        };
+        let (upgraded, change) =
+            legacy.with_checked_api_key("sha256:d".into(), "north".into(), later);
+        assert_eq!(
+            change,
+            KeyChange::OtherDistrict,
+            "an unknown district is not assumed"
+        );
+        assert!(upgraded.test_pull_at.is_none());
     }
 
     #[test]

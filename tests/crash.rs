@@ -126,6 +126,7 @@ fn cpsync_binary(
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     if let Some(k) = crash_after {

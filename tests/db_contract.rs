@@ -267,11 +267,20 @@ fn unknown_scheme_is_one_clear_line() {
 
 #[test]
 fn unreachable_postgres_is_one_clear_line_without_password() {
-    let (code, _, stderr) = cpsync(&[
-        "--database-url",
-        "postgres://cp:s3cret@127.0.0.1:1/genesis",
-        "migrate",
-    ]);
+    // A URL with a password comes from the environment, never the command
+    // line (which would add a warning line).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .env(
+            "CPSYNC_DATABASE_URL",
+            "postgres://cp:s3cret@127.0.0.1:1/genesis",
+        )
+        .output()
+        .unwrap();
+    let code = output.status.code().unwrap_or(-1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");

@@ -368,6 +368,7 @@ fn batch_runs_every_step(backend: Backend) {
         .args(["--database-url", &world.db.url_text, "batch"])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .env_remove("CPSYNC_CP_URL")
         .output()
         .unwrap();
@@ -418,6 +419,7 @@ fn an_unreachable_database_still_tells_the_office() {
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -436,6 +438,7 @@ fn an_unreachable_database_still_tells_the_office() {
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -36,6 +36,7 @@ fn nightly(world: &World, config: &std::path::Path) -> Command {
         .args(["--cp-url", &world.sim.base_url(), "nightly"])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     command

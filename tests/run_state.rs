@@ -352,7 +352,7 @@ fn a_panic_inside_a_run_records_it_as_failed() {
     for backend in BACKENDS {
         let db = TestDb::migrated(backend);
         let key = cpsync::secret::Secret::new("sk_test_panic_hook");
-        cpsync::db::settings::store_api_key(&mut db.connect(), &key, now()).unwrap();
+        cpsync::db::settings::record_api_key(&mut db.connect(), &key, "north", now()).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
             .args([
                 "--database-url",
@@ -362,6 +362,8 @@ fn a_panic_inside_a_run_records_it_as_failed() {
             ])
             .arg("get-balances")
             .env("CPSYNC_TEST_PANIC_IN_RUN", "1")
+            .env("CPSYNC_API_KEY", key.expose())
+            .env_remove("CPSYNC_API_KEY_FILE")
             .env_remove("DATABASE_URL")
             .env_remove("CPSYNC_CONFIG")
             .output()

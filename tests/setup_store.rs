@@ -1,5 +1,6 @@
 //! Setup values and the outbox triggers on both backends: settings round
-//! trip with an audit row per change, the API key never in the audit trail,
+//! trip with an audit row per change, the API key never stored (only its
+//! fingerprint) and never in the audit trail,
 //! and the triggers enqueueing exactly the changes that must be pushed.
 
 mod common;
@@ -27,11 +28,12 @@ fn settings_round_trip(backend: Backend) {
     assert_eq!(fresh.next_step(), Some(SetupStep::ApiKey));
 
     let key = Secret::new("cp_live_0123456789abcdef");
-    let mut state = settings::store_api_key(&mut conn, &key, now()).unwrap();
+    let (mut state, _) = settings::record_api_key(&mut conn, &key, "north", now()).unwrap();
     assert_eq!(
-        settings::load_api_key(&mut conn).unwrap().unwrap().expose(),
-        key.expose()
+        state.api_key_fingerprint.as_deref(),
+        Some(settings::fingerprint(&key).as_str())
     );
+    assert!(settings::legacy_plain_api_key(&mut conn).unwrap().is_none());
     state.categories = CategorySelection::Only(["LAB".into(), "TECH".into()].into());
     state.categories_confirmed_at = Some(now());
     state.patron_id = PatronIdRule::BillingGuardianId;

@@ -165,7 +165,8 @@ pub fn campaign_probes(bin: &Path, work: &Path, tally: &Mutex<Tally>) -> anyhow:
         }),
     )?;
     let key = Secret::new("sk_probe_5b0e1d7c9a");
-    cpsync::db::settings::store_api_key(&mut conn, &key, chrono::Utc::now().naive_utc())?;
+    // The key is read from CPSYNC_API_KEY by each probe; setup recorded its fingerprint.
+    cpsync::db::settings::record_api_key(&mut conn, &key, "probe", chrono::Utc::now().naive_utc())?;
     let (fee, student): (i64, i64) = {
         use cpsync::db::schema::student_fees::dsl::*;
         use diesel::prelude::*;
@@ -175,8 +176,8 @@ pub fn campaign_probes(bin: &Path, work: &Path, tally: &Mutex<Tally>) -> anyhow:
             .first(&mut conn)?
     };
     let mut outcomes = config_probes(bin, &dir, &url)?;
-    outcomes.push(loopback_probe(bin, &dir, &url)?);
-    outcomes.extend(server_probes(bin, &dir, &url, fee, student)?);
+    outcomes.push(loopback_probe(bin, &dir, &url, key.expose())?);
+    outcomes.extend(server_probes(bin, &dir, &url, fee, student, key.expose())?);
     outcomes.push(echo_probe(bin, &dir, &url, key.expose())?);
     let mut tally = tally.lock().expect("tally lock");
     for (name, problem) in outcomes {
@@ -254,7 +255,15 @@ fn config_probes(bin: &Path, dir: &Path, url: &str) -> anyhow::Result<Vec<Probe>
     Ok(probes)
 }
 
-fn loopback_probe(bin: &Path, dir: &Path, url: &str) -> anyhow::Result<Probe> {
+/// The environment handing the probes' API key to the engine.
+fn key_env(key: &str) -> Vec<(String, String)> {
+    vec![(
+        cpsync::config::DEFAULT_API_KEY_ENV.to_string(),
+        key.to_string(),
+    )]
+}
+
+fn loopback_probe(bin: &Path, dir: &Path, url: &str, key: &str) -> anyhow::Result<Probe> {
     let engine = Engine::new(
         bin,
         vec![
@@ -263,7 +272,7 @@ fn loopback_probe(bin: &Path, dir: &Path, url: &str) -> anyhow::Result<Probe> {
             "--cp-url".into(),
             "http://192.0.2.10:8080".into(),
         ],
-        Vec::new(),
+        key_env(key),
         log_dir(dir, "loopback")?,
     );
     let ended = engine.run(&["get-payments"])?;
@@ -281,6 +290,7 @@ fn server_probes(
     url: &str,
     fee: i64,
     student: i64,
+    key: &str,
 ) -> anyhow::Result<Vec<Probe>> {
     let mut probes = Vec::new();
     for (index, case) in server::corpus(fee, 987_654_321).into_iter().enumerate() {
@@ -294,7 +304,7 @@ fn server_probes(
                 "--cp-url".into(),
                 hostile.base_url.clone(),
             ],
-            Vec::new(),
+            key_env(key),
             log_dir(dir, &format!("server-{index}"))?,
         );
         let ended = engine.run(&["get-payments", "--student", &student.to_string(), "--json"])?;
@@ -321,7 +331,7 @@ fn echo_probe(bin: &Path, dir: &Path, url: &str, key: &str) -> anyhow::Result<Pr
             "--cp-url".into(),
             hostile.base_url.clone(),
         ],
-        Vec::new(),
+        key_env(key),
         log_dir(dir, "echo")?,
     );
     let ended = engine.run(&["get-payments"])?;

@@ -1,7 +1,7 @@
 //! The secret scan: the API key, SMTP and SFTP passwords must not appear in
 //! anything a scenario produced: every child's stdout and stderr, every file
 //! written (export, reports, logs), and every text column of the database
-//! (except the one row where `setup api-key` keeps the key the engine uses).
+//! (the API key included: the database keeps only its fingerprint).
 //! Also checks that export and report files are owner-only.
 
 use std::os::unix::fs::PermissionsExt;
@@ -164,25 +164,19 @@ fn text_columns(conn: &mut DbConnection) -> anyhow::Result<Vec<(String, String)>
     }
 }
 
-/// Every value of one column as bytes (invalid UTF-8 included), leaving out
-/// the stored API key itself.
+/// Every value of one column as bytes (invalid UTF-8 included).
 fn column_values(
     conn: &mut DbConnection,
     table: &str,
     column: &str,
 ) -> anyhow::Result<Vec<Vec<u8>>> {
-    let skip_key = if table == "cp_settings" {
-        " WHERE key <> 'api_key'"
-    } else {
-        ""
-    };
     let rows: Vec<Value> = match conn {
         DbConnection::Sqlite(c) => diesel::sql_query(format!(
-            "SELECT CAST(\"{column}\" AS BLOB) AS v FROM \"{table}\"{skip_key}"
+            "SELECT CAST(\"{column}\" AS BLOB) AS v FROM \"{table}\""
         ))
         .load(c)?,
         DbConnection::Pg(c) => diesel::sql_query(format!(
-            "SELECT convert_to(CAST(\"{column}\" AS TEXT), 'UTF8') AS v FROM \"{table}\"{skip_key}"
+            "SELECT convert_to(CAST(\"{column}\" AS TEXT), 'UTF8') AS v FROM \"{table}\""
         ))
         .load(c)?,
     };

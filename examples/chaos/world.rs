@@ -98,7 +98,7 @@ pub fn work_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    Ok(cpsync::report::write_private_file(path, text.as_bytes())?)
+    Ok(cpsync::files::write_private(path, text.as_bytes())?)
 }
 
 impl World {
@@ -161,9 +161,9 @@ impl World {
 
     /// Setup in the handbook's order through the binary; every step must pass.
     pub fn setup(&self) -> anyhow::Result<()> {
-        let key_file = self.dir.join("api-key").display().to_string();
+        // The key is read from the file the config names (api-key).
         let steps: [&[&str]; 5] = [
-            &["setup", "api-key", "--file", &key_file],
+            &["setup", "api-key"],
             &["setup", "categories", "--all"],
             &["setup", "test-pull"],
             &["setup", "test-push"],
@@ -224,6 +224,7 @@ fn config_text(dir: &Path, base_url: &str, request_timeout_secs: u64) -> String 
 
 [community_pass]
 base_url = "{base_url}"
+api_key = {{ file = "{api_key}" }}
 connect_timeout_secs = 1
 request_timeout_secs = {request_timeout_secs}
 
@@ -240,6 +241,7 @@ known_hosts_file = "{known_hosts}"
 remote_dir = "/incoming"
 "#,
         reports = dir.join("reports").display(),
+        api_key = dir.join("api-key").display(),
         known_hosts = dir.join("known_hosts").display(),
         smtp = smtp_section(),
     )

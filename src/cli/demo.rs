@@ -103,7 +103,10 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         seed: args.seed,
         ..SimConfig::new(api_key)
     })?;
-    let config_file = write_private(&dir.join("cpsync.toml"), &demo_config(&dir))?;
+    let config_file = write_private(
+        &dir.join("cpsync.toml"),
+        &demo_config(&dir, &sim.base_url(), &key_file),
+    )?;
     let database = format!("sqlite://{}", dir.join("demo.db").display());
     let globals = [
         "--config".to_string(),
@@ -142,12 +145,7 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<u8> {
         3,
         "Setup in the handbook's order: API key, categories, Test Pull, Test Push, cutoff",
     );
-    cpsync(&[
-        "setup",
-        "api-key",
-        "--file",
-        &key_file.display().to_string(),
-    ])?;
+    cpsync(&["setup", "api-key"])?;
     cpsync(&["setup", "categories", "--all"])?;
     cpsync(&["setup", "test-pull"])?;
     cpsync(&["setup", "test-push"])?;
@@ -284,7 +282,8 @@ fn command(globals: &[String], words: &[&str]) -> anyhow::Result<u8> {
 }
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::files::create_private_dir_all(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     for stale in ["demo.db", "demo.db-wal", "demo.db-shm"] {
         let path = dir.join(stale);
@@ -296,13 +295,17 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
-    crate::report::write_private_file(path, text.as_bytes())?;
+    crate::files::write_private(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path.to_path_buf())
 }
 
-fn demo_config(dir: &Path) -> String {
+/// The demo's config: the simulator, its API key read from an owner-only
+/// file (never the database), reports and metrics in the demo folder.
+fn demo_config(dir: &Path, base_url: &str, key_file: &Path) -> String {
     format!(
-        "district = \"Sample Township Public Schools\"\n\n[reports]\ndir = \"{}\"\nattach_html = true\n\n[metrics]\ntextfile_dir = \"{}\"\n",
+        "district = \"Sample Township Public Schools\"\n\n[community_pass]\nbase_url = \"{base_url}\"\napi_key = {{ file = \"{}\" }}\n\n[reports]\ndir = \"{}\"\nattach_html = true\n\n[metrics]\ntextfile_dir = \"{}\"\n",
+        key_file.display(),
         dir.join("reports").display(),
         dir.display()
     )

@@ -233,29 +233,15 @@ pub fn render(snapshot: &Snapshot) -> String {
     text
 }
 
-/// Writes `cpsync.prom` into `dir`: a temporary file renamed into place,
-/// readable by the collector (0644: it holds counts, no student data).
+/// Writes `cpsync.prom` into `dir` atomically (`files::write_atomic`).
+/// The one file cpsync writes readable by others (0644): node_exporter's
+/// textfile collector runs as its own user, and the file holds counts and
+/// times only, never a name, an amount of one family or a secret.
 pub fn write(conn: &mut DbConnection, dir: &Path, now: NaiveDateTime) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let text = render(&read(conn, now)?);
-    let temporary = dir.join(format!(".{METRICS_FILE}.tmp-{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&temporary)
-        .and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&temporary, dir.join(METRICS_FILE)));
-    if let Err(error) = written {
-        let _ = std::fs::remove_file(&temporary);
-        anyhow::bail!("writing {}: {error}", dir.join(METRICS_FILE).display());
-    }
-    Ok(())
+    let path = dir.join(METRICS_FILE);
+    crate::files::write_atomic(&path, text.as_bytes(), crate::files::Readers::Everyone)
+        .map_err(|error| anyhow::anyhow!("writing {}: {error}", path.display()))
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub mod exit {
 const AFTER_HELP: &str = "\
 Examples:
   cpsync migrate                                  create or upgrade ./cpsync.db
-  cpsync --database-url postgres://cp@db/genesis migrate
+  cpsync --database-url-file /etc/cpsync/database-url migrate   URL and password from a 0600 file
   cpsync seed --students 2000 --seed 1            a sample district to try things on
   cpsync runs --limit 10                          recent run history
   cpsync export --dry-run                         build and check the OneRoster files only
@@ -86,15 +86,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "CPSYNC_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Database: sqlite://PATH, a plain file path, or postgres://...
+    /// Database: sqlite://PATH, a plain file path, or postgres://... A URL
+    /// with a password belongs in CPSYNC_DATABASE_URL or
+    /// --database-url-file, not here (the process list shows it).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// A file (owner-only) holding the database URL, for a URL with a
+    /// password. Without --database-url and this: CPSYNC_DATABASE_URL,
+    /// then DATABASE_URL, then the config's [database] url.
     #[arg(
         long,
         global = true,
-        env = "DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
+        value_name = "PATH",
+        conflicts_with = "database_url"
     )]
-    pub database_url: Option<String>,
+    pub database_url_file: Option<PathBuf>,
 
     /// Community Pass API base URL (overrides [community_pass] base_url).
     #[arg(long, global = true, env = "CPSYNC_CP_URL", value_name = "URL")]
@@ -174,6 +181,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// Where the Community Pass API key is read at run time.
+    pub fn api_key_source(&self) -> crate::config::KeySource {
+        crate::config::api_key_source(self.config.community_pass.as_ref())
+    }
+
     /// The district's name from the config, or why the command refuses.
     fn district(&self) -> anyhow::Result<&str> {
         self.config.district_name().ok_or_else(|| {
@@ -189,7 +201,8 @@ impl Context {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
-        let database_url = DatabaseUrl::parse(&config.database_url(cli.database_url.as_deref()))?;
+        let chosen = chosen_database_url(cli)?;
+        let database_url = DatabaseUrl::parse(&config.database_url(chosen.as_deref()))?;
         Ok(Context {
             config,
             database_url,
@@ -206,6 +219,47 @@ impl Context {
     pub fn connect_creating(&self) -> anyhow::Result<DbConnection> {
         Ok(db::connect(&self.database_url, OpenMode::CreateIfMissing)?)
     }
+}
+
+/// The environment variables read for the database URL, in order, when
+/// neither `--database-url` nor `--database-url-file` is given.
+pub const DATABASE_URL_ENVS: [&str; 2] = ["CPSYNC_DATABASE_URL", "DATABASE_URL"];
+
+/// The database URL the command line or the environment gives, if any:
+/// `--database-url` (warned about on standard error when it carries a
+/// password), `--database-url-file`, `CPSYNC_DATABASE_URL`, `DATABASE_URL`.
+fn chosen_database_url(cli: &Cli) -> anyhow::Result<Option<String>> {
+    if let Some(url) = &cli.database_url {
+        if DatabaseUrl::parse(url).is_ok_and(|parsed| parsed.has_password()) {
+            warn_password_on_command_line(
+                "--database-url carries a password",
+                "CPSYNC_DATABASE_URL or --database-url-file",
+            );
+        }
+        return Ok(Some(url.clone()));
+    }
+    if let Some(path) = &cli.database_url_file {
+        let url = crate::secret::from_file(path)
+            .map_err(|e| anyhow::anyhow!("reading the database URL: {e}"))?;
+        return Ok(Some(url.expose().to_string()));
+    }
+    Ok(DATABASE_URL_ENVS.iter().find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .map(|value| value.trim().to_string())
+            .filter(|value| !value.is_empty())
+    }))
+}
+
+/// One line on standard error, once per process: a secret given on the
+/// command line is visible to every user of the host (`ps`, /proc).
+pub(crate) fn warn_password_on_command_line(what: &str, instead: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!(
+            "cpsync: warning: {what} on the command line, where every user of this host can read it (ps, /proc); use {instead} instead"
+        );
+    });
 }
 
 /// Runs the command line; returns the process exit code.

@@ -5,9 +5,6 @@
 //! `--out` (default: the config's reports folder). Exit code 0 when clear to
 //! enable, 3 when something needs a person first.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -21,11 +18,6 @@ use crate::portal::all_unmanaged_fees;
 use crate::preflight::{self, Findings};
 use crate::setup::SetupState;
 use crate::sync::utc_now;
-
-/// Permissions of the output folder when cpsync creates it.
-const DIR_MODE: u32 = 0o700;
-/// Permissions of each file: they hold student data.
-const FILE_MODE: u32 = 0o600;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -154,28 +146,15 @@ fn print_summary(findings: &Findings, csv: &Path, html: &Path, checked: usize) {
     }
 }
 
+/// Creates the output folder (and parents) 0700 when missing.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
+    crate::files::create_private_dir_all(dir)
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-/// Writes under a temporary name (owner-only), then renames into place.
+/// Writes one file owner-only and atomically (`files::write_private`): it
+/// holds student data.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let part = path.with_extension("part");
-    let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(&part)?;
-        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&part, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    crate::files::write_private(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

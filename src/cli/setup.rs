@@ -1,20 +1,18 @@
 //! `cpsync setup`: the integration's setup, stored in the database and taken
 //! in the handbook's order: API key → categories → Test Pull and Test Push →
 //! cutoff date. A step asked for out of order is refused with the missing
-//! step named. Every change is audited; the API key is never shown.
+//! step named. Every change is audited. The API key is never shown nor
+//! stored: `setup api-key` reads it from its configured file or environment
+//! variable, checks it with a read-only call and records its fingerprint.
 
-use std::collections::BTreeSet;
-use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
-
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context as _};
 use chrono::NaiveDate;
+use std::collections::BTreeSet;
 
 use super::{exit, task, Context};
 use crate::db::{genesis, outbox, settings, tasks, DbConnection};
 use crate::portal::CommunityPass;
-use crate::secret::Secret;
-use crate::setup::{CategorySelection, PatronIdRule, SetupState, SetupStep};
+use crate::setup::{CategorySelection, KeyChange, PatronIdRule, SetupState, SetupStep};
 use crate::sync::{push, utc_now};
 
 #[derive(Debug, clap::Args)]
@@ -25,17 +23,17 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Step {
-    /// Show every setting (the API key only as a fingerprint) and the next step.
+    /// Show every setting (the API key only as a fingerprint, where it is
+    /// read from and whether it is the one recorded) and the next step.
     Show {
         #[arg(long)]
         json: bool,
     },
-    /// Store the Community Pass API key, read from standard input or a file.
-    ApiKey {
-        /// Read the key from this file instead of standard input.
-        #[arg(long)]
-        file: Option<PathBuf>,
-    },
+    /// Check the Community Pass API key from its configured file or
+    /// environment variable (a read-only call) and record its fingerprint
+    /// (never the key). Run it first, and again after rotating the key.
+    #[command(after_help = API_KEY_HELP)]
+    ApiKey,
     /// Choose the fee categories sent (default: all).
     Categories(CategoryArgs),
     /// Exclude whole schools from sending (or include them again).
@@ -61,6 +59,24 @@ enum Step {
         name: String,
     },
 }
+
+const API_KEY_HELP: &str = "\
+The key is read from [community_pass] api_key = { file = \"...\" } or { env = \"...\" }
+in the config; without one, from the file named by CPSYNC_API_KEY_FILE, else from
+CPSYNC_API_KEY. It never goes on a command line or into the database.
+
+Examples:
+  install -m 0640 -o root -g cpsync /dev/null /etc/cpsync/community-pass-api-key
+  editor /etc/cpsync/community-pass-api-key                 paste the key Community Pass issued
+  cpsync --config /etc/cpsync/cpsync.toml setup api-key     check it, record its fingerprint
+  cpsync --config /etc/cpsync/cpsync.toml setup show        which source, and does it match
+
+Rotation: put the new key in the same file (or variable), then run `setup api-key`
+again. A new key of the same Community Pass district keeps Test Pull and Test Push;
+a key of another district needs both again. Until then every command that calls
+Community Pass refuses, naming both fingerprints.
+
+Exit codes: 0 recorded, 1 no key, key refused by Community Pass, or no URL.";
 
 #[derive(Debug, clap::Args)]
 struct CategoryArgs {
@@ -114,8 +130,8 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<u8> {
     let mut conn = context.connect()?;
     let state = settings::load_setup(&mut conn)?;
     match args.step {
-        Step::Show { json } => show(&mut conn, &state, json),
-        Step::ApiKey { file } => api_key(&mut conn, file),
+        Step::Show { json } => show(context, &mut conn, &state, json),
+        Step::ApiKey => api_key(context, &mut conn),
         Step::Categories(c) => categories(&mut conn, state, c),
         Step::Schools(s) => schools(&mut conn, state, s),
         Step::PatronId { rule } => patron_id(&mut conn, state, rule),
@@ -193,7 +209,58 @@ fn print_next(state: &SetupState) {
     }
 }
 
-fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Result<u8> {
+/// Where the API key is read, its fingerprint there, and whether it is the
+/// one recorded: what `setup show` says about the key.
+#[derive(serde::Serialize)]
+struct KeyInUse {
+    source: String,
+    /// The fingerprint of the key the source holds now; none if unreadable.
+    fingerprint: Option<String>,
+    /// Why the source could not be read.
+    error: Option<String>,
+    /// The key in the source is the one setup recorded.
+    matches_recorded: bool,
+}
+
+fn key_in_use(context: &Context, state: &SetupState) -> KeyInUse {
+    let source = context.api_key_source();
+    let (fingerprint, error) = match source.load() {
+        Ok(key) => (Some(settings::fingerprint(&key)), None),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    KeyInUse {
+        source: source.to_string(),
+        matches_recorded: fingerprint.is_some() && fingerprint == state.api_key_fingerprint,
+        fingerprint,
+        error,
+    }
+}
+
+fn describe_key(state: &SetupState, in_use: &KeyInUse) -> String {
+    let recorded = match (&state.api_key_fingerprint, &state.api_key_set_at) {
+        (Some(f), Some(at)) => format!("recorded {f} ({at} UTC)"),
+        (Some(f), None) => format!("recorded {f}"),
+        (None, _) => "none recorded".to_string(),
+    };
+    let now = match (&in_use.fingerprint, &in_use.error) {
+        (Some(f), _) if in_use.matches_recorded => format!("{f}, matches"),
+        (Some(f), _) if state.api_key_fingerprint.is_some() => {
+            format!("{f}, DOES NOT MATCH: run `cpsync setup api-key` after a rotation")
+        }
+        (Some(f), _) => format!("{f}, not recorded yet: run `cpsync setup api-key`"),
+        (None, Some(error)) => format!("unreadable: {error}"),
+        (None, None) => "unreadable".to_string(),
+    };
+    format!("{recorded}; read from the {}: {now}", in_use.source)
+}
+
+fn show(
+    context: &Context,
+    conn: &mut DbConnection,
+    state: &SetupState,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let in_use = key_in_use(context, state);
     let task_states: Vec<(String, bool)> = [
         "send_fees",
         "get_payments",
@@ -205,7 +272,7 @@ fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Resu
     .map(|t| Ok((t.to_string(), tasks::is_enabled(conn, t)?)))
     .collect::<anyhow::Result<_>>()?;
     if json {
-        let value = serde_json::json!({ "setup": state, "tasks": task_states, "next_step": state.next_step() });
+        let value = serde_json::json!({ "setup": state, "api_key_in_use": in_use, "tasks": task_states, "next_step": state.next_step() });
         out!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(exit::OK);
     }
@@ -213,14 +280,7 @@ fn show(conn: &mut DbConnection, state: &SetupState, json: bool) -> anyhow::Resu
         t.map(|t| format!("succeeded {t} UTC"))
             .unwrap_or_else(|| "not yet".into())
     };
-    out!(
-        "API key:          {}",
-        state
-            .api_key_fingerprint
-            .as_ref()
-            .map(|f| format!("set (fingerprint {f})"))
-            .unwrap_or_else(|| "not set".into())
-    );
+    out!("API key:          {}", describe_key(state, &in_use));
     out!(
         "categories:       {} {}",
         describe_categories(&state.categories),
@@ -274,30 +334,41 @@ fn describe_categories(selection: &CategorySelection) -> String {
     }
 }
 
-fn read_key(file: Option<PathBuf>) -> anyhow::Result<Secret> {
-    if let Some(path) = file {
-        return Ok(crate::secret::from_file(&path)?);
-    }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        bail!("pipe the API key on standard input (e.g. `cpsync setup api-key < keyfile`) or use --file, so it is never echoed");
-    }
-    let mut text = String::new();
-    stdin.lock().take(4096).read_to_string(&mut text)?;
-    let key = text.trim();
-    if key.is_empty() {
-        bail!("no API key on standard input");
-    }
-    Ok(Secret::new(key))
-}
-
-fn api_key(conn: &mut DbConnection, file: Option<PathBuf>) -> anyhow::Result<u8> {
-    let key = read_key(file)?;
-    let state = settings::store_api_key(conn, &key, utc_now())?;
+/// Reads the key from its source, checks it with a Test Pull (read-only)
+/// and records its fingerprint, never the key.
+fn api_key(context: &Context, conn: &mut DbConnection) -> anyhow::Result<u8> {
+    let source = context.api_key_source();
+    let key = task::load_api_key(&source)?;
+    let portal =
+        crate::portal::http::HttpPortal::new(task::portal_config_with_key(context, key.clone())?)
+            .context("building the Community Pass client")?;
+    let check = portal.test_pull().map_err(|e| {
+        anyhow!(
+            "the API key in the {source} (fingerprint {}) was not accepted: {e}; nothing was recorded",
+            settings::fingerprint(&key)
+        )
+    })?;
+    let (state, change) = settings::record_api_key(conn, &key, &check.district, utc_now())?;
+    let fingerprint = settings::fingerprint(&key);
+    let what = match change {
+        KeyChange::First => "recorded",
+        KeyChange::Same => "unchanged",
+        KeyChange::Rotated => "rotated",
+        KeyChange::OtherDistrict => "replaced",
+    };
     out!(
-        "API key stored (fingerprint {}); run Test Pull and Test Push again",
-        settings::fingerprint(&key)
+        "API key {what}: the {source} holds fingerprint {fingerprint}, checked with Community Pass district {:?}; the key itself is not stored",
+        check.district
     );
+    match change {
+        KeyChange::Rotated => out!(
+            "same district as before: Test Pull and Test Push still stand; the next incremental nightly runs in full"
+        ),
+        KeyChange::OtherDistrict => out!(
+            "a key of another (or unrecorded) district: run Test Pull and Test Push again"
+        ),
+        KeyChange::First | KeyChange::Same => {}
+    }
     print_next(&state);
     Ok(exit::OK)
 }

@@ -19,7 +19,8 @@ pub struct SimArgs {
     /// Seed of every random choice (faults, generated data).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// API key of the default district.
+    /// API key of the default district. Prefer CPSYNC_SIM_API_KEY or
+    /// --api-key-file: a key here is visible in the process list.
     #[arg(long, env = "CPSYNC_SIM_API_KEY", hide_env_values = true, value_parser = parse_secret)]
     pub api_key: Option<Secret>,
     /// File of API keys, one per line: `district:key`, or a bare key for
@@ -124,7 +125,19 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<Vec<(String, Secret)>> {
     Ok(keys)
 }
 
+/// Whether `--api-key` itself (not the environment variable clap also
+/// reads into it) is on this process's command line.
+fn api_key_on_command_line() -> bool {
+    std::env::args().any(|arg| arg == "--api-key" || arg.starts_with("--api-key="))
+}
+
 fn config(args: &SimArgs) -> anyhow::Result<SimConfig> {
+    if args.api_key.is_some() && api_key_on_command_line() {
+        super::warn_password_on_command_line(
+            "sim --api-key gives an API key",
+            "CPSYNC_SIM_API_KEY or --api-key-file",
+        );
+    }
     let mut districts = Vec::new();
     if let Some(key) = &args.api_key {
         districts.push((DEFAULT_DISTRICT.to_string(), key.clone()));

@@ -2,18 +2,22 @@
 //! finish with counts and summary, failure recorded with its error, runs
 //! abandoned by a gone process marked interrupted first, a panic recorded
 //! as a failure by the hook `cli::main` installs), and the Community Pass
-//! client built from the config and the stored API key.
+//! client built from the config and the API key read from its file or
+//! environment variable, held to the fingerprint setup recorded.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use serde::Serialize;
 
 use super::{exit, Context};
+use crate::config::KeySource;
 use crate::db::runs::{self, RunCounts, RunStatus};
 use crate::db::{settings, tasks, DatabaseUrl, DbConnection, OpenMode};
 use crate::portal::http::{HttpPortal, HttpPortalConfig};
+use crate::secret::Secret;
+use crate::setup::SetupState;
 use crate::sync::utc_now;
 
 /// The task names in `cp_tasks`.
@@ -192,7 +196,7 @@ pub fn run_task(
 }
 
 /// The Community Pass client: base URL from `--cp-url`/`CPSYNC_CP_URL` or the
-/// config file; the API key stored by `setup api-key`, else the config's.
+/// config file; the API key read now from its source (`checked_api_key`).
 pub fn portal(context: &Context, conn: &mut DbConnection) -> anyhow::Result<HttpPortal> {
     HttpPortal::new(portal_config(context, conn)?).context("building the Community Pass client")
 }
@@ -221,6 +225,53 @@ fn portal_config(
     context: &Context,
     conn: &mut DbConnection,
 ) -> anyhow::Result<crate::portal::http::HttpPortalConfig> {
+    let setup = settings::load_setup(conn)?;
+    let api_key = checked_api_key(context, &setup)?;
+    portal_config_with_key(context, api_key)
+}
+
+/// The API key read now from its file or environment variable (a rotated
+/// key takes effect at once), refused unless its fingerprint is the one
+/// `setup api-key` recorded after checking it: a key changed without that
+/// check (another district's, a typo) never reaches Community Pass.
+pub fn checked_api_key(context: &Context, setup: &SetupState) -> anyhow::Result<Secret> {
+    let source = context.api_key_source();
+    let key = load_api_key(&source)?;
+    let in_use = settings::fingerprint(&key);
+    match &setup.api_key_fingerprint {
+        None => bail!(
+            "the Community Pass API key has not been checked yet: run `cpsync setup api-key` \
+             (it reads the key from the {source})"
+        ),
+        Some(recorded) if *recorded == in_use => Ok(key),
+        Some(recorded) => bail!(
+            "the Community Pass API key in the {source} (fingerprint {in_use}) is not the one \
+             setup checked (fingerprint {recorded}, recorded {} UTC): after rotating the key run \
+             `cpsync setup api-key` to check and record it; nothing was sent",
+            setup
+                .api_key_set_at
+                .map(|at| at.to_string())
+                .unwrap_or_else(|| "at an unknown time".to_string())
+        ),
+    }
+}
+
+/// Reads the API key from `source`; the error names the source, never a value.
+pub fn load_api_key(source: &KeySource) -> anyhow::Result<Secret> {
+    source.load().map_err(|error| {
+        anyhow!(
+            "no Community Pass API key: {error} (cpsync reads it from the {source}; \
+             README \"Secrets\" says how to provide it)"
+        )
+    })
+}
+
+/// The client's settings with `api_key` (for `setup api-key`'s check of a
+/// key not yet recorded, and every other call once it is).
+pub fn portal_config_with_key(
+    context: &Context,
+    api_key: Secret,
+) -> anyhow::Result<crate::portal::http::HttpPortalConfig> {
     let section = context.config.community_pass.as_ref();
     let base_url = context
         .cp_url
@@ -231,15 +282,6 @@ fn portal_config(
                 "no Community Pass URL: set [community_pass] base_url in the config, or --cp-url"
             )
         })?;
-    let api_key = match settings::load_api_key(conn)? {
-        Some(key) => key,
-        None => section
-            .map(|c| c.api_key.load(crate::config::DEFAULT_API_KEY_ENV))
-            .transpose()?
-            .ok_or_else(|| {
-                anyhow!("no Community Pass API key: run `cpsync setup api-key` first")
-            })?,
-    };
     let mut config = HttpPortalConfig::new(base_url, api_key);
     // Whole-district reads: the largest page the API allows, fewest round trips.
     config.page_size = crate::portal::PAGE_SIZE_MAX;

@@ -169,6 +169,18 @@ pub fn revert_all(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
     Ok(reverted)
 }
 
+/// Reverts the newest applied migration; returns its version. (Tests use
+/// it to stand where an older cpsync left a database.)
+pub fn revert_last(conn: &mut DbConnection) -> Result<String, DbError> {
+    let reverted = crate::with_backend!(conn, |c| {
+        let source = source_for(c);
+        c.revert_last_migration(source)
+            .map_err(migration_error)?
+            .to_string()
+    });
+    Ok(reverted)
+}
+
 /// Every migration with whether it has been applied: the applied ones (by
 /// version) first, then the pending ones, each group oldest first.
 pub fn status(conn: &mut DbConnection) -> Result<Vec<MigrationState>, DbError> {

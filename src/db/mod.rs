@@ -98,6 +98,15 @@ pub enum DbError {
     #[error("cannot connect to PostgreSQL at {target}: {reason}")]
     PostgresConnect { target: String, reason: String },
     #[error(
+        "refusing to connect to PostgreSQL host {host} without TLS: a remote database needs \
+         sslmode=verify-full (cpsync's default for a host that is not loopback), and no root \
+         certificate is available to verify the server (none of sslrootcert= in the URL, \
+         PGSSLROOTCERT, ~/.postgresql/root.crt exists); add sslrootcert=/path/to/ca.crt to the \
+         URL, or name the sslmode you accept in the URL (e.g. sslmode=require); nothing was sent \
+         to {host}"
+    )]
+    PostgresTlsUnavailable { host: String },
+    #[error(
         "database schema is not migrated: {pending} migration(s) pending (run `cpsync migrate`)"
     )]
     NotMigrated { pending: usize },
@@ -159,6 +168,18 @@ impl DatabaseUrl {
         match self {
             DatabaseUrl::Sqlite(_) => "sqlite",
             DatabaseUrl::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Whether the URL carries a password (in its user information or a
+    /// `password=` parameter).
+    pub fn has_password(&self) -> bool {
+        match self {
+            DatabaseUrl::Sqlite(_) => false,
+            DatabaseUrl::Postgres(url) => {
+                !postgres_url_passwords(url).is_empty()
+                    || pg_query_pairs(url).iter().any(|(key, _)| key == "password")
+            }
         }
     }
 
@@ -381,17 +402,12 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
 /// student data), whatever the umask: SQLite opens an empty file as an
 /// empty database and gives its `-wal` and `-shm` files the same mode.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+    crate::files::create_new_private_file(path).map(drop)
 }
 
 fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnection, DbError> {
-    let with_deadlines = with_pg_deadlines(text);
+    let with_tls = with_pg_tls(text, &PgTlsEnvironment::of_process())?;
+    let with_deadlines = with_pg_deadlines(&with_tls);
     diesel::PgConnection::establish(&with_deadlines).map_err(|e| {
         let mut reason = scrub_postgres_passwords(&one_line(&e.to_string()), text);
         if reason.contains("timeout expired") {
@@ -405,6 +421,156 @@ fn connect_postgres(url: &DatabaseUrl, text: &str) -> Result<diesel::PgConnectio
             reason,
         }
     })
+}
+
+/// The TLS mode cpsync asks of libpq for a PostgreSQL host that is not on
+/// this machine, unless the URL names its own `sslmode`: encrypted, the
+/// certificate signed by a trusted root and naming the host.
+pub const PG_REMOTE_SSLMODE: &str = "verify-full";
+
+/// What libpq would read from the environment and the home folder to pick
+/// a host and verify a server certificate; `of_process` reads them.
+#[derive(Debug, Clone, Default)]
+pub struct PgTlsEnvironment {
+    /// `PGHOST`: the host(s) libpq uses when the URL names none.
+    pub pghost: Option<String>,
+    /// `PGSSLROOTCERT`.
+    pub pgsslrootcert: Option<PathBuf>,
+    /// `HOME`, for libpq's default `~/.postgresql/root.crt`.
+    pub home: Option<PathBuf>,
+}
+
+impl PgTlsEnvironment {
+    pub fn of_process() -> PgTlsEnvironment {
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        PgTlsEnvironment {
+            pghost: non_empty("PGHOST"),
+            pgsslrootcert: non_empty("PGSSLROOTCERT").map(PathBuf::from),
+            home: non_empty("HOME").map(PathBuf::from),
+        }
+    }
+}
+
+/// The query parameters of a PostgreSQL URL, keys lower-cased and values
+/// percent-decoded.
+fn pg_query_pairs(url: &str) -> Vec<(String, String)> {
+    url.split_once('?')
+        .map_or("", |(_, query)| query)
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value).unwrap_or_else(|_| value.to_string());
+            (key.to_ascii_lowercase(), value)
+        })
+        .collect()
+}
+
+/// Every host a PostgreSQL URL may connect to: the URL's hosts
+/// (`host1:5432,host2`), `host=` and `hostaddr=` parameters, else
+/// `PGHOST`; an empty list means libpq's default Unix socket.
+pub fn postgres_hosts(url: &str, environment: &PgTlsEnvironment) -> Vec<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let before_query = rest.split('?').next().unwrap_or(rest);
+    // The user information ends at the last '@' before the query (a
+    // password may hold '@' or '/', as libpq reads it); the hosts end at
+    // the first '/' after it.
+    let after_user = before_query
+        .rsplit_once('@')
+        .map_or(before_query, |(_, h)| h);
+    let host_list = after_user.split('/').next().unwrap_or("");
+    let mut hosts: Vec<String> = split_host_list(host_list)
+        .into_iter()
+        .map(|h| percent_decode(&h).unwrap_or(h))
+        .collect();
+    for (key, value) in pg_query_pairs(url) {
+        if key == "host" || key == "hostaddr" {
+            hosts.extend(split_host_list(&value));
+        }
+    }
+    if hosts.is_empty() {
+        if let Some(pghost) = &environment.pghost {
+            hosts.extend(split_host_list(pghost));
+        }
+    }
+    hosts
+}
+
+/// `a:1,[::1]:2,b` → `a`, `::1`, `b` (ports and brackets dropped).
+fn split_host_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            if let Some(inner) = entry.strip_prefix('[') {
+                return inner.split(']').next().unwrap_or(inner).to_string();
+            }
+            if entry.starts_with('/') || entry.parse::<std::net::Ipv6Addr>().is_ok() {
+                return entry.to_string();
+            }
+            entry.split(':').next().unwrap_or(entry).to_string()
+        })
+        .filter(|host| !host.is_empty())
+        .collect()
+}
+
+/// A host on this machine: a Unix socket folder, `localhost`, or a
+/// loopback address (127.0.0.0/8, ::1). Only these may be reached without
+/// TLS by default.
+pub fn is_local_pg_host(host: &str) -> bool {
+    if host.starts_with('/') || host.starts_with('@') {
+        return true;
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|address| address.is_loopback())
+}
+
+/// Whether libpq can verify a server certificate: a root certificate named
+/// by `sslrootcert=`, `PGSSLROOTCERT`, or `~/.postgresql/root.crt` exists.
+fn pg_root_certificate_available(url: &str, environment: &PgTlsEnvironment) -> bool {
+    let named = pg_query_pairs(url)
+        .into_iter()
+        .find(|(key, _)| key == "sslrootcert")
+        .map(|(_, value)| PathBuf::from(value))
+        .or_else(|| environment.pgsslrootcert.clone())
+        .or_else(|| {
+            environment
+                .home
+                .as_ref()
+                .map(|home| home.join(".postgresql/root.crt"))
+        });
+    named.is_some_and(|path| path.is_file())
+}
+
+/// The URL libpq gets, as far as TLS goes. An explicit `sslmode=` in the
+/// URL is respected as written; a URL whose hosts are all on this machine
+/// is left alone (libpq's default, plain on a Unix socket); any other gets
+/// `sslmode=verify-full`, and is refused here, before anything is sent,
+/// when no root certificate is available to verify the server (libpq would
+/// only find out after connecting). The error names the host, never the
+/// password.
+pub fn with_pg_tls(url: &str, environment: &PgTlsEnvironment) -> Result<String, DbError> {
+    if pg_query_pairs(url).iter().any(|(key, _)| key == "sslmode") {
+        return Ok(url.to_string());
+    }
+    let hosts = postgres_hosts(url, environment);
+    let Some(remote) = hosts.iter().find(|host| !is_local_pg_host(host)) else {
+        return Ok(url.to_string());
+    };
+    if !pg_root_certificate_available(url, environment) {
+        return Err(DbError::PostgresTlsUnavailable {
+            host: remote.clone(),
+        });
+    }
+    let separator = match url.split_once('?') {
+        Some((_, query)) if !query.is_empty() => "&",
+        Some(_) => "",
+        None => "?",
+    };
+    Ok(format!("{url}{separator}sslmode={PG_REMOTE_SSLMODE}"))
 }
 
 /// The URL with the deadline parameters it does not set itself appended:
@@ -535,6 +701,99 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("cp:***@db:5432/genesis"), "{shown}");
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    fn no_tls_environment() -> PgTlsEnvironment {
+        PgTlsEnvironment {
+            pghost: None,
+            pgsslrootcert: None,
+            home: Some(PathBuf::from("/nonexistent-home-for-tests")),
+        }
+    }
+
+    #[test]
+    fn hosts_are_read_from_the_url_its_parameters_and_pghost() {
+        let env = no_tls_environment();
+        let hosts = |url: &str| postgres_hosts(url, &env);
+        assert_eq!(
+            hosts("postgres://u:p@ss@db.example.org:5432/g"),
+            ["db.example.org"]
+        );
+        assert_eq!(hosts("postgres://a:1,[::1]:2,b/g"), ["a", "::1", "b"]);
+        assert_eq!(hosts("postgres://cp:pa/ss@10.0.0.5/g"), ["10.0.0.5"]);
+        assert_eq!(
+            hosts("postgres:///g?host=/var/run/postgresql"),
+            ["/var/run/postgresql"]
+        );
+        assert_eq!(hosts("postgres://%2Ftmp%2Fpg/g"), ["/tmp/pg"]);
+        assert!(hosts("postgres:///g").is_empty());
+        let with_pghost = PgTlsEnvironment {
+            pghost: Some("10.1.2.3".into()),
+            ..no_tls_environment()
+        };
+        assert_eq!(postgres_hosts("postgres:///g", &with_pghost), ["10.1.2.3"]);
+    }
+
+    #[test]
+    fn loopback_and_sockets_are_local_everything_else_is_remote() {
+        for local in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "localhost",
+            "LOCALHOST",
+            "/tmp/pg",
+        ] {
+            assert!(is_local_pg_host(local), "{local}");
+        }
+        for remote in [
+            "192.0.2.1",
+            "10.255.255.1",
+            "db.example.org",
+            "::2",
+            "128.0.0.1",
+        ] {
+            assert!(!is_local_pg_host(remote), "{remote}");
+        }
+    }
+
+    #[test]
+    fn a_remote_host_gets_verify_full_or_is_refused_naming_the_host_only() {
+        let env = no_tls_environment();
+        let local = "postgres://cp@127.0.0.1:5432/g?connect_timeout=3";
+        assert_eq!(with_pg_tls(local, &env).unwrap(), local);
+        let explicit = "postgres://cp:pw@db.example.org/g?sslmode=disable";
+        assert_eq!(with_pg_tls(explicit, &env).unwrap(), explicit);
+        let error = with_pg_tls("postgres://cp:hunter2@192.0.2.1/g", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("host 192.0.2.1 without TLS"), "{error}");
+        assert!(error.contains("sslrootcert="), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let error = with_pg_tls("postgres://127.0.0.1,db.example.org/g", &env).unwrap_err();
+        assert!(error.to_string().contains("db.example.org"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let url = format!(
+            "postgres://cp@db.example.org/g?sslrootcert={}",
+            ca.display()
+        );
+        assert_eq!(
+            with_pg_tls(&url, &env).unwrap(),
+            format!("{url}&sslmode=verify-full")
+        );
+        let home = PgTlsEnvironment {
+            home: Some(dir.path().to_path_buf()),
+            ..no_tls_environment()
+        };
+        std::fs::create_dir(dir.path().join(".postgresql")).unwrap();
+        std::fs::copy(&ca, dir.path().join(".postgresql/root.crt")).unwrap();
+        assert_eq!(
+            with_pg_tls("postgres://cp@db.example.org/g", &home).unwrap(),
+            "postgres://cp@db.example.org/g?sslmode=verify-full"
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Setup values in `cp_settings` (one key per field, JSON values) and the
-//! stored API key. Every change is audited; the key itself never is.
+//! Setup values in `cp_settings` (one key per field, JSON values). Every
+//! change is audited. The API key is never stored: only its fingerprint,
+//! when it was recorded and the district its check answered for
+//! (`record_api_key`); the key is read from its file or environment
+//! variable at run time.
 
 use std::collections::BTreeMap;
 
@@ -13,14 +16,20 @@ use super::audit::{self, AuditEntry, AuditSide};
 use super::schema::cp_settings;
 use super::{DbConnection, DbError};
 use crate::secret::Secret;
-use crate::setup::SetupState;
+use crate::setup::{KeyChange, SetupState};
 
-const API_KEY: &str = "api_key";
+/// The row where cpsync before migration `2026-11-29-000018` kept the API
+/// key in plain text; read only by `migrate` to move it out, and removed by
+/// that migration.
+const LEGACY_API_KEY: &str = "api_key";
+/// How a fingerprint is labelled: the hash and what follows is its start.
+pub const FINGERPRINT_LABEL: &str = "sha256:";
 
 /// The setting keys and how each field of `SetupState` is stored.
 const KEYS: &[&str] = &[
     "api_key_fingerprint",
     "api_key_set_at",
+    "api_key_district",
     "categories",
     "categories_confirmed_at",
     "excluded_schools",
@@ -59,6 +68,7 @@ fn encode(state: &SetupState) -> BTreeMap<&'static str, String> {
     let values = [
         json(&state.api_key_fingerprint),
         json(&state.api_key_set_at),
+        json(&state.api_key_district),
         json(&state.categories),
         json(&state.categories_confirmed_at),
         json(&state.excluded_schools),
@@ -77,6 +87,7 @@ pub fn load_setup(conn: &mut DbConnection) -> Result<SetupState, DbError> {
     Ok(SetupState {
         api_key_fingerprint: decode(&values, "api_key_fingerprint")?,
         api_key_set_at: decode(&values, "api_key_set_at")?,
+        api_key_district: decode(&values, "api_key_district")?,
         categories: decode(&values, "categories")?,
         categories_confirmed_at: decode(&values, "categories_confirmed_at")?,
         excluded_schools: decode(&values, "excluded_schools")?,
@@ -138,31 +149,37 @@ pub fn save_setup(
     })
 }
 
-/// A short, non-reversible fingerprint of a key, safe to show.
+/// A short, labelled, non-reversible fingerprint of a key, safe to show
+/// and to store: `sha256:` and the first 6 bytes of its SHA-256 in hex.
 pub fn fingerprint(secret: &Secret) -> String {
     let digest = Sha256::digest(secret.expose().as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{FINGERPRINT_LABEL}{hex}")
 }
 
-/// Stores the API key and returns the setup state updated for it (connection
-/// tests must be run again with a new key).
-pub fn store_api_key(
+/// Records the fingerprint of an API key `setup api-key` has checked (the
+/// key itself is not stored) and returns the setup state updated for it
+/// with what kind of change it was (`SetupState::with_checked_api_key`).
+pub fn record_api_key(
     conn: &mut DbConnection,
     key: &Secret,
+    district: &str,
     now: NaiveDateTime,
-) -> Result<SetupState, DbError> {
+) -> Result<(SetupState, KeyChange), DbError> {
     conn.transaction(|conn| {
-        put(conn, API_KEY, key.expose(), now)?;
-        let state = load_setup(conn)?.with_new_api_key(fingerprint(key), now);
+        let (state, change) =
+            load_setup(conn)?.with_checked_api_key(fingerprint(key), district.to_string(), now);
         save_setup(conn, &state, now)?;
-        Ok(state)
+        Ok((state, change))
     })
 }
 
-/// The stored API key, if setup has one.
-pub fn load_api_key(conn: &mut DbConnection) -> Result<Option<Secret>, DbError> {
+/// The API key an older cpsync stored in plain text, if the row is still
+/// there (before migration `2026-11-29-000018_api_key_not_stored`). Only
+/// `migrate` reads it, to make sure the key is kept elsewhere first.
+pub fn legacy_plain_api_key(conn: &mut DbConnection) -> Result<Option<Secret>, DbError> {
     let value: Option<String> = cp_settings::table
-        .find(API_KEY)
+        .find(LEGACY_API_KEY)
         .select(cp_settings::value)
         .first(conn)
         .optional()?;

@@ -3,9 +3,7 @@
 //! temporary name, synced, then renamed, so a reader never sees half a file
 //! under its final name.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
@@ -13,11 +11,9 @@ use chrono::NaiveDateTime;
 use super::{Bundle, ExportError};
 
 /// Permissions of the export folder: owner only.
-pub const DIR_MODE: u32 = 0o700;
+pub const DIR_MODE: u32 = crate::files::DIR_MODE;
 /// Permissions of each exported file: owner read and write only.
-pub const FILE_MODE: u32 = 0o600;
-/// Suffix of a file being written, before its rename.
-const PART_SUFFIX: &str = ".part";
+pub const FILE_MODE: u32 = crate::files::FILE_MODE;
 
 /// The per-run folder name, e.g. `oneroster-20261127T020000-run42`.
 pub fn folder_name(started_at: NaiveDateTime, run_id: i64) -> String {
@@ -34,16 +30,9 @@ pub fn write_bundle(parent: &Path, folder: &str, bundle: &Bundle) -> Result<Path
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(parent)
-        .map_err(|e| error(parent, e))?;
+    crate::files::create_private_dir_all(parent).map_err(|e| error(parent, e))?;
     let dir = parent.join(folder);
-    DirBuilder::new()
-        .mode(DIR_MODE)
-        .create(&dir)
-        .map_err(|e| error(&dir, e))?;
+    crate::files::create_new_private_dir(&dir).map_err(|e| error(&dir, e))?;
     let written = fill_folder(&dir, bundle);
     if written.is_err() {
         // A failed export leaves nothing behind: the folder is this run's
@@ -56,33 +45,17 @@ pub fn write_bundle(parent: &Path, folder: &str, bundle: &Bundle) -> Result<Path
     std::path::absolute(&dir).map_err(|e| error(&dir, e))
 }
 
-/// Writes each file under a temporary name, then renames it; syncs the folder.
+/// Writes each file with `files::write_private` (a temporary name, synced,
+/// renamed, the folder synced).
 fn fill_folder(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
-    let error = |path: &Path, e: std::io::Error| ExportError::Local {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| error(dir, e))?;
     for file in &bundle.files {
         let path = dir.join(file.name);
-        let part = dir.join(format!(".{}{PART_SUFFIX}", file.name));
-        write_private(&part, &file.bytes).map_err(|e| error(&part, e))?;
-        fs::rename(&part, &path).map_err(|e| error(&path, e))?;
+        crate::files::write_private(&path, &file.bytes).map_err(|e| ExportError::Local {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| error(dir, e))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,17 +3,9 @@
 //! folder we create 0700), each written to a temporary name and renamed so a
 //! reader never sees half a file.
 
-use std::fs::{DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{corrections_csv, render_html, review_csv, summary_json, ReportError, RunReport};
-
-/// File mode of every report file: owner read/write only.
-pub const FILE_MODE: u32 = 0o600;
-/// Mode of a report folder cpsync creates.
-pub const DIR_MODE: u32 = 0o700;
 
 /// Where one run's files were written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,47 +77,19 @@ pub fn stored_report(dir: &Path, run_id: i64) -> Result<Option<RunReport>, Repor
 /// left as it is: the files in it are owner-only anyway.
 fn ensure_private_dir(dir: &Path) -> Result<(), ReportError> {
     if dir.is_dir() {
-        let mode = dir.metadata().map(|m| m.permissions().mode()).unwrap_or(0);
+        let mode = crate::files::mode_of(dir).unwrap_or(0);
         if mode & 0o077 != 0 {
             tracing::warn!(dir = %dir.display(), "report folder is readable by others; report files are still owner-only");
         }
         return Ok(());
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|e| write_error(dir, &e))
+    crate::files::create_private_dir_all(dir).map_err(|e| write_error(dir, &e))
 }
 
-/// Writes `bytes` to `path` with mode 0600, through a temporary file in the
-/// same folder renamed into place.
+/// Writes `bytes` to `path` owner-only (0600), atomically
+/// (`files::write_private`).
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let temporary = temporary_path(path);
-    let result = write_new_file(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(error) = result {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(write_error(path, &error));
-    }
-    Ok(())
-}
-
-fn write_new_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    crate::files::write_private(path, bytes).map_err(|error| write_error(path, &error))
 }
 
 fn write_error(path: &Path, error: &dyn std::fmt::Display) -> ReportError {

@@ -127,6 +127,16 @@ impl AdminClient {
             .map(|_| ())
     }
 
+    /// Rotates this district's API key: `api_key` replaces it, and the old
+    /// key is refused from now on.
+    pub fn rotate_key(&self, api_key: &Secret) -> anyhow::Result<()> {
+        let body = super::model::RotatedKey {
+            api_key: api_key.expose().to_string(),
+        };
+        self.post::<_, serde_json::Value>(&self.district_path("rotate-key"), &body)
+            .map(|_| ())
+    }
+
     pub fn summary(&self) -> anyhow::Result<DistrictSummary> {
         self.get(&self.district_path("summary"))
     }

@@ -305,6 +305,22 @@ impl std::fmt::Debug for NewDistrict {
     }
 }
 
+/// A district's new API key: the vendor rotating it. The old key is
+/// refused from then on. `Debug` hides the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotatedKey {
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for RotatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatedKey")
+            .field("api_key", &crate::secret::REDACTED)
+            .finish()
+    }
+}
+
 /// The JSON error body of both the vendor API and the admin surface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

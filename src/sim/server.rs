@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 
 use super::faults::{FaultInjector, FaultPlan, Refusal};
 use super::generate::generate;
-use super::model::{ActionBatch, ActionResults, ErrorBody, FaultConfig, GenerateSpec, NewDistrict};
+use super::model::{
+    ActionBatch, ActionResults, ErrorBody, FaultConfig, GenerateSpec, NewDistrict, RotatedKey,
+};
 use super::state::{
     ApiError, District, DistrictSnapshot, FeeQuery, IdempotentReply, Scope, ID_MAX,
 };
@@ -107,11 +109,9 @@ impl Shared {
                 .map(|(name, district)| (name.clone(), district.snapshot()))
                 .collect(),
         };
-        let temporary = path.with_extension("tmp");
         let bytes = serde_json::to_vec(&snapshot)?;
-        write_private(&temporary, &bytes)?;
-        std::fs::rename(&temporary, path)?;
-        Ok(())
+        crate::files::write_private(path, &bytes)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 
     fn reset(&self) {
@@ -130,20 +130,6 @@ impl Shared {
             .find(|(_, key)| key.ct_eq(token))
             .map(|(district, _)| district.clone())
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Reads a saved simulator state.
@@ -887,6 +873,7 @@ fn serve_admin(shared: &Shared, call: &Call) -> Result<Reply, ApiError> {
             Ok(json_reply(200, &names))
         }
         (&Method::POST, ["districts"]) => add_district(shared, &call.body),
+        (&Method::POST, ["districts", name, "rotate-key"]) => rotate_key(shared, name, &call.body),
         (method, ["districts", name, action]) => district_admin(shared, method, name, action, call),
         _ => Err(ApiError::not_found("not_found", "no such admin resource")),
     }
@@ -970,6 +957,35 @@ fn add_district(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
         201,
         &serde_json::json!({"district": new.district}),
     ))
+}
+
+/// The vendor rotates a district's API key: the new key replaces every key
+/// of the district, which are refused from now on.
+fn rotate_key(shared: &Shared, name: &str, body: &[u8]) -> Result<Reply, ApiError> {
+    let rotated: RotatedKey = parse_json(body)?;
+    if rotated.api_key.len() < 8 {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            "api_key at least 8 characters",
+        ));
+    }
+    let mut keys = lock(&shared.keys);
+    if !keys.iter().any(|(district, _)| district == name) {
+        return Err(ApiError::not_found(
+            "district_not_found",
+            format!("no district {name:?}"),
+        ));
+    }
+    if keys.iter().any(|(_, key)| key.ct_eq(&rotated.api_key)) {
+        return Err(ApiError::new(
+            409,
+            "key_in_use",
+            "that API key is already registered",
+        ));
+    }
+    keys.retain(|(district, _)| district != name);
+    keys.push((name.to_string(), Secret::new(rotated.api_key)));
+    Ok(json_reply(200, &serde_json::json!({"district": name})))
 }
 
 fn district_admin(

@@ -162,11 +162,16 @@ pub fn cpsync_in_world(
 }
 
 /// Runs the built `cpsync` binary; returns (exit code, stdout, stderr).
+/// The API key is the one `world::World`'s simulator accepts (read from
+/// `CPSYNC_API_KEY`, as the database holds only its fingerprint).
 pub fn cpsync(args: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpsync"))
         .args(args)
         .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env_remove("CPSYNC_API_KEY_FILE")
+        .env("CPSYNC_API_KEY", world::API_KEY)
         .output()
         .expect("run cpsync");
     (

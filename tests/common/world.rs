@@ -129,7 +129,9 @@ impl World {
 /// eligible fee like `cpsync setup cutoff` does.
 pub fn complete_setup(conn: &mut DbConnection, portal: &HttpPortal) -> SetupState {
     let now = utc_now();
-    let mut state = settings::store_api_key(conn, &Secret::new(API_KEY), now).unwrap();
+    let check = portal.test_pull().unwrap();
+    let (mut state, _) =
+        settings::record_api_key(conn, &Secret::new(API_KEY), &check.district, now).unwrap();
     state.categories = CategorySelection::All;
     state.categories_confirmed_at = Some(now);
     portal.test_pull().unwrap();

@@ -81,8 +81,11 @@ impl Env {
             .args(["--database-url", url, "--cp-url", &self.sim.base_url()])
             .args(args)
             .env_remove("DATABASE_URL")
+            .env_remove("CPSYNC_DATABASE_URL")
             .env_remove("CPSYNC_CONFIG")
             .env_remove("CPSYNC_CP_URL")
+            .env_remove("CPSYNC_API_KEY")
+            .env("CPSYNC_API_KEY_FILE", self.key_file())
             .stdin(Stdio::null());
         command
     }
@@ -140,14 +143,14 @@ impl Env {
         seed::store(&mut self.conn(), &district).expect("seed");
     }
 
+    /// The file every command reads the API key from (`CPSYNC_API_KEY_FILE`).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("api-key")
+    }
+
+    /// `setup api-key`: checks the key in `key_file` and records its fingerprint.
     pub fn store_key(&self) {
-        let key = self.dir.path().join("api-key");
-        self.ok(&[
-            "setup",
-            "api-key",
-            "--file",
-            key.to_str().expect("utf-8 path"),
-        ]);
+        self.ok(&["setup", "api-key"]);
     }
 
     /// Every setup step in order with all categories, and the tasks on.

@@ -202,6 +202,7 @@ fn a_parent_pull_has_a_short_budget_against_a_silent_server() {
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
         .env_remove("CPSYNC_CP_URL")
+        .env("CPSYNC_API_KEY_FILE", env.key_file())
         .output()
         .unwrap();
     let took = started.elapsed();
