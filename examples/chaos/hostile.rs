@@ -247,6 +247,7 @@ fn config_probes(bin: &Path, dir: &Path, url: &str) -> anyhow::Result<Vec<Probe>
             ],
             Vec::new(),
             log_dir(dir, &format!("config-{index}"))?,
+            dir,
         );
         let ended = engine.run(&["runs"])?;
         probes.push((name.to_string(), expect_failure(&ended, needle)));
@@ -265,6 +266,7 @@ fn loopback_probe(bin: &Path, dir: &Path, url: &str) -> anyhow::Result<Probe> {
         ],
         Vec::new(),
         log_dir(dir, "loopback")?,
+        dir,
     );
     let ended = engine.run(&["get-payments"])?;
     Ok((
@@ -296,6 +298,7 @@ fn server_probes(
             ],
             Vec::new(),
             log_dir(dir, &format!("server-{index}"))?,
+            dir,
         );
         let ended = engine.run(&["get-payments", "--student", &student.to_string(), "--json"])?;
         let problem = match case.expect {
@@ -323,6 +326,7 @@ fn echo_probe(bin: &Path, dir: &Path, url: &str, key: &str) -> anyhow::Result<Pr
         ],
         Vec::new(),
         log_dir(dir, "echo")?,
+        dir,
     );
     let ended = engine.run(&["get-payments"])?;
     let mut problem = expect_failure(&ended, "[REDACTED]");

@@ -17,9 +17,11 @@ mod hostile;
 mod scenario;
 mod secrets;
 mod tally;
+mod trace;
 mod vendor_records;
 mod world;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -69,6 +71,26 @@ pub struct Args {
     /// refused rather than silently covering one backend.
     #[arg(long, conflicts_with = "database_url")]
     sqlite_only: bool,
+    /// How each round's tasks run: serial (one after another in a seeded
+    /// order; the scenario replays exactly) or concurrent (all at once:
+    /// real contention, not exact). Default: serial for a single scenario
+    /// (`--scenarios 1`, the replay of a seed), concurrent for a campaign.
+    #[arg(long, value_enum)]
+    rounds: Option<scenario::Rounds>,
+    /// Also write every scenario's event trace to FILE, in seed order
+    /// (each scenario's own is `trace.txt` in its folder).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+}
+
+impl Args {
+    fn rounds(&self) -> scenario::Rounds {
+        self.rounds.unwrap_or(if self.scenarios == 1 {
+            scenario::Rounds::Serial
+        } else {
+            scenario::Rounds::Concurrent
+        })
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,6 +123,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let work = world::work_dir(args.work_dir.as_deref())?;
     let started = Instant::now();
     let tally = Mutex::new(Tally::default());
+    let traces = Mutex::new(BTreeMap::new());
     let next = AtomicU64::new(0);
     std::thread::scope(|threads| {
         // The one-off probes wait out real retries: they run beside the scenarios.
@@ -111,12 +134,20 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             }
         });
         for _ in 0..args.jobs.min(args.scenarios as usize) {
-            threads.spawn(|| worker(args, &bin, &work, &next, &tally));
+            threads.spawn(|| worker(args, &bin, &work, &next, &tally, &traces));
         }
     });
     let tally = tally
         .into_inner()
         .expect("no worker panicked holding the tally");
+    if let Some(path) = &args.trace {
+        let traces = traces
+            .into_inner()
+            .expect("no worker panicked holding the traces");
+        let lines: Vec<String> = traces.into_values().flatten().collect();
+        trace::write(path, &lines)?;
+    }
+    println!("rounds: {:?}", args.rounds());
     tally.print(started.elapsed(), &work);
     if tally.clean() && !args.keep {
         let _ = std::fs::remove_dir_all(&work);
@@ -130,6 +161,7 @@ fn worker(
     work: &std::path::Path,
     next: &AtomicU64,
     tally: &Mutex<Tally>,
+    traces: &Mutex<BTreeMap<u64, Vec<String>>>,
 ) {
     loop {
         let index = next.fetch_add(1, Ordering::SeqCst);
@@ -141,7 +173,11 @@ fn worker(
             .database_url
             .as_deref()
             .filter(|_| index % args.pg_every == args.pg_every - 1);
-        let result = scenario::run(seed, bin, work, pg, args.keep);
+        let mut result = scenario::run(seed, bin, work, pg, args.rounds(), args.keep);
+        traces
+            .lock()
+            .expect("traces lock")
+            .insert(seed, std::mem::take(&mut result.trace));
         let mut tally = tally.lock().expect("tally lock");
         tally.absorb(seed, result);
         tally.progress(args.scenarios);

@@ -45,6 +45,52 @@ pub struct ScenarioResult {
     /// Nightly runs started with a crash point (`CPSYNC_CRASH_AFTER_WRITES`).
     pub crash_points_planned: u64,
     pub elapsed: Duration,
+    /// The scenario's event trace (`trace.rs`), its figures last.
+    pub trace: Vec<String>,
+}
+
+impl ScenarioResult {
+    /// The final figures, for the trace: everything counted except time.
+    pub fn figures(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "figures: {} vendor requests, faults {:?}",
+                self.vendor_requests, self.faults
+            ),
+            format!(
+                "figures: {} engine runs, kills {:?}, {} crash points planned, {} failed under faults, {} lock refusals",
+                self.child_runs,
+                self.kills,
+                self.crash_points_planned,
+                self.failed_under_faults,
+                self.lock_refusals
+            ),
+            format!(
+                "figures: {} vendor transactions and {} vendor fees checked, {} fees compared field by field",
+                self.vendor_txns_checked, self.vendor_fees_checked, self.fees_compared
+            ),
+            format!(
+                "figures: {} office actions, {} unmanaged fees injected, {} bad vendor records ({} held), {} contained faults",
+                self.office_actions,
+                self.unmanaged_injected,
+                self.bad_vendor_records,
+                self.bad_vendor_records_held,
+                self.contained_faults
+            ),
+            format!(
+                // Not the bytes scanned: the files hold clock readings.
+                "figures: {} of {} bad inputs handled, {} closed-pipe runs, {} stale lock rows, {} secrets found",
+                self.bad_inputs_handled,
+                self.bad_inputs_tried,
+                self.closed_pipe_runs,
+                self.stale_locks_tried,
+                self.secrets_found.len()
+            ),
+            format!("figures: {} violations", self.violations.len()),
+        ];
+        lines.extend(self.violations.iter().map(|v| format!("violation: {v}")));
+        lines
+    }
 }
 
 /// The campaign's running totals.

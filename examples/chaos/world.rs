@@ -78,6 +78,8 @@ pub struct World {
     pub dir: PathBuf,
     pub database: DatabaseUrl,
     pub secrets: Secrets,
+    pub students: usize,
+    pub request_timeout_secs: u64,
     pub sim: SimHandle,
     pub admin: AdminClient,
     /// The driver's own client, used only while faults are off.
@@ -137,13 +139,15 @@ impl World {
             (SMTP_PASSWORD_ENV.to_string(), secrets.smtp_password.clone()),
             (SFTP_PASSWORD_ENV.to_string(), secrets.sftp_password.clone()),
         ];
-        let engine = Engine::new(bin, globals, env, dir.join("logs"));
+        let engine = Engine::new(bin, globals, env, dir.join("logs"), &dir);
         let portal = HttpPortal::new(HttpPortalConfig::new(
             sim.base_url(),
             Secret::new(secrets.api_key.clone()),
         ))?;
         Ok(World {
             seed,
+            students,
+            request_timeout_secs,
             admin: sim.admin()?,
             dir,
             database,
@@ -153,6 +157,14 @@ impl World {
             engine,
             _pg: pg,
         })
+    }
+
+    /// What was built, for the trace (no paths, ports or secrets).
+    pub fn describe(&self) -> String {
+        format!(
+            "world: {} students, request timeout {} s",
+            self.students, self.request_timeout_secs
+        )
     }
 
     pub fn connect(&self) -> anyhow::Result<DbConnection> {

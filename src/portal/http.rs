@@ -307,6 +307,16 @@ impl HttpPortal {
         record: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Answer, PortalError> {
+        let answer = self.execute_with_retries(record, build);
+        crate::failpoint::operation("a Community Pass call returned");
+        answer
+    }
+
+    fn execute_with_retries(
+        &self,
+        record: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Answer, PortalError> {
         self.counter.record_request();
         let retries = self.retry.retries.min(RETRIES_MAX);
         let started = Instant::now();
