@@ -160,6 +160,17 @@ impl Engine {
         }
     }
 
+    /// The same engine on another database, its logs in `log_dir`.
+    pub fn on_database(&self, url: &str, log_dir: PathBuf, scenario_dir: &Path) -> Engine {
+        let mut globals = self.globals.clone();
+        if let Some(at) = globals.iter().position(|g| g == "--database-url") {
+            if let Some(value) = globals.get_mut(at + 1) {
+                *value = url.to_string();
+            }
+        }
+        Engine::new(&self.bin, globals, self.env.clone(), log_dir, scenario_dir)
+    }
+
     pub fn runs(&self) -> u64 {
         u64::from(self.runs.load(Ordering::SeqCst))
     }

@@ -14,6 +14,7 @@ mod checks;
 mod convergence;
 mod engine;
 mod hostile;
+mod pg_restart;
 mod scenario;
 mod secrets;
 mod tally;

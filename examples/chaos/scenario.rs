@@ -210,6 +210,14 @@ impl<'a> Scenario<'a> {
         self.lock_refuses_a_second_nightly()?;
         self.closed_pipes_end_quietly()?;
         self.stale_lock_rows_are_handled()?;
+        if self.result.backend == "PostgreSQL" {
+            let like = self
+                .sent
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no fee was sent, so none to copy"))?
+                .fee_id;
+            crate::pg_restart::under_watch(self.world, like, self.result)?;
+        }
         crate::secrets::scan(self.world, self.result)?;
         Ok(())
     }
@@ -783,7 +791,7 @@ fn edit_amount(conn: &mut cpsync::db::DbConnection, fee: i64, cents: i64) -> any
 }
 
 /// A new fee for the same student as `like`, as office staff add one.
-fn add_fee(conn: &mut cpsync::db::DbConnection, like: i64, id: i64) -> anyhow::Result<()> {
+pub fn add_fee(conn: &mut cpsync::db::DbConnection, like: i64, id: i64) -> anyhow::Result<()> {
     use diesel::connection::SimpleConnection;
     conn.batch_execute(&format!(
         "INSERT INTO student_fees (id, student_id, category_code, school_code, description, amount_cents, \

@@ -44,6 +44,8 @@ pub struct ScenarioResult {
     pub contained_faults: u64,
     /// Nightly runs started with a crash point (`CPSYNC_CRASH_AFTER_WRITES`).
     pub crash_points_planned: u64,
+    /// PostgreSQL restarts under watch run (`pg_restart.rs`).
+    pub pg_restarts: u64,
     pub elapsed: Duration,
     /// The scenario's event trace (`trace.rs`), its figures last.
     pub trace: Vec<String>,
@@ -79,11 +81,12 @@ impl ScenarioResult {
             ),
             format!(
                 // Not the bytes scanned: the files hold clock readings.
-                "figures: {} of {} bad inputs handled, {} closed-pipe runs, {} stale lock rows, {} secrets found",
+                "figures: {} of {} bad inputs handled, {} closed-pipe runs, {} stale lock rows, {} PostgreSQL restarts under watch, {} secrets found",
                 self.bad_inputs_handled,
                 self.bad_inputs_tried,
                 self.closed_pipe_runs,
                 self.stale_locks_tried,
+                self.pg_restarts,
                 self.secrets_found.len()
             ),
             format!("figures: {} violations", self.violations.len()),
@@ -120,6 +123,7 @@ pub struct Tally {
     pub bad_vendor_records_held: u64,
     pub contained_faults: u64,
     pub crash_points_planned: u64,
+    pub pg_restarts: u64,
     pub slowest: Duration,
 }
 
@@ -171,6 +175,7 @@ impl Tally {
         self.bad_vendor_records_held += result.bad_vendor_records_held;
         self.contained_faults += result.contained_faults;
         self.crash_points_planned += result.crash_points_planned;
+        self.pg_restarts += result.pg_restarts;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -233,6 +238,13 @@ impl Tally {
             hollow.push(format!(
                 "{} nightly runs were given a crash point and none aborted: is cpsync built with crash points (--features failpoints)?",
                 self.crash_points_planned
+            ));
+        }
+        let on_postgres = self.by_backend.get("PostgreSQL").copied().unwrap_or(0);
+        if self.pg_restarts < on_postgres {
+            hollow.push(format!(
+                "the PostgreSQL restart under watch ran in {} of {on_postgres} PostgreSQL scenarios",
+                self.pg_restarts
             ));
         }
         if self.scenarios > 0 && self.contained_faults == 0 {
@@ -319,6 +331,10 @@ impl Tally {
         row(
             "bad inputs tried / handled",
             format!("{} / {}", self.bad_inputs_tried, self.bad_inputs_handled),
+        );
+        row(
+            "PostgreSQL restarts under watch",
+            self.pg_restarts.to_string(),
         );
         row("bytes scanned for secrets", self.bytes_scanned.to_string());
         row(

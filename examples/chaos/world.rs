@@ -78,6 +78,8 @@ pub struct World {
     pub dir: PathBuf,
     pub database: DatabaseUrl,
     pub secrets: Secrets,
+    /// The database URL the engine is given.
+    pub url_text: String,
     pub students: usize,
     pub request_timeout_secs: u64,
     pub sim: SimHandle,
@@ -133,7 +135,7 @@ impl World {
             "--config".to_string(),
             dir.join("cpsync.toml").display().to_string(),
             "--database-url".to_string(),
-            url_text,
+            url_text.clone(),
         ];
         let env = vec![
             (SMTP_PASSWORD_ENV.to_string(), secrets.smtp_password.clone()),
@@ -146,6 +148,7 @@ impl World {
         ))?;
         Ok(World {
             seed,
+            url_text,
             students,
             request_timeout_secs,
             admin: sim.admin()?,

@@ -212,7 +212,7 @@ impl FaultInjector {
 
     /// Shuffles a page in place (a reordered delivery), as `plan` decided.
     pub fn reorder<T>(&mut self, items: &mut [T], plan: &FaultPlan) {
-        let mut rng = ChaCha8Rng::seed_from_u64(plan.page_seed ^ 0x7265_6f72_6465_72);
+        let mut rng = ChaCha8Rng::seed_from_u64(plan.page_seed ^ 0x0072_656f_7264_6572);
         items.shuffle(&mut rng);
         self.stats.faults.reordered_pages += 1;
     }
@@ -224,7 +224,7 @@ impl FaultInjector {
             return Vec::new();
         }
         self.stats.faults.duplicated_pages += 1;
-        let mut rng = ChaCha8Rng::seed_from_u64(plan.page_seed ^ 0x6475_706c_6963_61);
+        let mut rng = ChaCha8Rng::seed_from_u64(plan.page_seed ^ 0x0064_7570_6c69_6361);
         let count = rng.gen_range(1..=DUPLICATES_PER_PAGE_MAX.min(len));
         (0..count).map(|_| rng.gen_range(0..len)).collect()
     }
