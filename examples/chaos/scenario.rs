@@ -249,6 +249,11 @@ impl<'a> Scenario<'a> {
     /// Looks at how a run under faults ended: crashes are violations,
     /// failures and lock refusals are counted.
     fn observe(&mut self, ended: &Ended, what: &'static str, abort_expected: bool) {
+        let stats = self.world.sim.stats();
+        self.event(format!(
+            "vendor so far: {} requests, faults {:?}",
+            stats.requests, stats.faults
+        ));
         if let Some(crash) = ended.crashed(abort_expected) {
             self.result.violations.push(crash);
         }

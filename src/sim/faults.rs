@@ -5,7 +5,8 @@
 //! Each request's faults are drawn from a generator of its own, seeded by
 //! the simulator's seed, the fault epoch (how many times the faults were
 //! set), the request's identity (method, path and query, without the
-//! clock-valued `updated_since`) and how many times that identity was asked
+//! clock-valued `updated_since` and the list of fees an incremental run
+//! chose by it) and how many times that identity was asked
 //! before in this epoch. The client is not sequential — cpsync pushes fees
 //! several at a time and reads the fee listing and the transaction log at
 //! once — so one generator shared by all requests would hand out faults in
@@ -79,7 +80,8 @@ fn stable_hash(parts: &[&[u8]]) -> u64 {
 }
 
 /// A request's identity for fault keying: method, path and query, with the
-/// value of `updated_since` (a clock reading) left out.
+/// values of `updated_since` (a clock reading) and `genesis_fee_ids` (which
+/// fees an incremental run reads depends on that clock) left out.
 pub fn request_identity(method: &str, path: &str, query: Option<&str>) -> String {
     let query: Vec<&str> = query
         .unwrap_or("")
@@ -88,6 +90,8 @@ pub fn request_identity(method: &str, path: &str, query: Option<&str>) -> String
         .map(|pair| {
             if pair.starts_with("updated_since=") {
                 "updated_since=*"
+            } else if pair.starts_with("genesis_fee_ids=") {
+                "genesis_fee_ids=*"
             } else {
                 pair
             }
@@ -218,12 +222,13 @@ impl FaultInjector {
     }
 
     /// Picks up to `DUPLICATES_PER_PAGE_MAX` indexes in `0..len` to deliver
-    /// twice, as `plan` decided.
+    /// twice, as `plan` decided. Counted as planned, even on an empty page
+    /// (whose length can depend on the clock), so the count replays.
     pub fn duplicates(&mut self, len: usize, plan: &FaultPlan) -> Vec<usize> {
+        self.stats.faults.duplicated_pages += 1;
         if len == 0 {
             return Vec::new();
         }
-        self.stats.faults.duplicated_pages += 1;
         let mut rng = ChaCha8Rng::seed_from_u64(plan.page_seed ^ 0x0064_7570_6c69_6361);
         let count = rng.gen_range(1..=DUPLICATES_PER_PAGE_MAX.min(len));
         (0..count).map(|_| rng.gen_range(0..len)).collect()
@@ -307,6 +312,10 @@ mod tests {
                 "/v1/fees",
                 Some("limit=50&updated_since=2026-11-29T03:00:00Z")
             ),
+        );
+        assert_eq!(
+            request_identity("GET", "/v1/fees", Some("genesis_fee_ids=1%2C2")),
+            request_identity("GET", "/v1/fees", Some("genesis_fee_ids=3")),
         );
         assert_ne!(
             request_identity("GET", "/v1/transactions", Some("after=1")),
