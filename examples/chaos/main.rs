@@ -1,14 +1,27 @@
 //! The chaos campaign (`scripts/chaos`): seeded scenarios that run the real
-//! `cpsync` binary against the simulator with random faults, SIGKILL it at
-//! random points, run tasks at the same time, then let it finish with the
-//! faults off and check the invariants a district relies on: every vendor
-//! transaction posted exactly once, no fee created twice, conservation on
-//! both sides, a further nightly with nothing to do, a complete audit trail,
-//! and no secret in anything the campaign wrote. Any failure names the seed
-//! that replays the scenario (`scripts/chaos --scenarios 1 --seed S`).
+//! `cpsync` binary against the simulator with seeded faults, kill it at
+//! seeded points (after its n-th operation, `CPSYNC_KILL_AFTER_OPERATIONS`:
+//! the count, not the clock, picks the point), run rounds of tasks while
+//! parents and office staff keep working, restart a private PostgreSQL
+//! server under `watch` on PostgreSQL scenarios (`pg_restart.rs`), then let
+//! it finish with the faults off and check the invariants a district relies
+//! on: every vendor transaction posted exactly once, no fee created twice,
+//! conservation on both sides, a further nightly with nothing to do, a
+//! complete audit trail, and no secret in anything the campaign wrote. Any
+//! failure names the seed that replays the scenario (`scripts/chaos
+//! --scenarios 1 --seed S`).
+//!
+//! Replay: a scenario's rounds run serially (each task and live action one
+//! after another in a seeded order) or concurrently (all at once; real lock
+//! contention, whose outcome is the scheduler's). Serial is the default for
+//! a single scenario and makes it exact: its event trace (`trace.rs`) is
+//! byte-identical run after run (`scripts/chaos-replay`). Concurrent is the
+//! default for a campaign; its trace records the same plan, not the same
+//! ends. See `scenario.rs` and ARCHITECTURE.md ("Chaos replay").
 //!
 //! Usage: `chaos --bin target/release/cpsync [--scenarios N] [--seed S]
-//! [--jobs J] [--database-url postgres://...] [--pg-every K] [--keep]`.
+//! [--jobs J] [--rounds serial|concurrent] [--trace FILE]
+//! [--database-url postgres://...] [--pg-every K] [--keep]`.
 
 mod checks;
 mod convergence;
