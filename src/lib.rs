@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod export;
+pub mod failpoint;
 pub mod files;
 pub mod money;
 pub mod portal;

@@ -240,3 +240,84 @@ fn send_fees_killed_between_the_vendor_write_and_its_link_finishes_next_run() {
         send_fees_crash(backend);
     }
 }
+
+/// `send-fees` with `CPSYNC_KILL_AFTER_OPERATIONS=n`: SIGKILLed after its
+/// n-th operation; returns its exit status and the operation it named.
+fn send_fees_killed_after(world: &World, n: u64) -> (std::process::ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cpsync"))
+        .args([
+            "--database-url",
+            &world.db.url_text,
+            "--cp-url",
+            &world.sim.base_url(),
+            "send-fees",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("CPSYNC_CONFIG")
+        .env(cpsync::failpoint::KILL_AFTER_OPERATIONS_ENV, n.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let named = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cpsync: killed after operation "))
+        .unwrap_or("")
+        .to_string();
+    (output.status, named)
+}
+
+/// Every operation of a send-fees with changes to push is a kill point
+/// (the chaos campaign's kills by count): for n = 1, 2, … the process
+/// SIGKILLs itself after operation n, the same operation in two worlds
+/// built alike, until n is past its last; the run after each kill finishes
+/// the work with nothing created twice.
+#[test]
+fn send_fees_killed_after_each_operation_replays_and_finishes() {
+    use diesel::connection::SimpleConnection;
+    use std::os::unix::process::ExitStatusExt;
+    let worlds = [
+        World::new(Backend::Sqlite, 20, 17),
+        World::new(Backend::Sqlite, 20, 17),
+    ];
+    let mut named: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for (world, named) in worlds.iter().zip(named.iter_mut()) {
+        let vendor_before = cpsync::portal::all_fees(&world.portal, None).unwrap().len();
+        for n in 1..=60 {
+            world
+                .conn()
+                .batch_execute(&format!(
+                    "UPDATE student_fees SET description = 'edit {n}' WHERE id IN (SELECT fee_id FROM cp_fee_links)"
+                ))
+                .unwrap();
+            let (status, what) = send_fees_killed_after(world, n);
+            if status.signal() != Some(9) {
+                assert!(finished(status), "operation {n}: {status:?}");
+                break;
+            }
+            assert!(
+                !what.is_empty(),
+                "killed at {n} without naming the operation"
+            );
+            named.push(what);
+            assert!(
+                finished(cpsync_binary(world, "send-fees", None, None)),
+                "the run after the kill at {n} finishes"
+            );
+            assert_eq!(
+                cpsync::db::outbox::pending_count(&mut world.conn()).unwrap(),
+                0,
+                "nothing left to send after the kill at {n}"
+            );
+        }
+        let vendor = cpsync::portal::all_fees(&world.portal, None).unwrap();
+        assert_eq!(vendor.len(), vendor_before, "nothing created twice");
+    }
+    assert!(
+        named[0].len() >= 4,
+        "a send-fees has several kill points: {:?}",
+        named[0]
+    );
+    assert_eq!(named[0], named[1], "the n-th operation is the same one");
+}

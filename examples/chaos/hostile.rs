@@ -248,6 +248,7 @@ fn config_probes(bin: &Path, dir: &Path, url: &str) -> anyhow::Result<Vec<Probe>
             ],
             Vec::new(),
             log_dir(dir, &format!("config-{index}"))?,
+            dir,
         );
         let ended = engine.run(&["runs"])?;
         probes.push((name.to_string(), expect_failure(&ended, needle)));
@@ -274,6 +275,7 @@ fn loopback_probe(bin: &Path, dir: &Path, url: &str, key: &str) -> anyhow::Resul
         ],
         key_env(key),
         log_dir(dir, "loopback")?,
+        dir,
     );
     let ended = engine.run(&["get-payments"])?;
     Ok((
@@ -306,6 +308,7 @@ fn server_probes(
             ],
             key_env(key),
             log_dir(dir, &format!("server-{index}"))?,
+            dir,
         );
         let ended = engine.run(&["get-payments", "--student", &student.to_string(), "--json"])?;
         let problem = match case.expect {
@@ -333,6 +336,7 @@ fn echo_probe(bin: &Path, dir: &Path, url: &str, key: &str) -> anyhow::Result<Pr
         ],
         key_env(key),
         log_dir(dir, "echo")?,
+        dir,
     );
     let ended = engine.run(&["get-payments"])?;
     let mut problem = expect_failure(&ended, "[REDACTED]");

@@ -1,25 +1,41 @@
 //! The chaos campaign (`scripts/chaos`): seeded scenarios that run the real
-//! `cpsync` binary against the simulator with random faults, SIGKILL it at
-//! random points, run tasks at the same time, then let it finish with the
-//! faults off and check the invariants a district relies on: every vendor
-//! transaction posted exactly once, no fee created twice, conservation on
-//! both sides, a further nightly with nothing to do, a complete audit trail,
-//! and no secret in anything the campaign wrote. Any failure names the seed
-//! that replays the scenario (`scripts/chaos --scenarios 1 --seed S`).
+//! `cpsync` binary against the simulator with seeded faults, kill it at
+//! seeded points (after its n-th operation, `CPSYNC_KILL_AFTER_OPERATIONS`:
+//! the count, not the clock, picks the point), run rounds of tasks while
+//! parents and office staff keep working, restart a private PostgreSQL
+//! server under `watch` on PostgreSQL scenarios (`pg_restart.rs`), then let
+//! it finish with the faults off and check the invariants a district relies
+//! on: every vendor transaction posted exactly once, no fee created twice,
+//! conservation on both sides, a further nightly with nothing to do, a
+//! complete audit trail, and no secret in anything the campaign wrote. Any
+//! failure names the seed that replays the scenario (`scripts/chaos
+//! --scenarios 1 --seed S`).
+//!
+//! Replay: a scenario's rounds run serially (each task and live action one
+//! after another in a seeded order) or concurrently (all at once; real lock
+//! contention, whose outcome is the scheduler's). Serial is the default for
+//! a single scenario and makes it exact: its event trace (`trace.rs`) is
+//! byte-identical run after run (`scripts/chaos-replay`). Concurrent is the
+//! default for a campaign; its trace records the same plan, not the same
+//! ends. See `scenario.rs` and ARCHITECTURE.md ("Chaos replay").
 //!
 //! Usage: `chaos --bin target/release/cpsync [--scenarios N] [--seed S]
-//! [--jobs J] [--database-url postgres://...] [--pg-every K] [--keep]`.
+//! [--jobs J] [--rounds serial|concurrent] [--trace FILE]
+//! [--database-url postgres://...] [--pg-every K] [--keep]`.
 
 mod checks;
 mod convergence;
 mod engine;
 mod hostile;
+mod pg_restart;
 mod scenario;
 mod secrets;
 mod tally;
+mod trace;
 mod vendor_records;
 mod world;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -69,6 +85,26 @@ pub struct Args {
     /// refused rather than silently covering one backend.
     #[arg(long, conflicts_with = "database_url")]
     sqlite_only: bool,
+    /// How each round's tasks run: serial (one after another in a seeded
+    /// order; the scenario replays exactly) or concurrent (all at once:
+    /// real contention, not exact). Default: serial for a single scenario
+    /// (`--scenarios 1`, the replay of a seed), concurrent for a campaign.
+    #[arg(long, value_enum)]
+    rounds: Option<scenario::Rounds>,
+    /// Also write every scenario's event trace to FILE, in seed order
+    /// (each scenario's own is `trace.txt` in its folder).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+}
+
+impl Args {
+    fn rounds(&self) -> scenario::Rounds {
+        self.rounds.unwrap_or(if self.scenarios == 1 {
+            scenario::Rounds::Serial
+        } else {
+            scenario::Rounds::Concurrent
+        })
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,6 +137,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let work = world::work_dir(args.work_dir.as_deref())?;
     let started = Instant::now();
     let tally = Mutex::new(Tally::default());
+    let traces = Mutex::new(BTreeMap::new());
     let next = AtomicU64::new(0);
     std::thread::scope(|threads| {
         // The one-off probes wait out real retries: they run beside the scenarios.
@@ -111,12 +148,20 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             }
         });
         for _ in 0..args.jobs.min(args.scenarios as usize) {
-            threads.spawn(|| worker(args, &bin, &work, &next, &tally));
+            threads.spawn(|| worker(args, &bin, &work, &next, &tally, &traces));
         }
     });
     let tally = tally
         .into_inner()
         .expect("no worker panicked holding the tally");
+    if let Some(path) = &args.trace {
+        let traces = traces
+            .into_inner()
+            .expect("no worker panicked holding the traces");
+        let lines: Vec<String> = traces.into_values().flatten().collect();
+        trace::write(path, &lines)?;
+    }
+    println!("rounds: {:?}", args.rounds());
     tally.print(started.elapsed(), &work);
     if tally.clean() && !args.keep {
         let _ = std::fs::remove_dir_all(&work);
@@ -130,6 +175,7 @@ fn worker(
     work: &std::path::Path,
     next: &AtomicU64,
     tally: &Mutex<Tally>,
+    traces: &Mutex<BTreeMap<u64, Vec<String>>>,
 ) {
     loop {
         let index = next.fetch_add(1, Ordering::SeqCst);
@@ -141,7 +187,11 @@ fn worker(
             .database_url
             .as_deref()
             .filter(|_| index % args.pg_every == args.pg_every - 1);
-        let result = scenario::run(seed, bin, work, pg, args.keep);
+        let mut result = scenario::run(seed, bin, work, pg, args.rounds(), args.keep);
+        traces
+            .lock()
+            .expect("traces lock")
+            .insert(seed, std::mem::take(&mut result.trace));
         let mut tally = tally.lock().expect("tally lock");
         tally.absorb(seed, result);
         tally.progress(args.scenarios);

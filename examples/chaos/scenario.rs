@@ -1,7 +1,21 @@
 //! One seeded scenario: a random small district, random vendor faults, the
-//! engine killed at random points of send-fees, get-payments, nightly apply
-//! and export, tasks run at the same time while parents and office staff
-//! keep working, then a finish with the faults off and the invariant checks.
+//! engine killed at seeded points of send-fees, get-payments, nightly apply
+//! and export, rounds of tasks while parents and office staff keep working,
+//! then a finish with the faults off and the invariant checks.
+//!
+//! Everything the driver decides comes from the seed, and nothing from the
+//! clock: a kill is "after operation n" (the engine SIGKILLs itself, see
+//! `cpsync::failpoint`), `watch` gets SIGTERM once the outbox is drained
+//! (or kills itself at its planned operation), the office and parent actions
+//! are drawn from the seed, and the simulator draws each request's faults
+//! from the request itself. A round of tasks runs one of two ways
+//! (`Rounds`): serially, each task and each live action one after another
+//! in a seeded order, so the scenario replays exactly and its trace is
+//! byte-identical run after run; or concurrently, every task a process at
+//! the same time with the live actions on a thread beside them (real lock
+//! contention, real races), whose outcomes depend on the scheduler — its
+//! trace records the same plan, but the order of ends and what follows may
+//! differ from run to run.
 
 use std::time::{Duration, Instant};
 
@@ -14,16 +28,18 @@ use rand_chacha::ChaCha8Rng;
 use cpsync::domain::VendorFeeStatus;
 use cpsync::portal::all_fees;
 use cpsync::scenario::{drive_parents, inject_genesis_drift, SentFee};
-use cpsync::sim::model::{FeeRef, ParentAction};
+use cpsync::sim::model::{ActionOutcome, FeeRef, ParentAction};
 use cpsync::sim::FaultConfig;
-use cpsync::sync::nightly::CRASH_AFTER_WRITES_ENV;
 
-use crate::engine::{tail, Ended, Running};
+use crate::engine::{tail, Ended, Planned};
 use crate::tally::ScenarioResult;
 use crate::world::World;
 
-/// Kill delays are drawn from 0 to this many milliseconds after the start.
-const KILL_WINDOW_MS: u64 = 900;
+/// Planned kills fall after operation 1 to this (a run that ends sooner is
+/// not killed: as a late SIGKILL used to find it finished).
+const KILL_OPERATIONS_MAX: u64 = 12;
+/// `watch`'s planned kill, when it has one, falls after operation 1 to this.
+const WATCH_OPERATIONS_MAX: u64 = 16;
 /// Killed send-fees runs before the first complete one.
 const SEND_KILLS_MAX: u32 = 3;
 /// Rounds of tasks running at the same time.
@@ -33,7 +49,16 @@ const LIVE_ACTIONS_MAX: usize = 6;
 /// The first id of fees the office adds during a scenario.
 const NEW_FEE_ID_FIRST: i64 = 9_000_001;
 /// The most nightly writes `CPSYNC_CRASH_AFTER_WRITES` aborts after.
-const CRASH_WRITE_MAX: u32 = 4;
+const CRASH_WRITE_MAX: u64 = 4;
+
+/// How the tasks of a round run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rounds {
+    /// One after another in a seeded order: the scenario replays exactly.
+    Serial,
+    /// All at once, live actions beside them: real contention, not exact.
+    Concurrent,
+}
 
 /// Runs scenario `seed`; a harness error counts as a violation.
 pub fn run(
@@ -41,6 +66,7 @@ pub fn run(
     bin: &std::path::Path,
     work: &std::path::Path,
     pg_admin: Option<&str>,
+    rounds: Rounds,
     keep: bool,
 ) -> ScenarioResult {
     let started = Instant::now();
@@ -53,15 +79,21 @@ pub fn run(
         ..ScenarioResult::default()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6368_616f_735f_7631);
+    result.trace.push(format!(
+        "scenario {seed}: {} database, {rounds:?} rounds",
+        result.backend
+    ));
     let dir = match World::build(seed, &mut rng, bin, work, pg_admin) {
         Ok(world) => {
             let dir = world.dir.clone();
-            if let Err(error) = Scenario::new(&world, rng, &mut result).play() {
+            world.engine.trace.event(world.describe());
+            if let Err(error) = Scenario::new(&world, rng, rounds, &mut result).play() {
                 result
                     .violations
                     .push(format!("the scenario could not complete: {error:#}"));
             }
             result.child_runs = world.engine.runs();
+            result.trace.extend(world.engine.trace.lines());
             Some(dir)
         }
         Err(error) => {
@@ -71,6 +103,14 @@ pub fn run(
             None
         }
     };
+    result.trace.extend(result.figures());
+    if let Some(dir) = &dir {
+        if let Err(error) = crate::trace::write(&dir.join("trace.txt"), &result.trace) {
+            result
+                .violations
+                .push(format!("the trace could not be written: {error:#}"));
+        }
+    }
     result.elapsed = started.elapsed();
     let clean = result.violations.is_empty() && result.secrets_found.is_empty();
     if let (Some(dir), true, false) = (dir, clean, keep) {
@@ -100,6 +140,7 @@ fn random_faults(rng: &mut ChaCha8Rng) -> FaultConfig {
 struct Scenario<'a> {
     world: &'a World,
     rng: ChaCha8Rng,
+    rounds: Rounds,
     result: &'a mut ScenarioResult,
     faults: FaultConfig,
     sent: Vec<SentFee>,
@@ -110,11 +151,17 @@ struct Scenario<'a> {
 }
 
 impl<'a> Scenario<'a> {
-    fn new(world: &'a World, mut rng: ChaCha8Rng, result: &'a mut ScenarioResult) -> Self {
+    fn new(
+        world: &'a World,
+        mut rng: ChaCha8Rng,
+        rounds: Rounds,
+        result: &'a mut ScenarioResult,
+    ) -> Self {
         let faults = random_faults(&mut rng);
         Scenario {
             world,
             rng,
+            rounds,
             result,
             faults,
             sent: Vec::new(),
@@ -133,18 +180,20 @@ impl<'a> Scenario<'a> {
                 .violations
                 .push("`cpsync watch --help` failed, so watch could not be run".to_string());
         }
-        self.world.admin.set_faults(&self.faults)?;
+        self.set_faults(true)?;
         self.send_fees_under_kills()?;
         self.parents_and_drift()?;
         let rounds = self.rng.gen_range(1..=CONCURRENT_ROUNDS_MAX);
-        for _ in 0..rounds {
+        for round in 1..=rounds {
+            self.event(format!("round {round} of {rounds}"));
             self.concurrent_round()?;
         }
-        self.world.admin.set_faults(&FaultConfig::default())?;
+        self.set_faults(false)?;
         let stats = self.world.sim.stats();
         self.result.faults = stats.faults;
         self.result.vendor_requests = stats.requests;
         if let Some(fee) = self.sent.choose(&mut self.rng) {
+            self.event(format!("vendor: corrupt fee {} (contained?)", fee.fee_id.0));
             crate::vendor_records::contained(self.world, fee.fee_id, self.result)?;
         }
         let final_run = self.finish()?;
@@ -161,17 +210,50 @@ impl<'a> Scenario<'a> {
         self.lock_refuses_a_second_nightly()?;
         self.closed_pipes_end_quietly()?;
         self.stale_lock_rows_are_handled()?;
+        if self.result.backend == "PostgreSQL" {
+            let like = self
+                .sent
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no fee was sent, so none to copy"))?
+                .fee_id;
+            crate::pg_restart::under_watch(self.world, like, self.result)?;
+        }
         crate::secrets::scan(self.world, self.result)?;
         Ok(())
     }
 
-    fn kill_delay(&mut self) -> Duration {
-        Duration::from_millis(self.rng.gen_range(0..=KILL_WINDOW_MS))
+    fn event(&self, text: impl AsRef<str>) {
+        self.world.engine.trace.event(text);
+    }
+
+    /// The scenario's faults on, or every fault off.
+    fn set_faults(&self, on: bool) -> anyhow::Result<()> {
+        if on {
+            self.event(format!(
+                "faults on: {}",
+                serde_json::to_string(&self.faults)?
+            ));
+            self.world.admin.set_faults(&self.faults)?;
+        } else {
+            self.event("faults off");
+            self.world.admin.set_faults(&FaultConfig::default())?;
+        }
+        Ok(())
+    }
+
+    /// A kill after a seeded count of operations.
+    fn kill_point(&mut self) -> Planned {
+        Planned::KillAfterOperations(self.rng.gen_range(1..=KILL_OPERATIONS_MAX))
     }
 
     /// Looks at how a run under faults ended: crashes are violations,
     /// failures and lock refusals are counted.
     fn observe(&mut self, ended: &Ended, what: &'static str, abort_expected: bool) {
+        let stats = self.world.sim.stats();
+        self.event(format!(
+            "vendor so far: {} requests, faults {:?}",
+            stats.requests, stats.faults
+        ));
         if let Some(crash) = ended.crashed(abort_expected) {
             self.result.violations.push(crash);
         }
@@ -193,12 +275,8 @@ impl<'a> Scenario<'a> {
     fn send_fees_under_kills(&mut self) -> anyhow::Result<()> {
         let kills = self.rng.gen_range(0..=SEND_KILLS_MAX);
         for _ in 0..kills {
-            let delay = self.kill_delay();
-            let ended = self
-                .world
-                .engine
-                .spawn(&["send-fees"], &[])?
-                .wait(Some(delay))?;
+            let planned = self.kill_point();
+            let ended = self.world.engine.spawn(&["send-fees"], planned)?.wait()?;
             self.observe(&ended, "send-fees", false);
         }
         let ended = self.world.engine.run(&["send-fees"])?;
@@ -209,7 +287,7 @@ impl<'a> Scenario<'a> {
     /// Parents pay, refund, waive and bounce checks; office staff edit,
     /// add fees and take office payments whose pushes are lost.
     fn parents_and_drift(&mut self) -> anyhow::Result<()> {
-        self.world.admin.set_faults(&FaultConfig::default())?;
+        self.set_faults(false)?;
         self.sent = all_fees(&self.world.portal, None)?
             .iter()
             .filter(|f| f.status == VendorFeeStatus::Open && f.balance == f.amount)
@@ -223,11 +301,22 @@ impl<'a> Scenario<'a> {
         let start = NaiveDate::from_ymd_opt(2026, 9, 1)
             .and_then(|d| d.and_hms_opt(8, 0, 0))
             .expect("a valid date");
-        drive_parents(&self.world.admin, &self.sent, self.world.seed, start)?;
+        self.event(format!(
+            "sent and open: {} fees ({})",
+            self.sent.len(),
+            self.sent
+                .iter()
+                .map(|f| format!("{}:{}", f.fee_id.0, f.amount))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let parents = drive_parents(&self.world.admin, &self.sent, self.world.seed, start)?;
+        self.event(format!("parents: {}", serde_json::to_string(&parents)?));
         let mut conn = self.world.connect()?;
         let count = self.rng.gen_range(1..=3).min(self.sent.len() / 3);
         if count > 0 {
-            inject_genesis_drift(&mut conn, &self.sent, count, self.next_fee_id)?;
+            let drift = inject_genesis_drift(&mut conn, &self.sent, count, self.next_fee_id)?;
+            self.event(format!("office drift: {}", serde_json::to_string(&drift)?));
             self.next_fee_id += count as i64;
         }
         // Fees the drift above left alone: its first `count` lend their
@@ -246,48 +335,57 @@ impl<'a> Scenario<'a> {
                 &students,
                 self.result,
             )?;
+            self.event(format!(
+                "vendor: {} records that do not belong, to be held: {:?}",
+                self.result.bad_vendor_records, self.expected.held
+            ));
             crate::convergence::inject(self.world, &mut self.rng, &fees[..split], self.result)?;
+            self.event(format!(
+                "office: {} actions over fees' lives, {} fees made in Community Pass only",
+                self.result.office_actions, self.result.unmanaged_injected
+            ));
         }
         crate::hostile::genesis_rows(&mut conn, self.world, &mut self.rng, self.result)?;
-        self.world.admin.set_faults(&self.faults)?;
+        self.event(format!(
+            "hostile: {} bad Genesis inputs planted",
+            self.result.bad_inputs_tried
+        ));
+        self.set_faults(true)?;
         Ok(())
     }
 
-    /// Starts one task of a round, maybe to be killed.
-    fn start(
-        &mut self,
-        args: &[&str],
-        what: &'static str,
-        kill_chance: f64,
-    ) -> anyhow::Result<(Running, Option<Duration>, &'static str, bool)> {
+    /// Plans one task of a round: maybe a crash point (nightly), maybe a
+    /// kill after a seeded count of operations.
+    fn plan_task(&mut self, args: &[&str], what: &'static str, kill_chance: f64) -> Task {
         let crash = what == "nightly" && self.rng.gen_bool(0.3);
         self.result.crash_points_planned += u64::from(crash);
-        let env: Vec<(&str, String)> = if crash {
-            let k = self.rng.gen_range(1..=CRASH_WRITE_MAX);
-            vec![(CRASH_AFTER_WRITES_ENV, k.to_string())]
+        let planned = if crash {
+            Planned::CrashAfterWrites(self.rng.gen_range(1..=CRASH_WRITE_MAX))
+        } else if self.rng.gen_bool(kill_chance) {
+            self.kill_point()
         } else {
-            Vec::new()
+            Planned::Nothing
         };
-        let kill = (!crash && self.rng.gen_bool(kill_chance)).then(|| self.kill_delay());
-        let running = self.world.engine.spawn(args, &env)?;
-        Ok((
-            running,
-            kill,
-            if crash {
+        Task {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            what: if crash {
                 "nightly (crash after write k)"
             } else {
                 what
             },
+            planned,
             crash,
-        ))
+            watch: false,
+        }
     }
 
     fn random_ids(&mut self) -> anyhow::Result<(i64, i64)> {
         use cpsync::db::schema::student_guardians::dsl::*;
         let mut conn = self.world.connect()?;
-        let pairs: Vec<(i64, i64)> = student_guardians
+        let mut pairs: Vec<(i64, i64)> = student_guardians
             .select((student_id, guardian_id))
             .load(&mut conn)?;
+        pairs.sort_unstable();
         let (student, guardian) = *pairs
             .choose(&mut self.rng)
             .ok_or_else(|| anyhow::anyhow!("the district has no guardian links"))?;
@@ -296,8 +394,8 @@ impl<'a> Scenario<'a> {
     }
 
     /// Nightly, pulls (cursor, one student, one guardian), send-fees,
-    /// export and watch at the same time, some killed, while parents and
-    /// office staff keep working.
+    /// export and watch, some killed, while parents and office staff keep
+    /// working: serially or at the same time (`Rounds`).
     fn concurrent_round(&mut self) -> anyhow::Result<()> {
         let (student, guardian) = self.random_ids()?;
         let (student, guardian) = (student.to_string(), guardian.to_string());
@@ -308,77 +406,217 @@ impl<'a> Scenario<'a> {
             &["nightly"]
         };
         let mut tasks = vec![
-            self.start(nightly, "nightly", 0.4)?,
-            self.start(&["get-payments"], "get-payments", 0.4)?,
-            self.start(
+            self.plan_task(nightly, "nightly", 0.4),
+            self.plan_task(&["get-payments"], "get-payments", 0.4),
+            self.plan_task(
                 &["get-payments", "--student", &student],
                 "get-payments --student",
                 0.2,
-            )?,
-            self.start(
+            ),
+            self.plan_task(
                 &["get-payments", "--guardian", &guardian],
                 "get-payments --guardian",
                 0.2,
-            )?,
-            self.start(&["send-fees"], "send-fees", 0.3)?,
-            self.start(&["export", "--to", &export_dir], "export", 0.4)?,
+            ),
+            self.plan_task(&["send-fees"], "send-fees", 0.3),
+            self.plan_task(&["export", "--to", &export_dir], "export", 0.4),
         ];
         if self.rng.gen_bool(0.3) {
-            tasks.push(self.start(&["nightly"], "nightly", 0.0)?);
+            tasks.push(self.plan_task(&["nightly"], "nightly", 0.0));
         }
         if self.watch_available {
-            let mut watch = self.start(&["watch"], "watch", 1.0)?;
-            watch.1 = Some(Duration::from_millis(self.rng.gen_range(300..=2_500)));
-            tasks.push(watch);
+            // Watch runs until the outbox is drained (then SIGTERM), or
+            // kills itself at a seeded operation.
+            let planned = if self.rng.gen_bool(0.5) {
+                Planned::KillAfterOperations(self.rng.gen_range(1..=WATCH_OPERATIONS_MAX))
+            } else {
+                Planned::Nothing
+            };
+            tasks.push(Task {
+                args: vec!["watch".to_string()],
+                what: "watch",
+                planned,
+                crash: false,
+                watch: true,
+            });
         }
-        let live_seed = self.rng.gen::<u64>();
-        let ended = std::thread::scope(|threads| {
-            let waiting: Vec<_> = tasks
-                .into_iter()
-                .map(|(running, kill, what, crash)| {
-                    threads.spawn(move || (running.wait(kill), what, crash))
-                })
-                .collect();
-            let live = self.live_activity(live_seed);
-            let ended: Vec<_> = waiting
-                .into_iter()
-                .map(|w| w.join().expect("a waiting thread does not panic"))
-                .collect();
-            (ended, live)
-        });
-        let (ended, live) = ended;
-        live?;
-        for (ended, what, crash) in ended {
-            self.observe(&ended?, what, crash);
+        let actions = self.live_actions();
+        match self.rounds {
+            Rounds::Serial => self.serial_round(tasks, actions),
+            Rounds::Concurrent => self.real_round(tasks, actions),
+        }
+    }
+
+    /// The round's tasks and live actions one after another, in a seeded
+    /// order: what each finds depends only on the seed.
+    fn serial_round(&mut self, tasks: Vec<Task>, actions: Vec<LiveAction>) -> anyhow::Result<()> {
+        let mut steps: Vec<Step> = tasks
+            .into_iter()
+            .map(Step::Task)
+            .chain(actions.into_iter().map(Step::Live))
+            .collect();
+        steps.shuffle(&mut self.rng);
+        let mut conn = self.world.connect()?;
+        for step in steps {
+            match step {
+                Step::Task(task) => {
+                    let args: Vec<&str> = task.args.iter().map(String::as_str).collect();
+                    let running = self.world.engine.spawn(&args, task.planned)?;
+                    let ended = if task.watch {
+                        running.wait_or_terminate(WATCH_READY, || outbox_drained(&mut conn))?
+                    } else {
+                        running.wait()?
+                    };
+                    self.observe(&ended, task.what, task.crash);
+                }
+                Step::Live(action) => {
+                    let outcome = self.act(&mut conn, &action)?;
+                    self.event(outcome);
+                }
+            }
         }
         Ok(())
     }
 
-    /// What parents and the office do while a round runs: small payments
-    /// in Community Pass, amount edits and new fees in Genesis.
-    fn live_activity(&self, seed: u64) -> anyhow::Result<()> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut conn = self.world.connect()?;
-        for _ in 0..rng.gen_range(0..=LIVE_ACTIONS_MAX) {
-            let Some(fee) = self.sent.choose(&mut rng) else {
-                return Ok(());
-            };
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..200)));
-            match rng.gen_range(0..3) {
-                0 => {
-                    // A payment on a fee that may meanwhile be void or paid is refused: fine.
-                    let _ = self.world.admin.act(vec![ParentAction::Payment {
-                        fee: FeeRef::Genesis(fee.fee_id),
-                        amount: Some(cpsync::money::Money::from_cents(rng.gen_range(100..900))),
-                        method: Some("card".to_string()),
-                        occurred_at: None,
-                    }]);
-                }
-                1 => edit_amount(&mut conn, fee.fee_id.0, rng.gen_range(1..500))?,
-                _ => add_fee(&mut conn, fee.fee_id.0, fee.fee_id.0 * 10 + 7_000_000_000)?,
-            }
+    /// Every task at once, the live actions on a thread beside them; watch
+    /// gets SIGTERM once the others have ended and the outbox is drained.
+    fn real_round(&mut self, tasks: Vec<Task>, actions: Vec<LiveAction>) -> anyhow::Result<()> {
+        let mut started = Vec::new();
+        for task in tasks {
+            let args: Vec<&str> = task.args.iter().map(String::as_str).collect();
+            let running = self.world.engine.spawn(&args, task.planned)?;
+            started.push((running, task));
+        }
+        let others = started.iter().filter(|(_, task)| !task.watch).count();
+        let ended_others = std::sync::atomic::AtomicUsize::new(0);
+        let live_done = std::sync::atomic::AtomicBool::new(false);
+        let spread_seed = self.rng.gen::<u64>();
+        let this = &*self;
+        let (ended, live) = std::thread::scope(|threads| {
+            let live = threads.spawn(|| {
+                let outcomes = this.live_beside(actions, spread_seed);
+                live_done.store(true, std::sync::atomic::Ordering::SeqCst);
+                outcomes
+            });
+            let waiting: Vec<_> = started
+                .into_iter()
+                .map(|(running, task)| {
+                    let ended_others = &ended_others;
+                    let live_done = &live_done;
+                    threads.spawn(move || {
+                        let ended = if task.watch {
+                            let mut conn = this.world.connect()?;
+                            running.wait_or_terminate(WATCH_READY, || {
+                                ended_others.load(std::sync::atomic::Ordering::SeqCst) == others
+                                    && live_done.load(std::sync::atomic::Ordering::SeqCst)
+                                    && outbox_drained(&mut conn)
+                            })
+                        } else {
+                            let ended = running.wait();
+                            ended_others.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            ended
+                        };
+                        anyhow::Ok((ended?, task.what, task.crash))
+                    })
+                })
+                .collect();
+            let ended: Vec<_> = waiting
+                .into_iter()
+                .map(|w| w.join().expect("a waiting thread does not panic"))
+                .collect();
+            (ended, live.join().expect("the live thread does not panic"))
+        });
+        for outcome in live? {
+            self.event(outcome);
+        }
+        for ended in ended {
+            let (ended, what, crash) = ended?;
+            self.observe(&ended, what, crash);
         }
         Ok(())
+    }
+
+    /// What parents and the office do during a round, drawn from the seed:
+    /// small payments in Community Pass, amount edits and new fees in Genesis.
+    fn live_actions(&mut self) -> Vec<LiveAction> {
+        let count = self.rng.gen_range(0..=LIVE_ACTIONS_MAX);
+        let mut actions = Vec::new();
+        for _ in 0..count {
+            let Some(fee) = self.sent.choose(&mut self.rng) else {
+                break;
+            };
+            let fee = fee.fee_id.0;
+            actions.push(match self.rng.gen_range(0..3) {
+                0 => LiveAction::Payment {
+                    fee,
+                    cents: self.rng.gen_range(100..900),
+                },
+                1 => LiveAction::EditAmount {
+                    fee,
+                    cents: self.rng.gen_range(1..500),
+                },
+                _ => LiveAction::AddFee { like: fee },
+            });
+        }
+        actions
+    }
+
+    /// Makes one live action; says what happened, for the trace.
+    fn act(
+        &self,
+        conn: &mut cpsync::db::DbConnection,
+        action: &LiveAction,
+    ) -> anyhow::Result<String> {
+        Ok(match *action {
+            LiveAction::Payment { fee, cents } => {
+                // A payment on a fee that may meanwhile be void or paid is refused: fine.
+                let answer = self.world.admin.act(vec![ParentAction::Payment {
+                    fee: FeeRef::Genesis(cpsync::domain::FeeId(fee)),
+                    amount: Some(cpsync::money::Money::from_cents(cents)),
+                    method: Some("card".to_string()),
+                    occurred_at: None,
+                }]);
+                // The outcome's kind, not its ids or time: the simulator
+                // numbers vendor fees in the order pushes arrive.
+                let outcome = match answer {
+                    Ok(results) => results
+                        .iter()
+                        .map(|r| match r {
+                            ActionOutcome::Transaction(t) => {
+                                format!("transaction {} of {}", t.id, t.amount)
+                            }
+                            ActionOutcome::UnmanagedFee(_) => "an unmanaged fee".to_string(),
+                            ActionOutcome::FaultSet => "a fault set".to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Err(_) => "refused".to_string(),
+                };
+                format!("parent: pays {cents} cents on fee {fee}: {outcome}")
+            }
+            LiveAction::EditAmount { fee, cents } => {
+                edit_amount(conn, fee, cents)?;
+                format!("office: fee {fee} amount + {cents} cents")
+            }
+            LiveAction::AddFee { like } => {
+                let id = like * 10 + 7_000_000_000;
+                add_fee(conn, like, id)?;
+                format!("office: new fee {id} for the student of fee {like} (if not there yet)")
+            }
+        })
+    }
+
+    /// The live actions spread over a concurrent round (the pauses only
+    /// spread them; what they are comes from the seed).
+    fn live_beside(&self, actions: Vec<LiveAction>, seed: u64) -> anyhow::Result<Vec<String>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut conn = self.world.connect()?;
+        let mut outcomes = Vec::new();
+        for action in &actions {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..200)));
+            outcomes.push(self.act(&mut conn, action)?);
+        }
+        Ok(outcomes)
     }
 
     /// Faults off: send, pull and reconcile until a nightly has nothing
@@ -404,6 +642,7 @@ impl<'a> Scenario<'a> {
         } else {
             &["nightly", "--json"]
         };
+        self.event("finish: faults off, every task to its end");
         let first = nightly_json(must(self.world.engine.run(finishing)?)?)?;
         if first["failed_corrections"] != 0 {
             self.result.violations.push(format!(
@@ -557,7 +796,7 @@ fn edit_amount(conn: &mut cpsync::db::DbConnection, fee: i64, cents: i64) -> any
 }
 
 /// A new fee for the same student as `like`, as office staff add one.
-fn add_fee(conn: &mut cpsync::db::DbConnection, like: i64, id: i64) -> anyhow::Result<()> {
+pub fn add_fee(conn: &mut cpsync::db::DbConnection, like: i64, id: i64) -> anyhow::Result<()> {
     use diesel::connection::SimpleConnection;
     conn.batch_execute(&format!(
         "INSERT INTO student_fees (id, student_id, category_code, school_code, description, amount_cents, \
@@ -567,4 +806,38 @@ fn add_fee(conn: &mut cpsync::db::DbConnection, like: i64, id: i64) -> anyhow::R
          FROM student_fees WHERE id = {like} AND NOT EXISTS (SELECT 1 FROM student_fees WHERE id = {id})"
     ))?;
     Ok(())
+}
+
+/// What `watch` says once its SIGTERM handler is installed.
+const WATCH_READY: &str = "cpsync watch: waiting for fee changes";
+
+/// One task of a round, planned before any runs.
+struct Task {
+    args: Vec<String>,
+    what: &'static str,
+    planned: Planned,
+    /// A crash point (an abort is expected).
+    crash: bool,
+    /// `watch`: stopped with SIGTERM once the outbox is drained.
+    watch: bool,
+}
+
+/// One office or parent action made during a round.
+#[derive(Debug, Clone, Copy)]
+enum LiveAction {
+    Payment { fee: i64, cents: i64 },
+    EditAmount { fee: i64, cents: i64 },
+    AddFee { like: i64 },
+}
+
+/// A step of a serial round.
+enum Step {
+    Task(Task),
+    Live(LiveAction),
+}
+
+/// Whether no outbox entry waits (watch's work is done); an error reading
+/// counts as not yet.
+fn outbox_drained(conn: &mut cpsync::db::DbConnection) -> bool {
+    cpsync::db::outbox::pending_count(conn).is_ok_and(|n| n == 0)
 }

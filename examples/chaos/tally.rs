@@ -44,7 +44,56 @@ pub struct ScenarioResult {
     pub contained_faults: u64,
     /// Nightly runs started with a crash point (`CPSYNC_CRASH_AFTER_WRITES`).
     pub crash_points_planned: u64,
+    /// PostgreSQL restarts under watch run (`pg_restart.rs`).
+    pub pg_restarts: u64,
     pub elapsed: Duration,
+    /// The scenario's event trace (`trace.rs`), its figures last.
+    pub trace: Vec<String>,
+}
+
+impl ScenarioResult {
+    /// The final figures, for the trace: everything counted except time.
+    pub fn figures(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "figures: {} vendor requests, faults {:?}",
+                self.vendor_requests, self.faults
+            ),
+            format!(
+                "figures: {} engine runs, kills {:?}, {} crash points planned, {} failed under faults, {} lock refusals",
+                self.child_runs,
+                self.kills,
+                self.crash_points_planned,
+                self.failed_under_faults,
+                self.lock_refusals
+            ),
+            format!(
+                "figures: {} vendor transactions and {} vendor fees checked, {} fees compared field by field",
+                self.vendor_txns_checked, self.vendor_fees_checked, self.fees_compared
+            ),
+            format!(
+                "figures: {} office actions, {} unmanaged fees injected, {} bad vendor records ({} held), {} contained faults",
+                self.office_actions,
+                self.unmanaged_injected,
+                self.bad_vendor_records,
+                self.bad_vendor_records_held,
+                self.contained_faults
+            ),
+            format!(
+                // Not the bytes scanned: the files hold clock readings.
+                "figures: {} of {} bad inputs handled, {} closed-pipe runs, {} stale lock rows, {} PostgreSQL restarts under watch, {} secrets found",
+                self.bad_inputs_handled,
+                self.bad_inputs_tried,
+                self.closed_pipe_runs,
+                self.stale_locks_tried,
+                self.pg_restarts,
+                self.secrets_found.len()
+            ),
+            format!("figures: {} violations", self.violations.len()),
+        ];
+        lines.extend(self.violations.iter().map(|v| format!("violation: {v}")));
+        lines
+    }
 }
 
 /// The campaign's running totals.
@@ -74,6 +123,7 @@ pub struct Tally {
     pub bad_vendor_records_held: u64,
     pub contained_faults: u64,
     pub crash_points_planned: u64,
+    pub pg_restarts: u64,
     pub slowest: Duration,
 }
 
@@ -125,6 +175,7 @@ impl Tally {
         self.bad_vendor_records_held += result.bad_vendor_records_held;
         self.contained_faults += result.contained_faults;
         self.crash_points_planned += result.crash_points_planned;
+        self.pg_restarts += result.pg_restarts;
         self.slowest = self.slowest.max(result.elapsed);
     }
 
@@ -187,6 +238,13 @@ impl Tally {
             hollow.push(format!(
                 "{} nightly runs were given a crash point and none aborted: is cpsync built with crash points (--features failpoints)?",
                 self.crash_points_planned
+            ));
+        }
+        let on_postgres = self.by_backend.get("PostgreSQL").copied().unwrap_or(0);
+        if self.pg_restarts < on_postgres {
+            hollow.push(format!(
+                "the PostgreSQL restart under watch ran in {} of {on_postgres} PostgreSQL scenarios",
+                self.pg_restarts
             ));
         }
         if self.scenarios > 0 && self.contained_faults == 0 {
@@ -273,6 +331,10 @@ impl Tally {
         row(
             "bad inputs tried / handled",
             format!("{} / {}", self.bad_inputs_tried, self.bad_inputs_handled),
+        );
+        row(
+            "PostgreSQL restarts under watch",
+            self.pg_restarts.to_string(),
         );
         row("bytes scanned for secrets", self.bytes_scanned.to_string());
         row(

@@ -78,6 +78,10 @@ pub struct World {
     pub dir: PathBuf,
     pub database: DatabaseUrl,
     pub secrets: Secrets,
+    /// The database URL the engine is given.
+    pub url_text: String,
+    pub students: usize,
+    pub request_timeout_secs: u64,
     pub sim: SimHandle,
     pub admin: AdminClient,
     /// The driver's own client, used only while faults are off.
@@ -131,19 +135,22 @@ impl World {
             "--config".to_string(),
             dir.join("cpsync.toml").display().to_string(),
             "--database-url".to_string(),
-            url_text,
+            url_text.clone(),
         ];
         let env = vec![
             (SMTP_PASSWORD_ENV.to_string(), secrets.smtp_password.clone()),
             (SFTP_PASSWORD_ENV.to_string(), secrets.sftp_password.clone()),
         ];
-        let engine = Engine::new(bin, globals, env, dir.join("logs"));
+        let engine = Engine::new(bin, globals, env, dir.join("logs"), &dir);
         let portal = HttpPortal::new(HttpPortalConfig::new(
             sim.base_url(),
             Secret::new(secrets.api_key.clone()),
         ))?;
         Ok(World {
             seed,
+            url_text,
+            students,
+            request_timeout_secs,
             admin: sim.admin()?,
             dir,
             database,
@@ -153,6 +160,14 @@ impl World {
             engine,
             _pg: pg,
         })
+    }
+
+    /// What was built, for the trace (no paths, ports or secrets).
+    pub fn describe(&self) -> String {
+        format!(
+            "world: {} students, request timeout {} s",
+            self.students, self.request_timeout_secs
+        )
     }
 
     pub fn connect(&self) -> anyhow::Result<DbConnection> {

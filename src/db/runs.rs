@@ -106,6 +106,7 @@ pub fn start_run(
         })
         .returning(cp_runs::id)
         .get_result(conn)?;
+    crate::failpoint::operation("run started");
     Ok(id)
 }
 
@@ -131,6 +132,7 @@ pub fn finish_run(
             cp_runs::error.eq(error),
         ))
         .execute(conn)?;
+    crate::failpoint::operation("run finished");
     Ok(())
 }
 

@@ -317,6 +317,16 @@ impl HttpPortal {
         record: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Answer, PortalError> {
+        let answer = self.execute_with_retries(record, build);
+        crate::failpoint::operation("a Community Pass call returned");
+        answer
+    }
+
+    fn execute_with_retries(
+        &self,
+        record: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Answer, PortalError> {
         self.counter.record_request();
         let outcome = retry::run(
             &self.retry,

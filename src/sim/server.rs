@@ -346,7 +346,12 @@ async fn vendor(
         ),
         Err(_) => ("unrouted", false, false),
     };
-    let plan = lock(&shared.faults).plan(label, transaction_page, fee_write);
+    let identity = super::faults::request_identity(
+        request.method().as_str(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    let plan = lock(&shared.faults).plan(label, &identity, transaction_page, fee_write);
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }
@@ -670,10 +675,10 @@ fn transactions(
     let mut items = selection.items;
     if plan.duplicate {
         let whole_log = scope == Scope::All && fees.is_none();
-        add_duplicates(state, whole_log, after, &mut items, faults);
+        add_duplicates(state, whole_log, after, &mut items, faults, &plan);
     }
     if plan.reorder {
-        faults.reorder(&mut items);
+        faults.reorder(&mut items, &plan);
     }
     let next_after = match state.cursor_jump() {
         Some(jump) if !selection.has_more => jump, // an injected fault
@@ -695,9 +700,10 @@ fn add_duplicates<'a>(
     after: i64,
     items: &mut Vec<&'a VendorTxn>,
     faults: &mut FaultInjector,
+    plan: &FaultPlan,
 ) {
     let copies: Vec<&VendorTxn> = faults
-        .duplicates(items.len())
+        .duplicates(items.len(), plan)
         .into_iter()
         .map(|index| items[index])
         .collect();

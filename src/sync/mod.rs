@@ -10,7 +10,7 @@
 //! refused by the database if it already exists.
 
 pub mod balances;
-pub mod failpoint;
+pub use crate::failpoint;
 pub mod incremental;
 pub mod nightly;
 pub mod progress;

@@ -857,8 +857,10 @@ fn adopt_unrecorded_pushes(
             }
         }
         audit::record(conn, &entries)?;
-        Ok(())
-    })
+        Ok::<_, SyncError>(())
+    })?;
+    super::failpoint::operation("vendor ids adopted");
+    Ok(())
 }
 
 /// Identifies a planned action for bookkeeping.

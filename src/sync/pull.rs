@@ -180,7 +180,10 @@ fn post_refused_apart<'t>(
     use diesel::Connection as _;
     let all = conn.transaction(|conn| post_and_lock(conn, to_post, run_id, now));
     match all {
-        Ok(applied) => return Ok(applied),
+        Ok(applied) => {
+            super::failpoint::operation("payments posted");
+            return Ok(applied);
+        }
         Err(error) if super::refused_by_genesis(&error) => {}
         Err(error) => return Err(error),
     }
@@ -193,6 +196,7 @@ fn post_refused_apart<'t>(
     for one in to_post {
         match conn.transaction(|conn| post_and_lock(conn, std::slice::from_ref(one), run_id, now)) {
             Ok(applied) => {
+                super::failpoint::operation("one payment posted");
                 total.posted += applied.posted;
                 total.locked += applied.locked;
                 total.resolved += applied.resolved;

@@ -351,8 +351,10 @@ fn record_intents(
     let intents: Vec<&PushIntent> = pushes.iter().map(|(_, intent)| intent).collect();
     conn.transaction(|conn| {
         links::record_push_intents(conn, &intents, run_id)?;
-        Ok(())
-    })
+        Ok::<_, SyncError>(())
+    })?;
+    super::failpoint::operation("push intents recorded");
+    Ok(())
 }
 
 /// Sends the pushes, `PUSH_CONCURRENCY` at a time; results in input order.
@@ -397,7 +399,7 @@ fn record_outcomes(
     run_id: i64,
     now: NaiveDateTime,
 ) -> Result<Vec<PushOutcome>, SyncError> {
-    conn.transaction(|conn| {
+    let outcomes = conn.transaction(|conn| {
         let mut outcomes = Vec::with_capacity(sent.len());
         let mut entries = Vec::new();
         let acknowledgements: Vec<(&FeePush, &str, &UpsertOutcome)> = sent
@@ -439,8 +441,10 @@ fn record_outcomes(
             }
         }
         audit::record(conn, &entries)?;
-        Ok(outcomes)
-    })
+        Ok::<_, SyncError>(outcomes)
+    })?;
+    super::failpoint::operation("push outcomes recorded");
+    Ok(outcomes)
 }
 
 fn push_audit(
@@ -685,6 +689,7 @@ fn complete_entries(
             None => outbox::complete(conn, &[entry.id], None, run_id, now)?,
         }
     }
+    super::failpoint::operation("outbox entries completed");
     Ok(())
 }
 
