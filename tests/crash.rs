@@ -254,6 +254,7 @@ fn send_fees_killed_after(world: &World, n: u64) -> (std::process::ExitStatus, S
         ])
         .env_remove("DATABASE_URL")
         .env_remove("CPSYNC_CONFIG")
+        .env("CPSYNC_API_KEY", common::world::API_KEY)
         .env(cpsync::failpoint::KILL_AFTER_OPERATIONS_ENV, n.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
