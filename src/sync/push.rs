@@ -651,6 +651,9 @@ pub fn drain_outbox_until(
     Ok(report)
 }
 
+/// Completes a drained batch's outbox entries (or records their failed
+/// attempt) in one transaction: one statement per distinct note, not one
+/// per entry.
 fn complete_entries(
     conn: &mut DbConnection,
     entries: &[outbox::OutboxEntry],
@@ -659,12 +662,12 @@ fn complete_entries(
     now: NaiveDateTime,
 ) -> Result<(), SyncError> {
     let by_fee: HashMap<FeeId, &PushOutcome> = outcomes.iter().map(|(f, o)| (*f, o)).collect();
+    let mut failed: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut completed: BTreeMap<Option<String>, Vec<i64>> = BTreeMap::new();
     for entry in entries {
         let outcome = by_fee.get(&FeeId(entry.fee_id)).copied();
         match outcome {
-            Some(PushOutcome::Failed(why)) => {
-                outbox::record_failure(conn, &[entry.id], why, run_id)?
-            }
+            Some(PushOutcome::Failed(why)) => failed.entry(why).or_default().push(entry.id),
             Some(other) => {
                 let note = match other {
                     PushOutcome::Ineligible(why) => Some(format!("not sent: {why}")),
@@ -676,12 +679,20 @@ fn complete_entries(
                     ),
                     _ => None,
                 };
-                outbox::complete(conn, &[entry.id], note.as_deref(), run_id, now)?;
+                completed.entry(note).or_default().push(entry.id);
             }
-            None => outbox::complete(conn, &[entry.id], None, run_id, now)?,
+            None => completed.entry(None).or_default().push(entry.id),
         }
     }
-    Ok(())
+    conn.transaction(|conn| {
+        for (why, ids) in &failed {
+            outbox::record_failure(conn, ids, why, run_id)?;
+        }
+        for (note, ids) in &completed {
+            outbox::complete(conn, ids, note.as_deref(), run_id, now)?;
+        }
+        Ok(())
+    })
 }
 
 /// What a change of the sending policy does to fees already sent.
