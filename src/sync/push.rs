@@ -360,10 +360,14 @@ fn send_all(
     portal: &dyn CommunityPass,
     pushes: &[(FeePush, PushIntent)],
 ) -> Vec<Result<UpsertOutcome, PortalError>> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(PUSH_CONCURRENCY)
-        .build()
-        .expect("a thread pool of a fixed size builds");
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(PUSH_CONCURRENCY)
+            .thread_name(|i| format!("cpsync-push-{i}"))
+            .build()
+            .expect("a thread pool of a fixed size builds")
+    });
     pool.install(|| {
         pushes
             .par_iter()
