@@ -258,6 +258,13 @@ fn incremental_judges_like_a_full_run(backend: Backend) {
         fees_examined(&next) < examined,
         "only what changed or stays open"
     );
+    match &next.coverage {
+        RunCoverage::Incremental { changes, .. } => assert!(
+            changes.cp_own_pushes_skipped > 0,
+            "{backend:?}: the fees the last run pushed, unchanged since, are not examined again: {changes:?}"
+        ),
+        other => panic!("expected an incremental run, got {other:?}"),
+    }
 
     // A posted Community Pass payment deleted in Genesis by hand: the
     // trigger records it, and the next incremental run posts it again.

@@ -185,6 +185,27 @@ pub fn load_for(conn: &mut DbConnection, fee_ids: &[FeeId]) -> Result<Vec<FeeLin
     Ok(links)
 }
 
+/// The revision Community Pass answered to the last acknowledged push of
+/// each of these fees (fees never acknowledged are absent).
+pub fn pushed_revisions(
+    conn: &mut DbConnection,
+    fee_ids: &[FeeId],
+) -> Result<std::collections::HashMap<FeeId, i64>, DbError> {
+    let mut revisions = std::collections::HashMap::with_capacity(fee_ids.len());
+    for chunk in fee_ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        let ids: Vec<i64> = chunk.iter().map(|f| f.0).collect();
+        let rows: Vec<(i64, Option<i64>)> = cp_fee_links::table
+            .filter(cp_fee_links::fee_id.eq_any(ids))
+            .select((cp_fee_links::fee_id, cp_fee_links::pushed_revision))
+            .load(conn)?;
+        revisions.extend(
+            rows.into_iter()
+                .filter_map(|(fee, revision)| revision.map(|r| (FeeId(fee), r))),
+        );
+    }
+    Ok(revisions)
+}
+
 /// The full link row of one fee, for its history.
 pub fn detail(conn: &mut DbConnection, fee_id: FeeId) -> Result<Option<LinkDetail>, DbError> {
     Ok(cp_fee_links::table

@@ -360,6 +360,28 @@ fn quiet_rollback(conn: &mut DbConnection) {
     }
 }
 
+/// SQLite's `PRAGMA data_version` on this connection: a number that
+/// changes when another connection commits (this one's own commits leave
+/// it), read from the WAL index without touching the tables. `watch` polls
+/// it to learn of a commit cheaply. PostgreSQL has no such number (its
+/// `watch` LISTENs): an error there.
+pub fn data_version(conn: &mut DbConnection) -> Result<i64, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        data_version: i64,
+    }
+    match conn {
+        DbConnection::Sqlite(sqlite) => {
+            let version: Version = diesel::sql_query("PRAGMA data_version").get_result(sqlite)?;
+            Ok(version.data_version)
+        }
+        DbConnection::Pg(_) => Err(DbError::Query(diesel::result::Error::QueryBuilderError(
+            "PRAGMA data_version is SQLite's".into(),
+        ))),
+    }
+}
+
 /// Opens a connection and checks that every migration has run.
 pub fn connect_migrated(url: &DatabaseUrl) -> Result<DbConnection, DbError> {
     let mut conn = connect(url, OpenMode::MustExist)?;

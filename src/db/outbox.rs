@@ -64,13 +64,15 @@ pub fn record_failure(
     error: &str,
     run_id: i64,
 ) -> Result<(), DbError> {
-    diesel::update(cp_outbox::table.filter(cp_outbox::id.eq_any(ids)))
-        .set((
-            cp_outbox::attempts.eq(cp_outbox::attempts + 1),
-            cp_outbox::last_error.eq(error),
-            cp_outbox::run_id.eq(run_id),
-        ))
-        .execute(conn)?;
+    for chunk in ids.chunks(super::genesis::INSERT_BATCH_ROWS) {
+        diesel::update(cp_outbox::table.filter(cp_outbox::id.eq_any(chunk)))
+            .set((
+                cp_outbox::attempts.eq(cp_outbox::attempts + 1),
+                cp_outbox::last_error.eq(error),
+                cp_outbox::run_id.eq(run_id),
+            ))
+            .execute(conn)?;
+    }
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //! verifies TLS (plain `http://` only for loopback hosts), bounds every
 //! attempt with a connect timeout and a whole-attempt deadline (from
 //! sending to the last body byte: reqwest's blocking timeout is per read,
-//! so the body is read on a watchdog thread a trickling server cannot
-//! stretch), bounds every call (all attempts and waits) with a budget,
+//! so the body is read on a watched thread of `body_reader`'s pool, which a
+//! trickling server cannot stretch), bounds every call (all attempts and waits) with a budget,
 //! retries 5xx, 408, 429, timeouts and dropped connections with capped
 //! exponential backoff and jitter at most `RETRIES_MAX` times — a
 //! `Retry-After` longer than the call may still wait fails at once, and a
@@ -42,8 +42,6 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Budget of one call — every attempt and every wait between them —
 /// unless configured (`call_budget_secs`).
 pub const CALL_BUDGET_DEFAULT: Duration = Duration::from_secs(120);
-/// Bytes asked of the socket per read while reading an answer's body.
-const BODY_READ_CHUNK_BYTES: usize = 64 * 1024;
 /// The most bytes of a server's error message kept in an error.
 const ERROR_MESSAGE_CHARS_MAX: usize = 300;
 /// The header that marks an answer served from the idempotency store.
@@ -590,22 +588,13 @@ enum BodyRead {
 /// Reads at most `RESPONSE_BYTES_MAX` bytes of `response`. Each read waits
 /// at most the attempt's timeout (reqwest's per-read bound), so the thread
 /// doing this ends on its own even when the watchdog gave up on it.
-fn read_body(mut response: Response) -> BodyRead {
+fn read_body(response: Response) -> BodyRead {
     use std::io::Read;
     let mut body = Vec::new();
-    let mut chunk = vec![0u8; BODY_READ_CHUNK_BYTES];
-    loop {
-        match response.read(&mut chunk) {
-            Ok(0) => return BodyRead::Complete(body),
-            Ok(n) => {
-                if (body.len() + n) as u64 > RESPONSE_BYTES_MAX {
-                    return BodyRead::TooLarge;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => return BodyRead::Failed(error),
-        }
+    match response.take(RESPONSE_BYTES_MAX + 1).read_to_end(&mut body) {
+        Ok(_) if body.len() as u64 > RESPONSE_BYTES_MAX => BodyRead::TooLarge,
+        Ok(_) => BodyRead::Complete(body),
+        Err(error) => BodyRead::Failed(error),
     }
 }
 
@@ -637,11 +626,9 @@ impl HttpPortal {
             return Err(too_large());
         }
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let reader = std::thread::Builder::new()
-            .name("cpsync-http-body".to_string())
-            .spawn(move || {
-                let _ = sender.send(read_body(response));
-            });
+        let reader = super::body_reader::run(Box::new(move || {
+            let _ = sender.send(read_body(response));
+        }));
         if let Err(error) = reader {
             return Err(Failure {
                 error: PortalError::Unavailable {

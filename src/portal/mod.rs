@@ -7,6 +7,7 @@
 //! JSON; adapting to the vendor's real API is a change to that one module.
 //! The contract it assumes is `api/community-pass.openapi.yaml`.
 
+mod body_reader;
 pub mod http;
 
 use std::collections::HashSet;

@@ -8,8 +8,11 @@
 //!   triggers write them in the same transaction as the change, and the
 //!   position's gaps catch transactions that were still open at the mark);
 //! - Community Pass: fees whose record changed since the mark's server clock
-//!   less `VENDOR_CLOCK_OVERLAP`, and every transaction after the mark's
-//!   log position;
+//!   less `VENDOR_CLOCK_OVERLAP`, except those still at the revision
+//!   Community Pass answered to our own last push (nothing changed there
+//!   since: the revision counts every change, payments included; what we
+//!   pushed is judged through the outbox or the run that pushed it), and
+//!   every transaction after the mark's log position;
 //! - the items the marked run left open (needing review, or failed), so the
 //!   report keeps listing them until they are resolved (an item naming
 //!   neither a fee nor a student is listed again by the next full run);
@@ -105,6 +108,9 @@ pub fn decide(
 pub struct ChangeCounts {
     pub genesis_changed_fees: usize,
     pub cp_changed_fees: usize,
+    /// Fees Community Pass listed as changed whose revision is the one it
+    /// answered to our last push: not examined for that reason.
+    pub cp_own_pushes_skipped: usize,
     pub cp_new_transactions: usize,
     pub open_items_carried: usize,
     pub fees_linked_by_postings: usize,
@@ -150,10 +156,13 @@ pub fn fetch_changed(
     });
     let vendor_side = vendor_side?;
     let genesis_side = genesis_side?;
+    let listed = vendor_side.changed_fees.len();
+    let cp_changed_fees = changed_since_our_push(conn, vendor_side.changed_fees)?;
 
     let mut changes = ChangeCounts {
         genesis_changed_fees: genesis_side.outbox_fees.len(),
-        cp_changed_fees: vendor_side.changed_fees.len(),
+        cp_changed_fees: cp_changed_fees.len(),
+        cp_own_pushes_skipped: listed - cp_changed_fees.len(),
         cp_new_transactions: vendor_side.new_txns.items.len(),
         open_items_carried: genesis_side.open_fees.len() + genesis_side.open_students.len(),
         fees_linked_by_postings: 0,
@@ -161,7 +170,7 @@ pub fn fetch_changed(
     let mut fee_ids: BTreeSet<FeeId> = BTreeSet::new();
     fee_ids.extend(&genesis_side.outbox_fees);
     fee_ids.extend(&genesis_side.open_fees);
-    fee_ids.extend(&vendor_side.changed_fees);
+    fee_ids.extend(&cp_changed_fees);
     let new_txns = vendor_side.new_txns;
     let mut unreadable_fees = vendor_side.unreadable_fees;
     let mut incomplete: Vec<String> = new_txns
@@ -245,9 +254,25 @@ pub fn fetch_changed(
     })
 }
 
+/// The fees Community Pass changed after our last acknowledged push of
+/// them: those whose revision is not the one it answered to that push.
+fn changed_since_our_push(
+    conn: &mut DbConnection,
+    listed: Vec<(FeeId, i64)>,
+) -> Result<Vec<FeeId>, SyncError> {
+    let ids: Vec<FeeId> = listed.iter().map(|(fee, _)| *fee).collect();
+    let pushed = links::pushed_revisions(conn, &ids)?;
+    Ok(listed
+        .into_iter()
+        .filter(|(fee, revision)| pushed.get(fee) != Some(revision))
+        .map(|(fee, _)| fee)
+        .collect())
+}
+
 /// What changed in Community Pass since the mark.
 struct VendorChanges {
-    changed_fees: Vec<FeeId>,
+    /// Each fee listed as changed, with its revision.
+    changed_fees: Vec<(FeeId, i64)>,
     /// Changed fee records that break the contract.
     unreadable_fees: Vec<RejectedRecord>,
     new_txns: TxnBatch,
@@ -260,7 +285,11 @@ fn vendor_changes(
 ) -> Result<VendorChanges, SyncError> {
     let changed = fees_where_keeping_rejected(portal, FeeFilter::UpdatedSince(since))?;
     Ok(VendorChanges {
-        changed_fees: changed.items.iter().map(|fee| fee.genesis_fee_id).collect(),
+        changed_fees: changed
+            .items
+            .iter()
+            .map(|fee| (fee.genesis_fee_id, fee.revision))
+            .collect(),
         unreadable_fees: changed.rejected,
         new_txns: transactions_after(portal, TxnScope::All, after_sequence)?,
     })

@@ -107,9 +107,10 @@ impl RunCoverage {
                 fees_examined,
                 changes,
             } => format!(
-                "Incremental run: the {fees_examined} fees changed since run #{since_run} or left open by it were examined (changed in Genesis {}, Community Pass fees changed {}, new Community Pass transactions {}, open items {}, linked by postings {}); the last full run was #{full_run_id}.",
+                "Incremental run: the {fees_examined} fees changed since run #{since_run} or left open by it were examined (changed in Genesis {}, Community Pass fees changed {} (and {} still as our own push left them, not examined), new Community Pass transactions {}, open items {}, linked by postings {}); the last full run was #{full_run_id}.",
                 changes.genesis_changed_fees,
                 changes.cp_changed_fees,
+                changes.cp_own_pushes_skipped,
                 changes.cp_new_transactions,
                 changes.open_items_carried,
                 changes.fees_linked_by_postings,

@@ -362,10 +362,14 @@ fn send_all(
     portal: &dyn CommunityPass,
     pushes: &[(FeePush, PushIntent)],
 ) -> Vec<Result<UpsertOutcome, PortalError>> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(PUSH_CONCURRENCY)
-        .build()
-        .expect("a thread pool of a fixed size builds");
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(PUSH_CONCURRENCY)
+            .thread_name(|i| format!("cpsync-push-{i}"))
+            .build()
+            .expect("a thread pool of a fixed size builds")
+    });
     pool.install(|| {
         pushes
             .par_iter()
@@ -659,6 +663,9 @@ pub fn drain_outbox_until(
     Ok(report)
 }
 
+/// Completes a drained batch's outbox entries (or records their failed
+/// attempt) in one transaction: one statement per distinct note, not one
+/// per entry.
 fn complete_entries(
     conn: &mut DbConnection,
     entries: &[outbox::OutboxEntry],
@@ -667,12 +674,12 @@ fn complete_entries(
     now: NaiveDateTime,
 ) -> Result<(), SyncError> {
     let by_fee: HashMap<FeeId, &PushOutcome> = outcomes.iter().map(|(f, o)| (*f, o)).collect();
+    let mut failed: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut completed: BTreeMap<Option<String>, Vec<i64>> = BTreeMap::new();
     for entry in entries {
         let outcome = by_fee.get(&FeeId(entry.fee_id)).copied();
         match outcome {
-            Some(PushOutcome::Failed(why)) => {
-                outbox::record_failure(conn, &[entry.id], why, run_id)?
-            }
+            Some(PushOutcome::Failed(why)) => failed.entry(why).or_default().push(entry.id),
             Some(other) => {
                 let note = match other {
                     PushOutcome::Ineligible(why) => Some(format!("not sent: {why}")),
@@ -684,11 +691,20 @@ fn complete_entries(
                     ),
                     _ => None,
                 };
-                outbox::complete(conn, &[entry.id], note.as_deref(), run_id, now)?;
+                completed.entry(note).or_default().push(entry.id);
             }
-            None => outbox::complete(conn, &[entry.id], None, run_id, now)?,
+            None => completed.entry(None).or_default().push(entry.id),
         }
     }
+    conn.transaction(|conn| {
+        for (why, ids) in &failed {
+            outbox::record_failure(conn, ids, why, run_id)?;
+        }
+        for (note, ids) in &completed {
+            outbox::complete(conn, ids, note.as_deref(), run_id, now)?;
+        }
+        Ok::<_, SyncError>(())
+    })?;
     super::failpoint::operation("outbox entries completed");
     Ok(())
 }
