@@ -355,3 +355,38 @@ fn the_run_budget_of_waiting_bounds_every_call_of_a_run() {
     let retried = server.requests.load(Ordering::SeqCst) - before - 1;
     assert!((5..=8).contains(&retried), "retried again: {retried}");
 }
+
+/// A server that ignores the page limit (3,000 items where 1,000 were
+/// asked) fails the listing at its first page, naming the bound, instead of
+/// reading on into memory.
+#[test]
+fn a_server_that_ignores_the_page_limit_fails_at_once_naming_the_bound() {
+    let items: Vec<serde_json::Value> = (1..=3_000)
+        .map(|i| hostile::txn_json(&format!("T{i}"), i, 1, "1.00"))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "items": items, "next_after": 3_000, "has_more": true
+    }))
+    .unwrap();
+    let server = HostileServer::start(Box::new(move |_| hostile::http(200, &body)));
+    let client = portal(
+        &server.base_url,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+        0,
+    );
+    let started = Instant::now();
+    let error = cpsync::portal::transactions_after(&client, cpsync::portal::TxnScope::All, 0)
+        .expect_err("the bound");
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.to_string().contains("PAGE_ITEMS_MAX"), "{error}");
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        1,
+        "stopped at the first page"
+    );
+}
