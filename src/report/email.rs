@@ -464,28 +464,24 @@ impl SmtpSender {
 
 /// Whether the connection itself was refused (nothing was sent).
 fn is_refused(error: &lettre::transport::smtp::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = cause.source();
-    }
-    false
+    io_kind_in_chain(error, &[std::io::ErrorKind::ConnectionRefused])
 }
 
 /// A read that timed out shows as "Resource temporarily unavailable" (an
 /// `EAGAIN` from a socket with a read timeout): the same thing in words.
 fn is_would_block(error: &lettre::transport::smtp::Error) -> bool {
+    io_kind_in_chain(
+        error,
+        &[std::io::ErrorKind::WouldBlock, std::io::ErrorKind::TimedOut],
+    )
+}
+
+/// Whether an I/O error of one of `kinds` is anywhere in the error's chain.
+fn io_kind_in_chain(error: &lettre::transport::smtp::Error, kinds: &[std::io::ErrorKind]) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
+            if kinds.contains(&io.kind()) {
                 return true;
             }
         }
