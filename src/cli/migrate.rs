@@ -94,7 +94,8 @@ fn integration_only(
             }
             out!(
                 "{target}: the Genesis contract is in place; {} cpsync migration(s) applied, \
-                 no Genesis object created or changed",
+                 no Genesis object created or changed apart from cpsync's outbox triggers \
+                 on student_fees, fee_transactions and student_guardians",
                 applied.len()
             );
             Ok(exit::OK)

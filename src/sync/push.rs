@@ -629,7 +629,8 @@ pub fn drain_outbox_until(
     setup.ready_to_send()?;
     let mut report = PushReport::default();
     let waiting = outbox::pending_count(conn)?;
-    let mut progress = super::progress::Progress::new("outbox entries sent", Some(waiting as u64));
+    let mut progress =
+        super::progress::Progress::new("outbox entries handled", Some(waiting as u64));
     for batch in 0..OUTBOX_BATCHES_MAX {
         if batch > 0 && stop() {
             break;
