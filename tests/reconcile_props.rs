@@ -18,7 +18,7 @@ use cpsync::domain::{
 use cpsync::money::Money;
 use cpsync::reconcile::{
     apply_plan, check_accounting, check_conservation, genesis_balance, reconcile,
-    reconcile_in_partitions, vendor_identity_balance, Action, CategorySelection,
+    reconcile_in_partitions, totals_after_plan, vendor_identity_balance, Action, CategorySelection,
     DiscrepancyKind as K, FeeLink, GenesisSnapshot, Policy, Reconciliation, Scope, VendorSnapshot,
 };
 
@@ -1082,6 +1082,8 @@ proptest! {
         let (genesis, vendor) = apply_plan(&world.genesis, &world.vendor, &result.plan());
         let again = reconcile(&genesis, &vendor, &policy(), &Scope::everything());
         prop_assert!(again.plan().is_empty(), "second run plans {:?}", again.plan());
+        let modelled = totals_after_plan(&world.genesis, &world.vendor, &result.plan(), &policy(), &Scope::everything(), result.totals);
+        prop_assert_eq!(modelled, again.totals, "the totals modelled from the touched fees alone");
         prop_assert_eq!(review_keys(&again), review_keys(&result));
         check_accounting(&again.accounting).map_err(|error| TestCaseError::fail(error.to_string()))?;
         posts_each_vendor_txn_once(&world, &genesis, &result)?;

@@ -10,7 +10,7 @@
 //! The model is deliberately not idempotent: posting a transaction twice
 //! makes two Genesis rows, so a plan that would double-post shows up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 
@@ -21,8 +21,8 @@ use crate::domain::{
 use crate::money::Money;
 
 use super::case::genesis_credit;
-use super::input::{FeeLink, GenesisSnapshot, VendorSnapshot};
-use super::output::Action;
+use super::input::{FeeLink, GenesisSnapshot, Policy, Scope, VendorSnapshot};
+use super::output::{Action, Totals};
 use super::rules::vendor_identity_balance;
 
 /// Both snapshots as they would be after the shell applied `plan` in order.
@@ -40,6 +40,104 @@ pub fn apply_plan(
         }
     }
     (applier.genesis, applier.vendor)
+}
+
+/// Each side's totals once `plan` is applied, from the totals `found` over
+/// the same snapshots: totals add up fee by fee, so only the fees the plan
+/// touches are modelled (their totals before and after replace each other).
+/// Equal to the totals of `apply_plan` over the whole snapshots, at the
+/// memory of the touched fees rather than a second copy of the district.
+pub fn totals_after_plan(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    plan: &[Action],
+    policy: &Policy,
+    scope: &Scope,
+    found: Totals,
+) -> Totals {
+    if plan.is_empty() {
+        return found;
+    }
+    let touched: HashSet<FeeId> = plan.iter().map(Action::fee_id).collect();
+    let (genesis, vendor) = only_fees(genesis, vendor, &touched);
+    let before = super::totals_only(&genesis, &vendor, policy, scope);
+    let (genesis, vendor) = apply_plan(&genesis, &vendor, plan);
+    let after = super::totals_only(&genesis, &vendor, policy, scope);
+    found.with_fees_replaced(&before, &after)
+}
+
+/// The records of both snapshots that belong to these fees (a transaction
+/// naming no Genesis fee belongs to the fee its Community Pass fee id names,
+/// as when grouping), and the parties of their students.
+fn only_fees(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    fees: &HashSet<FeeId>,
+) -> (GenesisSnapshot, VendorSnapshot) {
+    let genesis_fees: Vec<GenesisFee> = genesis
+        .fees
+        .iter()
+        .filter(|fee| fees.contains(&fee.id))
+        .cloned()
+        .collect();
+    let vendor_fees: Vec<VendorFee> = vendor
+        .fees
+        .iter()
+        .filter(|fee| fees.contains(&fee.genesis_fee_id))
+        .cloned()
+        .collect();
+    let mut fee_by_vendor_id: Option<HashMap<&str, FeeId>> = None;
+    let vendor_txns = vendor
+        .txns
+        .iter()
+        .filter(|txn| {
+            let key = txn.genesis_fee_id.or_else(|| {
+                fee_by_vendor_id
+                    .get_or_insert_with(|| {
+                        vendor
+                            .fees
+                            .iter()
+                            .map(|fee| (fee.vendor_fee_id.as_str(), fee.genesis_fee_id))
+                            .collect()
+                    })
+                    .get(txn.vendor_fee_id.as_str())
+                    .copied()
+            });
+            key.is_some_and(|fee| fees.contains(&fee))
+        })
+        .cloned()
+        .collect();
+    let students: HashSet<_> = genesis_fees
+        .iter()
+        .map(|fee| fee.student_id)
+        .chain(vendor_fees.iter().map(|fee| fee.student_id))
+        .collect();
+    let genesis = GenesisSnapshot {
+        fees: genesis_fees,
+        txns: genesis
+            .txns
+            .iter()
+            .filter(|txn| fees.contains(&txn.fee_id))
+            .cloned()
+            .collect(),
+        links: genesis
+            .links
+            .iter()
+            .filter(|link| fees.contains(&link.fee_id))
+            .cloned()
+            .collect(),
+        parties: genesis
+            .parties
+            .iter()
+            .filter(|party| students.contains(&party.student_id))
+            .cloned()
+            .collect(),
+    };
+    let vendor = VendorSnapshot {
+        fees: vendor_fees,
+        txns: vendor_txns,
+    };
+    (genesis, vendor)
 }
 
 /// Both snapshots being changed, with the positions of what a plan touches

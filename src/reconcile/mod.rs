@@ -97,7 +97,7 @@ mod tests;
 use rayon::prelude::*;
 
 pub use accounting::{check_accounting, AccountingError};
-pub use apply::{apply_plan, fee_push, vendor_status};
+pub use apply::{apply_plan, fee_push, totals_after_plan, vendor_status};
 pub use case::genesis_credit;
 pub use input::{
     CategorySelection, FeeLink, GenesisSnapshot, Ineligibility, Policy, Scope, StudentParty,
@@ -151,6 +151,18 @@ pub fn reconcile_in_partitions(
         accounting: accounting::account(&grouped.cases, &outcomes),
         totals: totals::totals_of(&grouped.cases),
     }
+}
+
+/// Each side's totals over the managed, in-scope fees, without judging them.
+fn totals_only(
+    genesis: &GenesisSnapshot,
+    vendor: &VendorSnapshot,
+    policy: &Policy,
+    scope: &Scope,
+) -> Totals {
+    let index = case::index(genesis, vendor, scope);
+    let grouped = case::group(&index, genesis, vendor, policy, scope);
+    totals::totals_of(&grouped.cases)
 }
 
 fn judge_partition(

@@ -172,6 +172,36 @@ pub struct Totals {
     pub community_pass: SideTotals,
 }
 
+impl Totals {
+    /// These totals with some fees' figures `before` replaced by `after`.
+    pub fn with_fees_replaced(&self, before: &Totals, after: &Totals) -> Totals {
+        Totals {
+            genesis: self.genesis.moved(&before.genesis, &after.genesis),
+            community_pass: self
+                .community_pass
+                .moved(&before.community_pass, &after.community_pass),
+        }
+    }
+}
+
+impl SideTotals {
+    /// Each figure less `before`'s, plus `after`'s.
+    fn moved(&self, before: &SideTotals, after: &SideTotals) -> SideTotals {
+        let field = |get: fn(&SideTotals) -> Money| get(self) - get(before) + get(after);
+        SideTotals {
+            billed: field(|t| t.billed),
+            genesis_credit: field(|t| t.genesis_credit),
+            paid: field(|t| t.paid),
+            refunded: field(|t| t.refunded),
+            waived: field(|t| t.waived),
+            reversed: field(|t| t.reversed),
+            outstanding: field(|t| t.outstanding),
+            credit: field(|t| t.credit),
+            written_off: field(|t| t.written_off),
+        }
+    }
+}
+
 /// How one side's input records ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SideAccounting {

@@ -170,7 +170,8 @@ pub struct QueueView {
 
 /// Each side's totals once the run's own corrections are in: the ones
 /// applied (a dry run: the ones planned), modelled with the pure
-/// `apply_plan` over the snapshots the run read.
+/// `totals_after_plan` over the snapshots the run read (only the touched
+/// fees are copied).
 fn totals_after(
     genesis: &GenesisSnapshot,
     vendor: &VendorSnapshot,
@@ -189,11 +190,14 @@ fn totals_after(
             Resolution::NeedsReview { .. } => None,
         })
         .collect();
-    if applied.is_empty() {
-        return reconciliation.totals;
-    }
-    let (genesis, vendor) = crate::reconcile::apply_plan(genesis, vendor, &applied);
-    reconcile(&genesis, &vendor, policy, scope).totals
+    crate::reconcile::totals_after_plan(
+        genesis,
+        vendor,
+        &applied,
+        policy,
+        scope,
+        reconciliation.totals,
+    )
 }
 
 impl NightlyResult {
