@@ -138,6 +138,175 @@ fn upsert_is_idempotent_and_conflicts_on_a_reused_key() {
     );
 }
 
+/// `POST /v1/fee-upserts`: each item as `PUT /v1/fees/{id}` would answer
+/// it, in order; a replay, a conflict or an invalid fee touches only its
+/// own item.
+#[test]
+fn a_batch_upsert_answers_each_fee_in_order() {
+    let (sim, admin) = start(1);
+    let portal = client(&sim.base_url(), TEST_KEY, 0, 100);
+    assert_eq!(
+        portal.upsert_batch_max(),
+        cpsync::portal::http::UPSERT_BATCH_MAX
+    );
+    let fees = [push(1, 5, 2_500), push(2, 5, 1_000), push(3, 6, 700)];
+    let keys: Vec<String> = fees.iter().map(first_intent_key).collect();
+    let items: Vec<(&FeePush, &str)> = fees
+        .iter()
+        .zip(&keys)
+        .map(|(f, k)| (f, k.as_str()))
+        .collect();
+    let first = portal.upsert_fees(&items);
+    assert_eq!(first.len(), 3);
+    for (fee, result) in fees.iter().zip(&first) {
+        let outcome = result.as_ref().unwrap();
+        assert_eq!(outcome.genesis_fee_id, fee.genesis_fee_id, "in order");
+        assert!(outcome.created && !outcome.replayed);
+        assert_eq!(outcome.amount, fee.amount);
+    }
+    assert_eq!(sim.stats().requests, 1, "one call for three fees");
+
+    let changed = push(2, 5, 1_500);
+    let mut invalid = push(4, 6, 1_000);
+    invalid.genesis_credit = Money::from_cents(-5_000);
+    let invalid_key = first_intent_key(&invalid);
+    let again: Vec<(&FeePush, &str)> = vec![
+        (&fees[0], &keys[0]),
+        (&changed, &keys[1]),
+        (&invalid, &invalid_key),
+        (&fees[2], &keys[2]),
+    ];
+    let results = portal.upsert_fees(&again);
+    let replayed = results[0].as_ref().unwrap();
+    assert!(replayed.replayed && replayed.created, "{replayed:?}");
+    assert!(
+        matches!(&results[1], Err(PortalError::Conflict { code, .. }) if code == "idempotency_conflict"),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(
+            &results[2],
+            Err(PortalError::Validation { status: 422, .. })
+        ),
+        "{:?}",
+        results[2]
+    );
+    assert!(results[3].as_ref().unwrap().replayed);
+    assert_eq!(admin.summary().unwrap().fees, 3, "nothing else created");
+    assert_eq!(
+        portal.fee(FeeId(2)).unwrap().amount,
+        Money::from_cents(1_000)
+    );
+}
+
+/// A batch whose answer is lost is sent again whole: what was applied is
+/// replayed, every fee exists once.
+#[test]
+fn a_lost_batch_answer_is_retried_and_replayed() {
+    let (sim, admin) = start(3);
+    admin
+        .set_faults(&FaultConfig {
+            drop_rate: 0.5,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let portal = client(&sim.base_url(), TEST_KEY, 12, 100);
+    let fees: Vec<FeePush> = (1..=120)
+        .map(|id| push(id, 5 + id % 7, 1_000 + id))
+        .collect();
+    let keys: Vec<String> = fees.iter().map(first_intent_key).collect();
+    let items: Vec<(&FeePush, &str)> = fees
+        .iter()
+        .zip(&keys)
+        .map(|(f, k)| (f, k.as_str()))
+        .collect();
+    for chunk in items.chunks(40) {
+        for result in portal.upsert_fees(chunk) {
+            result.unwrap();
+        }
+    }
+    assert!(sim.stats().faults.dropped > 0, "answers were lost");
+    admin.set_faults(&FaultConfig::default()).unwrap();
+    assert_eq!(admin.summary().unwrap().fees, 120);
+    for fee in &fees {
+        assert_eq!(portal.fee(fee.genesis_fee_id).unwrap().amount, fee.amount);
+    }
+}
+
+/// A server without the batch route (404) gets the same fees one by one,
+/// and the client does not ask for the route again.
+#[test]
+fn a_server_without_batch_writes_gets_fees_one_by_one() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = vec![0u8; 65536];
+            let read = stream.read(&mut buffer).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buffer[..read]).to_string();
+            let line = text.lines().next().unwrap_or("").to_string();
+            seen.lock().unwrap().push(line.clone());
+            let (status, body) = if line.starts_with("POST /v1/fee-upserts") {
+                (
+                    "404 Not Found",
+                    r#"{"code":"not_found","message":"no such resource"}"#.to_string(),
+                )
+            } else {
+                let id: i64 = line
+                    .split('/')
+                    .nth(3)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or(0);
+                (
+                    "201 Created",
+                    format!(
+                        r#"{{"genesis_fee_id":{id},"vendor_fee_id":"CPF{id}","created":true,"amount":"10.00","balance":"10.00","status":"open","revision":1}}"#
+                    ),
+                )
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let portal = client(&format!("http://{address}"), TEST_KEY, 0, 100);
+    let fees = [push(1, 5, 1_000), push(2, 5, 1_000)];
+    let keys: Vec<String> = fees.iter().map(first_intent_key).collect();
+    let items: Vec<(&FeePush, &str)> = fees
+        .iter()
+        .zip(&keys)
+        .map(|(f, k)| (f, k.as_str()))
+        .collect();
+    let results = portal.upsert_fees(&items);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(portal.upsert_batch_max(), 1, "no batch asked for again");
+    assert!(portal.upsert_fees(&items).iter().all(Result::is_ok));
+    let lines = requests.lock().unwrap().clone();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("POST /v1/fee-upserts"))
+            .count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("PUT /v1/fees/"))
+            .count(),
+        4,
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn amount_is_read_only_after_a_payment_409() {
     let (sim, admin) = start(1);
@@ -756,6 +925,14 @@ fn prism_accepts_every_client_request() {
         "fee upsert",
         portal.upsert_fee(&fee, &first_intent_key(&fee)).err(),
     );
+    let second = push(1002, 501, 1_000);
+    let (first_key, second_key) = (first_intent_key(&fee), first_intent_key(&second));
+    for (what, result) in ["batch upsert, first fee", "batch upsert, second fee"]
+        .into_iter()
+        .zip(portal.upsert_fees(&[(&fee, &first_key), (&second, &second_key)]))
+    {
+        not_a_contract_breach(what, result.err());
+    }
     not_a_contract_breach("fee", portal.fee(FeeId(1001)).err());
     not_a_contract_breach("fees", portal.fees_page(FeeFilter::All, None).err());
     not_a_contract_breach(

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::sync::atomic::Ordering;
 
 use super::{
     CommunityPass, ConnectionCheck, FeeFilter, Page, PortalError, RejectedRecord, RetryCause,
@@ -122,6 +123,9 @@ pub struct HttpPortal {
     run_budget: RunBudget,
     request_timeout: Duration,
     counter: RetryCounter,
+    /// Set once the server answered that it has no batch fee write
+    /// (`POST /v1/fee-upserts`): fees are then pushed one by one.
+    no_batch_write: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for HttpPortal {
@@ -278,6 +282,7 @@ impl HttpPortal {
             run_budget: config.run_budget,
             request_timeout: config.request_timeout,
             counter: RetryCounter::default(),
+            no_batch_write: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -466,19 +471,30 @@ impl HttpPortal {
         headers: &HeaderMap,
         body: &[u8],
     ) -> PortalError {
-        let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(parsed) => (parsed.code, parsed.message),
+        let error = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(parsed) => parsed,
             // Not an error of the API itself: most often a base URL that
             // points somewhere else (e.g. one ending in /v1). Name it.
-            Err(_) => (
-                status.as_str().to_string(),
-                format!(
+            Err(_) => ErrorBody {
+                code: status.as_str().to_string(),
+                message: format!(
                     "{} (not an answer of the Community Pass API: is the base URL {} right?)",
                     status.canonical_reason().unwrap_or(""),
                     self.base
                 ),
-            ),
+            },
         };
+        self.api_error(record, status, headers, error)
+    }
+
+    /// The error an API answer of this status and error body means.
+    fn api_error(
+        &self,
+        record: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        ErrorBody { code, message }: ErrorBody,
+    ) -> PortalError {
         let code = self.scrub(&truncate(&code));
         let message = self.scrub(&truncate(&message));
         match status.as_u16() {
@@ -893,6 +909,126 @@ fn random_nonce() -> String {
     super::hex(&bytes)
 }
 
+/// The most fees one `POST /v1/fee-upserts` carries (the contract's
+/// bound).
+pub const UPSERT_BATCH_MAX: usize = 500;
+
+/// One item of a batch's answer: the status `PUT /v1/fees/{id}` would have
+/// answered, with its result or error.
+#[derive(Debug, Deserialize)]
+struct BatchItemAnswer {
+    status: u16,
+    #[serde(default)]
+    replayed: bool,
+    result: Option<UpsertOutcome>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchAnswer {
+    results: Vec<BatchItemAnswer>,
+}
+
+/// Why a batch write gave no per-item answers.
+enum BatchRefused {
+    /// The server has no such route (404 or 405): push one by one.
+    NoSuchRoute(PortalError),
+    /// The call failed as a whole (after its retries): every item failed.
+    Failed(PortalError),
+}
+
+impl HttpPortal {
+    /// `POST /v1/fee-upserts` with these fees, retried as a whole (each
+    /// item's idempotency key makes a retry a replay of what was applied).
+    fn upsert_batch(
+        &self,
+        items: &[(&FeePush, &str)],
+    ) -> Result<Vec<Result<UpsertOutcome, PortalError>>, BatchRefused> {
+        let first = items[0].0.genesis_fee_id;
+        let record = format!("{} fees from fee {first}", items.len());
+        let url = self.url("/v1/fee-upserts", &[]);
+        let body = batch_body(items);
+        let answer = self
+            .execute(&record, || {
+                self.request(Method::POST, url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .map_err(|error| match error {
+                PortalError::NotFound { .. } => BatchRefused::NoSuchRoute(error),
+                PortalError::Protocol { ref detail, .. } if detail.contains("405") => {
+                    BatchRefused::NoSuchRoute(error)
+                }
+                other => BatchRefused::Failed(other),
+            })?;
+        let answer: BatchAnswer = decode(&record, &answer.body).map_err(BatchRefused::Failed)?;
+        if answer.results.len() != items.len() {
+            return Err(BatchRefused::Failed(PortalError::protocol(
+                &record,
+                format!(
+                    "{} results answered for {} fees",
+                    answer.results.len(),
+                    items.len()
+                ),
+            )));
+        }
+        Ok(items
+            .iter()
+            .zip(answer.results)
+            .map(|((fee, _), item)| self.batch_item(fee, item))
+            .collect())
+    }
+
+    /// One item of a batch's answer as `upsert_fee` would have returned it.
+    fn batch_item(
+        &self,
+        fee: &FeePush,
+        item: BatchItemAnswer,
+    ) -> Result<UpsertOutcome, PortalError> {
+        let record = format!("fee {}", fee.genesis_fee_id);
+        let status = StatusCode::from_u16(item.status).map_err(|_| {
+            PortalError::protocol(&record, format!("status {} is not HTTP", item.status))
+        })?;
+        match (status.is_success(), item.result, item.error) {
+            (true, Some(mut outcome), _) => {
+                if outcome.genesis_fee_id != fee.genesis_fee_id {
+                    return Err(PortalError::protocol(
+                        record,
+                        "the answer is about another fee",
+                    ));
+                }
+                outcome.replayed = item.replayed;
+                Ok(outcome)
+            }
+            (false, _, Some(error)) => {
+                Err(self.api_error(&record, status, &HeaderMap::new(), error))
+            }
+            _ => Err(PortalError::protocol(
+                record,
+                format!("status {} without its result or error", item.status),
+            )),
+        }
+    }
+}
+
+/// `{"items":[{"idempotency_key":…,"fee":<the fee's canonical body>},…]}`.
+fn batch_body(items: &[(&FeePush, &str)]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(items.len() * 512);
+    body.extend_from_slice(b"{\"items\":[");
+    for (index, (fee, key)) in items.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"idempotency_key\":");
+        serde_json::to_writer(&mut body, key).expect("a string always serializes");
+        body.extend_from_slice(b",\"fee\":");
+        body.extend_from_slice(&super::canonical_body(fee));
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
 impl CommunityPass for HttpPortal {
     fn test_pull(&self) -> Result<ConnectionCheck, PortalError> {
         self.get_json("connection test pull", "/v1/connection/test-pull", &[])
@@ -942,6 +1078,32 @@ impl CommunityPass for HttpPortal {
             .get(REPLAYED_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         Ok(outcome)
+    }
+
+    fn upsert_fees(&self, items: &[(&FeePush, &str)]) -> Vec<Result<UpsertOutcome, PortalError>> {
+        if items.len() <= 1 || self.no_batch_write.load(Ordering::Relaxed) {
+            return items
+                .iter()
+                .map(|(fee, key)| self.upsert_fee(fee, key))
+                .collect();
+        }
+        match self.upsert_batch(items) {
+            Ok(results) => results,
+            Err(BatchRefused::NoSuchRoute(error)) => {
+                tracing::info!(error = %error, "Community Pass has no batch fee write; pushing fees one by one");
+                self.no_batch_write.store(true, Ordering::Relaxed);
+                self.upsert_fees(items)
+            }
+            Err(BatchRefused::Failed(error)) => items.iter().map(|_| Err(error.clone())).collect(),
+        }
+    }
+
+    fn upsert_batch_max(&self) -> usize {
+        if self.no_batch_write.load(Ordering::Relaxed) {
+            1
+        } else {
+            UPSERT_BATCH_MAX
+        }
     }
 
     fn fee(&self, id: FeeId) -> Result<VendorFee, PortalError> {

@@ -310,6 +310,20 @@ pub trait CommunityPass: Send + Sync {
         fee: &FeePush,
         idempotency_key: &str,
     ) -> Result<UpsertOutcome, PortalError>;
+    /// Creates or updates several fees, each under its own idempotency key
+    /// (as `upsert_fee`), at most `upsert_batch_max()` of them; one result
+    /// per item, in order. By default one `upsert_fee` after another.
+    fn upsert_fees(&self, items: &[(&FeePush, &str)]) -> Vec<Result<UpsertOutcome, PortalError>> {
+        items
+            .iter()
+            .map(|(fee, key)| self.upsert_fee(fee, key))
+            .collect()
+    }
+    /// How many fees one `upsert_fees` call carries at most (1: the client
+    /// has no batch write, and pushes are spread over threads instead).
+    fn upsert_batch_max(&self) -> usize {
+        1
+    }
     /// One integration fee; `NotFound` if Community Pass does not have it.
     fn fee(&self, id: FeeId) -> Result<VendorFee, PortalError>;
     /// One page of the integration fees the filter selects.

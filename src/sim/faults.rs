@@ -46,6 +46,9 @@ pub struct FaultPlan {
     pub reorder: bool,
     /// Answer a fee upsert as applied without applying it.
     pub lose_write: bool,
+    /// Seeds the item-by-item lost writes of a batch of fee upserts (0 for
+    /// any other request).
+    pub write_seed: u64,
     /// Seeds the shuffle and the copies of a duplicated or reordered page
     /// (0 when the page is served as it is).
     pub page_seed: u64,
@@ -136,6 +139,7 @@ impl FaultInjector {
         request: &str,
         transaction_page: bool,
         fee_write: bool,
+        fee_batch: bool,
     ) -> FaultPlan {
         let identity = stable_hash(&[request.as_bytes()]);
         let asked = self.asked.entry(identity).or_default();
@@ -168,7 +172,9 @@ impl FaultInjector {
                 self.stats.faults.dropped += 1;
             }
         }
-        if fee_write && plan.refusal.is_none() {
+        if fee_batch && plan.refusal.is_none() {
+            plan.write_seed = self.rng.gen::<u64>() | 1;
+        } else if fee_write && plan.refusal.is_none() {
             plan.lose_write = self.chance(self.config.lost_write_rate);
             if plan.lose_write {
                 self.stats.faults.lost_writes += 1;
@@ -182,6 +188,18 @@ impl FaultInjector {
             }
         }
         plan
+    }
+
+    /// Which items of a batch of fee upserts are lost (answered as applied,
+    /// not applied), drawn from the batch's `write_seed`; counted.
+    pub fn lost_writes(&mut self, write_seed: u64, items: usize) -> Vec<bool> {
+        let rate = self.config.lost_write_rate;
+        let mut rng = ChaCha8Rng::seed_from_u64(write_seed);
+        let lost: Vec<bool> = (0..items)
+            .map(|_| rate > 0.0 && rng.gen_bool(rate.min(1.0)))
+            .collect();
+        self.stats.faults.lost_writes += lost.iter().filter(|lost| **lost).count() as u64;
+        lost
     }
 
     fn refusal(&mut self, identity: u64) -> Option<Refusal> {
@@ -259,7 +277,7 @@ mod tests {
         let plans = |seed| {
             let mut injector = FaultInjector::new(faulty(), seed);
             (0..500)
-                .map(|_| injector.plan("GET /v1/fees", "GET /v1/fees?", true, false))
+                .map(|_| injector.plan("GET /v1/fees", "GET /v1/fees?", true, false, false))
                 .collect::<Vec<_>>()
         };
         assert_eq!(plans(42), plans(42));
@@ -283,6 +301,7 @@ mod tests {
                         &requests[index],
                         false,
                         true,
+                        false,
                     ));
                 }
             }
@@ -333,7 +352,7 @@ mod tests {
         };
         let mut injector = FaultInjector::new(config, 1);
         for _ in 0..6 {
-            let plan = injector.plan("GET /v1/fees", "GET /v1/fees?", false, false);
+            let plan = injector.plan("GET /v1/fees", "GET /v1/fees?", false, false, false);
             assert_eq!(
                 plan.refusal,
                 Some(Refusal::RateLimited {
@@ -344,7 +363,7 @@ mod tests {
         assert_eq!(injector.stats.faults.rate_limited, 6);
         let mut calm = FaultInjector::new(FaultConfig::default(), 1);
         assert_eq!(
-            calm.plan("GET /v1/fees", "GET /v1/fees?", true, true),
+            calm.plan("GET /v1/fees", "GET /v1/fees?", true, true, false),
             FaultPlan::default()
         );
     }

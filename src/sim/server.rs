@@ -35,6 +35,11 @@ use crate::secret::Secret;
 
 /// The largest request body of the vendor API.
 const VENDOR_BODY_BYTES_MAX: usize = 64 * 1024;
+/// The most fees one `POST /v1/fee-upserts` may carry.
+pub const FEE_UPSERTS_ITEMS_MAX: usize = 500;
+/// The largest body of a `POST /v1/fee-upserts` (500 fees of 1 KiB each,
+/// and room to spare).
+const FEE_UPSERTS_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// The largest admin request body (bulk loads).
 const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024 * 1024;
 /// Bounds of an idempotency key and of a test-push nonce.
@@ -248,6 +253,7 @@ enum Route {
     Fees,
     Fee(FeeId),
     UpsertFee(FeeId),
+    UpsertFees,
     UnmanagedFees,
     Transactions,
     Balances,
@@ -261,6 +267,7 @@ impl Route {
             Route::Fees => "GET /v1/fees",
             Route::Fee(_) => "GET /v1/fees/{id}",
             Route::UpsertFee(_) => "PUT /v1/fees/{id}",
+            Route::UpsertFees => "POST /v1/fee-upserts",
             Route::UnmanagedFees => "GET /v1/unmanaged-fees",
             Route::Transactions => "GET /v1/transactions",
             Route::Balances => "GET /v1/balances",
@@ -287,6 +294,7 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         "/v1/connection/test-pull" => only("GET", Method::GET, Route::TestPull),
         "/v1/connection/test-push" => only("POST", Method::POST, Route::TestPush),
         "/v1/fees" => only("GET", Method::GET, Route::Fees),
+        "/v1/fee-upserts" => only("POST", Method::POST, Route::UpsertFees),
         "/v1/unmanaged-fees" => only("GET", Method::GET, Route::UnmanagedFees),
         "/v1/transactions" => only("GET", Method::GET, Route::Transactions),
         "/v1/balances" => only("GET", Method::GET, Route::Balances),
@@ -342,22 +350,35 @@ async fn vendor(
         Ok(route) => (
             route.label(),
             *route == Route::Transactions,
-            matches!(route, Route::UpsertFee(_)),
+            matches!(route, Route::UpsertFee(_) | Route::UpsertFees),
         ),
         Err(_) => ("unrouted", false, false),
     };
-    let identity = super::faults::request_identity(
+    let mut identity = super::faults::request_identity(
         request.method().as_str(),
         request.uri().path(),
         request.uri().query(),
     );
-    let plan = lock(&shared.faults).plan(label, &identity, transaction_page, fee_write);
+    // A batch of fee upserts is told apart by the fees it carries (every
+    // batch has the same path), so its faults do not depend on which of
+    // several batches in flight arrived first.
+    let incoming = if matches!(routed, Ok(Route::UpsertFees)) {
+        let call = read_call(request, FEE_UPSERTS_BODY_BYTES_MAX).await;
+        if let Ok(call) = &call {
+            identity.push_str(&batch_identity(&call.body));
+        }
+        VendorRequest::Read(call)
+    } else {
+        VendorRequest::Unread(request)
+    };
+    let batch = matches!(routed, Ok(Route::UpsertFees));
+    let plan = lock(&shared.faults).plan(label, &identity, transaction_page, fee_write, batch);
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }
     let reply = match plan.refusal {
         Some(refusal) => refusal_reply(refusal),
-        None => answer(&shared, request, routed, plan).await,
+        None => answer(&shared, incoming, routed, plan).await,
     };
     lock(&shared.faults).record_status(reply.status().as_u16());
     if plan.drop_answer {
@@ -366,13 +387,63 @@ async fn vendor(
     Ok(reply)
 }
 
+/// A request whose body is still to be read, or was read already (a batch
+/// of fee upserts, read to tell it apart for its faults).
+enum VendorRequest {
+    Unread(Request<Incoming>),
+    Read(Result<Call, ApiError>),
+}
+
+/// The genesis fee ids a batch body names, for its fault identity (empty
+/// when the body is not a batch).
+fn batch_identity(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Item {
+        fee: ItemFee,
+    }
+    #[derive(Deserialize)]
+    struct ItemFee {
+        genesis_fee_id: i64,
+    }
+    #[derive(Deserialize)]
+    struct Batch {
+        items: Vec<Item>,
+    }
+    match serde_json::from_slice::<Batch>(body) {
+        Ok(batch) => {
+            let ids: Vec<String> = batch
+                .items
+                .iter()
+                .map(|item| item.fee.genesis_fee_id.to_string())
+                .collect();
+            format!("#{}", ids.join(","))
+        }
+        Err(_) => String::new(),
+    }
+}
+
 async fn answer(
     shared: &Arc<Shared>,
-    request: Request<Incoming>,
+    incoming: VendorRequest,
     routed: Result<Route, NoRoute>,
     plan: FaultPlan,
 ) -> Reply {
-    let district = shared.authenticate(request.headers().get(AUTHORIZATION));
+    let headers = match &incoming {
+        VendorRequest::Unread(request) => request.headers().get(AUTHORIZATION),
+        VendorRequest::Read(Ok(call)) => call.headers.get(AUTHORIZATION),
+        VendorRequest::Read(Err(_)) => None,
+    };
+    let district = shared.authenticate(headers);
+    if let (None, VendorRequest::Read(Err(error))) = (&district, &incoming) {
+        if error.status == 413 {
+            // The body was read first; an unauthenticated one is still 401.
+            return error_reply(&ApiError::new(
+                401,
+                "unauthorized",
+                "missing or unknown API key",
+            ));
+        }
+    }
     let Some(district) = district else {
         return error_reply(&ApiError::new(
             401,
@@ -384,7 +455,11 @@ async fn answer(
         Ok(route) => route,
         Err(reason) => return no_route_reply(reason),
     };
-    let call = match read_call(request, VENDOR_BODY_BYTES_MAX).await {
+    let call = match incoming {
+        VendorRequest::Unread(request) => read_call(request, VENDOR_BODY_BYTES_MAX).await,
+        VendorRequest::Read(call) => call,
+    };
+    let call = match call {
         Ok(call) => call,
         Err(error) => return error_reply(&error),
     };
@@ -417,6 +492,10 @@ fn serve_vendor(
             None => Err(ApiError::not_found("fee_not_found", format!("no fee {id}"))),
         },
         Route::UpsertFee(id) => upsert(state, id, call, plan.lose_write, now),
+        Route::UpsertFees => {
+            let mut faults = lock(&shared.faults);
+            upsert_batch(state, call, plan, &mut faults, now)
+        }
         Route::UnmanagedFees => unmanaged_fees(state, &call.query),
         Route::Transactions => {
             let mut faults = lock(&shared.faults);
@@ -804,14 +883,46 @@ fn upsert(
 ) -> Result<Reply, ApiError> {
     let key = check_idempotency_key(header_text(&call.headers, "idempotency-key"))?;
     let value: serde_json::Value = parse_json(&call.body)?;
+    let applied = upsert_one(state, Some(id), key, value, lose_write, now)?;
+    Ok(with_replay_marker(
+        bytes_reply(applied.status, applied.body.into_bytes()),
+        applied.replayed,
+    ))
+}
+
+/// One fee upsert as answered: the status (200 updated, 201 created), the
+/// body, and whether it was answered from the idempotency store.
+struct Applied {
+    status: u16,
+    body: String,
+    replayed: bool,
+}
+
+/// The upsert of one fee under one idempotency key, shared by `PUT
+/// /v1/fees/{id}` (`path_id` is the path's) and each item of `POST
+/// /v1/fee-upserts`.
+fn upsert_one(
+    state: &mut District,
+    path_id: Option<FeeId>,
+    key: &str,
+    value: serde_json::Value,
+    lose_write: bool,
+    now: NaiveDateTime,
+) -> Result<Applied, ApiError> {
     check_amount_text("amount", value.get("amount"), false)?;
     check_amount_text("genesis_credit", value.get("genesis_credit"), true)?;
     let push: FeePush = serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))?;
-    if push.genesis_fee_id != id {
+    if path_id.is_some_and(|id| push.genesis_fee_id != id) {
         return Err(ApiError::unprocessable(
             "id_mismatch",
             "genesis_fee_id in the body differs from the path",
+        ));
+    }
+    if !(1..=ID_MAX).contains(&push.genesis_fee_id.0) {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("genesis_fee_id must be an integer from 1 to {ID_MAX}"),
         ));
     }
     let digest = hex(&Sha256::digest(canonical_body(&push)));
@@ -823,8 +934,11 @@ fn upsert(
                 "this Idempotency-Key was used with a different request",
             ));
         }
-        let reply = bytes_reply(stored.status, stored.body.clone().into_bytes());
-        return Ok(with_replay_marker(reply, true));
+        return Ok(Applied {
+            status: stored.status,
+            body: stored.body.clone(),
+            replayed: true,
+        });
     }
     let outcome = if lose_write {
         state.upsert_lost(&push)?
@@ -840,10 +954,60 @@ fn upsert(
         body: body.clone(),
     };
     state.remember_reply(key.to_string(), stored);
-    Ok(with_replay_marker(
-        bytes_reply(status, body.into_bytes()),
-        false,
-    ))
+    Ok(Applied {
+        status,
+        body,
+        replayed: false,
+    })
+}
+
+/// `POST /v1/fee-upserts`: each item is the upsert `PUT /v1/fees/{id}`
+/// would make, with its own idempotency key, answered in order in one
+/// `200` (an item refused carries its own status and error). A lost write
+/// (a fault) is drawn item by item.
+fn upsert_batch(
+    state: &mut District,
+    call: &Call,
+    plan: FaultPlan,
+    faults: &mut super::faults::FaultInjector,
+    now: NaiveDateTime,
+) -> Result<Reply, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BatchItem {
+        idempotency_key: String,
+        fee: serde_json::Value,
+    }
+    #[derive(Deserialize)]
+    struct Batch {
+        items: Vec<BatchItem>,
+    }
+    let batch: Batch = parse_json(&call.body)?;
+    if batch.items.is_empty() || batch.items.len() > FEE_UPSERTS_ITEMS_MAX {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("items must hold 1 to {FEE_UPSERTS_ITEMS_MAX} fees"),
+        ));
+    }
+    let lost = faults.lost_writes(plan.write_seed, batch.items.len());
+    let mut results = Vec::with_capacity(batch.items.len());
+    for (item, lose_write) in batch.items.into_iter().zip(lost) {
+        let applied = check_idempotency_key(Some(&item.idempotency_key))
+            .and_then(|key| upsert_one(state, None, key, item.fee, lose_write, now));
+        results.push(match applied {
+            Ok(applied) => serde_json::json!({
+                "status": applied.status,
+                "replayed": applied.replayed,
+                "result": serde_json::from_str::<serde_json::Value>(&applied.body)
+                    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?,
+            }),
+            Err(error) => serde_json::json!({
+                "status": error.status,
+                "error": {"code": error.code, "message": error.message},
+            }),
+        });
+    }
+    Ok(json_reply(200, &serde_json::json!({ "results": results })))
 }
 
 // ------------------------------------------------------------ admin surface

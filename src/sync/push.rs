@@ -357,7 +357,9 @@ fn record_intents(
     Ok(())
 }
 
-/// Sends the pushes, `PUSH_CONCURRENCY` at a time; results in input order.
+/// Sends the pushes in batches of what the client carries in one call
+/// (one fee where it has no batch write), `PUSH_CONCURRENCY` calls at a
+/// time; results in input order.
 fn send_all(
     portal: &dyn CommunityPass,
     pushes: &[(FeePush, PushIntent)],
@@ -370,12 +372,20 @@ fn send_all(
             .build()
             .expect("a thread pool of a fixed size builds")
     });
-    pool.install(|| {
+    let batch_max = portal.upsert_batch_max().max(1);
+    let batches: Vec<Vec<Result<UpsertOutcome, PortalError>>> = pool.install(|| {
         pushes
-            .par_iter()
-            .map(|(push, intent)| portal.upsert_fee(push, &intent.key))
+            .par_chunks(batch_max)
+            .map(|batch| {
+                let items: Vec<(&FeePush, &str)> = batch
+                    .iter()
+                    .map(|(push, intent)| (push, intent.key.as_str()))
+                    .collect();
+                portal.upsert_fees(&items)
+            })
             .collect()
-    })
+    });
+    batches.into_iter().flatten().collect()
 }
 
 /// Whether Community Pass refused a push for a reason that sending the
