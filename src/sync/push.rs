@@ -388,6 +388,63 @@ fn send_all(
     batches.into_iter().flatten().collect()
 }
 
+/// How many pushes one window carries: its intents are recorded before it
+/// is sent, its outcomes after, while the next window is on the wire.
+pub const PUSH_WINDOW_MAX: usize = 2_000;
+
+/// The pushes, window after window, each window's intents recorded before
+/// it is sent and its outcomes once answered; the database work of one
+/// window (the next one's intents, the last one's outcomes) is done while
+/// another window is on the wire. Results and outcomes in input order.
+fn send_in_windows(
+    conn: &mut DbConnection,
+    portal: &dyn CommunityPass,
+    to_send: &[(FeePush, PushIntent)],
+    acknowledged: &HashSet<FeeId>,
+    run_id: i64,
+    clock: Clock,
+) -> Result<(Vec<Result<UpsertOutcome, PortalError>>, Vec<PushOutcome>), SyncError> {
+    let windows: Vec<&[(FeePush, PushIntent)]> = to_send.chunks(PUSH_WINDOW_MAX).collect();
+    let mut results = Vec::with_capacity(to_send.len());
+    let mut outcomes = Vec::with_capacity(to_send.len());
+    let Some(first) = windows.first() else {
+        return Ok((results, outcomes));
+    };
+    record_intents(conn, first, run_id)?;
+    std::thread::scope(|threads| {
+        let mut on_the_wire = Some(threads.spawn(move || send_all(portal, first)));
+        for (index, window) in windows.iter().enumerate() {
+            let next = windows.get(index + 1);
+            if let Some(next) = next {
+                record_intents(conn, next, run_id)?;
+            }
+            let answered = on_the_wire
+                .take()
+                .expect("each window is sent before it is recorded")
+                .join()
+                .expect("sending pushes does not panic");
+            if let Some(next) = next.copied() {
+                on_the_wire = Some(threads.spawn(move || send_all(portal, next)));
+            }
+            // Community Pass has the writes, the links do not know yet: a
+            // crash here is finished by the next run (the intents are
+            // recorded).
+            super::failpoint::wrote("fee pushes sent, not yet recorded");
+            outcomes.extend(record_outcomes(
+                conn,
+                window,
+                &answered,
+                acknowledged,
+                run_id,
+                clock(),
+            )?);
+            results.extend(answered);
+        }
+        Ok::<_, SyncError>(())
+    })?;
+    Ok((results, outcomes))
+}
+
 /// Whether Community Pass refused a push for a reason that sending the
 /// same content again cannot fix (a conflict, a validation error, an
 /// unknown student or fee) — as opposed to being unreachable or busy.
@@ -576,15 +633,9 @@ pub fn push_fees(
         .filter(|link| link.was_sent())
         .map(|link| link.fee_id)
         .collect();
-    record_intents(conn, &to_send, run_id)?;
-    let results = send_all(portal, &to_send);
-    if !to_send.is_empty() {
-        // Community Pass has the writes, the links do not know yet: a crash
-        // here is finished by the next run (the intents are recorded).
-        super::failpoint::wrote("fee pushes sent, not yet recorded");
-    }
-    let mut sent_outcomes =
-        record_outcomes(conn, &to_send, &results, &acknowledged, run_id, clock())?.into_iter();
+    let (results, sent_outcomes) =
+        send_in_windows(conn, portal, &to_send, &acknowledged, run_id, clock)?;
+    let mut sent_outcomes = sent_outcomes.into_iter();
     let mut report = PushReport::default();
     for ((push, intent), result) in to_send.iter().zip(&results) {
         if let Ok(outcome) = result {
