@@ -211,9 +211,13 @@ pub fn status(conn: &mut DbConnection) -> Result<Vec<MigrationState>, DbError> {
     })
 }
 
-/// How many migrations have not been applied yet.
+/// How many migrations have not been applied yet: one read of the applied
+/// versions (every command checks it before it starts).
 pub fn pending_count(conn: &mut DbConnection) -> Result<usize, DbError> {
-    Ok(status(conn)?.iter().filter(|m| !m.applied).count())
+    crate::with_backend!(conn, |c| {
+        let source = source_for(c);
+        Ok(c.pending_migrations(source).map_err(migration_error)?.len())
+    })
 }
 
 /// Picks the embedded folder matching the backend of `_conn`.
