@@ -417,8 +417,15 @@ fn pass(
     portal.renew_run_budget();
     let mut report: Option<PushReport> = None;
     let exit_code = run_task(conn, task::SEND_FEES, "watch", false, |conn, run_id| {
-        let drained =
-            push::drain_outbox_until(conn, portal, &setup, run_id, &utc_now, &|| stop.requested())?;
+        let drained = push::drain_outbox_until(
+            conn,
+            portal,
+            &setup,
+            run_id,
+            &utc_now,
+            push::OUTBOX_BATCH_MAX,
+            &|| stop.requested(),
+        )?;
         let waiting = outbox::pending_count(conn)?;
         send_fees::print_report("watch", &drained, waiting, false)?;
         let outcome = send_fees::outcome_of(&drained);

@@ -5,6 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::Serialize;
 
+use super::cached_sql::{bind, cached_sql, Binds, CachedSql};
 use super::schema::cp_audit_log;
 use super::{DbConnection, DbError};
 
@@ -79,7 +80,34 @@ pub fn record(conn: &mut DbConnection, entries: &[AuditEntry]) -> Result<usize, 
             detail: e.detail.as_deref(),
         })
         .collect();
+    if let DbConnection::Sqlite(c) = conn {
+        // One prepared statement for every row (diesel prepares a SQLite
+        // batch insert row by row, parsing each).
+        for row in &rows {
+            cached_audit_insert(row).execute(c)?;
+        }
+        return Ok(rows.len());
+    }
     insert_batched!(conn, cp_audit_log::table, rows)
+}
+
+fn cached_audit_insert<'a>(
+    row: &'a AuditRow<'a>,
+) -> CachedSql<impl Binds<diesel::sqlite::Sqlite> + 'a> {
+    use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+    cached_sql(
+        "INSERT INTO cp_audit_log (run_id, at, side, entity, entity_id, action, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            bind::<Nullable<BigInt>, _>(row.run_id),
+            bind::<Timestamp, _>(row.at),
+            bind::<Text, _>(row.side),
+            bind::<Text, _>(row.entity),
+            bind::<Text, _>(row.entity_id),
+            bind::<Text, _>(row.action),
+            bind::<Nullable<Text>, _>(row.detail),
+        ),
+    )
 }
 
 /// Every audit row about one entity, oldest first.

@@ -6,6 +6,9 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use diesel::sql_types::{BigInt, Nullable, Text};
+
+use super::cached_sql::{bind, cached_sql, Binds, CachedSql};
 use super::schema::cp_fee_links;
 use super::{DbConnection, DbError};
 use crate::domain::{FeeId, FeePush, VendorTxnId};
@@ -275,6 +278,12 @@ pub fn record_push_intents(
     run_id: i64,
 ) -> Result<(), DbError> {
     use diesel::upsert::excluded;
+    if let DbConnection::Sqlite(c) = conn {
+        for intent in intents {
+            cached_intent_upsert(intent, run_id).execute(c)?;
+        }
+        return Ok(());
+    }
     for chunk in intents.chunks(LINK_BATCH_ROWS) {
         let rows: Vec<IntentRow> = chunk
             .iter()
@@ -307,6 +316,26 @@ pub fn record_push_intents(
     Ok(())
 }
 
+/// One intent's upsert, kept prepared (SQLite runs one row per statement).
+fn cached_intent_upsert(
+    intent: &PushIntent,
+    run_id: i64,
+) -> CachedSql<impl Binds<diesel::sqlite::Sqlite> + '_> {
+    cached_sql(
+        "INSERT INTO cp_fee_links (fee_id, last_idempotency_key, intent_seq, intent_digest, last_run_id) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (fee_id) DO UPDATE SET \
+         last_idempotency_key = excluded.last_idempotency_key, intent_seq = excluded.intent_seq, \
+         intent_digest = excluded.intent_digest, last_run_id = excluded.last_run_id",
+        (
+            bind::<BigInt, _>(intent.fee_id.0),
+            bind::<Nullable<Text>, _>(Some(intent.key.as_str())),
+            bind::<BigInt, _>(intent.seq),
+            bind::<Nullable<Text>, _>(Some(intent.digest.as_str())),
+            bind::<Nullable<BigInt>, _>(Some(run_id)),
+        ),
+    )
+}
+
 #[derive(Insertable)]
 #[diesel(table_name = cp_fee_links)]
 struct OutcomeRow<'a> {
@@ -336,6 +365,12 @@ pub fn record_push_outcomes(
 ) -> Result<(), DbError> {
     use diesel::sql_types::{Nullable, Timestamp};
     use diesel::upsert::excluded;
+    if let DbConnection::Sqlite(c) = conn {
+        for (push, digest, outcome) in acknowledged {
+            cached_outcome_upsert(push, digest, outcome, run_id, now).execute(c)?;
+        }
+        return Ok(());
+    }
     for chunk in acknowledged.chunks(LINK_BATCH_ROWS) {
         let rows: Vec<OutcomeRow> = chunk
             .iter()
@@ -386,6 +421,48 @@ pub fn record_push_outcomes(
         upsert_rows!(conn, rows, upsert);
     }
     Ok(())
+}
+
+/// One acknowledgement's upsert (as `record_push_outcomes` on PostgreSQL),
+/// kept prepared.
+fn cached_outcome_upsert<'a>(
+    push: &'a FeePush,
+    digest: &'a str,
+    outcome: &'a UpsertOutcome,
+    run_id: i64,
+    now: NaiveDateTime,
+) -> CachedSql<impl Binds<diesel::sqlite::Sqlite> + 'a> {
+    use diesel::sql_types::Timestamp;
+    cached_sql(
+        "INSERT INTO cp_fee_links (fee_id, vendor_fee_id, first_sent_at, last_pushed_at, \
+         pushed_amount_cents, pushed_status, pushed_credit_cents, pushed_digest, pushed_revision, \
+         refused_digest, refused_reason, refused_at, last_run_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fee_id) DO UPDATE SET \
+         vendor_fee_id = excluded.vendor_fee_id, \
+         first_sent_at = COALESCE(cp_fee_links.first_sent_at, excluded.first_sent_at), \
+         last_pushed_at = excluded.last_pushed_at, \
+         pushed_amount_cents = excluded.pushed_amount_cents, \
+         pushed_status = excluded.pushed_status, \
+         pushed_credit_cents = excluded.pushed_credit_cents, \
+         pushed_digest = excluded.pushed_digest, pushed_revision = excluded.pushed_revision, \
+         refused_digest = excluded.refused_digest, refused_reason = excluded.refused_reason, \
+         refused_at = excluded.refused_at, last_run_id = excluded.last_run_id",
+        (
+            bind::<BigInt, _>(push.genesis_fee_id.0),
+            bind::<Nullable<Text>, _>(Some(outcome.vendor_fee_id.as_str())),
+            bind::<Nullable<Timestamp>, _>(Some(now)),
+            bind::<Nullable<Timestamp>, _>(Some(now)),
+            bind::<Nullable<BigInt>, _>(Some(push.amount.cents())),
+            bind::<Nullable<Text>, _>(Some(push.status.as_str())),
+            bind::<Nullable<BigInt>, _>(Some(push.genesis_credit.cents())),
+            bind::<Nullable<Text>, _>(Some(digest)),
+            bind::<Nullable<BigInt>, _>(Some(outcome.revision)),
+            bind::<Nullable<Text>, _>(None::<&str>),
+            bind::<Nullable<Text>, _>(None::<&str>),
+            bind::<Nullable<Timestamp>, _>(None::<NaiveDateTime>),
+            bind::<Nullable<BigInt>, _>(Some(run_id)),
+        ),
+    )
 }
 
 /// Records the vendor id of a fee whose push was sent (its intent is

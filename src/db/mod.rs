@@ -44,6 +44,7 @@ macro_rules! insert_batched {
 
 pub mod audit;
 pub mod balances;
+pub mod cached_sql;
 pub mod cursors;
 pub mod discrepancies;
 pub mod genesis;

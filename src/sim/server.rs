@@ -883,7 +883,11 @@ fn upsert(
 ) -> Result<Reply, ApiError> {
     let key = check_idempotency_key(header_text(&call.headers, "idempotency-key"))?;
     let value: serde_json::Value = parse_json(&call.body)?;
-    let applied = upsert_one(state, Some(id), key, value, lose_write, now)?;
+    check_amount_text("amount", value.get("amount"), false)?;
+    check_amount_text("genesis_credit", value.get("genesis_credit"), true)?;
+    let push: FeePush = serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))?;
+    let applied = upsert_one(state, Some(id), key, push, lose_write, now)?;
     Ok(with_replay_marker(
         bytes_reply(applied.status, applied.body.into_bytes()),
         applied.replayed,
@@ -905,14 +909,10 @@ fn upsert_one(
     state: &mut District,
     path_id: Option<FeeId>,
     key: &str,
-    value: serde_json::Value,
+    push: FeePush,
     lose_write: bool,
     now: NaiveDateTime,
 ) -> Result<Applied, ApiError> {
-    check_amount_text("amount", value.get("amount"), false)?;
-    check_amount_text("genesis_credit", value.get("genesis_credit"), true)?;
-    let push: FeePush = serde_json::from_value(value)
-        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))?;
     if path_id.is_some_and(|id| push.genesis_fee_id != id) {
         return Err(ApiError::unprocessable(
             "id_mismatch",
@@ -974,13 +974,16 @@ fn upsert_batch(
 ) -> Result<Reply, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct BatchItem {
-        idempotency_key: String,
-        fee: serde_json::Value,
+    struct BatchItem<'a> {
+        #[serde(borrow)]
+        idempotency_key: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        fee: &'a serde_json::value::RawValue,
     }
     #[derive(Deserialize)]
-    struct Batch {
-        items: Vec<BatchItem>,
+    struct Batch<'a> {
+        #[serde(borrow)]
+        items: Vec<BatchItem<'a>>,
     }
     let batch: Batch = parse_json(&call.body)?;
     if batch.items.is_empty() || batch.items.len() > FEE_UPSERTS_ITEMS_MAX {
@@ -990,24 +993,55 @@ fn upsert_batch(
         ));
     }
     let lost = faults.lost_writes(plan.write_seed, batch.items.len());
-    let mut results = Vec::with_capacity(batch.items.len());
-    for (item, lose_write) in batch.items.into_iter().zip(lost) {
+    let mut body = Vec::with_capacity(batch.items.len() * 256);
+    body.extend_from_slice(b"{\"results\":[");
+    for (index, (item, lose_write)) in batch.items.into_iter().zip(lost).enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
         let applied = check_idempotency_key(Some(&item.idempotency_key))
-            .and_then(|key| upsert_one(state, None, key, item.fee, lose_write, now));
-        results.push(match applied {
-            Ok(applied) => serde_json::json!({
-                "status": applied.status,
-                "replayed": applied.replayed,
-                "result": serde_json::from_str::<serde_json::Value>(&applied.body)
-                    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?,
-            }),
-            Err(error) => serde_json::json!({
-                "status": error.status,
-                "error": {"code": error.code, "message": error.message},
-            }),
-        });
+            .and_then(|key| Ok((key, batch_fee(item.fee)?)))
+            .and_then(|(key, push)| upsert_one(state, None, key, push, lose_write, now));
+        match applied {
+            Ok(applied) => {
+                // The stored answer is JSON already: it goes in as it is.
+                body.extend_from_slice(
+                    format!(
+                        "{{\"status\":{},\"replayed\":{},\"result\":",
+                        applied.status, applied.replayed
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(applied.body.as_bytes());
+                body.push(b'}');
+            }
+            Err(error) => {
+                let item = serde_json::json!({
+                    "status": error.status,
+                    "error": {"code": error.code, "message": error.message},
+                });
+                serde_json::to_writer(&mut body, &item)
+                    .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+            }
+        }
     }
-    Ok(json_reply(200, &serde_json::json!({ "results": results })))
+    body.extend_from_slice(b"]}");
+    Ok(bytes_reply(200, body))
+}
+
+/// One batch item's fee, checked as `PUT /v1/fees/{id}` checks its body.
+fn batch_fee(raw: &serde_json::value::RawValue) -> Result<FeePush, ApiError> {
+    #[derive(Deserialize)]
+    struct Amounts {
+        amount: Option<serde_json::Value>,
+        genesis_credit: Option<serde_json::Value>,
+    }
+    let amounts: Amounts = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))?;
+    check_amount_text("amount", amounts.amount.as_ref(), false)?;
+    check_amount_text("genesis_credit", amounts.genesis_credit.as_ref(), true)?;
+    serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid fee: {e}")))
 }
 
 // ------------------------------------------------------------ admin surface

@@ -34,8 +34,13 @@ use crate::portal::{
 use crate::reconcile::{fee_push, FeeLink};
 use crate::setup::SetupState;
 
-/// How many outbox entries one drain pass takes at a time.
+/// How many outbox entries one pass of `watch` takes at a time (a stop
+/// waits for at most one such batch).
 pub const OUTBOX_BATCH_MAX: i64 = 500;
+/// How many outbox entries `send-fees` takes at a time: enough for several
+/// push windows, so the database work of one overlaps the sending of the
+/// next.
+pub const SEND_OUTBOX_BATCH_MAX: i64 = 4_000;
 /// How many batches one drain may take before returning (the next run goes on).
 pub const OUTBOX_BATCHES_MAX: usize = 10_000;
 
@@ -169,7 +174,8 @@ struct PushContext {
     txns: HashMap<FeeId, Vec<GenesisTxn>>,
     links: HashMap<FeeId, FeeLink>,
     states: HashMap<FeeId, PushState>,
-    guardians: Vec<GuardianLink>,
+    /// Each student's guardian links (a student with none has no entry).
+    guardians: HashMap<StudentId, Vec<GuardianLink>>,
 }
 
 fn load_context(conn: &mut DbConnection, fee_ids: &[FeeId]) -> Result<PushContext, SyncError> {
@@ -185,6 +191,10 @@ fn load_context(conn: &mut DbConnection, fee_ids: &[FeeId]) -> Result<PushContex
     for txn in txns.records {
         txns_by_fee.entry(txn.fee_id).or_default().push(txn);
     }
+    let mut guardians: HashMap<StudentId, Vec<GuardianLink>> = HashMap::new();
+    for link in genesis::load_guardian_links_for(conn, &students)? {
+        guardians.entry(link.student_id).or_default().push(link);
+    }
     Ok(PushContext {
         fees: fees.records.into_iter().map(|f| (f.id, f)).collect(),
         txns: txns_by_fee,
@@ -196,12 +206,13 @@ fn load_context(conn: &mut DbConnection, fee_ids: &[FeeId]) -> Result<PushContex
             .into_iter()
             .map(|state| (FeeId(state.fee_id), state))
             .collect(),
-        guardians: genesis::load_guardian_links_for(conn, &students)?,
+        guardians,
     })
 }
 
 /// Decides whether a fee may be pushed and builds the push: every field
-/// Community Pass shows, as Genesis says now. Pure.
+/// Community Pass shows, as Genesis says now (`guardians`: the student's
+/// guardian links). Pure.
 fn plan_push(
     fee: &GenesisFee,
     txns: &[GenesisTxn],
@@ -613,7 +624,12 @@ pub fn push_fees(
             },
             Some(fee) => {
                 let txns = context.txns.get(fee_id).map(Vec::as_slice).unwrap_or(&[]);
-                plan_push(fee, txns, link, &context.guardians, setup)
+                let guardians = context
+                    .guardians
+                    .get(&fee.student_id)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                plan_push(fee, txns, link, guardians, setup)
             }
         };
         let decision = planned.and_then(|push| {
@@ -673,10 +689,19 @@ pub fn drain_outbox(
     run_id: i64,
     clock: Clock,
 ) -> Result<PushReport, SyncError> {
-    drain_outbox_until(conn, portal, setup, run_id, clock, &|| false)
+    drain_outbox_until(
+        conn,
+        portal,
+        setup,
+        run_id,
+        clock,
+        SEND_OUTBOX_BATCH_MAX,
+        &|| false,
+    )
 }
 
-/// `drain_outbox` that also stops between batches once `stop()` says so
+/// `drain_outbox`, `batch_max` entries at a time, that also stops between
+/// batches once `stop()` says so
 /// (for `watch`'s graceful shutdown): the batch in hand is always finished
 /// and completed, the rest stays pending for the next run.
 pub fn drain_outbox_until(
@@ -685,6 +710,7 @@ pub fn drain_outbox_until(
     setup: &SetupState,
     run_id: i64,
     clock: Clock,
+    batch_max: i64,
     stop: &dyn Fn() -> bool,
 ) -> Result<PushReport, SyncError> {
     setup.ready_to_send()?;
@@ -696,7 +722,7 @@ pub fn drain_outbox_until(
         if batch > 0 && stop() {
             break;
         }
-        let entries = outbox::pending(conn, OUTBOX_BATCH_MAX)?;
+        let entries = outbox::pending(conn, batch_max)?;
         if entries.is_empty() {
             break;
         }
