@@ -80,15 +80,43 @@ pub fn record(conn: &mut DbConnection, entries: &[AuditEntry]) -> Result<usize, 
             detail: e.detail.as_deref(),
         })
         .collect();
-    if let DbConnection::Sqlite(c) = conn {
+    match conn {
         // One prepared statement for every row (diesel prepares a SQLite
         // batch insert row by row, parsing each).
-        for row in &rows {
-            cached_audit_insert(row).execute(c)?;
+        DbConnection::Sqlite(c) => {
+            for row in &rows {
+                cached_audit_insert(row).execute(c)?;
+            }
         }
-        return Ok(rows.len());
+        // Every row in one statement of fixed text, the columns as arrays.
+        DbConnection::Pg(c) => {
+            for chunk in rows.chunks(crate::db::genesis::INSERT_BATCH_ROWS) {
+                pg_audit_insert(chunk).execute(c)?;
+            }
+        }
     }
-    insert_batched!(conn, cp_audit_log::table, rows)
+    Ok(rows.len())
+}
+
+fn pg_audit_insert<'a>(rows: &'a [AuditRow<'a>]) -> CachedSql<impl Binds<diesel::pg::Pg> + 'a> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamp};
+    fn column<'a, T>(rows: &'a [AuditRow<'a>], get: fn(&AuditRow<'a>) -> T) -> Vec<T> {
+        rows.iter().map(get).collect()
+    }
+    cached_sql(
+        "INSERT INTO cp_audit_log (run_id, at, side, entity, entity_id, action, detail) \
+         SELECT * FROM unnest(?::bigint[], ?::timestamp[], ?::text[], ?::text[], ?::text[], \
+         ?::text[], ?::text[])",
+        (
+            bind::<Array<Nullable<BigInt>>, _>(column(rows, |r| r.run_id)),
+            bind::<Array<Timestamp>, _>(column(rows, |r| r.at)),
+            bind::<Array<Text>, _>(column(rows, |r| r.side)),
+            bind::<Array<Text>, _>(column(rows, |r| r.entity)),
+            bind::<Array<Text>, _>(column(rows, |r| r.entity_id)),
+            bind::<Array<Text>, _>(column(rows, |r| r.action)),
+            bind::<Array<Nullable<Text>>, _>(column(rows, |r| r.detail)),
+        ),
+    )
 }
 
 fn cached_audit_insert<'a>(

@@ -232,33 +232,6 @@ fn ensure(conn: &mut DbConnection, fee_id: FeeId) -> Result<(), DbError> {
 /// statement per link).
 pub const LINK_BATCH_ROWS: usize = 500;
 
-/// Runs `$upsert!(connection, values)` once for all `$rows` on PostgreSQL
-/// and once per row on SQLite.
-macro_rules! upsert_rows {
-    ($conn:expr, $rows:expr, $upsert:ident) => {
-        match $conn {
-            DbConnection::Pg(c) => {
-                $upsert!(c, &$rows)?;
-            }
-            DbConnection::Sqlite(c) => {
-                for row in &$rows {
-                    $upsert!(&mut *c, row)?;
-                }
-            }
-        }
-    };
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = cp_fee_links)]
-struct IntentRow<'a> {
-    fee_id: i64,
-    last_idempotency_key: &'a str,
-    intent_seq: i64,
-    intent_digest: &'a str,
-    last_run_id: i64,
-}
-
 /// One intended write of a fee: its sequence number, content digest and
 /// idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,43 +250,57 @@ pub fn record_push_intents(
     intents: &[&PushIntent],
     run_id: i64,
 ) -> Result<(), DbError> {
-    use diesel::upsert::excluded;
-    if let DbConnection::Sqlite(c) = conn {
-        for intent in intents {
-            cached_intent_upsert(intent, run_id).execute(c)?;
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for intent in intents {
+                cached_intent_upsert(intent, run_id).execute(c)?;
+            }
         }
-        return Ok(());
-    }
-    for chunk in intents.chunks(LINK_BATCH_ROWS) {
-        let rows: Vec<IntentRow> = chunk
-            .iter()
-            .map(|intent| IntentRow {
-                fee_id: intent.fee_id.0,
-                last_idempotency_key: &intent.key,
-                intent_seq: intent.seq,
-                intent_digest: &intent.digest,
-                last_run_id: run_id,
-            })
-            .collect();
-        macro_rules! upsert {
-            ($c:expr, $values:expr) => {
-                diesel::insert_into(cp_fee_links::table)
-                    .values($values)
-                    .on_conflict(cp_fee_links::fee_id)
-                    .do_update()
-                    .set((
-                        cp_fee_links::last_idempotency_key
-                            .eq(excluded(cp_fee_links::last_idempotency_key)),
-                        cp_fee_links::intent_seq.eq(excluded(cp_fee_links::intent_seq)),
-                        cp_fee_links::intent_digest.eq(excluded(cp_fee_links::intent_digest)),
-                        cp_fee_links::last_run_id.eq(excluded(cp_fee_links::last_run_id)),
-                    ))
-                    .execute($c)
-            };
+        DbConnection::Pg(c) => {
+            for chunk in intents.chunks(LINK_BATCH_ROWS) {
+                pg_intent_upsert(chunk, run_id).execute(c)?;
+            }
         }
-        upsert_rows!(conn, rows, upsert);
     }
     Ok(())
+}
+
+/// What an intent's upsert updates on conflict (both backends).
+macro_rules! intent_upsert_set {
+    () => {
+        "ON CONFLICT (fee_id) DO UPDATE SET \
+         last_idempotency_key = excluded.last_idempotency_key, intent_seq = excluded.intent_seq, \
+         intent_digest = excluded.intent_digest, last_run_id = excluded.last_run_id"
+    };
+}
+
+/// Many intents' upsert in one statement of fixed text (the rows go as
+/// arrays), kept prepared.
+fn pg_intent_upsert<'a>(
+    intents: &'a [&'a PushIntent],
+    run_id: i64,
+) -> CachedSql<impl Binds<diesel::pg::Pg> + 'a> {
+    use diesel::sql_types::Array;
+    const SQL: &str = concat!(
+        "INSERT INTO cp_fee_links (fee_id, last_idempotency_key, intent_seq, intent_digest, last_run_id) \
+         SELECT * FROM unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[], ?::bigint[]) ",
+        intent_upsert_set!()
+    );
+    cached_sql(
+        SQL,
+        (
+            bind::<Array<BigInt>, _>(intents.iter().map(|i| i.fee_id.0).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(intents.iter().map(|i| i.key.as_str()).collect::<Vec<_>>()),
+            bind::<Array<BigInt>, _>(intents.iter().map(|i| i.seq).collect::<Vec<_>>()),
+            bind::<Array<Text>, _>(
+                intents
+                    .iter()
+                    .map(|i| i.digest.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            bind::<Array<BigInt>, _>(vec![run_id; intents.len()]),
+        ),
+    )
 }
 
 /// One intent's upsert, kept prepared (SQLite runs one row per statement).
@@ -322,10 +309,11 @@ fn cached_intent_upsert(
     run_id: i64,
 ) -> CachedSql<impl Binds<diesel::sqlite::Sqlite> + '_> {
     cached_sql(
-        "INSERT INTO cp_fee_links (fee_id, last_idempotency_key, intent_seq, intent_digest, last_run_id) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (fee_id) DO UPDATE SET \
-         last_idempotency_key = excluded.last_idempotency_key, intent_seq = excluded.intent_seq, \
-         intent_digest = excluded.intent_digest, last_run_id = excluded.last_run_id",
+        concat!(
+            "INSERT INTO cp_fee_links (fee_id, last_idempotency_key, intent_seq, intent_digest, last_run_id) \
+             VALUES (?, ?, ?, ?, ?) ",
+            intent_upsert_set!()
+        ),
         (
             bind::<BigInt, _>(intent.fee_id.0),
             bind::<Nullable<Text>, _>(Some(intent.key.as_str())),
@@ -336,91 +324,96 @@ fn cached_intent_upsert(
     )
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = cp_fee_links)]
-struct OutcomeRow<'a> {
-    fee_id: i64,
-    vendor_fee_id: &'a str,
-    first_sent_at: NaiveDateTime,
-    last_pushed_at: NaiveDateTime,
-    pushed_amount_cents: i64,
-    pushed_status: &'a str,
-    pushed_credit_cents: i64,
-    pushed_digest: &'a str,
-    pushed_revision: i64,
-    refused_digest: Option<&'a str>,
-    refused_reason: Option<&'a str>,
-    refused_at: Option<NaiveDateTime>,
-    last_run_id: i64,
-}
-
-/// Records what Community Pass acknowledged for each push (`LINK_BATCH_ROWS`
-/// links per statement): the values and digest pushed, the revision it
-/// answered, and no refusal; the first acknowledgement sets `first_sent_at`.
+/// Records what Community Pass acknowledged for each push: the values and
+/// digest pushed, the revision it answered, and no refusal; the first
+/// acknowledgement sets `first_sent_at`.
 pub fn record_push_outcomes(
     conn: &mut DbConnection,
     acknowledged: &[(&FeePush, &str, &UpsertOutcome)],
     run_id: i64,
     now: NaiveDateTime,
 ) -> Result<(), DbError> {
-    use diesel::sql_types::{Nullable, Timestamp};
-    use diesel::upsert::excluded;
-    if let DbConnection::Sqlite(c) = conn {
-        for (push, digest, outcome) in acknowledged {
-            cached_outcome_upsert(push, digest, outcome, run_id, now).execute(c)?;
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for (push, digest, outcome) in acknowledged {
+                cached_outcome_upsert(push, digest, outcome, run_id, now).execute(c)?;
+            }
         }
-        return Ok(());
-    }
-    for chunk in acknowledged.chunks(LINK_BATCH_ROWS) {
-        let rows: Vec<OutcomeRow> = chunk
-            .iter()
-            .map(|(push, digest, outcome)| OutcomeRow {
-                fee_id: push.genesis_fee_id.0,
-                vendor_fee_id: &outcome.vendor_fee_id,
-                first_sent_at: now,
-                last_pushed_at: now,
-                pushed_amount_cents: push.amount.cents(),
-                pushed_status: push.status.as_str(),
-                pushed_credit_cents: push.genesis_credit.cents(),
-                pushed_digest: digest,
-                pushed_revision: outcome.revision,
-                refused_digest: None,
-                refused_reason: None,
-                refused_at: None,
-                last_run_id: run_id,
-            })
-            .collect();
-        let first_sent = diesel::dsl::sql::<Nullable<Timestamp>>(
-            "COALESCE(cp_fee_links.first_sent_at, excluded.first_sent_at)",
-        );
-        macro_rules! upsert {
-            ($c:expr, $values:expr) => {
-                diesel::insert_into(cp_fee_links::table)
-                    .values($values)
-                    .on_conflict(cp_fee_links::fee_id)
-                    .do_update()
-                    .set((
-                        cp_fee_links::vendor_fee_id.eq(excluded(cp_fee_links::vendor_fee_id)),
-                        cp_fee_links::first_sent_at.eq(first_sent.clone()),
-                        cp_fee_links::last_pushed_at.eq(excluded(cp_fee_links::last_pushed_at)),
-                        cp_fee_links::pushed_amount_cents
-                            .eq(excluded(cp_fee_links::pushed_amount_cents)),
-                        cp_fee_links::pushed_status.eq(excluded(cp_fee_links::pushed_status)),
-                        cp_fee_links::pushed_credit_cents
-                            .eq(excluded(cp_fee_links::pushed_credit_cents)),
-                        cp_fee_links::pushed_digest.eq(excluded(cp_fee_links::pushed_digest)),
-                        cp_fee_links::pushed_revision.eq(excluded(cp_fee_links::pushed_revision)),
-                        cp_fee_links::refused_digest.eq(excluded(cp_fee_links::refused_digest)),
-                        cp_fee_links::refused_reason.eq(excluded(cp_fee_links::refused_reason)),
-                        cp_fee_links::refused_at.eq(excluded(cp_fee_links::refused_at)),
-                        cp_fee_links::last_run_id.eq(excluded(cp_fee_links::last_run_id)),
-                    ))
-                    .execute($c)
-            };
+        DbConnection::Pg(c) => {
+            for chunk in acknowledged.chunks(LINK_BATCH_ROWS) {
+                pg_outcome_upsert(chunk, run_id, now).execute(c)?;
+            }
         }
-        upsert_rows!(conn, rows, upsert);
     }
     Ok(())
+}
+
+/// What an acknowledgement's upsert updates on conflict (both backends).
+macro_rules! outcome_upsert_set {
+    () => {
+        "ON CONFLICT (fee_id) DO UPDATE SET \
+         vendor_fee_id = excluded.vendor_fee_id, \
+         first_sent_at = COALESCE(cp_fee_links.first_sent_at, excluded.first_sent_at), \
+         last_pushed_at = excluded.last_pushed_at, \
+         pushed_amount_cents = excluded.pushed_amount_cents, \
+         pushed_status = excluded.pushed_status, \
+         pushed_credit_cents = excluded.pushed_credit_cents, \
+         pushed_digest = excluded.pushed_digest, pushed_revision = excluded.pushed_revision, \
+         refused_digest = NULL, refused_reason = NULL, refused_at = NULL, \
+         last_run_id = excluded.last_run_id"
+    };
+}
+
+/// Many acknowledgements' upsert in one statement of fixed text (the rows
+/// go as arrays), kept prepared.
+fn pg_outcome_upsert<'a>(
+    acknowledged: &'a [(&'a FeePush, &'a str, &'a UpsertOutcome)],
+    run_id: i64,
+    now: NaiveDateTime,
+) -> CachedSql<impl Binds<diesel::pg::Pg> + 'a> {
+    use diesel::sql_types::{Array, Timestamp};
+    const SQL: &str = concat!(
+        "INSERT INTO cp_fee_links (fee_id, vendor_fee_id, first_sent_at, last_pushed_at, \
+         pushed_amount_cents, pushed_status, pushed_credit_cents, pushed_digest, pushed_revision, \
+         last_run_id) \
+         SELECT fee_id, vendor_fee_id, ?, ?, amount, status, credit, digest, revision, ? \
+         FROM unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[], ?::bigint[], ?::text[], \
+         ?::bigint[]) AS r(fee_id, vendor_fee_id, amount, status, credit, digest, revision) ",
+        outcome_upsert_set!()
+    );
+    let column = |get: fn(&(&FeePush, &str, &UpsertOutcome)) -> i64| -> Vec<i64> {
+        acknowledged.iter().map(get).collect()
+    };
+    cached_sql(
+        SQL,
+        (
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(now),
+            bind::<BigInt, _>(run_id),
+            bind::<Array<BigInt>, _>(column(|(push, _, _)| push.genesis_fee_id.0)),
+            bind::<Array<Text>, _>(
+                acknowledged
+                    .iter()
+                    .map(|(_, _, outcome)| outcome.vendor_fee_id.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            bind::<Array<BigInt>, _>(column(|(push, _, _)| push.amount.cents())),
+            bind::<Array<Text>, _>(
+                acknowledged
+                    .iter()
+                    .map(|(push, _, _)| push.status.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            bind::<Array<BigInt>, _>(column(|(push, _, _)| push.genesis_credit.cents())),
+            bind::<Array<Text>, _>(
+                acknowledged
+                    .iter()
+                    .map(|(_, digest, _)| *digest)
+                    .collect::<Vec<_>>(),
+            ),
+            bind::<Array<BigInt>, _>(column(|(_, _, outcome)| outcome.revision)),
+        ),
+    )
 }
 
 /// One acknowledgement's upsert (as `record_push_outcomes` on PostgreSQL),
@@ -434,33 +427,24 @@ fn cached_outcome_upsert<'a>(
 ) -> CachedSql<impl Binds<diesel::sqlite::Sqlite> + 'a> {
     use diesel::sql_types::Timestamp;
     cached_sql(
-        "INSERT INTO cp_fee_links (fee_id, vendor_fee_id, first_sent_at, last_pushed_at, \
-         pushed_amount_cents, pushed_status, pushed_credit_cents, pushed_digest, pushed_revision, \
-         refused_digest, refused_reason, refused_at, last_run_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fee_id) DO UPDATE SET \
-         vendor_fee_id = excluded.vendor_fee_id, \
-         first_sent_at = COALESCE(cp_fee_links.first_sent_at, excluded.first_sent_at), \
-         last_pushed_at = excluded.last_pushed_at, \
-         pushed_amount_cents = excluded.pushed_amount_cents, \
-         pushed_status = excluded.pushed_status, \
-         pushed_credit_cents = excluded.pushed_credit_cents, \
-         pushed_digest = excluded.pushed_digest, pushed_revision = excluded.pushed_revision, \
-         refused_digest = excluded.refused_digest, refused_reason = excluded.refused_reason, \
-         refused_at = excluded.refused_at, last_run_id = excluded.last_run_id",
+        concat!(
+            "INSERT INTO cp_fee_links (fee_id, vendor_fee_id, first_sent_at, last_pushed_at, \
+             pushed_amount_cents, pushed_status, pushed_credit_cents, pushed_digest, \
+             pushed_revision, last_run_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ",
+            outcome_upsert_set!()
+        ),
         (
             bind::<BigInt, _>(push.genesis_fee_id.0),
-            bind::<Nullable<Text>, _>(Some(outcome.vendor_fee_id.as_str())),
-            bind::<Nullable<Timestamp>, _>(Some(now)),
-            bind::<Nullable<Timestamp>, _>(Some(now)),
-            bind::<Nullable<BigInt>, _>(Some(push.amount.cents())),
-            bind::<Nullable<Text>, _>(Some(push.status.as_str())),
-            bind::<Nullable<BigInt>, _>(Some(push.genesis_credit.cents())),
-            bind::<Nullable<Text>, _>(Some(digest)),
-            bind::<Nullable<BigInt>, _>(Some(outcome.revision)),
-            bind::<Nullable<Text>, _>(None::<&str>),
-            bind::<Nullable<Text>, _>(None::<&str>),
-            bind::<Nullable<Timestamp>, _>(None::<NaiveDateTime>),
-            bind::<Nullable<BigInt>, _>(Some(run_id)),
+            bind::<Text, _>(outcome.vendor_fee_id.as_str()),
+            bind::<Timestamp, _>(now),
+            bind::<Timestamp, _>(now),
+            bind::<BigInt, _>(push.amount.cents()),
+            bind::<Text, _>(push.status.as_str()),
+            bind::<BigInt, _>(push.genesis_credit.cents()),
+            bind::<Text, _>(digest),
+            bind::<BigInt, _>(outcome.revision),
+            bind::<BigInt, _>(run_id),
         ),
     )
 }

@@ -21,8 +21,20 @@ pub struct OutboxEntry {
 
 /// The oldest pending entries, at most `limit`.
 pub fn pending(conn: &mut DbConnection, limit: i64) -> Result<Vec<OutboxEntry>, DbError> {
+    pending_after(conn, 0, limit)
+}
+
+/// The oldest pending entries after entry `after_id` (a drain's position:
+/// the entries it already took, completed or failed, are not read again,
+/// nor the index entries of the ones completed before).
+pub fn pending_after(
+    conn: &mut DbConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<OutboxEntry>, DbError> {
     Ok(cp_outbox::table
         .filter(cp_outbox::processed_at.is_null())
+        .filter(cp_outbox::id.gt(after_id))
         .order(cp_outbox::id)
         .limit(limit)
         .select(OutboxEntry::as_select())

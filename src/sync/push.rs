@@ -718,14 +718,18 @@ pub fn drain_outbox_until(
     let waiting = outbox::pending_count(conn)?;
     let mut progress =
         super::progress::Progress::new("outbox entries handled", Some(waiting as u64));
+    // Each entry is taken once per drain: one that fails stays pending for
+    // the next run instead of coming round again in this one.
+    let mut after_id = 0;
     for batch in 0..OUTBOX_BATCHES_MAX {
         if batch > 0 && stop() {
             break;
         }
-        let entries = outbox::pending(conn, batch_max)?;
-        if entries.is_empty() {
+        let entries = outbox::pending_after(conn, after_id, batch_max)?;
+        let Some(last) = entries.last() else {
             break;
-        }
+        };
+        after_id = last.id;
         let mut fee_ids: Vec<FeeId> = entries.iter().map(|e| FeeId(e.fee_id)).collect();
         fee_ids.sort();
         fee_ids.dedup();
