@@ -399,6 +399,9 @@ fn send_all(
     batches.into_iter().flatten().collect()
 }
 
+/// What Community Pass answered to each push, in order.
+type Answers = Vec<Result<UpsertOutcome, PortalError>>;
+
 /// How many pushes one window carries: its intents are recorded before it
 /// is sent, its outcomes after, while the next window is on the wire.
 pub const PUSH_WINDOW_MAX: usize = 2_000;
@@ -414,7 +417,7 @@ fn send_in_windows(
     acknowledged: &HashSet<FeeId>,
     run_id: i64,
     clock: Clock,
-) -> Result<(Vec<Result<UpsertOutcome, PortalError>>, Vec<PushOutcome>), SyncError> {
+) -> Result<(Answers, Vec<PushOutcome>), SyncError> {
     let windows: Vec<&[(FeePush, PushIntent)]> = to_send.chunks(PUSH_WINDOW_MAX).collect();
     let mut results = Vec::with_capacity(to_send.len());
     let mut outcomes = Vec::with_capacity(to_send.len());
