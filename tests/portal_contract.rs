@@ -167,14 +167,17 @@ fn a_batch_upsert_answers_each_fee_in_order() {
     assert_eq!(sim.stats().requests, 1, "one call for three fees");
 
     let changed = push(2, 5, 1_500);
-    let mut invalid = push(4, 6, 1_000);
-    invalid.genesis_credit = Money::from_cents(-5_000);
-    let invalid_key = first_intent_key(&invalid);
+    let mut refund_too_large = push(7, 6, 1_000);
+    refund_too_large.genesis_credit = Money::from_cents(-5_000);
+    let refund_key = first_intent_key(&refund_too_large);
+    let new_fee = push(4, 6, 900);
+    let new_key = first_intent_key(&new_fee);
     let again: Vec<(&FeePush, &str)> = vec![
         (&fees[0], &keys[0]),
         (&changed, &keys[1]),
-        (&invalid, &invalid_key),
+        (&new_fee, &new_key),
         (&fees[2], &keys[2]),
+        (&refund_too_large, &refund_key),
     ];
     let results = portal.upsert_fees(&again);
     let replayed = results[0].as_ref().unwrap();
@@ -184,19 +187,45 @@ fn a_batch_upsert_answers_each_fee_in_order() {
         "{:?}",
         results[1]
     );
-    assert!(
-        matches!(
-            &results[2],
-            Err(PortalError::Validation { status: 422, .. })
-        ),
-        "{:?}",
-        results[2]
-    );
+    assert!(results[2].as_ref().unwrap().created, "{:?}", results[2]);
     assert!(results[3].as_ref().unwrap().replayed);
-    assert_eq!(admin.summary().unwrap().fees, 3, "nothing else created");
+    assert!(
+        matches!(&results[4], Err(PortalError::Validation { status: 422, code, .. }) if code == "invalid_amount"),
+        "a rule the schema cannot state refuses its item only: {:?}",
+        results[4]
+    );
+    assert_eq!(admin.summary().unwrap().fees, 4);
     assert_eq!(
         portal.fee(FeeId(2)).unwrap().amount,
         Money::from_cents(1_000)
+    );
+
+    // A fee that breaks the schema makes the server refuse the whole
+    // batch; the client then sends each fee alone: only that one is refused.
+    let mut invalid = push(6, 6, 1_000);
+    invalid.description = "d".repeat(201);
+    let fine = push(5, 6, 1_000);
+    let (invalid_key, fine_key) = (first_intent_key(&invalid), first_intent_key(&fine));
+    let requests = sim.stats().requests;
+    let results = portal.upsert_fees(&[(&fine, &fine_key), (&invalid, &invalid_key)]);
+    assert!(results[0].as_ref().unwrap().created, "{:?}", results[0]);
+    assert!(
+        matches!(
+            &results[1],
+            Err(PortalError::Validation { status: 422, .. })
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(
+        sim.stats().requests - requests,
+        3,
+        "the batch, then each fee alone"
+    );
+    assert_eq!(
+        admin.summary().unwrap().fees,
+        5,
+        "the fine fee, not the invalid one"
     );
 }
 

@@ -72,8 +72,11 @@ macro_rules! binds_for_tuples {
     };
 }
 
+binds_for_tuples!(A);
 binds_for_tuples!(A, B, C, D, E);
+binds_for_tuples!(A, B, C, D, E, F);
 binds_for_tuples!(A, B, C, D, E, F, G);
+binds_for_tuples!(A, B, C, D, E, F, G, H);
 binds_for_tuples!(A, B, C, D, E, F, G, H, I, J);
 
 /// A fixed SQL template and its binds, one per `?` in order.

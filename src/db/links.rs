@@ -485,21 +485,30 @@ pub fn lock_amounts(
     if let DbConnection::Pg(pg) = conn {
         return lock_amounts_in_batches(pg, locks, run_id, now);
     }
+    let DbConnection::Sqlite(c) = conn else {
+        unreachable!("PostgreSQL locks in batches above");
+    };
     let mut newly_locked = Vec::new();
     for (fee_id, by_txn) in locks {
-        ensure(conn, *fee_id)?;
-        let changed = diesel::update(
-            cp_fee_links::table
-                .find(fee_id.0)
-                .filter(cp_fee_links::amount_locked.eq(false)),
+        // Two statements kept prepared, run once per fee.
+        cached_sql(
+            "INSERT INTO cp_fee_links (fee_id) VALUES (?) ON CONFLICT DO NOTHING",
+            (bind::<BigInt, _>(fee_id.0),),
         )
-        .set((
-            cp_fee_links::amount_locked.eq(true),
-            cp_fee_links::locked_at.eq(now),
-            cp_fee_links::locked_by_vendor_txn.eq(by_txn.as_ref().map(|t| t.0.as_str())),
-            cp_fee_links::last_run_id.eq(run_id),
-        ))
-        .execute(conn)?;
+        .execute(c)?;
+        let changed = cached_sql(
+            "UPDATE cp_fee_links SET amount_locked = ?, locked_at = ?, \
+             locked_by_vendor_txn = ?, last_run_id = ? WHERE fee_id = ? AND amount_locked = ?",
+            (
+                bind::<diesel::sql_types::Bool, _>(true),
+                bind::<diesel::sql_types::Timestamp, _>(now),
+                bind::<Nullable<Text>, _>(by_txn.as_ref().map(|t| t.0.as_str())),
+                bind::<Nullable<BigInt>, _>(run_id),
+                bind::<BigInt, _>(fee_id.0),
+                bind::<diesel::sql_types::Bool, _>(false),
+            ),
+        )
+        .execute(c)?;
         if changed > 0 {
             newly_locked.push(*fee_id);
         }

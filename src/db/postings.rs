@@ -140,12 +140,26 @@ fn insert_new(conn: &mut DbConnection, rows: &[PostingRow]) -> Result<Vec<String
         }
         DbConnection::Sqlite(c) => {
             let mut ids = Vec::new();
+            use super::cached_sql::{bind, cached_sql};
+            use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
             for row in rows {
-                let count = diesel::insert_into(fee_transactions::table)
-                    .values(row)
-                    .on_conflict(fee_transactions::vendor_txn_id)
-                    .do_nothing()
-                    .execute(c)?;
+                // Kept prepared: one parse for the whole pull.
+                let count = cached_sql(
+                    "INSERT INTO fee_transactions (fee_id, kind, amount_cents, method, source, \
+                     vendor_txn_id, posted_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (vendor_txn_id) DO NOTHING",
+                    (
+                        bind::<BigInt, _>(row.fee_id),
+                        bind::<Text, _>(row.kind),
+                        bind::<BigInt, _>(row.amount_cents),
+                        bind::<Text, _>(row.method),
+                        bind::<Text, _>(row.source),
+                        bind::<Nullable<Text>, _>(Some(row.vendor_txn_id)),
+                        bind::<Timestamp, _>(row.posted_at),
+                        bind::<Nullable<Text>, _>(row.note.as_deref()),
+                    ),
+                )
+                .execute(c)?;
                 if count == 1 {
                     ids.push(row.vendor_txn_id.to_string());
                 }

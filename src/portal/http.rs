@@ -1094,6 +1094,12 @@ impl CommunityPass for HttpPortal {
                 self.no_batch_write.store(true, Ordering::Relaxed);
                 self.upsert_fees(items)
             }
+            // One fee broke the contract and the server refused the whole
+            // batch: each fee alone, so only that one is refused.
+            Err(BatchRefused::Failed(PortalError::Validation { .. })) => items
+                .iter()
+                .map(|(fee, key)| self.upsert_fee(fee, key))
+                .collect(),
             Err(BatchRefused::Failed(error)) => items.iter().map(|_| Err(error.clone())).collect(),
         }
     }

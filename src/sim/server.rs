@@ -963,8 +963,11 @@ fn upsert_one(
 
 /// `POST /v1/fee-upserts`: each item is the upsert `PUT /v1/fees/{id}`
 /// would make, with its own idempotency key, answered in order in one
-/// `200` (an item refused carries its own status and error). A lost write
-/// (a fault) is drawn item by item.
+/// `200` (an item refused — a reused key, a locked amount, a refund larger
+/// than the fee — carries its own status and error). An item that breaks
+/// the schema (its key or fee malformed or out of bounds) refuses the whole
+/// request (422 naming it) with nothing applied. A lost write (a fault) is
+/// drawn item by item.
 fn upsert_batch(
     state: &mut District,
     call: &Call,
@@ -992,16 +995,35 @@ fn upsert_batch(
             format!("items must hold 1 to {FEE_UPSERTS_ITEMS_MAX} fees"),
         ));
     }
-    let lost = faults.lost_writes(plan.write_seed, batch.items.len());
-    let mut body = Vec::with_capacity(batch.items.len() * 256);
+    // A request that breaks the schema is refused whole (422 naming the
+    // item), nothing applied; a rule the schema cannot state (a refund
+    // larger than the fee) refuses its item only, as a single PUT would.
+    let mut checked = Vec::with_capacity(batch.items.len());
+    for (index, item) in batch.items.iter().enumerate() {
+        let valid = check_idempotency_key(Some(&item.idempotency_key))
+            .and_then(|key| Ok((key, batch_fee(item.fee)?)))
+            .and_then(|(key, push)| {
+                crate::sim::state::validate_push_fields(&push)?;
+                Ok((key, push))
+            });
+        match valid {
+            Ok(item) => checked.push(item),
+            Err(error) => {
+                return Err(ApiError::unprocessable(
+                    error.code,
+                    format!("items[{index}]: {}", error.message),
+                ))
+            }
+        }
+    }
+    let lost = faults.lost_writes(plan.write_seed, checked.len());
+    let mut body = Vec::with_capacity(checked.len() * 256);
     body.extend_from_slice(b"{\"results\":[");
-    for (index, (item, lose_write)) in batch.items.into_iter().zip(lost).enumerate() {
+    for (index, ((key, push), lose_write)) in checked.into_iter().zip(lost).enumerate() {
         if index > 0 {
             body.push(b',');
         }
-        let applied = check_idempotency_key(Some(&item.idempotency_key))
-            .and_then(|key| Ok((key, batch_fee(item.fee)?)))
-            .and_then(|(key, push)| upsert_one(state, None, key, push, lose_write, now));
+        let applied = upsert_one(state, None, key, push, lose_write, now);
         match applied {
             Ok(applied) => {
                 // The stored answer is JSON already: it goes in as it is.

@@ -248,8 +248,25 @@ fn check_not_negative(field: &str, value: Money) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a fee push against the bounds the API document states.
+/// Checks a fee push against the bounds the API document states, and the
+/// rule it states in words (a Genesis refund never larger than the fee).
 pub fn validate_push(push: &FeePush) -> Result<(), ApiError> {
+    validate_push_fields(push)?;
+    if push.genesis_credit.is_negative() && -push.genesis_credit > push.amount {
+        return Err(ApiError::unprocessable(
+            "invalid_amount",
+            format!(
+                "genesis_credit {} is a Genesis refund larger than the fee's amount {}",
+                push.genesis_credit, push.amount
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks each field of a fee push against the bounds the API document's
+/// schema states (what a schema validator would refuse).
+pub fn validate_push_fields(push: &FeePush) -> Result<(), ApiError> {
     check_id("genesis_fee_id", push.genesis_fee_id.0)?;
     check_id("student_id", push.student_id.0)?;
     check_text("patron_id", &push.patron_id, PATRON_ID_CHARS_MAX)?;
@@ -265,17 +282,7 @@ pub fn validate_push(push: &FeePush) -> Result<(), ApiError> {
     for guardian in &push.guardian_ids {
         check_id("guardian_ids[]", guardian.0)?;
     }
-    check_not_negative("amount", push.amount)?;
-    if push.genesis_credit.is_negative() && -push.genesis_credit > push.amount {
-        return Err(ApiError::unprocessable(
-            "invalid_amount",
-            format!(
-                "genesis_credit {} is a Genesis refund larger than the fee's amount {}",
-                push.genesis_credit, push.amount
-            ),
-        ));
-    }
-    Ok(())
+    check_not_negative("amount", push.amount)
 }
 
 fn positive(field: &str, amount: Money) -> Result<Money, ApiError> {
