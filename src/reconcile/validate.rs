@@ -256,6 +256,50 @@ pub fn facts_of(
     (facts, posted)
 }
 
+/// `facts_of` for just what judging `txns` reads: the fees they name, the
+/// fees their ids are already posted on, and the fees of the payments they
+/// undo (with every posting on those fees). Judging `txns` against these
+/// facts gives the verdicts it gives against the whole of Genesis.
+pub fn facts_for(
+    txns: &[&VendorTxn],
+    fees: &[GenesisFee],
+    links: &[FeeLink],
+    genesis_txns: &[GenesisTxn],
+) -> (HashMap<FeeId, FeeFacts>, Vec<PostedTxn>) {
+    let named: std::collections::HashSet<&VendorTxnId> = txns
+        .iter()
+        .flat_map(|txn| std::iter::once(&txn.id).chain(txn.reverses.as_ref()))
+        .collect();
+    let mut wanted: std::collections::HashSet<FeeId> =
+        txns.iter().filter_map(|txn| txn.genesis_fee_id).collect();
+    wanted.extend(
+        genesis_txns
+            .iter()
+            .filter(|txn| {
+                txn.vendor_txn_id
+                    .as_ref()
+                    .is_some_and(|id| named.contains(id))
+            })
+            .map(|txn| txn.fee_id),
+    );
+    let fees: Vec<GenesisFee> = fees
+        .iter()
+        .filter(|fee| wanted.contains(&fee.id))
+        .cloned()
+        .collect();
+    let links: Vec<FeeLink> = links
+        .iter()
+        .filter(|link| wanted.contains(&link.fee_id))
+        .cloned()
+        .collect();
+    let genesis_txns: Vec<GenesisTxn> = genesis_txns
+        .iter()
+        .filter(|txn| wanted.contains(&txn.fee_id))
+        .cloned()
+        .collect();
+    facts_of(&fees, &links, &genesis_txns)
+}
+
 /// Judges every record of a batch (in any order; judged in sequence
 /// order). The verdicts are in the order of `txns`.
 pub fn judge(txns: &[&VendorTxn], known: Known<'_>, now: NaiveDateTime) -> Vec<Verdict> {
@@ -503,6 +547,82 @@ mod tests {
             Verdict::AlreadyPosted(_) => "already",
             Verdict::Duplicate => "duplicate",
             Verdict::CommunityPassOnly => "cp_only",
+        }
+    }
+
+    fn genesis_fee(id: i64, status: FeeStatus) -> GenesisFee {
+        GenesisFee {
+            id: FeeId(id),
+            student_id: StudentId(if id == 12 { 100002 } else { 100001 }),
+            category: "BUS".into(),
+            school: "HS".into(),
+            description: "Bus".into(),
+            amount: Money::from_cents(9900),
+            fee_date: at(1).date(),
+            due_date: None,
+            status,
+            created_at: at(1),
+            modified_at: at(1),
+        }
+    }
+
+    fn kind_of(index: u8) -> TxnKind {
+        [
+            TxnKind::Payment,
+            TxnKind::Refund,
+            TxnKind::Waiver,
+            TxnKind::Reversal,
+        ][usize::from(index % 4)]
+    }
+
+    proptest! {
+        /// Judging a batch against `facts_for` (just what it reads) gives
+        /// the verdicts of judging it against the whole of Genesis.
+        #[test]
+        fn facts_for_a_batch_judge_as_the_whole_of_genesis(
+            postings in proptest::collection::vec((0u8..8, 10i64..16, 0u8..4, 1i64..5000), 0..12),
+            batch in proptest::collection::vec(
+                (0u8..10, 10i64..16, 0u8..4, 1i64..5000, proptest::option::of(0u8..10)),
+                1..8,
+            ),
+        ) {
+            let fees: Vec<GenesisFee> = (10..16)
+                .map(|id| genesis_fee(id, if id == 11 { FeeStatus::Void } else { FeeStatus::Open }))
+                .collect();
+            let links: Vec<FeeLink> = (10..16)
+                .map(|id| FeeLink {
+                    vendor_fee_id: Some(format!("CPF{id}")),
+                    ..FeeLink::unsent(FeeId(id))
+                })
+                .collect();
+            let genesis_txns: Vec<GenesisTxn> = postings
+                .iter()
+                .enumerate()
+                .map(|(i, (id, fee, kind, cents))| GenesisTxn {
+                    id: i as i64,
+                    fee_id: FeeId(*fee),
+                    kind: kind_of(*kind),
+                    amount: Money::from_cents(*cents),
+                    method: "card".into(),
+                    source: crate::domain::TxnSource::CommunityPass,
+                    vendor_txn_id: Some(VendorTxnId(format!("P{id}"))),
+                    posted_at: at(2),
+                })
+                .collect();
+            let txns: Vec<VendorTxn> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (id, fee, kind, cents, reverses))| VendorTxn {
+                    reverses: reverses.map(|r| VendorTxnId(format!("P{r}"))),
+                    ..txn(&format!("P{id}"), i as i64, *fee, kind_of(*kind), *cents)
+                })
+                .collect();
+            let refs: Vec<&VendorTxn> = txns.iter().collect();
+            let (all_fees, all_posted) = facts_of(&fees, &links, &genesis_txns);
+            let (some_fees, some_posted) = facts_for(&refs, &fees, &links, &genesis_txns);
+            let whole = judge(&refs, Known { fees: &all_fees, posted: &all_posted }, at(12));
+            let just = judge(&refs, Known { fees: &some_fees, posted: &some_posted }, at(12));
+            prop_assert_eq!(whole, just);
         }
     }
 

@@ -1129,8 +1129,8 @@ fn hold_what_does_not_belong(
     if planned.is_empty() {
         return Vec::new();
     }
-    let (fees, posted) = validate::facts_of(&genesis.fees, &genesis.links, &genesis.txns);
     let txns: Vec<&VendorTxn> = planned.iter().map(|(_, t)| *t).collect();
+    let (fees, posted) = validate::facts_for(&txns, &genesis.fees, &genesis.links, &genesis.txns);
     let known = validate::Known {
         fees: &fees,
         posted: &posted,
