@@ -171,6 +171,14 @@ fn stops_and_crashes_lose_nothing(backend: Backend) {
         queued > 2 * push::OUTBOX_BATCH_MAX,
         "several batches wait: {queued}"
     );
+    // Each batch of pushes takes a moment, so a drain is still going when
+    // the signals come (batch writes drain these few fees in milliseconds).
+    env.admin
+        .set_faults(&cpsync::sim::FaultConfig {
+            latency_ms: 150,
+            ..cpsync::sim::FaultConfig::default()
+        })
+        .unwrap();
 
     // SIGTERM while draining: the batch in hand is finished and recorded.
     let watch = spawn_watch(&env);
@@ -189,7 +197,14 @@ fn stops_and_crashes_lose_nothing(backend: Backend) {
     until_fees_in_community_pass(&env, sent + 1);
     watch.kill().expect("SIGKILL");
     let _ = watch.wait();
+    assert!(
+        outbox::pending_count(&mut env.conn()).unwrap() > 0,
+        "the kill came while the drain was going"
+    );
 
+    env.admin
+        .set_faults(&cpsync::sim::FaultConfig::default())
+        .unwrap();
     env.ok(&["watch", "--once"]);
     assert_eq!(outbox::pending_count(&mut env.conn()).unwrap(), 0);
     let cutoff = chrono::NaiveDate::from_ymd_opt(2026, 8, 1).unwrap();
