@@ -138,6 +138,14 @@ fn upsert_is_idempotent_and_conflicts_on_a_reused_key() {
     );
 }
 
+/// Each fee with its key, as `upsert_fees` takes them.
+fn items_of<'a>(fees: &'a [FeePush], keys: &'a [String]) -> Vec<(&'a FeePush, &'a str)> {
+    fees.iter()
+        .zip(keys)
+        .map(|(f, k)| (f, k.as_str()))
+        .collect()
+}
+
 /// `POST /v1/fee-upserts`: each item as `PUT /v1/fees/{id}` would answer
 /// it, in order; a replay, a conflict or an invalid fee touches only its
 /// own item.
@@ -151,11 +159,7 @@ fn a_batch_upsert_answers_each_fee_in_order() {
     );
     let fees = [push(1, 5, 2_500), push(2, 5, 1_000), push(3, 6, 700)];
     let keys: Vec<String> = fees.iter().map(first_intent_key).collect();
-    let items: Vec<(&FeePush, &str)> = fees
-        .iter()
-        .zip(&keys)
-        .map(|(f, k)| (f, k.as_str()))
-        .collect();
+    let items = items_of(&fees, &keys);
     let first = portal.upsert_fees(&items);
     assert_eq!(first.len(), 3);
     for (fee, result) in fees.iter().zip(&first) {
@@ -245,11 +249,7 @@ fn a_lost_batch_answer_is_retried_and_replayed() {
         .map(|id| push(id, 5 + id % 7, 1_000 + id))
         .collect();
     let keys: Vec<String> = fees.iter().map(first_intent_key).collect();
-    let items: Vec<(&FeePush, &str)> = fees
-        .iter()
-        .zip(&keys)
-        .map(|(f, k)| (f, k.as_str()))
-        .collect();
+    let items = items_of(&fees, &keys);
     for chunk in items.chunks(40) {
         for result in portal.upsert_fees(chunk) {
             result.unwrap();
@@ -308,11 +308,7 @@ fn a_server_without_batch_writes_gets_fees_one_by_one() {
     let portal = client(&format!("http://{address}"), TEST_KEY, 0, 100);
     let fees = [push(1, 5, 1_000), push(2, 5, 1_000)];
     let keys: Vec<String> = fees.iter().map(first_intent_key).collect();
-    let items: Vec<(&FeePush, &str)> = fees
-        .iter()
-        .zip(&keys)
-        .map(|(f, k)| (f, k.as_str()))
-        .collect();
+    let items = items_of(&fees, &keys);
     let results = portal.upsert_fees(&items);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(portal.upsert_batch_max(), 1, "no batch asked for again");

@@ -86,25 +86,11 @@ fn only_fees(
         .filter(|fee| fees.contains(&fee.genesis_fee_id))
         .cloned()
         .collect();
-    let mut fee_by_vendor_id: Option<HashMap<&str, FeeId>> = None;
+    let mut fee_keys = super::case::TxnFeeKeys::new(vendor);
     let vendor_txns = vendor
         .txns
         .iter()
-        .filter(|txn| {
-            let key = txn.genesis_fee_id.or_else(|| {
-                fee_by_vendor_id
-                    .get_or_insert_with(|| {
-                        vendor
-                            .fees
-                            .iter()
-                            .map(|fee| (fee.vendor_fee_id.as_str(), fee.genesis_fee_id))
-                            .collect()
-                    })
-                    .get(txn.vendor_fee_id.as_str())
-                    .copied()
-            });
-            key.is_some_and(|fee| fees.contains(&fee))
-        })
+        .filter(|txn| fee_keys.key_of(txn).is_some_and(|fee| fees.contains(&fee)))
         .cloned()
         .collect();
     let students: HashSet<_> = genesis_fees

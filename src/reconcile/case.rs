@@ -244,6 +244,39 @@ fn sorted_by<T: Copy>(mut items: Vec<T>, key: impl Fn(&T) -> FeeId) -> Vec<T> {
 /// Sorts both snapshots by fee id. A Community Pass transaction is keyed by
 /// its Genesis fee id, else by the fee its vendor fee id names, else `None`
 /// (kept only when the scope includes its student).
+/// The Genesis fee each Community Pass transaction belongs to: the one it
+/// names, else the one whose Community Pass fee id it carries (those ids
+/// are gathered only once a transaction names no Genesis fee).
+pub(crate) struct TxnFeeKeys<'a> {
+    vendor: &'a VendorSnapshot,
+    by_vendor_fee_id: Option<FxHashMap<&'a str, FeeId>>,
+}
+
+impl<'a> TxnFeeKeys<'a> {
+    pub(crate) fn new(vendor: &'a VendorSnapshot) -> TxnFeeKeys<'a> {
+        TxnFeeKeys {
+            vendor,
+            by_vendor_fee_id: None,
+        }
+    }
+
+    pub(crate) fn key_of(&mut self, txn: &VendorTxn) -> Option<FeeId> {
+        let vendor = self.vendor;
+        txn.genesis_fee_id.or_else(|| {
+            self.by_vendor_fee_id
+                .get_or_insert_with(|| {
+                    vendor
+                        .fees
+                        .iter()
+                        .map(|fee| (fee.vendor_fee_id.as_str(), fee.genesis_fee_id))
+                        .collect()
+                })
+                .get(txn.vendor_fee_id.as_str())
+                .copied()
+        })
+    }
+}
+
 pub(crate) fn index<'a>(
     genesis: &'a GenesisSnapshot,
     vendor: &'a VendorSnapshot,
@@ -257,23 +290,11 @@ pub(crate) fn index<'a>(
     let vendor_fees = sorted_by(vendor.fees.iter().enumerate().collect(), |(_, fee)| {
         fee.genesis_fee_id
     });
-    // Only transactions without a Genesis fee id need the vendor fee ids.
-    let mut fee_by_vendor_id: Option<FxHashMap<&str, FeeId>> = None;
+    let mut fee_keys = TxnFeeKeys::new(vendor);
     let mut keyed: Vec<(Option<FeeId>, usize, &'a VendorTxn)> =
         Vec::with_capacity(vendor.txns.len());
     for (index, txn) in vendor.txns.iter().enumerate() {
-        let key = txn.genesis_fee_id.or_else(|| {
-            fee_by_vendor_id
-                .get_or_insert_with(|| {
-                    vendor
-                        .fees
-                        .iter()
-                        .map(|fee| (fee.vendor_fee_id.as_str(), fee.genesis_fee_id))
-                        .collect()
-                })
-                .get(txn.vendor_fee_id.as_str())
-                .copied()
-        });
+        let key = fee_keys.key_of(txn);
         if key.is_none() && !scope.includes(None, txn.student_id) {
             continue;
         }
