@@ -415,8 +415,7 @@ fn connect_sqlite(path: &Path, mode: OpenMode) -> Result<diesel::SqliteConnectio
         "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;"
+         PRAGMA foreign_keys = ON;"
     ))
     .map_err(|e| open_error(one_line(&e.to_string())))?;
     Ok(conn)
