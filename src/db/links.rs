@@ -381,37 +381,27 @@ fn pg_outcome_upsert<'a>(
          ?::bigint[]) AS r(fee_id, vendor_fee_id, amount, status, credit, digest, revision) ",
         outcome_upsert_set!()
     );
-    let column = |get: fn(&(&FeePush, &str, &UpsertOutcome)) -> i64| -> Vec<i64> {
-        acknowledged.iter().map(get).collect()
-    };
+    fn column<'a, T>(
+        rows: &'a [(&'a FeePush, &'a str, &'a UpsertOutcome)],
+        get: fn(&'a (&'a FeePush, &'a str, &'a UpsertOutcome)) -> T,
+    ) -> Vec<T> {
+        rows.iter().map(get).collect()
+    }
     cached_sql(
         SQL,
         (
             bind::<Timestamp, _>(now),
             bind::<Timestamp, _>(now),
             bind::<BigInt, _>(run_id),
-            bind::<Array<BigInt>, _>(column(|(push, _, _)| push.genesis_fee_id.0)),
-            bind::<Array<Text>, _>(
-                acknowledged
-                    .iter()
-                    .map(|(_, _, outcome)| outcome.vendor_fee_id.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            bind::<Array<BigInt>, _>(column(|(push, _, _)| push.amount.cents())),
-            bind::<Array<Text>, _>(
-                acknowledged
-                    .iter()
-                    .map(|(push, _, _)| push.status.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            bind::<Array<BigInt>, _>(column(|(push, _, _)| push.genesis_credit.cents())),
-            bind::<Array<Text>, _>(
-                acknowledged
-                    .iter()
-                    .map(|(_, digest, _)| *digest)
-                    .collect::<Vec<_>>(),
-            ),
-            bind::<Array<BigInt>, _>(column(|(_, _, outcome)| outcome.revision)),
+            bind::<Array<BigInt>, _>(column(acknowledged, |(push, _, _)| push.genesis_fee_id.0)),
+            bind::<Array<Text>, _>(column(acknowledged, |(_, _, o)| o.vendor_fee_id.as_str())),
+            bind::<Array<BigInt>, _>(column(acknowledged, |(push, _, _)| push.amount.cents())),
+            bind::<Array<Text>, _>(column(acknowledged, |(push, _, _)| push.status.as_str())),
+            bind::<Array<BigInt>, _>(column(acknowledged, |(push, _, _)| {
+                push.genesis_credit.cents()
+            })),
+            bind::<Array<Text>, _>(column(acknowledged, |(_, digest, _)| *digest)),
+            bind::<Array<BigInt>, _>(column(acknowledged, |(_, _, outcome)| outcome.revision)),
         ),
     )
 }

@@ -1094,13 +1094,22 @@ impl CommunityPass for HttpPortal {
                 self.no_batch_write.store(true, Ordering::Relaxed);
                 self.upsert_fees(items)
             }
-            // One fee broke the contract and the server refused the whole
-            // batch: each fee alone, so only that one is refused.
-            Err(BatchRefused::Failed(PortalError::Validation { .. })) => items
+            // Unreachable, busy or not let in: every fee alone would fail
+            // the same way, so each keeps that error and stays pending.
+            Err(BatchRefused::Failed(
+                error @ (PortalError::Unavailable { .. }
+                | PortalError::Timeout { .. }
+                | PortalError::RateLimited { .. }
+                | PortalError::Unauthorized { .. }
+                | PortalError::Config { .. }),
+            )) => items.iter().map(|_| Err(error.clone())).collect(),
+            // The batch was refused as a whole (one fee broke the contract,
+            // or an answer no fee can be held to): each fee alone, so a
+            // refusal lands on its own fee and never on the other 499.
+            Err(BatchRefused::Failed(_)) => items
                 .iter()
                 .map(|(fee, key)| self.upsert_fee(fee, key))
                 .collect(),
-            Err(BatchRefused::Failed(error)) => items.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
